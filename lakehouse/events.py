@@ -1,0 +1,158 @@
+"""The change event published to Kafka: its schema (defined once, versioned) and how it is built.
+
+Every later stage imports ENVELOPE_FIELDS from here: Spark derives its parsing schema from it and
+the warehouse its columns, so the producer and its consumers cannot drift apart.
+
+Documents travel as relaxed Extended JSON text (ObjectId -> {"$oid"}, dates -> {"$date"}), because
+that is lossless for every BSON type and every consumer can parse it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from bson import json_util
+from bson.json_util import JSONOptions, JSONMode
+
+SCHEMA_VERSION = 1
+
+# name -> type, in a small vocabulary every consumer maps: string, long, int.
+ENVELOPE_FIELDS: tuple[tuple[str, str], ...] = (
+    ("schema_version", "int"),
+    ("change_id", "string"),  # deterministic: same change re-read after a restart -> same id
+    ("op", "string"),  # insert | update | replace | delete | snapshot
+    ("db", "string"),
+    ("collection", "string"),
+    ("doc_id", "string"),  # documentKey._id as text; the warehouse's row identity
+    ("document_key", "string"),  # documentKey as Extended JSON
+    ("order_id", "string"),  # the Kafka key; falls back to doc_id when the document has none
+    ("full_document", "string"),  # post-image (updateLookup) as Extended JSON; null for delete
+    ("before_document", "string"),  # pre-image when the collection records them
+    ("update_description", "string"),  # updatedFields / removedFields as Extended JSON
+    ("cluster_time_s", "long"),  # source order: cluster time seconds ...
+    ("cluster_time_inc", "long"),  # ... its increment ...
+    ("txn_op_index", "long"),  # ... and the position among events sharing that cluster time
+    ("txn_number", "long"),
+    ("wall_time_ms", "long"),
+    ("resume_token", "string"),
+    ("captured_at_ms", "long"),  # when the producer saw it (not part of change_id)
+)
+ENVELOPE_FIELD_NAMES: tuple[str, ...] = tuple(name for name, _ in ENVELOPE_FIELDS)
+REQUIRED_FIELDS: tuple[str, ...] = ("change_id", "op", "db", "collection", "doc_id", "cluster_time_s")
+OPERATIONS = ("insert", "update", "replace", "delete", "snapshot")
+
+_JSON = JSONOptions(json_mode=JSONMode.RELAXED, tz_aware=True)
+
+
+def to_extended_json(value: Any) -> str | None:
+    return None if value is None else json_util.dumps(value, json_options=_JSON, sort_keys=True)
+
+
+def doc_id_text(document_key: Mapping[str, Any]) -> str:
+    """documentKey._id as a stable string: ObjectId hex, plain strings as-is, others as JSON."""
+    value = document_key.get("_id")
+    if isinstance(value, str):
+        return value
+    if type(value).__name__ == "ObjectId":
+        return str(value)
+    return json_util.dumps(value, json_options=_JSON, sort_keys=True)
+
+
+def canonical_document(document: Mapping[str, Any] | str) -> str:
+    """One spelling of a document, for hashing on both sides of reconciliation."""
+    data = json.loads(document) if isinstance(document, str) else json.loads(to_extended_json(document))
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _sha(*parts: str) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class SourcePosition:
+    """Where an event sits in the source's order; persisted with the resume token."""
+
+    cluster_time_s: int
+    cluster_time_inc: int
+    txn_op_index: int
+
+    def next_for(self, seconds: int, inc: int) -> SourcePosition:
+        same = (seconds, inc) == (self.cluster_time_s, self.cluster_time_inc)
+        return SourcePosition(seconds, inc, self.txn_op_index + 1 if same else 0)
+
+
+def order_id_of(*documents: Mapping[str, Any] | None) -> str | None:
+    for document in documents:
+        if document and document.get("order_id") is not None:
+            return str(document["order_id"])
+    return None
+
+
+def from_change(change: Mapping[str, Any], position: SourcePosition) -> dict[str, Any]:
+    """Envelope for one change-stream event; `position` orders it among same-time events."""
+    ns = change["ns"]
+    token = change["_id"]["_data"]
+    document_key = change.get("documentKey") or {}
+    full = change.get("fullDocument")
+    before = change.get("fullDocumentBeforeChange")
+    doc_id = doc_id_text(document_key)
+    wall = change.get("wallTime")
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "change_id": _sha(f"{ns['db']}.{ns['coll']}", token),
+        "op": change["operationType"],
+        "db": ns["db"],
+        "collection": ns["coll"],
+        "doc_id": doc_id,
+        "document_key": to_extended_json(document_key),
+        "order_id": order_id_of(full, before) or doc_id,
+        "full_document": to_extended_json(full),
+        "before_document": to_extended_json(before),
+        "update_description": to_extended_json(change.get("updateDescription")),
+        "cluster_time_s": position.cluster_time_s,
+        "cluster_time_inc": position.cluster_time_inc,
+        "txn_op_index": position.txn_op_index,
+        "txn_number": change.get("txnNumber"),
+        "wall_time_ms": int(wall.timestamp() * 1000) if wall is not None else None,
+        "resume_token": token,
+        "captured_at_ms": int(time.time() * 1000),
+    }
+
+
+def from_snapshot(
+    db: str, collection: str, document: Mapping[str, Any], cluster_time: tuple[int, int]
+) -> dict[str, Any]:
+    """Envelope for a copied document. It sorts before any streamed change at the same time
+    (txn_op_index -1), and the same content copied again gets the same change_id."""
+    document_key = {"_id": document["_id"]}
+    doc_id = doc_id_text(document_key)
+    full = to_extended_json(document)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "change_id": _sha("snapshot", f"{db}.{collection}", doc_id, canonical_document(full or "{}")),
+        "op": "snapshot",
+        "db": db,
+        "collection": collection,
+        "doc_id": doc_id,
+        "document_key": to_extended_json(document_key),
+        "order_id": order_id_of(document) or doc_id,
+        "full_document": full,
+        "before_document": None,
+        "update_description": None,
+        "cluster_time_s": cluster_time[0],
+        "cluster_time_inc": cluster_time[1],
+        "txn_op_index": -1,
+        "txn_number": None,
+        "wall_time_ms": None,
+        "resume_token": None,
+        "captured_at_ms": int(time.time() * 1000),
+    }
+
+
+def encode(envelope: Mapping[str, Any]) -> bytes:
+    return json.dumps(envelope, separators=(",", ":"), ensure_ascii=False).encode()

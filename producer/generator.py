@@ -1,0 +1,135 @@
+"""Synthetic order traffic: inserts, status updates, replaces and deletes at a chosen rate.
+
+Amounts come in the messy shapes real systems send ("$1,234.50", "1.234,50 EUR", 12.5, "") so the
+streaming stage has something real to parse. Seeded, so a run can be repeated.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pymongo.collection import Collection
+
+STATUS_FLOW = {
+    "created": "paid",
+    "paid": "shipped",
+    "shipped": "delivered",
+    "delivered": "delivered",
+    "cancelled": "cancelled",
+}
+CURRENCIES = ("USD", "EUR", "GBP")
+
+
+def messy_amount(rng: random.Random) -> Any:
+    value = round(rng.uniform(1, 2500), 2)
+    shape = rng.randrange(10)
+    if shape == 0:
+        return f"${value:,.2f}"
+    if shape == 1:
+        whole, cents = f"{value:,.2f}".split(".")
+        return f"{whole.replace(',', '.')},{cents} EUR"
+    if shape == 2:
+        return f"USD {int(value)}"
+    if shape == 3:
+        return int(value)
+    if shape == 4:
+        return rng.choice(["", "n/a", "??"])
+    return value
+
+
+@dataclass
+class GeneratorStats:
+    inserts: int = 0
+    updates: int = 0
+    replaces: int = 0
+    deletes: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.inserts + self.updates + self.replaces + self.deletes
+
+
+class OrderGenerator:
+    def __init__(self, orders: Collection, seed: int = 42) -> None:
+        self.orders = orders
+        orders.create_index("order_id", unique=True)
+        self.rng = random.Random(seed)
+        # Live order ids, so updates and deletes hit documents that exist.
+        self.live: list[str] = [d["order_id"] for d in orders.find({}, {"order_id": 1}) if "order_id" in d]
+        self._next = self._first_free_number()
+        self.stats = GeneratorStats()
+
+    def _first_free_number(self) -> int:
+        numbers = [int(o.split("-")[1]) for o in self.live if o.startswith("ord-") and o[4:].isdigit()]
+        return max(numbers, default=0) + 1
+
+    def new_order(self) -> dict[str, Any]:
+        now = datetime.now(UTC)
+        order_id = f"ord-{self._next:08d}"
+        self._next += 1
+        return {
+            "order_id": order_id,
+            "customer_id": f"cust-{self.rng.randrange(1, 200):04d}",
+            "status": "created",
+            "amount": messy_amount(self.rng),
+            "currency": self.rng.choice(CURRENCIES),
+            "items": [
+                {"sku": f"sku-{self.rng.randrange(1, 500):04d}", "qty": self.rng.randrange(1, 5)}
+                for _ in range(self.rng.randrange(1, 4))
+            ],
+            "created_at": now,
+            "updated_at": now,
+        }
+
+    def step(self) -> None:
+        roll = self.rng.random()
+        if not self.live or roll < 0.45:
+            doc = self.new_order()
+            self.orders.insert_one(doc)
+            self.live.append(doc["order_id"])
+            self.stats.inserts += 1
+        elif roll < 0.80:
+            order_id = self.rng.choice(self.live)
+            current = self.orders.find_one({"order_id": order_id}, {"status": 1}) or {}
+            status = current.get("status", "created")
+            nxt = "cancelled" if self.rng.random() < 0.1 and status == "created" else STATUS_FLOW[status]
+            self.orders.update_one(
+                {"order_id": order_id}, {"$set": {"status": nxt, "updated_at": datetime.now(UTC)}}
+            )
+            self.stats.updates += 1
+        elif roll < 0.88:
+            order_id = self.rng.choice(self.live)
+            doc = self.new_order()
+            self._next -= 1
+            doc["order_id"] = order_id
+            doc["status"] = "created"
+            doc["note"] = "replaced by customer service"
+            self.orders.replace_one({"order_id": order_id}, doc)
+            self.stats.replaces += 1
+        else:
+            order_id = self.live.pop(self.rng.randrange(len(self.live)))
+            self.orders.delete_one({"order_id": order_id})
+            self.stats.deletes += 1
+
+    def run(
+        self,
+        changes: int,
+        rate: float | None = None,
+        progress: Callable[[GeneratorStats], None] | None = None,
+    ) -> GeneratorStats:
+        """Make `changes` changes, at most `rate` per second (None: as fast as MongoDB takes them)."""
+        started = time.monotonic()
+        for n in range(1, changes + 1):
+            self.step()
+            if rate:
+                ahead = started + n / rate - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
+            if progress and (n % 500 == 0 or n == changes):
+                progress(self.stats)
+        return self.stats

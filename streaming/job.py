@@ -1,0 +1,199 @@
+"""Kafka -> bronze / silver / quarantine Delta tables and a Parquet copy of silver.
+
+One streaming query; each micro-batch is parsed once and split: rows that fail parsing go to the
+quarantine table with a reason (the stream never stops for them), the rest to silver. Every table is
+written idempotently per batch (see delta_sink), so a restart after a kill -9 reflects every Kafka
+offset exactly once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import signal
+import sys
+import time
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from lakehouse import tables
+from lakehouse.config import Settings
+from lakehouse.events import ENVELOPE_FIELDS, OPERATIONS, REQUIRED_FIELDS, SCHEMA_VERSION
+from streaming.delta_sink import append_once, write_parquet_once
+from streaming.kafka_source import KafkaPyDataSource
+
+log = logging.getLogger(__name__)
+
+_SPARK_TYPES = {"string": "STRING", "long": "BIGINT", "int": "INT"}
+ENVELOPE_DDL = ", ".join(f"`{name}` {_SPARK_TYPES[kind]}" for name, kind in ENVELOPE_FIELDS)
+
+
+def build_session(settings: Settings) -> SparkSession:
+    spark = (
+        SparkSession.builder.master(settings.spark_master)
+        .appName("lakehouse-streaming")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.sql.shuffle.partitions", "4")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        # Workers must run this interpreter, which has pyspark and the Kafka client installed.
+        .config("spark.pyspark.python", sys.executable)
+        .config("spark.pyspark.driver.python", sys.executable)
+        .getOrCreate()
+    )
+    spark.sparkContext.setLogLevel("WARN")
+    spark.dataSource.register(KafkaPyDataSource)
+    return spark
+
+
+def read_kafka(spark: SparkSession, settings: Settings, starting_offsets: str = "earliest") -> DataFrame:
+    reader = (
+        spark.readStream.format(settings.kafka_source_format)
+        .option("kafka.bootstrap.servers", settings.kafka_bootstrap_servers)
+        .option("subscribe", ",".join(settings.topics))
+        .option("startingOffsets", starting_offsets)
+    )
+    if settings.max_rows_per_batch:
+        reader = reader.option("maxOffsetsPerTrigger", str(settings.max_rows_per_batch))
+    return reader.load()
+
+
+def _quarantine_reason(event: Column, raw: Column) -> Column:
+    missing = F.concat_ws(", ", *[F.when(event[f].isNull(), F.lit(f)) for f in REQUIRED_FIELDS])
+    return (
+        F.when(raw.isNull() | (F.trim(raw) == ""), F.lit("empty message value"))
+        .when(event.isNull(), F.lit("malformed JSON"))
+        .when(F.coalesce(event["schema_version"], F.lit(0)) > SCHEMA_VERSION,
+              F.concat(F.lit("unsupported schema_version "), event["schema_version"].cast("string")))
+        .when(missing != "", F.concat(F.lit("missing or mistyped required field(s): "), missing))
+        .when(~event["op"].isin(*OPERATIONS), F.concat(F.lit("unknown op "), event["op"]))
+    )
+
+
+def parse(raw: DataFrame) -> DataFrame:
+    """Kafka rows -> one wide row per message with the parsed envelope and a quarantine reason."""
+    value = F.col("value").cast("string")
+    parsed = raw.select(
+        F.col("topic").alias("kafka_topic"),
+        F.col("partition").alias("kafka_partition"),
+        F.col("offset").alias("kafka_offset"),
+        F.col("timestamp").alias("kafka_timestamp"),
+        F.col("key").cast("string").alias("kafka_key"),
+        value.alias("raw_value"),
+        F.from_json(value, ENVELOPE_DDL, {"mode": "PERMISSIVE"}).alias("event"),
+    )
+    document = F.coalesce(F.col("event.full_document"), F.col("event.before_document"))
+    return parsed.select(
+        "*",
+        _quarantine_reason(F.col("event"), F.col("raw_value")).alias("quarantine_reason"),
+        F.timestamp_seconds(F.col("event.cluster_time_s")).alias("event_time"),
+        *[F.get_json_object(document, f"$.{attr}").alias(attr)
+          for attr in ("customer_id", "status", "currency")],
+        F.get_json_object(document, "$.amount").alias("amount_raw"),
+    )
+
+
+class BatchWriter:
+    """The foreachBatch function: one Spark evaluation per batch, split in Arrow, written once."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        # Tied to the checkpoint: a replay into a new checkpoint is a new writer with its own batch ids.
+        checkpoint = str(settings.spark_checkpoint)
+        self.app_id = "lakehouse-streaming-" + hashlib.sha256(checkpoint.encode()).hexdigest()[:12]
+        self.metrics_path = settings.state_dir / "spark" / "batches.jsonl"
+
+    def __call__(self, batch_df: DataFrame, batch_id: int) -> None:
+        started = time.monotonic()
+        # Materialise first, always: Spark rejects a batch function that skips evaluating its input.
+        batch = batch_df.toArrow()
+        now = pa.scalar(int(time.time() * 1_000_000), pa.timestamp("us", tz="UTC"))
+        batch = batch.append_column("batch_id", pa.array([batch_id] * batch.num_rows, pa.int64()))
+        batch = batch.append_column("ingested_at", pa.array([now] * batch.num_rows))
+        bad = pc.is_valid(batch["quarantine_reason"])
+        bronze = batch.select([*tables.KAFKA_COLUMNS, "kafka_key", "raw_value", "batch_id", "ingested_at"])
+        quarantine = batch.filter(bad).select(
+            [*tables.KAFKA_COLUMNS, "kafka_key", "raw_value", "quarantine_reason", "batch_id", "ingested_at"]
+        )
+        silver = self._silver(batch.filter(pc.invert(bad)))
+
+        for name, data in ((tables.BRONZE, bronze), (tables.SILVER, silver), (tables.QUARANTINE, quarantine)):
+            if data.num_rows:
+                append_once(self.settings.table_path(name), data, self.app_id, batch_id)
+        write_parquet_once(self.settings.parquet_silver_path, silver, batch_id, "event_date")
+        self._record(batch_id, batch.num_rows, silver.num_rows, quarantine.num_rows, started)
+
+    @staticmethod
+    def _silver(rows: pa.Table) -> pa.Table:
+        event = rows["event"].combine_chunks() if rows.num_rows else None
+        columns: dict[str, Any] = {}
+        for name, _ in ENVELOPE_FIELDS:
+            columns[name] = (
+                pc.struct_field(event, name) if event is not None
+                else pa.array([], rows.schema.field("event").type.field(name).type)
+            )
+        event_time = rows["event_time"]
+        columns["event_time"] = event_time
+        columns["event_date"] = pc.cast(event_time, pa.date32())
+        for name in (*tables.ORDER_ATTRIBUTES, *tables.KAFKA_COLUMNS, "batch_id", "ingested_at"):
+            columns[name] = rows[name]
+        return pa.table(columns)
+
+    def _record(self, batch_id: int, rows: int, silver: int, quarantined: int, started: float) -> None:
+        line = {
+            "batch_id": batch_id,
+            "input_rows": rows,
+            "silver_rows": silver,
+            "quarantined": quarantined,
+            "duration_ms": round((time.monotonic() - started) * 1000),
+            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.metrics_path.open("a") as handle:
+            handle.write(json.dumps(line) + "\n")
+        if rows:
+            log.info("batch %d: %d rows, %d to silver, %d quarantined, %d ms", batch_id, rows, silver,
+                     quarantined, line["duration_ms"])
+
+
+def start(spark: SparkSession, settings: Settings, available_now: bool = False) -> Any:
+    writer = (
+        parse(read_kafka(spark, settings))
+        .writeStream.foreachBatch(BatchWriter(settings))
+        .option("checkpointLocation", str(settings.spark_checkpoint))
+        .queryName("lake")
+    )
+    writer = (
+        writer.trigger(availableNow=True) if available_now
+        else writer.trigger(processingTime=f"{settings.trigger_seconds} seconds")
+    )
+    return writer.start()
+
+
+def run(settings: Settings, available_now: bool = False) -> None:
+    """Run until stopped (SIGTERM/SIGINT), or with available_now until Kafka is drained."""
+    spark = build_session(settings)
+    query = start(spark, settings, available_now)
+    stopping = {"flag": False}
+
+    def stop(*_: object) -> None:
+        stopping["flag"] = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("streaming %s -> %s (checkpoint %s)", ",".join(settings.topics), settings.lake_path,
+             settings.spark_checkpoint)
+    try:
+        while query.isActive and not stopping["flag"]:
+            query.awaitTermination(1)
+        if query.exception():
+            raise RuntimeError(f"streaming query failed: {query.exception()}")
+    finally:
+        if query.isActive:
+            query.stop()
+        spark.stop()
