@@ -13,14 +13,41 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+# Each setting's environment variable: the one place that names them.
+ENV_NAMES = {
+    "mongo_uri": "MONGO_URI",
+    "mongo_db": "MONGO_DB",
+    "collections": "COLLECTIONS",
+    "kafka_bootstrap_servers": "KAFKA_BOOTSTRAP_SERVERS",
+    "topic_prefix": "TOPIC_PREFIX",
+    "kafka_partitions": "KAFKA_PARTITIONS",
+    "kafka_replication_factor": "KAFKA_REPLICATION_FACTOR",
+    "spark_master": "SPARK_MASTER",
+    "kafka_source_format": "KAFKA_SOURCE_FORMAT",
+    "lake_path": "LAKE_PATH",
+    "warehouse_path": "WAREHOUSE_PATH",
+    "state_dir": "STATE_DIR",
+    "stack_dir": "STACK_DIR",
+    "max_rows_per_batch": "MAX_ROWS_PER_BATCH",
+    "trigger_seconds": "TRIGGER_SECONDS",
+}
+_PATHS = {"lake_path", "warehouse_path", "state_dir", "stack_dir"}
+_INTS = {"kafka_partitions", "kafka_replication_factor", "max_rows_per_batch"}
 
-def _env(name: str, default: str) -> str:
-    value = os.environ.get(name)
-    return value if value not in (None, "") else default
 
-
-def _csv(value: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in value.split(",") if part.strip())
+def _parse(name: str, raw: str) -> object:
+    if name == "collections":
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    if name in _PATHS:
+        return Path(raw).resolve()
+    if name in _INTS:
+        try:
+            return int(raw)
+        except ValueError:
+            raise ValueError(f"{ENV_NAMES[name]}={raw!r} is not a whole number") from None
+    if name == "trigger_seconds":
+        return float(raw)
+    return raw
 
 
 @dataclass(frozen=True)
@@ -44,28 +71,21 @@ class Settings:
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
-        """Settings from LAKEHOUSE-style env vars; keyword overrides (e.g. CLI options) win."""
-        values: dict[str, object] = {
-            "mongo_uri": _env("MONGO_URI", cls.mongo_uri),
-            "mongo_db": _env("MONGO_DB", cls.mongo_db),
-            "collections": _csv(_env("COLLECTIONS", ",".join(cls.collections))),
-            "kafka_bootstrap_servers": _env("KAFKA_BOOTSTRAP_SERVERS", cls.kafka_bootstrap_servers),
-            "topic_prefix": _env("TOPIC_PREFIX", cls.topic_prefix),
-            "kafka_partitions": int(_env("KAFKA_PARTITIONS", str(cls.kafka_partitions))),
-            "kafka_replication_factor": int(
-                _env("KAFKA_REPLICATION_FACTOR", str(cls.kafka_replication_factor))
-            ),
-            "spark_master": _env("SPARK_MASTER", cls.spark_master),
-            "kafka_source_format": _env("KAFKA_SOURCE_FORMAT", cls.kafka_source_format),
-            "lake_path": Path(_env("LAKE_PATH", "data/lake")).resolve(),
-            "warehouse_path": Path(_env("WAREHOUSE_PATH", "data/warehouse.duckdb")).resolve(),
-            "state_dir": Path(_env("STATE_DIR", "data/state")).resolve(),
-            "stack_dir": Path(_env("STACK_DIR", ".stack")).resolve(),
-            "max_rows_per_batch": int(_env("MAX_ROWS_PER_BATCH", str(cls.max_rows_per_batch))),
-            "trigger_seconds": float(_env("TRIGGER_SECONDS", str(cls.trigger_seconds))),
-        }
-        values.update({k: v for k, v in overrides.items() if v is not None})
+        """Settings from environment variables (ENV_NAMES); keyword overrides (CLI options) win."""
+        values: dict[str, object] = {}
+        for f in dataclasses.fields(cls):
+            raw = os.environ.get(ENV_NAMES[f.name])
+            if raw not in (None, ""):
+                values[f.name] = _parse(f.name, raw)
+        values.update({k: _parse(k, v) if isinstance(v, str) else v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
+
+    def to_env(self) -> dict[str, str]:
+        """The same settings as environment variables, for the processes run-all starts."""
+        return {
+            ENV_NAMES[f.name]: ",".join(v) if isinstance(v := getattr(self, f.name), tuple) else str(v)
+            for f in dataclasses.fields(self)
+        }
 
     def replace(self, **changes: object) -> Settings:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bson import json_util
-from bson.json_util import JSONOptions, JSONMode
+from bson.json_util import JSONMode, JSONOptions
 
 SCHEMA_VERSION = 1
 

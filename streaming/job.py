@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -34,6 +35,12 @@ ENVELOPE_DDL = ", ".join(f"`{name}` {_SPARK_TYPES[kind]}" for name, kind in ENVE
 
 
 def build_session(settings: Settings) -> SparkSession:
+    # Python workers (and the streaming source's runner, which reads only the environment) must run
+    # this interpreter, which has pyspark, pyarrow and the Kafka client installed.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    if settings.spark_master.startswith("local"):
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     spark = (
         SparkSession.builder.master(settings.spark_master)
         .appName("lakehouse-streaming")
@@ -41,9 +48,7 @@ def build_session(settings: Settings) -> SparkSession:
         .config("spark.sql.shuffle.partitions", "4")
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
-        # Workers must run this interpreter, which has pyspark and the Kafka client installed.
-        .config("spark.pyspark.python", sys.executable)
-        .config("spark.pyspark.driver.python", sys.executable)
+        .config("spark.pyspark.python", os.environ["PYSPARK_PYTHON"])
         .getOrCreate()
     )
     spark.sparkContext.setLogLevel("WARN")

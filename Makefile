@@ -1,0 +1,35 @@
+# Two commands do everything on a fresh machine:
+#   make run-all   set up, start the servers, run the pipeline end to end, reconcile
+#   make test      set up, run the whole test suite (it starts its own servers on other ports)
+PY := .venv/bin/python
+RUN_ALL_FLAGS := $(if $(EVENTS),--events $(EVENTS)) $(if $(RATE),--rate $(RATE)) $(if $(filter 1 true yes,$(STOP)),--stop)
+
+.PHONY: setup servers run-all stop status test test-unit lint clean-data
+
+setup:
+	@bash infra/setup.sh
+
+servers: setup
+	@$(PY) -m infra.servers start
+
+run-all: setup
+	@$(PY) -m lakehouse.cli run-all $(RUN_ALL_FLAGS)
+
+stop:
+	@$(PY) -m infra.servers stop
+
+status: setup
+	@$(PY) -m infra.servers status
+
+test: setup
+	@$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: setup
+	@$(PY) -m pytest -m unit $(PYTEST_ARGS)
+
+lint: setup
+	@$(PY) -m ruff check .
+
+# Deletes the lake, the warehouse and all checkpoints (the servers' data stays in .stack/).
+clean-data:
+	rm -rf data

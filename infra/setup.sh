@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs everything the pipeline needs into this checkout, idempotently:
+#   .venv/ with the pinned Python packages (pyspark, delta-rs, duckdb, the embedded servers ...),
+#   and a Java 17+ runtime for Spark (Debian's openjdk-17-jre-headless) when none is present.
+# Re-running it is cheap: the venv is rebuilt only when requirements.txt or pyproject.toml change.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-python3.11}"
+VENV=.venv
+STAMP="$VENV/.requirements.sha256"
+
+log() { printf '[setup] %s\n' "$*"; }
+
+if ! command -v java >/dev/null 2>&1; then
+  log "no java found: installing Debian's openjdk-17-jre-headless (Spark needs Java 17+)"
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq openjdk-17-jre-headless >/dev/null
+fi
+java_major=$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1)
+if [ "${java_major:-0}" -lt 17 ]; then
+  echo "[setup] error: Spark 4 needs Java 17 or newer, found ${java_major:-none}; install openjdk-17-jre-headless" >&2
+  exit 1
+fi
+
+if ! command -v "$PYTHON" >/dev/null 2>&1; then
+  echo "[setup] error: $PYTHON not found; install Python 3.11 or set PYTHON=/path/to/python3.11" >&2
+  exit 1
+fi
+
+want=$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ -x "$VENV/bin/python" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
+  log "python environment up to date ($VENV)"
+  exit 0
+fi
+
+[ -x "$VENV/bin/python" ] || { log "creating $VENV"; "$PYTHON" -m venv "$VENV"; }
+log "installing pinned packages (first time: ~2 min, pyspark is built from source once and cached by pip)"
+"$VENV/bin/pip" install -q --disable-pip-version-check -r requirements.txt
+"$VENV/bin/pip" install -q --disable-pip-version-check --no-deps -e .
+echo "$want" > "$STAMP"
+log "done: $("$VENV/bin/python" -c 'import pyspark, deltalake, duckdb; print("pyspark", pyspark.__version__, "deltalake", deltalake.__version__, "duckdb", duckdb.__version__)')"

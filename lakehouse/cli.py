@@ -1,0 +1,146 @@
+"""The `lakehouse` command: one sub-command per stage, plus run-all and the servers."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from lakehouse.config import Settings
+from lakehouse.logs import configure
+
+
+@click.group()
+@click.option("--mongo-uri", envvar="MONGO_URI", help="MongoDB replica set URI.")
+@click.option("--mongo-db", envvar="MONGO_DB", help="Database to capture.")
+@click.option("--kafka", "kafka_bootstrap_servers", envvar="KAFKA_BOOTSTRAP_SERVERS", help="Kafka bootstrap servers.")
+@click.option("--master", "spark_master", envvar="SPARK_MASTER", help="Spark master, e.g. local[2], spark://host:7077.")
+@click.option("--lake-path", envvar="LAKE_PATH", help="Root folder (or URI) of the Delta/Parquet lake.")
+@click.option("--warehouse-path", envvar="WAREHOUSE_PATH", help="DuckDB file of the warehouse.")
+@click.option("--log-level", default="INFO", show_default=True)
+@click.option("--log-format", type=click.Choice(["plain", "json"]), default="plain", show_default=True)
+@click.pass_context
+def cli(ctx: click.Context, log_level: str, log_format: str, **options: Any) -> None:
+    """MongoDB change streams -> Kafka -> Spark -> Delta/Parquet -> DuckDB."""
+    configure(log_level, log_format)
+    try:
+        ctx.obj = Settings.from_env(**options)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+@cli.command("servers")
+@click.argument("action", type=click.Choice(["start", "stop", "status"]))
+@click.pass_obj
+def servers_command(settings: Settings, action: str) -> None:
+    """Start, stop or check the local MongoDB replica set and Kafka broker."""
+    from infra import servers
+
+    try:
+        for line in getattr(servers, action)(settings):
+            click.echo(line)
+    except servers.StackError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@cli.command()
+@click.option("--snapshot", type=click.Choice(["initial", "never", "when_needed"]), default="initial",
+              show_default=True, help="Copy existing documents first when there is no stored token.")
+@click.option("--until-idle", is_flag=True, help="Stop once the change stream has nothing new.")
+@click.pass_obj
+def produce(settings: Settings, snapshot: str, until_idle: bool) -> None:
+    """Capture MongoDB changes into Kafka until SIGTERM/SIGINT."""
+    from producer.listener import ChangeStreamListener
+
+    listener = ChangeStreamListener(settings, snapshot_mode=snapshot)
+    listener.install_signal_handlers()
+    try:
+        stats = listener.run(until_idle=until_idle)
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        listener.close()
+    click.echo(f"producer stopped: {stats.published} events published, {stats.snapshots} snapshot copies, "
+               f"{stats.dead_lettered} dead-lettered")
+
+
+@cli.command()
+@click.option("--events", default=1000, show_default=True, help="How many changes to make.")
+@click.option("--rate", type=float, default=None, help="Changes per second (default: as fast as possible).")
+@click.option("--seed", default=42, show_default=True)
+@click.pass_obj
+def generate(settings: Settings, events: int, rate: float | None, seed: int) -> None:
+    """Insert, update, replace and delete orders in MongoDB."""
+    from pymongo import MongoClient
+
+    from producer.generator import OrderGenerator
+
+    client: MongoClient = MongoClient(settings.mongo_uri, tz_aware=True)
+    generator = OrderGenerator(client[settings.mongo_db]["orders"], seed=seed)
+    stats = generator.run(events, rate, progress=lambda s: click.echo(f"generated {s.total}/{events}"))
+    click.echo(f"inserts={stats.inserts} updates={stats.updates} replaces={stats.replaces} deletes={stats.deletes}")
+
+
+@cli.command()
+@click.option("--available-now", is_flag=True, help="Process what Kafka holds now, then stop.")
+@click.pass_obj
+def stream(settings: Settings, available_now: bool) -> None:
+    """Run the Spark Structured Streaming job (Kafka -> Delta/Parquet lake)."""
+    from streaming.job import run
+
+    run(settings, available_now=available_now)
+
+
+@cli.command("load")
+@click.pass_obj
+def load_command(settings: Settings) -> None:
+    """Load what is new in the lake into the DuckDB warehouse."""
+    from warehouse.loader import WarehouseError, load
+
+    try:
+        result = load(settings)
+    except WarehouseError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"loaded delta version {result.delta_version}: {result.rows_read} rows read, "
+               f"{result.new_changes} new changes, {result.orders} current orders")
+
+
+@cli.command("reconcile")
+@click.pass_obj
+def reconcile_command(settings: Settings) -> None:
+    """Compare the warehouse's current orders with MongoDB; exit 1 when they differ."""
+    from warehouse.reconcile import reconcile
+
+    result = reconcile(settings)
+    for line in result.examples():
+        click.echo(line)
+    click.echo(result.line())
+    sys.exit(0 if result.ok else 1)
+
+
+@cli.command("run-all")
+@click.option("--events", envvar="EVENTS", default=3000, show_default=True, help="Changes to generate.")
+@click.option("--rate", envvar="RATE", type=float, default=None, help="Changes per second (default: unthrottled).")
+@click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait for the warehouse to catch up.")
+@click.option("--stop/--no-stop", "stop_servers", envvar="STOP", default=False,
+              help="Stop the servers afterwards (default: leave them up for the notebooks).")
+@click.pass_obj
+def run_all_command(settings: Settings, events: int, rate: float | None, timeout: float, stop_servers: bool) -> None:
+    """Servers, producer, streaming and warehouse end to end; ends with a `reconciled:` line."""
+    from infra.servers import StackError
+    from lakehouse.run_all import run_all
+
+    try:
+        code = run_all(settings, events, rate, timeout, stop_servers)
+    except (StackError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    sys.exit(code)
+
+
+def main() -> None:
+    cli(prog_name="lakehouse")
+
+
+if __name__ == "__main__":
+    main()
