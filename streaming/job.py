@@ -31,7 +31,8 @@ from streaming.kafka_source import KafkaPyDataSource
 log = logging.getLogger(__name__)
 
 _SPARK_TYPES = {"string": "STRING", "long": "BIGINT", "int": "INT"}
-ENVELOPE_DDL = ", ".join(f"`{name}` {_SPARK_TYPES[kind]}" for name, kind in ENVELOPE_FIELDS)
+CORRUPT = "_corrupt_record"  # Spark puts the raw text here when a field does not fit its type
+ENVELOPE_DDL = ", ".join(f"`{name}` {_SPARK_TYPES[kind]}" for name, kind in ENVELOPE_FIELDS) + f", {CORRUPT} STRING"
 
 
 def build_session(settings: Settings) -> SparkSession:
@@ -72,11 +73,12 @@ def _quarantine_reason(event: Column, raw: Column) -> Column:
     missing = F.concat_ws(", ", *[F.when(event[f].isNull(), F.lit(f)) for f in REQUIRED_FIELDS])
     return (
         F.when(raw.isNull() | (F.trim(raw) == ""), F.lit("empty message value"))
-        .when(event.isNull(), F.lit("malformed JSON"))
+        .when(F.try_parse_json(raw).isNull(), F.lit("malformed JSON"))
         .when(F.coalesce(event["schema_version"], F.lit(0)) > SCHEMA_VERSION,
               F.concat(F.lit("unsupported schema_version "), event["schema_version"].cast("string")))
         .when(missing != "", F.concat(F.lit("missing or mistyped required field(s): "), missing))
         .when(~event["op"].isin(*OPERATIONS), F.concat(F.lit("unknown op "), event["op"]))
+        .when(event[CORRUPT].isNotNull(), F.lit(f"a field has the wrong type for envelope schema v{SCHEMA_VERSION}"))
     )
 
 
@@ -90,7 +92,7 @@ def parse(raw: DataFrame) -> DataFrame:
         F.col("timestamp").alias("kafka_timestamp"),
         F.col("key").cast("string").alias("kafka_key"),
         value.alias("raw_value"),
-        F.from_json(value, ENVELOPE_DDL, {"mode": "PERMISSIVE"}).alias("event"),
+        F.from_json(value, ENVELOPE_DDL, {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT}).alias("event"),
     )
     document = F.coalesce(F.col("event.full_document"), F.col("event.before_document"))
     return parsed.select(

@@ -15,7 +15,12 @@ from collections.abc import Iterator
 from typing import Any
 
 from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPartition
-from pyspark.sql.streaming.datasource import ReadAllAvailable, ReadLimit, ReadMaxRows
+from pyspark.sql.streaming.datasource import (
+    ReadAllAvailable,
+    ReadLimit,
+    ReadMaxRows,
+    SupportsTriggerAvailableNow,
+)
 from pyspark.sql.types import StructType
 
 SOURCE_NAME = "kafka_py"
@@ -35,6 +40,25 @@ def _split(key: str) -> tuple[str, int]:
     return topic, int(partition)
 
 
+def share_budget(current: dict[str, int], ends: dict[str, int], budget: int) -> dict[str, int]:
+    """Advance partitions from `current` towards `ends` by at most `budget` rows in all, shared
+    fairly so that no partition with data starves behind a busy one."""
+    result = dict(current)
+    pending = {k: ends[k] - current[k] for k in ends if ends[k] > current[k]}
+    while budget > 0 and pending:
+        share = max(1, budget // len(pending))
+        for k in sorted(pending):
+            take = min(share, pending[k], budget)
+            result[k] += take
+            pending[k] -= take
+            budget -= take
+            if pending[k] == 0:
+                del pending[k]
+            if budget == 0:
+                break
+    return result
+
+
 class KafkaRange(InputPartition):
     """One topic-partition's offsets [start, end) for one batch."""
 
@@ -43,7 +67,7 @@ class KafkaRange(InputPartition):
         self.topic, self.partition, self.start, self.end = topic, partition, start, end
 
 
-class KafkaStreamReader(DataSourceStreamReader):
+class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
     def __init__(self, options: dict[str, str]) -> None:
         self.bootstrap = options["kafka.bootstrap.servers"]
         self.topics = [t.strip() for t in options["subscribe"].split(",") if t.strip()]
@@ -51,6 +75,7 @@ class KafkaStreamReader(DataSourceStreamReader):
         max_rows = options.get("maxOffsetsPerTrigger")
         self.max_rows = int(max_rows) if max_rows else None
         self._consumer: Any = None
+        self._available_now_end: dict[str, int] | None = None
 
     # The driver keeps one metadata consumer for offsets; executors make their own in read().
     def _meta(self) -> Any:
@@ -81,10 +106,18 @@ class KafkaStreamReader(DataSourceStreamReader):
     def getDefaultReadLimit(self) -> ReadLimit:
         return ReadMaxRows(self.max_rows) if self.max_rows else ReadAllAvailable()
 
+    def _end_offsets(self) -> dict[str, int]:
+        tps = self._partitions()
+        return {_key(tp.topic, tp.partition): int(o) for tp, o in self._meta().end_offsets(tps).items()}
+
+    def prepareForTriggerAvailableNow(self) -> None:
+        """Available-now reads up to the end offsets of this moment, in batches of the read limit."""
+        self._available_now_end = self._end_offsets()
+
     def latestOffset(self, start: dict[str, int], limit: ReadLimit) -> dict[str, int]:
         tps = self._partitions()
         consumer = self._meta()
-        ends = {_key(tp.topic, tp.partition): int(o) for tp, o in consumer.end_offsets(tps).items()}
+        ends = self._available_now_end if self._available_now_end is not None else self._end_offsets()
         if tps:
             # Partitions added since the start offset begin at their beginning.
             begins = {_key(tp.topic, tp.partition): int(o) for tp, o in consumer.beginning_offsets(tps).items()}
@@ -93,22 +126,7 @@ class KafkaStreamReader(DataSourceStreamReader):
         current = {k: start.get(k, begins.get(k, 0)) for k in ends}
         if not isinstance(limit, ReadMaxRows):
             return {**start, **ends}
-        budget = limit.max_rows
-        result = dict(current)
-        pending = {k: ends[k] - current[k] for k in ends if ends[k] > current[k]}
-        # Share the row budget fairly across partitions with data, so none starves.
-        while budget > 0 and pending:
-            share = max(1, budget // len(pending))
-            for k in list(pending):
-                take = min(share, pending[k], budget)
-                result[k] += take
-                pending[k] -= take
-                budget -= take
-                if pending[k] == 0:
-                    del pending[k]
-                if budget == 0:
-                    break
-        return {**start, **result}
+        return {**start, **share_budget(current, ends, limit.max_rows)}
 
     def partitions(self, start: dict[str, int], end: dict[str, int]) -> list[KafkaRange]:
         ranges = []

@@ -70,8 +70,8 @@ def load(settings: Settings) -> LoadResult:
             return LoadResult(None, 0, 0, _count(con, "orders"))
         silver = DeltaTable(str(silver_path))
         version = silver.version()
-        row = con.execute("SELECT delta_version FROM load_state WHERE source = ?", [SOURCE]).fetchone()
-        loaded_version = row[0] if row else None
+        rows = con.execute("SELECT delta_version FROM load_state WHERE source = ?", [SOURCE]).fetchall()
+        loaded_version = rows[0][0] if rows else None
         if loaded_version == version:
             return LoadResult(version, 0, 0, _count(con, "orders"))
         files = _new_files(silver, loaded_version)
@@ -135,4 +135,4 @@ def _apply(con: duckdb.DuckDBPyConnection, incoming: object, version: int) -> in
 
 
 def _count(con: duckdb.DuckDBPyConnection, table: str) -> int:
-    return con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # type: ignore[index]
+    return int(con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0])

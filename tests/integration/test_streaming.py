@@ -1,0 +1,71 @@
+import json
+from collections.abc import Iterator
+
+import pytest
+from deltalake import DeltaTable
+from kafka import KafkaProducer
+from pymongo import MongoClient
+
+from lakehouse import tables
+from lakehouse.config import Settings
+from lakehouse.kafka_io import ensure_topics
+from producer.generator import OrderGenerator
+from producer.listener import ChangeStreamListener
+from streaming.job import build_session, start
+
+
+@pytest.fixture(scope="module")
+def spark(stack: Settings) -> Iterator[object]:
+    session = build_session(stack)
+    yield session
+    session.stop()
+
+
+def drain(spark: object, settings: Settings) -> None:
+    query = start(spark, settings, available_now=True)  # type: ignore[arg-type]
+    query.awaitTermination(300)
+    assert query.exception() is None, query.exception()
+
+
+def table(settings: Settings, name: str) -> list[dict]:
+    path = str(settings.table_path(name))
+    return DeltaTable(path).to_pyarrow_table().to_pylist() if DeltaTable.is_deltatable(path) else []
+
+
+def test_bad_messages_are_quarantined_and_reruns_add_nothing(spark: object, settings: Settings) -> None:
+    orders = MongoClient(settings.mongo_uri, tz_aware=True)[settings.mongo_db]["orders"]
+    OrderGenerator(orders, seed=3).run(120)
+    listener = ChangeStreamListener(settings)
+    listener.run(until_idle=True)
+    published = listener.stats.published
+    listener.close()
+
+    topic = settings.topic_for("orders")
+    ensure_topics(settings, [topic])
+    bad = [b"{not json", b"", json.dumps({"op": "insert"}).encode(),
+           json.dumps({"change_id": "x", "op": "explode", "db": "d", "collection": "orders", "doc_id": "1",
+                       "cluster_time_s": 1}).encode(),
+           json.dumps({"change_id": "y", "op": "insert", "db": "d", "collection": "orders", "doc_id": "1",
+                       "cluster_time_s": 1, "cluster_time_inc": "not a number"}).encode()]
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
+    for value in bad:
+        producer.send(topic, key=b"bad", value=value)
+    producer.flush()
+    producer.close()
+
+    drain(spark, settings)
+    drain(spark, settings)  # nothing new: must not write anything again
+
+    silver = table(settings, tables.SILVER)
+    assert len(silver) == published
+    assert len({r["change_id"] for r in silver}) == published
+    reasons = sorted(r["quarantine_reason"] for r in table(settings, tables.QUARANTINE))
+    assert len(reasons) == len(bad)
+    assert any(r == "malformed JSON" for r in reasons), reasons
+    assert any(r == "empty message value" for r in reasons), reasons
+    assert any(r.startswith("missing or mistyped required field(s): change_id") for r in reasons), reasons
+    assert any(r == "unknown op explode" for r in reasons), reasons
+    assert any(r.startswith("a field has the wrong type") for r in reasons), reasons
+    assert len(table(settings, tables.BRONZE)) == published + len(bad)
+    parquet_rows = sum(1 for _ in settings.parquet_silver_path.rglob("*.parquet"))
+    assert parquet_rows >= 1

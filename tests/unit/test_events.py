@@ -1,0 +1,72 @@
+from datetime import UTC, datetime
+
+from bson import ObjectId, Timestamp
+
+from lakehouse import events
+from lakehouse.events import ENVELOPE_FIELD_NAMES, SourcePosition
+
+
+def change(op: str = "update", token: str = "82ABC", full: dict | None = None, before: dict | None = None) -> dict:
+    oid = ObjectId("6b038060dfb53f1723db4377")
+    return {
+        "_id": {"_data": token},
+        "operationType": op,
+        "clusterTime": Timestamp(1795391584, 7),
+        "wallTime": datetime(2026, 11, 22, 23, 53, 4, tzinfo=UTC),
+        "ns": {"db": "shop", "coll": "orders"},
+        "documentKey": {"_id": oid},
+        "fullDocument": full,
+        "fullDocumentBeforeChange": before,
+        "updateDescription": {"updatedFields": {"status": "paid"}, "removedFields": []},
+    }
+
+
+POS = SourcePosition(1795391584, 7, 0)
+
+
+def test_envelope_has_exactly_the_schema_fields() -> None:
+    envelope = events.from_change(change(full={"order_id": "o1"}), POS)
+    assert tuple(envelope) == ENVELOPE_FIELD_NAMES
+    assert envelope["schema_version"] == events.SCHEMA_VERSION
+
+
+def test_change_id_is_deterministic_and_ignores_capture_time() -> None:
+    a = events.from_change(change(full={"order_id": "o1"}), POS)
+    b = events.from_change(change(full={"order_id": "o1"}), POS)
+    assert a["change_id"] == b["change_id"]
+    assert events.from_change(change(token="82ABD"), POS)["change_id"] != a["change_id"]
+
+
+def test_delete_is_keyed_by_pre_image_order_id_and_falls_back_to_doc_id() -> None:
+    with_pre_image = events.from_change(change("delete", before={"order_id": "o9"}), POS)
+    assert with_pre_image["order_id"] == "o9"
+    assert with_pre_image["full_document"] is None
+    without = events.from_change(change("delete"), POS)
+    assert without["order_id"] == without["doc_id"] == "6b038060dfb53f1723db4377"
+
+
+def test_documents_travel_as_extended_json() -> None:
+    when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    envelope = events.from_change(change(full={"_id": ObjectId("6b038060dfb53f1723db4377"), "at": when}), POS)
+    assert '"$oid": "6b038060dfb53f1723db4377"' in envelope["full_document"]
+    assert '"$date"' in envelope["full_document"]
+
+
+def test_snapshot_id_depends_on_content_and_sorts_before_streamed_changes() -> None:
+    doc = {"_id": 1, "order_id": "o1", "status": "paid"}
+    a = events.from_snapshot("shop", "orders", doc, (10, 1))
+    again = events.from_snapshot("shop", "orders", dict(reversed(list(doc.items()))), (20, 5))
+    changed = events.from_snapshot("shop", "orders", {**doc, "status": "shipped"}, (10, 1))
+    assert a["change_id"] == again["change_id"]
+    assert a["change_id"] != changed["change_id"]
+    assert a["txn_op_index"] == -1 and a["op"] == "snapshot"
+
+
+def test_source_position_counts_events_sharing_a_cluster_time() -> None:
+    p = SourcePosition(5, 1, 0)
+    assert p.next_for(5, 1) == SourcePosition(5, 1, 1)
+    assert p.next_for(5, 1).next_for(5, 2) == SourcePosition(5, 2, 0)
+
+
+def test_canonical_document_is_key_order_independent() -> None:
+    assert events.canonical_document('{"b": 1, "a": [1, 2]}') == events.canonical_document({"a": [1, 2], "b": 1})
