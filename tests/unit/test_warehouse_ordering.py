@@ -60,7 +60,8 @@ def load_in_batches(tmp: Path, batches: list[list[dict]]) -> dict[str, str]:
     settings = Settings.from_env(lake_path=tmp / "lake", warehouse_path=tmp / "wh.duckdb")
     for batch in batches:
         if batch:
-            write_deltalake(str(settings.table_path(tables.SILVER)), pa.Table.from_pylist(batch, schema=SCHEMA), mode="append")
+            data = pa.Table.from_pylist(batch, schema=SCHEMA)
+            write_deltalake(str(settings.table_path(tables.SILVER)), data, mode="append")
             load(settings)
     load(settings)  # a second load with nothing new changes nothing
     con = connect(settings.warehouse_path)
