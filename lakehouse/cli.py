@@ -9,6 +9,7 @@ import click
 
 from lakehouse.config import Settings
 from lakehouse.logs import configure
+from lakehouse.mongo import connect as connect_mongo
 
 
 @click.group()
@@ -72,14 +73,14 @@ def produce(settings: Settings, snapshot: str, until_idle: bool) -> None:
 @click.pass_obj
 def generate(settings: Settings, events: int, rate: float | None, seed: int) -> None:
     """Insert, update, replace and delete orders in MongoDB."""
-    from pymongo import MongoClient
 
     from producer.generator import OrderGenerator
 
-    client: MongoClient = MongoClient(settings.mongo_uri, tz_aware=True)
-    generator = OrderGenerator(client[settings.mongo_db]["orders"], seed=seed)
+    client = connect_mongo(settings, "lakehouse-generator")
+    generator = OrderGenerator.for_database(client[settings.mongo_db], settings.collections, seed=seed)
     stats = generator.run(events, rate, progress=lambda s: click.echo(f"generated {s.total}/{events}"))
-    click.echo(f"inserts={stats.inserts} updates={stats.updates} replaces={stats.replaces} deletes={stats.deletes}")
+    click.echo(f"inserts={stats.inserts} updates={stats.updates} replaces={stats.replaces} "
+               f"deletes={stats.deletes} reference upserts={stats.references}")
 
 
 @cli.command()

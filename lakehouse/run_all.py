@@ -15,10 +15,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pymongo import MongoClient
-
 from infra import servers
 from lakehouse.config import Settings
+from lakehouse.mongo import connect as connect_mongo
 from producer.generator import OrderGenerator
 from warehouse.loader import load
 from warehouse.reconcile import Reconciliation, reconcile
@@ -96,9 +95,9 @@ def run_all(settings: Settings, events: int, rate: float | None, timeout: float,
     try:
         children.append(spawn(settings, "producer", "produce", "--snapshot", "initial"))
         children.append(spawn(settings, "streaming", "stream"))
-        client: MongoClient = MongoClient(settings.mongo_uri, tz_aware=True)
+        client = connect_mongo(settings, "lakehouse-generator")
         try:
-            generator = OrderGenerator(client[settings.mongo_db]["orders"])
+            generator = OrderGenerator.for_database(client[settings.mongo_db], settings.collections)
             t0 = time.monotonic()
 
             def progress(stats: object) -> None:

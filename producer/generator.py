@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pymongo.collection import Collection
+from pymongo.database import Database
 
 STATUS_FLOW = {
     "created": "paid",
@@ -48,21 +49,30 @@ class GeneratorStats:
     updates: int = 0
     replaces: int = 0
     deletes: int = 0
+    references: int = 0  # customer / product upserts
 
     @property
     def total(self) -> int:
-        return self.inserts + self.updates + self.replaces + self.deletes
+        return self.inserts + self.updates + self.replaces + self.deletes + self.references
 
 
 class OrderGenerator:
-    def __init__(self, orders: Collection, seed: int = 42) -> None:
+    """Order changes; with `references` (e.g. customers, products) one change in ten touches those."""
+
+    def __init__(self, orders: Collection, seed: int = 42, references: tuple[Collection, ...] = ()) -> None:
         self.orders = orders
+        self.references = references
         orders.create_index("order_id", unique=True)
         self.rng = random.Random(seed)
         # Live order ids, so updates and deletes hit documents that exist.
         self.live: list[str] = [d["order_id"] for d in orders.find({}, {"order_id": 1}) if "order_id" in d]
         self._next = self._first_free_number()
         self.stats = GeneratorStats()
+
+    @classmethod
+    def for_database(cls, db: Database, collections: tuple[str, ...], seed: int = 42) -> OrderGenerator:
+        """Orders, plus every other configured collection as a reference collection."""
+        return cls(db["orders"], seed, tuple(db[name] for name in collections if name != "orders"))
 
     def _first_free_number(self) -> int:
         numbers = [int(o.split("-")[1]) for o in self.live if o.startswith("ord-") and o[4:].isdigit()]
@@ -86,9 +96,23 @@ class OrderGenerator:
             "updated_at": now,
         }
 
+    def _touch_reference(self) -> None:
+        """Upsert a customer or product: documents without an order_id (keyed by _id in Kafka)."""
+        collection = self.rng.choice(self.references)
+        key = f"{collection.name}-{self.rng.randrange(1, 200):04d}"
+        collection.update_one(
+            {"_id": key},
+            {"$set": {"name": f"{collection.name} {key}", "score": self.rng.randrange(100),
+                      "updated_at": datetime.now(UTC)}},
+            upsert=True,
+        )
+        self.stats.references += 1
+
     def step(self) -> None:
         roll = self.rng.random()
-        if not self.live or roll < 0.45:
+        if self.references and self.rng.random() < 0.1:
+            self._touch_reference()
+        elif not self.live or roll < 0.45:
             doc = self.new_order()
             self.orders.insert_one(doc)
             self.live.append(doc["order_id"])

@@ -5,10 +5,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from pymongo import MongoClient
-
 from lakehouse.config import Settings
 from lakehouse.events import canonical_document, doc_id_text
+from lakehouse.mongo import connect as connect_mongo
 from warehouse.loader import connect
 
 
@@ -43,7 +42,7 @@ def _digest(document: object) -> str:
 
 
 def reconcile(settings: Settings, collection: str = "orders") -> Reconciliation:
-    client: MongoClient = MongoClient(settings.mongo_uri, tz_aware=True)
+    client = connect_mongo(settings, "lakehouse-reconcile")
     try:
         source = {
             doc_id_text({"_id": doc["_id"]}): _digest(doc)

@@ -14,3 +14,12 @@ def test_generator_makes_the_requested_changes_on_live_orders() -> None:
     again = OrderGenerator(orders, seed=8)
     again.run(50)
     assert orders.count_documents({}) == len(again.live)
+
+
+def test_reference_collections_get_upserts_keyed_without_order_id() -> None:
+    db = mongomock.MongoClient().shop
+    generator = OrderGenerator.for_database(db, ("orders", "customers", "products"), seed=3)
+    stats = generator.run(300)
+    assert stats.references > 0
+    assert db.customers.count_documents({}) + db.products.count_documents({}) > 0
+    assert db.customers.find_one({"order_id": {"$exists": True}}) is None
