@@ -89,7 +89,8 @@ def _mongo_dir(settings: Settings) -> Path:
     return settings.stack_dir / "mongodb"
 
 
-def start_mongo(settings: Settings) -> str:
+def start_mongo(settings: Settings, extra_args: tuple[str, ...] = ()) -> str:
+    """extra_args go to the embedded server, e.g. ("--oplog-max-entries", "200") for a tiny history."""
     host, port = settings.mongo_address
     folder = _mongo_dir(settings)
     log, pid_file = folder / "mongod.log", folder / "mongod.pid"
@@ -104,6 +105,7 @@ def start_mongo(settings: Settings) -> str:
         _bin("secantusd-py"), "--host", host, "--port", str(port),
         "--storage-path", str(folder / "data"),
         "--oplog-retention-seconds", os.environ.get("MONGO_OPLOG_RETENTION_SECONDS", "604800"),
+        *extra_args,
     ]
     with log.open("ab") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

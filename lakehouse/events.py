@@ -25,7 +25,7 @@ SCHEMA_VERSION = 1
 ENVELOPE_FIELDS: tuple[tuple[str, str], ...] = (
     ("schema_version", "int"),
     ("change_id", "string"),  # deterministic: same change re-read after a restart -> same id
-    ("op", "string"),  # insert | update | replace | delete | snapshot
+    ("op", "string"),  # insert | update | replace | delete | snapshot | snapshot_end
     ("db", "string"),
     ("collection", "string"),
     ("doc_id", "string"),  # documentKey._id as text; the warehouse's row identity
@@ -44,7 +44,10 @@ ENVELOPE_FIELDS: tuple[tuple[str, str], ...] = (
 )
 ENVELOPE_FIELD_NAMES: tuple[str, ...] = tuple(name for name, _ in ENVELOPE_FIELDS)
 REQUIRED_FIELDS: tuple[str, ...] = ("change_id", "op", "db", "collection", "doc_id", "cluster_time_s")
-OPERATIONS = ("insert", "update", "replace", "delete", "snapshot")
+STREAMED_OPERATIONS = ("insert", "update", "replace", "delete")  # read from the change stream
+OPERATIONS = (*STREAMED_OPERATIONS, "snapshot", "snapshot_end")
+# doc_id of a snapshot_end event, which is about a whole collection.
+WHOLE_COLLECTION = "*"
 
 _JSON = JSONOptions(json_mode=JSONMode.RELAXED, tz_aware=True)
 
@@ -128,13 +131,14 @@ def from_snapshot(
     db: str, collection: str, document: Mapping[str, Any], cluster_time: tuple[int, int]
 ) -> dict[str, Any]:
     """Envelope for a copied document. It sorts before any streamed change at the same time
-    (txn_op_index -1), and the same content copied again gets the same change_id."""
+    (txn_op_index -1); copying the same content in the same snapshot again gives the same change_id."""
     document_key = {"_id": document["_id"]}
     doc_id = doc_id_text(document_key)
     full = to_extended_json(document)
     return {
         "schema_version": SCHEMA_VERSION,
-        "change_id": _sha("snapshot", f"{db}.{collection}", doc_id, canonical_document(full or "{}")),
+        "change_id": _sha("snapshot", f"{db}.{collection}", f"{cluster_time[0]}.{cluster_time[1]}", doc_id,
+                          canonical_document(full or "{}")),
         "op": "snapshot",
         "db": db,
         "collection": collection,
@@ -150,6 +154,25 @@ def from_snapshot(
         "txn_number": None,
         "wall_time_ms": None,
         "resume_token": None,
+        "captured_at_ms": int(time.time() * 1000),
+    }
+
+
+def snapshot_end(db: str, collection: str, cluster_time: tuple[int, int]) -> dict[str, Any]:
+    """Marks a complete copy of `collection` as of `cluster_time`: a document whose latest change is
+    older than this no longer exists (it was deleted while the change history was unavailable)."""
+    return {
+        **{name: None for name in ENVELOPE_FIELD_NAMES},
+        "schema_version": SCHEMA_VERSION,
+        "change_id": _sha("snapshot_end", f"{db}.{collection}", f"{cluster_time[0]}.{cluster_time[1]}"),
+        "op": "snapshot_end",
+        "db": db,
+        "collection": collection,
+        "doc_id": WHOLE_COLLECTION,
+        "order_id": WHOLE_COLLECTION,
+        "cluster_time_s": cluster_time[0],
+        "cluster_time_inc": cluster_time[1],
+        "txn_op_index": -1,
         "captured_at_ms": int(time.time() * 1000),
     }
 

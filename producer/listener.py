@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kafka.errors import KafkaError, MessageSizeTooLargeError
-from pymongo import MongoClient
 from pymongo.errors import OperationFailure, PyMongoError
 
 from lakehouse import events
 from lakehouse.config import Settings
 from lakehouse.events import SourcePosition
 from lakehouse.kafka_io import ensure_topics, idempotent_producer
+from lakehouse.mongo import connect as connect_mongo
 from producer.checkpoint import Checkpoint, FileCheckpointStore
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ class ListenerStats:
     published: int = 0
     dead_lettered: int = 0
     snapshots: int = 0
+    resnapshots: int = 0  # times the token was lost and everything was copied again
     started: float = field(default_factory=time.monotonic)
 
 
@@ -58,7 +59,7 @@ class ChangeStreamListener:
         self.snapshot_mode = snapshot_mode
         self.batch_size = batch_size
         self.store = FileCheckpointStore(settings.producer_checkpoint)
-        self.client: MongoClient = MongoClient(settings.mongo_uri, tz_aware=True)
+        self.client = connect_mongo(settings, "lakehouse-producer")
         self.db = self.client[settings.mongo_db]
         self.kafka = idempotent_producer(settings)
         self.stats = ListenerStats()
@@ -107,16 +108,22 @@ class ChangeStreamListener:
                     self._position = checkpoint.position
                     self.stats.published = checkpoint.events_published
                     self._stream(self._open_stream(checkpoint.resume_token), until_idle)
-                break
+                return self.stats
+            except OperationFailure as exc:
+                if exc.code not in HISTORY_LOST_CODES:
+                    raise
+                lost: Exception = exc
             except HistoryLostError as exc:
-                if self.snapshot_mode != "when_needed":
-                    raise RuntimeError(
-                        f"the stored resume token is no longer in MongoDB's history ({exc}). Run "
-                        "`lakehouse produce --snapshot when_needed` to re-snapshot automatically, or "
-                        f"delete {self.store.path} and run with --snapshot initial"
-                    ) from exc
-                log.error("RESUME TOKEN LOST (%s): re-snapshotting every collection", exc)
-                self.store.clear()
+                lost = exc
+            if self.snapshot_mode != "when_needed":
+                raise RuntimeError(
+                    f"the stored resume token is no longer in MongoDB's history ({lost}). Run "
+                    "`lakehouse produce --snapshot when_needed` to re-snapshot automatically, or "
+                    f"delete {self.store.path} and run with --snapshot initial"
+                ) from lost
+            log.error("RESUME TOKEN LOST (%s): re-snapshotting every collection", lost)
+            self.stats.resnapshots += 1
+            self.store.clear()
         return self.stats
 
     def _watch_pipeline(self) -> list[dict[str, Any]]:
@@ -131,12 +138,7 @@ class ChangeStreamListener:
             options["start_after"] = resume_token
         elif start_at is not None:
             options["start_at_operation_time"] = start_at
-        try:
-            return self.db.watch(self._watch_pipeline(), **options)
-        except OperationFailure as exc:
-            if exc.code in HISTORY_LOST_CODES:
-                raise HistoryLostError(str(exc)) from exc
-            raise
+        return self.db.watch(self._watch_pipeline(), **options)
 
     def _snapshot_then_stream(self, until_idle: bool) -> None:
         """Open the stream first, copy, then stream from the opening point: nothing is missed, and
@@ -144,12 +146,12 @@ class ChangeStreamListener:
         opened_at = self.db.command("ping")["operationTime"]
         stream = self._open_stream(None, start_at=opened_at)
         started = time.monotonic()
+        at = (opened_at.time, opened_at.inc)
         for name in self.settings.collections:
             topic = self.settings.topic_for(name)
             batch: list[Outgoing] = []
             for document in self.db[name].find().sort("_id", 1):
-                envelope = events.from_snapshot(self.settings.mongo_db, name, document,
-                                                (opened_at.time, opened_at.inc))
+                envelope = events.from_snapshot(self.settings.mongo_db, name, document, at)
                 batch.extend(self._outgoing(topic, envelope, document))
                 if len(batch) >= self.batch_size:
                     self._publish(batch)
@@ -157,6 +159,7 @@ class ChangeStreamListener:
                     batch = []
             self._publish(batch)
             self.stats.snapshots += len(batch)
+            self._publish(self._outgoing(topic, events.snapshot_end(self.settings.mongo_db, name, at), None))
         log.info("snapshot copied %d documents in %.1fs", self.stats.snapshots, time.monotonic() - started)
         if stream.resume_token is not None:
             self._save(stream.resume_token)

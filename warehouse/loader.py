@@ -108,16 +108,28 @@ def _apply(con: duckdb.DuckDBPyConnection, incoming: object, version: int) -> in
             "ON CONFLICT DO NOTHING"
         )
         new_changes = _count(con, "fact_order_changes") - before
-        con.execute("CREATE OR REPLACE TEMP TABLE touched AS SELECT DISTINCT doc_id FROM incoming_arrow")
+        # A complete snapshot (snapshot_end) is news for every document; other changes for their own.
+        touched_from = (
+            "fact_order_changes" if con.execute(
+                "SELECT count(*) FROM incoming_arrow WHERE op = 'snapshot_end'").fetchall()[0][0]
+            else "incoming_arrow"
+        )
+        con.execute("CREATE OR REPLACE TEMP TABLE touched AS "
+                    f"SELECT DISTINCT doc_id FROM {touched_from} WHERE op <> 'snapshot_end'")
         con.execute("DELETE FROM orders WHERE doc_id IN (SELECT doc_id FROM touched)")
+        cut_s, cut_inc = con.execute(
+            "SELECT cluster_time_s, cluster_time_inc FROM fact_order_changes WHERE op = 'snapshot_end' "
+            "UNION ALL SELECT 0, 0 ORDER BY 1 DESC, 2 DESC LIMIT 1").fetchall()[0]
         # An update whose document was deleted before lookup carries no state: it cannot be the
-        # current version, and the delete that follows it will arrive.
+        # current version, and the delete that follows it will arrive. A document whose latest change
+        # is older than the newest complete snapshot was deleted while history was unavailable.
         con.execute(
             f"INSERT INTO orders ({', '.join(orders_cols)}) SELECT {orders_select} FROM ("
             "  SELECT * FROM fact_order_changes"
             "  WHERE doc_id IN (SELECT doc_id FROM touched) AND (op = 'delete' OR document IS NOT NULL)"
             f"  QUALIFY row_number() OVER (PARTITION BY doc_id ORDER BY {order_by}) = 1"
-            ") WHERE op <> 'delete'"
+            ") WHERE op <> 'delete' AND (cluster_time_s > $s OR (cluster_time_s = $s AND cluster_time_inc >= $i))",
+            {"s": cut_s, "i": cut_inc},
         )
         con.execute(
             "INSERT INTO load_state VALUES (?, ?, ?, now()) ON CONFLICT (source) DO UPDATE SET "

@@ -1,25 +1,12 @@
 import json
 
-from kafka import KafkaConsumer
 from pymongo import MongoClient
 
 from lakehouse.config import Settings
-from lakehouse.kafka_io import end_offsets
+from lakehouse.events import STREAMED_OPERATIONS
 from producer.generator import OrderGenerator
 from producer.listener import ChangeStreamListener
-
-
-def read_topic(settings: Settings, topic: str) -> list[dict]:
-    total = sum(end_offsets(settings, [topic]).values())
-    consumer = KafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap_servers, auto_offset_reset="earliest",
-                             enable_auto_commit=False, consumer_timeout_ms=10_000, group_id=None)
-    messages = []
-    for record in consumer:
-        messages.append({"key": record.key.decode(), "partition": record.partition, **json.loads(record.value)})
-        if len(messages) >= total:
-            break
-    consumer.close()
-    return messages
+from tests.helpers import read_topic
 
 
 def run_listener(settings: Settings, snapshot: str = "initial") -> None:
@@ -43,16 +30,18 @@ def test_snapshot_then_stream_across_a_restart_loses_nothing(settings: Settings)
     ids = [m["change_id"] for m in messages]
     assert len(ids) == len(set(ids)), "a change was published twice under different ids"
     assert sum(m["op"] == "snapshot" for m in messages) == existing
-    assert sum(m["op"] != "snapshot" for m in messages) == 250
+    assert sum(m["op"] in STREAMED_OPERATIONS for m in messages) == 250
     # Keyed by order_id, deletes included (pre-images); one order's changes share a partition.
     partitions: dict[str, set[int]] = {}
     for m in messages:
+        if m["op"] == "snapshot_end":
+            continue
         assert m["key"] == m["order_id"] and m["order_id"].startswith("ord-"), m
         partitions.setdefault(m["order_id"], set()).add(m["partition"])
     assert all(len(p) == 1 for p in partitions.values())
     # Within a partition, source order is kept.
     for p in {m["partition"] for m in messages}:
-        streamed = [m for m in messages if m["partition"] == p and m["op"] != "snapshot"]
+        streamed = [m for m in messages if m["partition"] == p and m["op"] in STREAMED_OPERATIONS]
         order = [(m["cluster_time_s"], m["cluster_time_inc"], m["txn_op_index"]) for m in streamed]
         assert order == sorted(order)
 

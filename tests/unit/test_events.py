@@ -52,14 +52,23 @@ def test_documents_travel_as_extended_json() -> None:
     assert '"$date"' in envelope["full_document"]
 
 
-def test_snapshot_id_depends_on_content_and_sorts_before_streamed_changes() -> None:
+def test_snapshot_id_depends_on_content_and_snapshot_and_sorts_before_streamed_changes() -> None:
     doc = {"_id": 1, "order_id": "o1", "status": "paid"}
     a = events.from_snapshot("shop", "orders", doc, (10, 1))
-    again = events.from_snapshot("shop", "orders", dict(reversed(list(doc.items()))), (20, 5))
+    again = events.from_snapshot("shop", "orders", dict(reversed(list(doc.items()))), (10, 1))
     changed = events.from_snapshot("shop", "orders", {**doc, "status": "shipped"}, (10, 1))
-    assert a["change_id"] == again["change_id"]
+    later_snapshot = events.from_snapshot("shop", "orders", doc, (20, 5))
+    assert a["change_id"] == again["change_id"]  # a retried batch of one snapshot repeats its ids
     assert a["change_id"] != changed["change_id"]
+    assert a["change_id"] != later_snapshot["change_id"]  # a re-snapshot re-confirms the document
     assert a["txn_op_index"] == -1 and a["op"] == "snapshot"
+
+
+def test_snapshot_end_marks_the_whole_collection() -> None:
+    end = events.snapshot_end("shop", "orders", (10, 1))
+    assert tuple(end) == events.ENVELOPE_FIELD_NAMES
+    assert end["doc_id"] == events.WHOLE_COLLECTION and end["op"] == "snapshot_end"
+    assert all(end[f] is not None for f in events.REQUIRED_FIELDS)
 
 
 def test_source_position_counts_events_sharing_a_cluster_time() -> None:

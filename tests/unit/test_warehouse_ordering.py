@@ -90,3 +90,17 @@ def test_loading_the_same_changes_twice_changes_nothing(tmp_path: Path) -> None:
     rows = history([(1, 1), (1, 1), (2, 1), (1, 0)])
     state = load_in_batches(tmp_path, [rows, rows])
     assert state == expected_state(rows) == {"2": rows[2]["full_document"]}
+
+
+def test_a_complete_snapshot_removes_documents_deleted_while_history_was_lost(tmp_path: Path) -> None:
+    rows = history([(1, 1), (2, 1), (3, 1)])  # docs 1, 2, 3 inserted at t=1000
+    resnapshot = [silver_row(30, doc, "insert", "again") | {"op": "snapshot", "change_id": f"s{doc}"}
+                  for doc in (1, 3)]  # doc 2 was deleted while the stream could not see it
+    end = silver_row(31, 0, "snapshot_end", None) | {"doc_id": "*", "change_id": "end", "full_document": None,
+                                                     "cluster_time_s": 1010, "cluster_time_inc": 0}
+    for row in resnapshot:
+        row["cluster_time_s"], row["cluster_time_inc"], row["txn_op_index"] = 1010, 0, -1
+    later = silver_row(40, 3, "update", "after")  # a change after the snapshot wins over its copy
+    state = load_in_batches(tmp_path, [rows, [end, later], resnapshot])
+    assert set(state) == {"1", "3"}
+    assert json.loads(state["3"])["status"] == "after"

@@ -1,0 +1,72 @@
+"""Helpers for integration tests: read what reached Kafka, and replay it into a document state."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from kafka import KafkaConsumer
+
+from lakehouse.config import Settings
+from lakehouse.events import canonical_document, doc_id_text
+from lakehouse.kafka_io import end_offsets
+from lakehouse.mongo import connect as connect_mongo
+
+
+def read_topic(settings: Settings, topic: str) -> list[dict[str, Any]]:
+    """Every message in `topic`, with its key and partition."""
+    total = sum(end_offsets(settings, [topic]).values())
+    if total == 0:
+        return []
+    consumer = KafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap_servers, auto_offset_reset="earliest",
+                             enable_auto_commit=False, consumer_timeout_ms=15_000, group_id=None)
+    messages = []
+    try:
+        for record in consumer:
+            messages.append({"key": record.key.decode() if record.key else None, "partition": record.partition,
+                             **json.loads(record.value)})
+            if len(messages) >= total:
+                break
+    finally:
+        consumer.close()
+    return messages
+
+
+def replay(messages: list[dict[str, Any]]) -> dict[str, str]:
+    """Apply change events in source order: doc_id -> canonical document (the warehouse's rule,
+    snapshot_end included)."""
+    latest: dict[str, dict[str, Any]] = {}
+    cutoff = (0, 0)
+    for m in messages:
+        if m["op"] == "snapshot_end":
+            cutoff = max(cutoff, (m["cluster_time_s"], m["cluster_time_inc"]))
+            continue
+        if m["op"] != "delete" and m["full_document"] is None:
+            continue
+        order = (m["cluster_time_s"], m["cluster_time_inc"], m["txn_op_index"])
+        seen = latest.get(m["doc_id"])
+        if seen is None or order > (seen["cluster_time_s"], seen["cluster_time_inc"], seen["txn_op_index"]):
+            latest[m["doc_id"]] = m
+    return {k: canonical_document(m["full_document"]) for k, m in latest.items()
+            if m["op"] != "delete" and (m["cluster_time_s"], m["cluster_time_inc"]) >= cutoff}
+
+
+def mongo_state(settings: Settings, collection: str = "orders") -> dict[str, str]:
+    client = connect_mongo(settings)
+    try:
+        return {doc_id_text({"_id": d["_id"]}): canonical_document(d)
+                for d in client[settings.mongo_db][collection].find()}
+    finally:
+        client.close()
+
+
+def start_cli(settings: Settings, log: Path, *args: str) -> subprocess.Popen[bytes]:
+    """Run `lakehouse <args>` as its own process, as it runs in production."""
+    env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
+    with log.open("ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "lakehouse.cli", *args], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
