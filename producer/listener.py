@@ -52,12 +52,16 @@ class ListenerStats:
 
 
 class ChangeStreamListener:
-    def __init__(self, settings: Settings, snapshot_mode: str = "initial", batch_size: int = 500) -> None:
+    def __init__(self, settings: Settings, snapshot_mode: str = "initial", batch_size: int = 2000,
+                 checkpoint_interval: float = 1.0) -> None:
         if snapshot_mode not in SNAPSHOT_MODES:
             raise ValueError(f"--snapshot must be one of {SNAPSHOT_MODES}, not {snapshot_mode!r}")
         self.settings = settings
         self.snapshot_mode = snapshot_mode
         self.batch_size = batch_size
+        self.checkpoint_interval = checkpoint_interval
+        self._saved_at = 0.0
+        self._saved_token: Mapping[str, Any] | None = None
         self.store = FileCheckpointStore(settings.producer_checkpoint)
         self.client = connect_mongo(settings, "lakehouse-producer")
         self.db = self.client[settings.mongo_db]
@@ -161,35 +165,32 @@ class ChangeStreamListener:
             self.stats.snapshots += len(batch)
             self._publish(self._outgoing(topic, events.snapshot_end(self.settings.mongo_db, name, at), None))
         log.info("snapshot copied %d documents in %.1fs", self.stats.snapshots, time.monotonic() - started)
-        if stream.resume_token is not None:
-            self._save(stream.resume_token)
+        self._save(stream.resume_token)
         self._stream(stream, until_idle)
 
     def _stream(self, stream: Any, until_idle: bool) -> None:
+        """Read a batch, publish it and wait for its acks, then (at most every checkpoint_interval,
+        and always when idle or stopping) persist the stream's token, which is then the last
+        acknowledged event's, or the post-batch token of an idle stream (the heartbeat)."""
         last_progress = time.monotonic()
-        last_heartbeat_token = None
         with stream:
             while not self._stopping:
-                batch, last_token = self._read_batch(stream)
+                batch = self._read_batch(stream)
                 if batch:
                     self._publish(batch)
-                if last_token is not None:
-                    self._save(last_token)
-                elif stream.resume_token is not None and stream.resume_token != last_heartbeat_token:
-                    # Idle: keep the stored token fresh so it never falls out of the oplog.
-                    last_heartbeat_token = stream.resume_token
+                if not batch or time.monotonic() - self._saved_at >= self.checkpoint_interval:
                     self._save(stream.resume_token)
                 if time.monotonic() - last_progress > 5:
                     last_progress = time.monotonic()
                     log.info("published %d events (%d dead-lettered)", self.stats.published,
                              self.stats.dead_lettered)
                 if until_idle and not batch:
-                    return
+                    break
+            self._save(stream.resume_token)
 
-    def _read_batch(self, stream: Any) -> tuple[list[Outgoing], dict[str, Any] | None]:
+    def _read_batch(self, stream: Any) -> list[Outgoing]:
         batch: list[Outgoing] = []
-        last_token = None
-        deadline = time.monotonic() + 0.25
+        deadline = time.monotonic() + 0.5
         while len(batch) < self.batch_size and time.monotonic() < deadline and not self._stopping:
             change = stream.try_next()
             if change is None:
@@ -204,8 +205,7 @@ class ChangeStreamListener:
             )
             topic = self.settings.topic_for(change["ns"]["coll"])
             batch.extend(self._outgoing_change(topic, change))
-            last_token = change["_id"]
-        return batch, last_token
+        return batch
 
     def _outgoing_change(self, topic: str, change: Mapping[str, Any]) -> list[Outgoing]:
         assert self._position is not None
@@ -253,6 +253,11 @@ class ChangeStreamListener:
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 30)
 
-    def _save(self, token: Mapping[str, Any]) -> None:
+    def _save(self, token: Mapping[str, Any] | None) -> None:
+        """Persist `token` unless it is already stored. Call only once everything before it is acked."""
+        self._saved_at = time.monotonic()
+        if token is None or token == self._saved_token:
+            return
         self.store.save(Checkpoint(dict(token), self._position, self.stats.published))
+        self._saved_token = token
 
