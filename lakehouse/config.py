@@ -30,6 +30,7 @@ ENV_NAMES = {
     "stack_dir": "STACK_DIR",
     "max_rows_per_batch": "MAX_ROWS_PER_BATCH",
     "trigger_seconds": "TRIGGER_SECONDS",
+    "high_value_thresholds": "HIGH_VALUE_THRESHOLDS",
 }
 _PATHS = {"lake_path", "warehouse_path", "state_dir", "stack_dir"}
 _INTS = {"kafka_partitions", "kafka_replication_factor", "max_rows_per_batch"}
@@ -68,6 +69,8 @@ class Settings:
     stack_dir: Path = field(default_factory=lambda: Path(".stack").resolve())
     max_rows_per_batch: int = 20_000
     trigger_seconds: float = 2.0
+    # Amount at or above which an order is high value, per currency ("default" for the rest).
+    high_value_thresholds: str = "USD:1000,EUR:900,GBP:800,default:1000"
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:

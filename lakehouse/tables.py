@@ -12,5 +12,5 @@ KAFKA_COLUMNS = ("kafka_topic", "kafka_partition", "kafka_offset", "kafka_timest
 # Order attributes lifted out of the document (post-image, or pre-image for deletes) into silver.
 ORDER_ATTRIBUTES = ("customer_id", "status", "amount_raw", "currency")
 
-# Columns silver adds to the envelope.
-SILVER_EXTRA = ("event_time", "event_date", *ORDER_ATTRIBUTES, *KAFKA_COLUMNS, "batch_id", "ingested_at")
+# Typed money columns silver derives from amount_raw (streaming/udfs.py).
+MONEY_COLUMNS = ("amount", "amount_currency", "amount_error", "is_high_value")

@@ -27,6 +27,7 @@ from lakehouse.config import Settings
 from lakehouse.events import ENVELOPE_FIELDS, OPERATIONS, REQUIRED_FIELDS, SCHEMA_VERSION
 from streaming.delta_sink import append_once, write_parquet_once
 from streaming.kafka_source import KafkaPyDataSource
+from streaming.udfs import money_columns
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ def _quarantine_reason(event: Column, raw: Column) -> Column:
     )
 
 
-def parse(raw: DataFrame) -> DataFrame:
+def parse(raw: DataFrame, settings: Settings) -> DataFrame:
     """Kafka rows -> one wide row per message with the parsed envelope and a quarantine reason."""
     value = F.col("value").cast("string")
     parsed = raw.select(
@@ -95,13 +96,16 @@ def parse(raw: DataFrame) -> DataFrame:
         F.from_json(value, ENVELOPE_DDL, {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT}).alias("event"),
     )
     document = F.coalesce(F.col("event.full_document"), F.col("event.before_document"))
-    return parsed.select(
+    attributes = parsed.select(
         "*",
         _quarantine_reason(F.col("event"), F.col("raw_value")).alias("quarantine_reason"),
         F.timestamp_seconds(F.col("event.cluster_time_s")).alias("event_time"),
         *[F.get_json_object(document, f"$.{attr}").alias(attr)
           for attr in ("customer_id", "status", "currency")],
         F.get_json_object(document, "$.amount").alias("amount_raw"),
+    )
+    return attributes.select(
+        "*", *money_columns(F.col("amount_raw"), F.col("currency"), settings.high_value_thresholds)
     )
 
 
@@ -147,7 +151,8 @@ class BatchWriter:
         event_time = rows["event_time"]
         columns["event_time"] = event_time
         columns["event_date"] = pc.cast(event_time, pa.date32())
-        for name in (*tables.ORDER_ATTRIBUTES, *tables.KAFKA_COLUMNS, "batch_id", "ingested_at"):
+        for name in (*tables.ORDER_ATTRIBUTES, *tables.MONEY_COLUMNS, *tables.KAFKA_COLUMNS, "batch_id",
+                     "ingested_at"):
             columns[name] = rows[name]
         return pa.table(columns)
 
@@ -170,7 +175,7 @@ class BatchWriter:
 
 def start(spark: SparkSession, settings: Settings, available_now: bool = False) -> Any:
     writer = (
-        parse(read_kafka(spark, settings))
+        parse(read_kafka(spark, settings), settings)
         .writeStream.foreachBatch(BatchWriter(settings))
         .option("checkpointLocation", str(settings.spark_checkpoint))
         .queryName("lake")

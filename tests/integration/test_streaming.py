@@ -11,6 +11,7 @@ from lakehouse.config import Settings
 from lakehouse.kafka_io import ensure_topics
 from producer.generator import OrderGenerator
 from producer.listener import ChangeStreamListener
+from streaming.amounts import is_high_value, parse_amount, parse_thresholds
 from streaming.job import build_session, start
 
 
@@ -34,7 +35,7 @@ def table(settings: Settings, name: str) -> list[dict]:
 
 def test_bad_messages_are_quarantined_and_reruns_add_nothing(spark: object, settings: Settings) -> None:
     orders = MongoClient(settings.mongo_uri, tz_aware=True)[settings.mongo_db]["orders"]
-    OrderGenerator(orders, seed=3).run(120)
+    OrderGenerator(orders, seed=3).run(300)
     listener = ChangeStreamListener(settings)
     listener.run(until_idle=True)
     published = listener.stats.published
@@ -69,3 +70,13 @@ def test_bad_messages_are_quarantined_and_reruns_add_nothing(spark: object, sett
     assert len(table(settings, tables.BRONZE)) == published + len(bad)
     parquet_rows = sum(1 for _ in settings.parquet_silver_path.rglob("*.parquet"))
     assert parquet_rows >= 1
+
+    # The UDFs in Spark give exactly what the tested pure rules give, row by row.
+    thresholds = parse_thresholds(settings.high_value_thresholds)
+    with_amount = [r for r in silver if r["amount_raw"] is not None]
+    assert with_amount and any(r["amount"] is not None for r in with_amount)
+    assert any(r["amount_error"] == "empty amount" for r in with_amount)
+    for r in with_amount:
+        expected = parse_amount(r["amount_raw"], r["currency"])
+        assert (r["amount"], r["amount_currency"], r["amount_error"]) == tuple(expected), r
+        assert r["is_high_value"] == is_high_value(expected.value, expected.currency, thresholds), r
