@@ -69,10 +69,16 @@ class KafkaRange(InputPartition):
 
 class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
     def __init__(self, options: dict[str, str]) -> None:
+        options = {k.lower(): v for k, v in options.items()}  # Spark hands option names lower-cased
+        missing = [name for name in ("kafka.bootstrap.servers", "subscribe") if not options.get(name)]
+        if missing:
+            raise ValueError(f"the {SOURCE_NAME} source needs the option(s) {', '.join(missing)}")
         self.bootstrap = options["kafka.bootstrap.servers"]
         self.topics = [t.strip() for t in options["subscribe"].split(",") if t.strip()]
-        self.starting = options.get("startingOffsets", "earliest")
-        max_rows = options.get("maxOffsetsPerTrigger")
+        self.starting = options.get("startingoffsets", "earliest")
+        if self.starting not in ("earliest", "latest"):
+            raise ValueError(f"startingOffsets must be earliest or latest, not {self.starting!r}")
+        max_rows = options.get("maxoffsetspertrigger")
         self.max_rows = int(max_rows) if max_rows else None
         self._consumer: Any = None
         self._available_now_end: dict[str, int] | None = None

@@ -65,8 +65,8 @@ def mongo_state(settings: Settings, collection: str = "orders") -> dict[str, str
 
 
 def start_cli(settings: Settings, log: Path, *args: str) -> subprocess.Popen[bytes]:
-    """Run `lakehouse <args>` as its own process, as it runs in production."""
+    """Run `lakehouse <args>` as its own process (group, so a kill can take Spark's JVM with it)."""
     env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
     with log.open("ab") as out:
         return subprocess.Popen([sys.executable, "-m", "lakehouse.cli", *args], env=env, stdout=out,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)

@@ -18,3 +18,17 @@ def test_budget_never_exceeded_nor_past_the_end(pairs: list[tuple[int, int]], bu
     taken = sum(result[k] - current[k] for k in current)
     assert taken == min(budget, sum(ends[k] - current[k] for k in current))
     assert all(current[k] <= result[k] <= ends[k] for k in current)
+
+
+def test_options_are_read_whatever_their_case_and_checked() -> None:
+    import pytest
+    from pyspark.sql.streaming.datasource import ReadMaxRows
+
+    from streaming.kafka_source import KafkaStreamReader
+
+    reader = KafkaStreamReader({"kafka.bootstrap.servers": "h:1", "subscribe": "a, b",
+                                "maxoffsetspertrigger": "150", "startingoffsets": "latest"})
+    assert reader.getDefaultReadLimit() == ReadMaxRows(150)
+    assert reader.topics == ["a", "b"] and reader.starting == "latest"
+    with pytest.raises(ValueError, match="subscribe"):
+        KafkaStreamReader({"kafka.bootstrap.servers": "h:1"})
