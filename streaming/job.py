@@ -24,7 +24,7 @@ from pyspark.sql import functions as F
 
 from lakehouse import tables
 from lakehouse.config import Settings
-from lakehouse.events import ENVELOPE_FIELDS, OPERATIONS, REQUIRED_FIELDS, SCHEMA_VERSION
+from lakehouse.events import ENVELOPE_FIELD_NAMES, ENVELOPE_FIELDS, OPERATIONS, REQUIRED_FIELDS, SCHEMA_VERSION
 from streaming.delta_sink import append_once, write_parquet_once
 from streaming.kafka_source import KafkaPyDataSource
 from streaming.udfs import money_columns
@@ -32,8 +32,7 @@ from streaming.udfs import money_columns
 log = logging.getLogger(__name__)
 
 _SPARK_TYPES = {"string": "STRING", "long": "BIGINT", "int": "INT"}
-CORRUPT = "_corrupt_record"  # Spark puts the raw text here when a field does not fit its type
-ENVELOPE_DDL = ", ".join(f"`{name}` {_SPARK_TYPES[kind]}" for name, kind in ENVELOPE_FIELDS) + f", {CORRUPT} STRING"
+ENVELOPE_DDL = ", ".join(f"`{name}` {_SPARK_TYPES[kind]}" for name, kind in ENVELOPE_FIELDS)
 
 
 def build_session(settings: Settings) -> SparkSession:
@@ -70,21 +69,28 @@ def read_kafka(spark: SparkSession, settings: Settings, starting_offsets: str = 
     return reader.load()
 
 
-def _quarantine_reason(event: Column, raw: Column) -> Column:
+def _quarantine_reason(event: Column, fields: Column, raw: Column) -> Column:
+    """Why a message cannot become a silver row; null when it can. `fields` is the message as a
+    map of field -> raw JSON text, to tell a missing field from one of the wrong type."""
+    present = [(name, fields[name].isNotNull() & (fields[name] != "null")) for name, _ in ENVELOPE_FIELDS]
+    mistyped = F.concat_ws(", ", *[F.when(is_there & event[name].isNull(), F.lit(name)) for name, is_there in present])
     missing = F.concat_ws(", ", *[F.when(event[f].isNull(), F.lit(f)) for f in REQUIRED_FIELDS])
     return (
         F.when(raw.isNull() | (F.trim(raw) == ""), F.lit("empty message value"))
         .when(F.try_parse_json(raw).isNull(), F.lit("malformed JSON"))
+        .when(fields.isNull(), F.lit("not a JSON object"))
         .when(F.coalesce(event["schema_version"], F.lit(0)) > SCHEMA_VERSION,
               F.concat(F.lit("unsupported schema_version "), event["schema_version"].cast("string")))
-        .when(missing != "", F.concat(F.lit("missing or mistyped required field(s): "), missing))
+        .when(mistyped != "",
+              F.concat(F.lit(f"field(s) of the wrong type for envelope schema v{SCHEMA_VERSION}: "), mistyped))
+        .when(missing != "", F.concat(F.lit("missing required field(s): "), missing))
         .when(~event["op"].isin(*OPERATIONS), F.concat(F.lit("unknown op "), event["op"]))
-        .when(event[CORRUPT].isNotNull(), F.lit(f"a field has the wrong type for envelope schema v{SCHEMA_VERSION}"))
     )
 
 
 def parse(raw: DataFrame, settings: Settings) -> DataFrame:
-    """Kafka rows -> one wide row per message with the parsed envelope and a quarantine reason."""
+    """Kafka rows -> one wide row per message with the parsed envelope and a quarantine reason.
+    Top-level fields the envelope schema does not know are kept as JSON in `extra`."""
     value = F.col("value").cast("string")
     parsed = raw.select(
         F.col("topic").alias("kafka_topic"),
@@ -93,17 +99,21 @@ def parse(raw: DataFrame, settings: Settings) -> DataFrame:
         F.col("timestamp").alias("kafka_timestamp"),
         F.col("key").cast("string").alias("kafka_key"),
         value.alias("raw_value"),
-        F.from_json(value, ENVELOPE_DDL, {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT}).alias("event"),
+        F.from_json(value, ENVELOPE_DDL, {"mode": "PERMISSIVE"}).alias("event"),
+        F.from_json(value, "MAP<STRING, STRING>", {"mode": "PERMISSIVE"}).alias("fields"),
     )
+    known = F.array(*[F.lit(name) for name in ENVELOPE_FIELD_NAMES])
+    unknown = F.map_filter("fields", lambda k, _: ~F.array_contains(known, k))
     document = F.coalesce(F.col("event.full_document"), F.col("event.before_document"))
     attributes = parsed.select(
         "*",
-        _quarantine_reason(F.col("event"), F.col("raw_value")).alias("quarantine_reason"),
+        _quarantine_reason(F.col("event"), F.col("fields"), F.col("raw_value")).alias("quarantine_reason"),
+        F.when(F.size(unknown) > 0, F.to_json(unknown)).alias("extra"),
         F.timestamp_seconds(F.col("event.cluster_time_s")).alias("event_time"),
         *[F.get_json_object(document, f"$.{attr}").alias(attr)
           for attr in ("customer_id", "status", "currency")],
         F.get_json_object(document, "$.amount").alias("amount_raw"),
-    )
+    ).drop("fields")
     return attributes.select(
         "*", *money_columns(F.col("amount_raw"), F.col("currency"), settings.high_value_thresholds)
     )
@@ -137,7 +147,11 @@ class BatchWriter:
             if data.num_rows:
                 append_once(self.settings.table_path(name), data, self.app_id, batch_id)
         write_parquet_once(self.settings.parquet_silver_path, silver, batch_id, "event_date")
-        self._record(batch_id, batch.num_rows, silver.num_rows, quarantine.num_rows, started)
+        new_fields = sorted({key for text in silver["extra"].drop_null().to_pylist() for key in json.loads(text)})
+        if new_fields:
+            log.warning("batch %d: fields the envelope schema v%d does not know: %s (kept in silver.extra)",
+                        batch_id, SCHEMA_VERSION, ", ".join(new_fields))
+        self._record(batch_id, batch.num_rows, silver.num_rows, quarantine.num_rows, started, new_fields)
 
     @staticmethod
     def _silver(rows: pa.Table) -> pa.Table:
@@ -151,17 +165,19 @@ class BatchWriter:
         event_time = rows["event_time"]
         columns["event_time"] = event_time
         columns["event_date"] = pc.cast(event_time, pa.date32())
-        for name in (*tables.ORDER_ATTRIBUTES, *tables.MONEY_COLUMNS, *tables.KAFKA_COLUMNS, "batch_id",
+        for name in (*tables.ORDER_ATTRIBUTES, *tables.MONEY_COLUMNS, "extra", *tables.KAFKA_COLUMNS, "batch_id",
                      "ingested_at"):
             columns[name] = rows[name]
         return pa.table(columns)
 
-    def _record(self, batch_id: int, rows: int, silver: int, quarantined: int, started: float) -> None:
+    def _record(self, batch_id: int, rows: int, silver: int, quarantined: int, started: float,
+                new_fields: list[str]) -> None:
         line = {
             "batch_id": batch_id,
             "input_rows": rows,
             "silver_rows": silver,
             "quarantined": quarantined,
+            "new_fields": new_fields,
             "duration_ms": round((time.monotonic() - started) * 1000),
             "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
