@@ -31,6 +31,8 @@ ENV_NAMES = {
     "max_rows_per_batch": "MAX_ROWS_PER_BATCH",
     "trigger_seconds": "TRIGGER_SECONDS",
     "high_value_thresholds": "HIGH_VALUE_THRESHOLDS",
+    "watermark_delay": "WATERMARK_DELAY",
+    "event_time_source": "EVENT_TIME",
 }
 _PATHS = {"lake_path", "warehouse_path", "state_dir", "stack_dir"}
 _INTS = {"kafka_partitions", "kafka_replication_factor", "max_rows_per_batch"}
@@ -71,6 +73,10 @@ class Settings:
     trigger_seconds: float = 2.0
     # Amount at or above which an order is high value, per currency ("default" for the rest).
     high_value_thresholds: str = "USD:1000,EUR:900,GBP:800,default:1000"
+    # How long after an event's time it may still arrive and count in the windowed aggregates.
+    watermark_delay: str = "10 minutes"
+    # Event time: the change's cluster time, or the order document's updated_at.
+    event_time_source: str = "cluster_time"
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -116,6 +122,10 @@ class Settings:
     def table_path(self, name: str) -> Path:
         """Delta tables of the lake (bronze, silver, quarantine)."""
         return self.lake_path / "delta" / name
+
+    @property
+    def aggregates_checkpoint(self) -> Path:
+        return self.state_dir / "spark" / "aggregates"
 
     @property
     def parquet_silver_path(self) -> Path:

@@ -5,6 +5,9 @@ from __future__ import annotations
 BRONZE = "bronze_events"
 SILVER = "silver_changes"
 QUARANTINE = "quarantine"
+LATE_EVENTS = "late_events"
+AGGREGATES = "aggregates"
+WINDOWS = {"1m": "1 minute", "1h": "1 hour"}  # granularity label -> Spark window duration
 
 # Kafka coordinates kept on every lake row, so any row can be traced to its message.
 KAFKA_COLUMNS = ("kafka_topic", "kafka_partition", "kafka_offset", "kafka_timestamp")

@@ -8,14 +8,23 @@ before every write; a batch Spark replays after a crash is then skipped, not app
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.dataset as pads
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 
 log = logging.getLogger(__name__)
+
+
+def writer_app_id(checkpoint: Path) -> str:
+    """A writer's id is tied to its Spark checkpoint: a replay into a new checkpoint starts batch ids
+    at 0 again and must not be mistaken for batches already written."""
+    return "lakehouse-" + hashlib.sha256(str(checkpoint).encode()).hexdigest()[:12]
 
 
 def committed_version(table: Path, app_id: str) -> int | None:
@@ -42,14 +51,16 @@ def append_once(table: Path, data: pa.Table, app_id: str, batch_id: int) -> bool
 
 
 def write_parquet_once(root: Path, data: pa.Table, batch_id: int, partition_by: str) -> None:
-    """File names carry the batch id, so a replayed batch overwrites its own files."""
+    """One file per partition value and batch, named by the batch id (a replayed batch overwrites its
+    own files), written under a hidden temporary name and renamed, so a reader (Spark's file stream
+    source) never sees half a file."""
     if data.num_rows == 0:
         return
-    pads.write_dataset(
-        data,
-        str(root),
-        format="parquet",
-        partitioning=pads.partitioning(pa.schema([data.schema.field(partition_by)]), flavor="hive"),
-        basename_template=f"batch-{batch_id:010d}-{{i}}.parquet",
-        existing_data_behavior="overwrite_or_ignore",
-    )
+    for value in pc.unique(data[partition_by]).to_pylist():
+        part = data.filter(pc.equal(data[partition_by], pa.scalar(value, data.schema.field(partition_by).type)))
+        folder = root / f"{partition_by}={value}"
+        folder.mkdir(parents=True, exist_ok=True)
+        name = f"batch-{batch_id:010d}.parquet"
+        tmp = folder / f".{name}.tmp"
+        pq.write_table(part.drop_columns([partition_by]), tmp)
+        os.replace(tmp, folder / name)

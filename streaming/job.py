@@ -8,7 +8,6 @@ offset exactly once.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -25,9 +24,11 @@ from pyspark.sql import functions as F
 from lakehouse import tables
 from lakehouse.config import Settings
 from lakehouse.events import ENVELOPE_FIELD_NAMES, ENVELOPE_FIELDS, OPERATIONS, REQUIRED_FIELDS, SCHEMA_VERSION
-from streaming.delta_sink import append_once, write_parquet_once
+from streaming.aggregates import start_aggregates
+from streaming.delta_sink import append_once, write_parquet_once, writer_app_id
 from streaming.kafka_source import KafkaPyDataSource
 from streaming.udfs import money_columns
+from streaming.watermark import WatermarkTracker
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,15 @@ def _quarantine_reason(event: Column, fields: Column, raw: Column) -> Column:
     )
 
 
+def _event_time(settings: Settings, document: Column) -> Column:
+    cluster_time = F.timestamp_seconds(F.col("event.cluster_time_s"))
+    if settings.event_time_source == "cluster_time":
+        return cluster_time
+    if settings.event_time_source == "order_updated_at":
+        return F.coalesce(F.to_timestamp(F.get_json_object(document, "$.updated_at['$date']")), cluster_time)
+    raise ValueError(f"EVENT_TIME must be cluster_time or order_updated_at, not {settings.event_time_source!r}")
+
+
 def parse(raw: DataFrame, settings: Settings) -> DataFrame:
     """Kafka rows -> one wide row per message with the parsed envelope and a quarantine reason.
     Top-level fields the envelope schema does not know are kept as JSON in `extra`."""
@@ -109,7 +119,7 @@ def parse(raw: DataFrame, settings: Settings) -> DataFrame:
         "*",
         _quarantine_reason(F.col("event"), F.col("fields"), F.col("raw_value")).alias("quarantine_reason"),
         F.when(F.size(unknown) > 0, F.to_json(unknown)).alias("extra"),
-        F.timestamp_seconds(F.col("event.cluster_time_s")).alias("event_time"),
+        _event_time(settings, document).alias("event_time"),
         *[F.get_json_object(document, f"$.{attr}").alias(attr)
           for attr in ("customer_id", "status", "currency")],
         F.get_json_object(document, "$.amount").alias("amount_raw"),
@@ -124,10 +134,9 @@ class BatchWriter:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        # Tied to the checkpoint: a replay into a new checkpoint is a new writer with its own batch ids.
-        checkpoint = str(settings.spark_checkpoint)
-        self.app_id = "lakehouse-streaming-" + hashlib.sha256(checkpoint.encode()).hexdigest()[:12]
+        self.app_id = writer_app_id(settings.spark_checkpoint)
         self.metrics_path = settings.state_dir / "spark" / "batches.jsonl"
+        self.watermark = WatermarkTracker(settings.state_dir / "spark" / "watermark.json", settings.watermark_delay)
 
     def __call__(self, batch_df: DataFrame, batch_id: int) -> None:
         started = time.monotonic()
@@ -142,8 +151,11 @@ class BatchWriter:
             [*tables.KAFKA_COLUMNS, "kafka_key", "raw_value", "quarantine_reason", "batch_id", "ingested_at"]
         )
         silver = self._silver(batch.filter(pc.invert(bad)))
+        watermark, late = self._late(silver, batch_id)
 
-        for name, data in ((tables.BRONZE, bronze), (tables.SILVER, silver), (tables.QUARANTINE, quarantine)):
+        outputs = ((tables.BRONZE, bronze), (tables.SILVER, silver), (tables.QUARANTINE, quarantine),
+                   (tables.LATE_EVENTS, late))
+        for name, data in outputs:
             if data.num_rows:
                 append_once(self.settings.table_path(name), data, self.app_id, batch_id)
         write_parquet_once(self.settings.parquet_silver_path, silver, batch_id, "event_date")
@@ -151,7 +163,22 @@ class BatchWriter:
         if new_fields:
             log.warning("batch %d: fields the envelope schema v%d does not know: %s (kept in silver.extra)",
                         batch_id, SCHEMA_VERSION, ", ".join(new_fields))
-        self._record(batch_id, batch.num_rows, silver.num_rows, quarantine.num_rows, started, new_fields)
+        self._record(batch_id, started, input_rows=batch.num_rows, silver_rows=silver.num_rows,
+                     quarantined=quarantine.num_rows, late=late.num_rows, new_fields=new_fields,
+                     watermark=None if watermark is None else _iso(watermark))
+
+    def _late(self, silver: pa.Table, batch_id: int) -> tuple[int | None, pa.Table]:
+        """Rows older than the watermark in force: the windowed aggregates will not count them, so
+        they are recorded here (they stay in silver like every other row)."""
+        watermark = self.watermark.for_batch(batch_id)
+        micros = pc.cast(silver["event_time"], pa.int64())
+        self.watermark.advance(batch_id, watermark, pc.max(micros).as_py())
+        if watermark is None:
+            return None, silver.slice(0, 0).select(["change_id"])
+        late = silver.filter(pc.less(micros, watermark))
+        return watermark, late.select(["change_id", "op", "doc_id", "event_time", *tables.KAFKA_COLUMNS,
+                                       "batch_id", "ingested_at"]).append_column(
+            "watermark", pa.array([watermark] * late.num_rows, pa.timestamp("us", tz="UTC")))
 
     @staticmethod
     def _silver(rows: pa.Table) -> pa.Table:
@@ -170,26 +197,29 @@ class BatchWriter:
             columns[name] = rows[name]
         return pa.table(columns)
 
-    def _record(self, batch_id: int, rows: int, silver: int, quarantined: int, started: float,
-                new_fields: list[str]) -> None:
+    def _record(self, batch_id: int, started: float, **figures: Any) -> None:
+        """One JSON line per batch (read by `lakehouse status`)."""
         line = {
             "batch_id": batch_id,
-            "input_rows": rows,
-            "silver_rows": silver,
-            "quarantined": quarantined,
-            "new_fields": new_fields,
+            **figures,
             "duration_ms": round((time.monotonic() - started) * 1000),
             "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
         with self.metrics_path.open("a") as handle:
             handle.write(json.dumps(line) + "\n")
-        if rows:
-            log.info("batch %d: %d rows, %d to silver, %d quarantined, %d ms", batch_id, rows, silver,
-                     quarantined, line["duration_ms"])
+        if figures["input_rows"]:
+            log.info("batch %d: %d rows, %d to silver, %d quarantined, %d late, watermark %s, %d ms", batch_id,
+                     figures["input_rows"], figures["silver_rows"], figures["quarantined"], figures["late"],
+                     figures["watermark"], line["duration_ms"])
+
+
+def _iso(micros: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(micros / 1_000_000))
 
 
 def start(spark: SparkSession, settings: Settings, available_now: bool = False) -> Any:
+    """The lake query: Kafka -> bronze, silver, quarantine, late events, Parquet copy."""
     writer = (
         parse(read_kafka(spark, settings), settings)
         .writeStream.foreachBatch(BatchWriter(settings))
@@ -204,9 +234,9 @@ def start(spark: SparkSession, settings: Settings, available_now: bool = False) 
 
 
 def run(settings: Settings, available_now: bool = False) -> None:
-    """Run until stopped (SIGTERM/SIGINT), or with available_now until Kafka is drained."""
+    """Run the lake query and the aggregates until stopped (SIGTERM/SIGINT), or with available_now
+    until Kafka is drained (the lake first, then the aggregates over what it wrote)."""
     spark = build_session(settings)
-    query = start(spark, settings, available_now)
     stopping = {"flag": False}
 
     def stop(*_: object) -> None:
@@ -214,14 +244,31 @@ def run(settings: Settings, available_now: bool = False) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    log.info("streaming %s -> %s (checkpoint %s)", ",".join(settings.topics), settings.lake_path,
-             settings.spark_checkpoint)
+    log.info("streaming %s -> %s (checkpoints in %s)", ",".join(settings.topics), settings.lake_path,
+             settings.spark_checkpoint.parent)
+    queries: list[Any] = []
     try:
-        while query.isActive and not stopping["flag"]:
-            query.awaitTermination(1)
-        if query.exception():
-            raise RuntimeError(f"streaming query failed: {query.exception()}")
+        queries.append(start(spark, settings, available_now))
+        if available_now:
+            _await(queries, stopping)
+        queries += start_aggregates(spark, settings, ENVELOPE_DDL, available_now)
+        _await(queries, stopping)
     finally:
-        if query.isActive:
-            query.stop()
+        for query in queries:
+            if query.isActive:
+                query.stop()
         spark.stop()
+
+
+def _await(queries: list[Any], stopping: dict[str, bool]) -> None:
+    """Until every query has finished (or a stop was asked); a failed query fails the job."""
+    while any(q.isActive for q in queries) and not stopping["flag"]:
+        _raise_if_failed(queries)
+        time.sleep(0.5)
+    _raise_if_failed(queries)
+
+
+def _raise_if_failed(queries: list[Any]) -> None:
+    for query in queries:
+        if query.exception():
+            raise RuntimeError(f"streaming query {query.name} failed: {query.exception()}")

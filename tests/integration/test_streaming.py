@@ -116,3 +116,59 @@ def test_schema_evolution_mid_stream_keeps_running_and_says_what_happened(spark:
     assert len(silver) > before + 1  # the traffic after the change went through
     metrics = [json.loads(line) for line in (settings.state_dir / "spark" / "batches.jsonl").read_text().splitlines()]
     assert ["priority", "tags"] in [m["new_fields"] for m in metrics]
+
+
+def test_late_events_are_recorded_and_left_out_of_the_windowed_aggregates(spark: object, settings: Settings) -> None:
+    import time as clock
+    from decimal import Decimal
+
+    from streaming.aggregates import ORDER_STATES, start_aggregates
+    from streaming.job import ENVELOPE_DDL
+
+    settings = settings.replace(watermark_delay="1 minute")
+    orders = MongoClient(settings.mongo_uri, tz_aware=True)[settings.mongo_db]["orders"]
+    listener = ChangeStreamListener(settings)
+    listener.run(until_idle=True)
+    OrderGenerator(orders, seed=9).run(200)
+    listener.run(until_idle=True)
+    listener.close()
+
+    def aggregate() -> None:
+        for query in start_aggregates(spark, settings, ENVELOPE_DDL, available_now=True):  # type: ignore[arg-type]
+            query.awaitTermination(300)
+            assert query.exception() is None, query.exception()
+
+    drain(spark, settings)
+    aggregate()
+
+    now = int(clock.time())
+    template = {"schema_version": 1, "op": "insert", "db": settings.mongo_db, "collection": "orders",
+                "txn_op_index": 0, "cluster_time_inc": 1}
+    doc = json.dumps({"order_id": "x", "status": "paid", "amount": "$5.00", "currency": "USD"})
+    injected = [
+        {**template, "change_id": "late", "doc_id": "late", "cluster_time_s": now - 3600, "full_document": doc},
+        {**template, "change_id": "tick", "doc_id": "tick", "cluster_time_s": now + 3 * 3600, "full_document": doc},
+    ]
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
+    for value in injected:
+        producer.send(settings.topic_for("orders"), key=b"k", value=json.dumps(value).encode())
+    producer.flush()
+    producer.close()
+    drain(spark, settings)
+    aggregate()
+
+    silver = table(settings, tables.SILVER)
+    assert {"late", "tick"} <= {r["change_id"] for r in silver}  # late is not lost
+    late = table(settings, tables.LATE_EVENTS)
+    assert [r["change_id"] for r in late] == ["late"] and late[0]["watermark"] is not None
+    metrics = [json.loads(line) for line in (settings.state_dir / "spark" / "batches.jsonl").read_text().splitlines()]
+    assert sum(m["late"] for m in metrics) == 1
+
+    counted = [r for r in silver if r["op"] in ORDER_STATES and r["change_id"] not in ("late", "tick")]
+    aggregates = table(settings, tables.AGGREGATES)
+    for granularity in ("1m", "1h"):
+        rows = [a for a in aggregates if a["granularity"] == granularity]
+        assert sum(a["order_count"] for a in rows) == len(counted), granularity
+        revenue = sum((a["revenue"] or Decimal(0)) for a in rows)
+        assert revenue == sum((r["amount"] or Decimal(0)) for r in counted), granularity
+        assert sum(a["high_value_changes"] or 0 for a in rows) == sum(1 for r in counted if r["is_high_value"])
