@@ -84,6 +84,17 @@ def _kafka_ready(settings: Settings) -> bool:
         admin.close()
 
 
+def _use_existing(name: str, where: str, host: str, port: int, ready: Callable[[], bool], log: Path) -> str | None:
+    """A server that is not on loopback, or already answers there, is used as it is, never started."""
+    if host not in LOOPBACK:
+        _wait(f"{name} at {where}", ready, None, 15)
+        return f"{name}: external at {where}"
+    if _port_open(host, port):
+        _wait(f"{name} at {host}:{port}", ready, log, 15)
+        return f"{name}: already running at {host}:{port} (log {log})"
+    return None
+
+
 # -- MongoDB -------------------------------------------------------------------------------------
 def _mongo_dir(settings: Settings) -> Path:
     return settings.stack_dir / "mongodb"
@@ -94,12 +105,9 @@ def start_mongo(settings: Settings, extra_args: tuple[str, ...] = ()) -> str:
     host, port = settings.mongo_address
     folder = _mongo_dir(settings)
     log, pid_file = folder / "mongod.log", folder / "mongod.pid"
-    if host not in LOOPBACK:
-        _wait(f"MongoDB at {settings.mongo_uri}", lambda: _mongo_ready(settings), None, 15)
-        return f"MongoDB: external at {settings.mongo_uri}"
-    if _port_open(host, port):
-        _wait(f"MongoDB at {settings.mongo_uri}", lambda: _mongo_ready(settings), log, 15)
-        return f"MongoDB: already running at {host}:{port} (log {log})"
+    existing = _use_existing("MongoDB", settings.mongo_uri, host, port, lambda: _mongo_ready(settings), log)
+    if existing:
+        return existing
     folder.mkdir(parents=True, exist_ok=True)
     command = [
         _bin("secantusd-py"), "--host", host, "--port", str(port),
@@ -134,12 +142,10 @@ def start_kafka(settings: Settings) -> str:
     host, port = settings.kafka_address
     folder = _kafka_dir(settings)
     log = folder / "noida.log"
-    if host not in LOOPBACK:
-        _wait(f"Kafka at {settings.kafka_bootstrap_servers}", lambda: _kafka_ready(settings), None, 15)
-        return f"Kafka: external at {settings.kafka_bootstrap_servers}"
-    if _port_open(host, port):
-        _wait(f"Kafka at {host}:{port}", lambda: _kafka_ready(settings), log, 15)
-        return f"Kafka: already running at {host}:{port} (log {log})"
+    existing = _use_existing("Kafka", settings.kafka_bootstrap_servers, host, port,
+                             lambda: _kafka_ready(settings), log)
+    if existing:
+        return existing
     folder.mkdir(parents=True, exist_ok=True)
     command = [_bin("noida-db"), "up", "--only", "kafka", "--host", host, "--kafka-port", str(port),
                "--data-dir", str(folder)]

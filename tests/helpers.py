@@ -15,6 +15,7 @@ from lakehouse.config import Settings
 from lakehouse.events import canonical_document, doc_id_text
 from lakehouse.kafka_io import end_offsets
 from lakehouse.mongo import connect as connect_mongo
+from producer.listener import ChangeStreamListener
 
 
 def read_topic(settings: Settings, topic: str) -> list[dict[str, Any]]:
@@ -70,3 +71,13 @@ def start_cli(settings: Settings, log: Path, *args: str) -> subprocess.Popen[byt
     with log.open("ab") as out:
         return subprocess.Popen([sys.executable, "-m", "lakehouse.cli", *args], env=env, stdout=out,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def drain(settings: Settings, snapshot: str = "initial") -> ChangeStreamListener:
+    """Run a producer in this process until its change stream has nothing new."""
+    listener = ChangeStreamListener(settings, snapshot_mode=snapshot)
+    try:
+        listener.run(until_idle=True)
+    finally:
+        listener.close()
+    return listener

@@ -5,16 +5,7 @@ from pymongo import MongoClient
 from lakehouse.config import Settings
 from lakehouse.events import STREAMED_OPERATIONS
 from producer.generator import OrderGenerator
-from producer.listener import ChangeStreamListener
-from tests.helpers import read_topic
-
-
-def run_listener(settings: Settings, snapshot: str = "initial") -> None:
-    listener = ChangeStreamListener(settings, snapshot_mode=snapshot)
-    try:
-        listener.run(until_idle=True)
-    finally:
-        listener.close()
+from tests.helpers import drain, read_topic
 
 
 def test_snapshot_then_stream_across_a_restart_loses_nothing(settings: Settings) -> None:
@@ -22,9 +13,9 @@ def test_snapshot_then_stream_across_a_restart_loses_nothing(settings: Settings)
     generator = OrderGenerator(orders, seed=1)
     generator.run(150)
     existing = orders.count_documents({})
-    run_listener(settings)  # snapshot of `existing`, then the (empty) stream
+    drain(settings)  # snapshot of `existing`, then the (empty) stream
     generator.run(250)
-    run_listener(settings)  # a new process: resumes from the stored token
+    drain(settings)  # a new process: resumes from the stored token
 
     messages = read_topic(settings, settings.topic_for("orders"))
     ids = [m["change_id"] for m in messages]
@@ -49,9 +40,9 @@ def test_snapshot_then_stream_across_a_restart_loses_nothing(settings: Settings)
 def test_stored_token_moves_forward_when_idle(settings: Settings) -> None:
     client = MongoClient(settings.mongo_uri)
     client[settings.mongo_db]["orders"].insert_one({"order_id": "ord-1"})
-    run_listener(settings)
+    drain(settings)
     first = json.loads(settings.producer_checkpoint.read_text())["resume_token"]
     client[settings.mongo_db]["unwatched"].insert_many([{"x": i} for i in range(5)])
-    run_listener(settings)
+    drain(settings)
     second = json.loads(settings.producer_checkpoint.read_text())["resume_token"]
     assert second != first, "an idle collection left the stored token behind"

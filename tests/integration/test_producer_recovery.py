@@ -20,21 +20,12 @@ from producer.checkpoint import FileCheckpointStore
 from producer.generator import OrderGenerator
 from producer.listener import ChangeStreamListener
 from tests.conftest import _free_port, wait_for
-from tests.helpers import mongo_state, read_topic, replay, start_cli
+from tests.helpers import drain, mongo_state, read_topic, replay, start_cli
 
 
 def published(settings: Settings) -> int:
     checkpoint = FileCheckpointStore(settings.producer_checkpoint).load()
     return checkpoint.events_published if checkpoint else -1
-
-
-def drain(settings: Settings, snapshot: str = "initial") -> ChangeStreamListener:
-    listener = ChangeStreamListener(settings, snapshot_mode=snapshot)
-    try:
-        listener.run(until_idle=True)
-    finally:
-        listener.close()
-    return listener
 
 
 def witness_change_ids(settings: Settings, start_at: object) -> set[str]:
