@@ -68,23 +68,24 @@ def spawn(settings: Settings, name: str, *args: str) -> Child:
 
 
 def wait_until_reconciled(settings: Settings, children: list[Child], timeout: float) -> Reconciliation:
+    """Load and reconcile until the warehouse equals MongoDB or the deadline passes (at least once)."""
     deadline = time.monotonic() + timeout
     last_report = 0.0
-    result = reconcile(settings)
-    while time.monotonic() < deadline:
+    while True:
         for child in children:
             child.check()
         load(settings)
         result = reconcile(settings)
         if result.ok:
             return result
+        if time.monotonic() >= deadline:
+            say(f"the warehouse did not catch up within {timeout:.0f}s; see the logs in {settings.state_dir / 'logs'}")
+            return result
         if time.monotonic() - last_report > 5:
             last_report = time.monotonic()
             say(f"catching up: source={result.source} warehouse={result.warehouse} "
                 f"missing={len(result.missing)} extra={len(result.extra)} mismatched={len(result.mismatched)}")
         time.sleep(1)
-    say(f"the warehouse did not catch up within {timeout:.0f}s; see the logs in {settings.state_dir / 'logs'}")
-    return result
 
 
 def run_all(settings: Settings, events: int, rate: float | None, timeout: float, stop_servers: bool) -> int:

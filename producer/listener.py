@@ -11,7 +11,7 @@ import logging
 import signal
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from kafka.errors import KafkaError, MessageSizeTooLargeError
@@ -48,7 +48,6 @@ class ListenerStats:
     dead_lettered: int = 0
     snapshots: int = 0
     resnapshots: int = 0  # times the token was lost and everything was copied again
-    started: float = field(default_factory=time.monotonic)
 
 
 class ChangeStreamListener:

@@ -198,7 +198,8 @@ class BatchWriter:
         return pa.table(columns)
 
     def _record(self, batch_id: int, started: float, **figures: Any) -> None:
-        """One JSON line per batch (read by `lakehouse status`)."""
+        """One JSON line per batch in data/state/spark/batches.jsonl; a batch Spark replays after a
+        crash writes its line again, so readers take the last line per batch_id."""
         line = {
             "batch_id": batch_id,
             **figures,
