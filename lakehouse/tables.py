@@ -17,3 +17,18 @@ ORDER_ATTRIBUTES = ("customer_id", "status", "amount_raw", "currency")
 
 # Typed money columns silver derives from amount_raw (streaming/udfs.py).
 MONEY_COLUMNS = ("amount", "amount_currency", "amount_error", "is_high_value")
+
+# Silver = the envelope fields (lakehouse/events.py) followed by these, in this order (Spark SQL types).
+# The streaming job builds silver from this list and the aggregates read silver's Parquet copy with it.
+_SILVER_TYPES = {
+    "event_time": "TIMESTAMP", "event_date": "DATE", "customer_id": "STRING", "status": "STRING",
+    "amount_raw": "STRING", "currency": "STRING", "amount": "DECIMAL(18, 2)", "amount_currency": "STRING",
+    "amount_error": "STRING", "is_high_value": "BOOLEAN", "extra": "STRING", "kafka_topic": "STRING",
+    "kafka_partition": "INT", "kafka_offset": "BIGINT", "kafka_timestamp": "TIMESTAMP", "batch_id": "BIGINT",
+    "ingested_at": "TIMESTAMP",
+}
+SILVER_COLUMNS: tuple[tuple[str, str], ...] = tuple(
+    (name, _SILVER_TYPES[name])
+    for name in ("event_time", "event_date", *ORDER_ATTRIBUTES, *MONEY_COLUMNS, "extra", *KAFKA_COLUMNS,
+                 "batch_id", "ingested_at")
+)

@@ -18,13 +18,6 @@ from lakehouse import tables
 from lakehouse.config import Settings
 from streaming.delta_sink import append_once, writer_app_id
 
-# Silver's columns as the Parquet copy holds them (event_date is the folder partition).
-SILVER_DDL_EXTRA = (
-    "event_time TIMESTAMP, customer_id STRING, status STRING, currency STRING, amount_raw STRING, "
-    "amount DECIMAL(18, 2), amount_currency STRING, amount_error STRING, is_high_value BOOLEAN, extra STRING, "
-    "kafka_topic STRING, kafka_partition INT, kafka_offset BIGINT, kafka_timestamp TIMESTAMP, batch_id BIGINT, "
-    "ingested_at TIMESTAMP, event_date DATE"
-)
 # Changes that carry an order's state; deletes and snapshot_end markers carry no amount.
 ORDER_STATES = ("insert", "update", "replace", "snapshot")
 
@@ -47,8 +40,9 @@ class AggregateWriter:
 
 def start_aggregates(spark: SparkSession, settings: Settings, envelope_ddl: str, available_now: bool) -> list[Any]:
     settings.parquet_silver_path.mkdir(parents=True, exist_ok=True)
+    silver_ddl = ", ".join(f"{name} {kind}" for name, kind in tables.SILVER_COLUMNS)
     silver = (
-        spark.readStream.schema(f"{envelope_ddl}, {SILVER_DDL_EXTRA}")
+        spark.readStream.schema(f"{envelope_ddl}, {silver_ddl}")
         .option("basePath", str(settings.parquet_silver_path))
         .option("maxFilesPerTrigger", "200")
         .parquet(str(settings.parquet_silver_path))
