@@ -80,7 +80,19 @@ def main() -> None:
               f"(batches of at most {settings.max_rows_per_batch})")
 
         metrics = settings.state_dir / "spark" / "batches.jsonl"
-        before = len(metrics.read_text().splitlines())
+        drained = [json.loads(line) for line in metrics.read_text().splitlines()]
+        busy = sum(b["duration_ms"] for b in drained) / 1000
+        evaluating = sum(b["spark_ms"] for b in drained) / 1000
+        steady = drained[1:]
+        if steady:
+            steady_rows = sum(b["input_rows"] for b in steady)
+            steady_s = sum(b["duration_ms"] for b in steady) / 1000
+            print(f"  after the first (cold) batch: {steady_rows} rows in {len(steady)} batches, "
+                  f"{steady_s:.1f} s inside them = {steady_rows / steady_s:,.0f} rows/s")
+        print(f"  of which inside {len(drained)} batches: {busy:.1f} s, {evaluating:.1f} s of it reading Kafka + "
+              f"parsing + UDFs in Spark, {busy - evaluating:.1f} s writing the Delta/Parquet outputs; "
+              f"the other {elapsed - busy:.1f} s is query start-up and planning between batches")
+        before = len(drained)
         query = start(spark, settings)
         produce(settings, int(args.rate * args.seconds), args.rate, offset=args.rows)
         deadline = time.monotonic() + 120

@@ -142,6 +142,7 @@ class BatchWriter:
         started = time.monotonic()
         # Materialise first, always: Spark rejects a batch function that skips evaluating its input.
         batch = batch_df.toArrow()
+        evaluated = time.monotonic()
         now = pa.scalar(int(time.time() * 1_000_000), pa.timestamp("us", tz="UTC"))
         batch = batch.append_column("batch_id", pa.array([batch_id] * batch.num_rows, pa.int64()))
         batch = batch.append_column("ingested_at", pa.array([now] * batch.num_rows))
@@ -163,7 +164,8 @@ class BatchWriter:
         if new_fields:
             log.warning("batch %d: fields the envelope schema v%d does not know: %s (kept in silver.extra)",
                         batch_id, SCHEMA_VERSION, ", ".join(new_fields))
-        self._record(batch_id, started, input_rows=batch.num_rows, silver_rows=silver.num_rows,
+        self._record(batch_id, started, spark_ms=round((evaluated - started) * 1000),
+                     input_rows=batch.num_rows, silver_rows=silver.num_rows,
                      quarantined=quarantine.num_rows, late=late.num_rows, new_fields=new_fields,
                      watermark=None if watermark is None else _iso(watermark))
 
@@ -189,12 +191,8 @@ class BatchWriter:
                 pc.struct_field(event, name) if event is not None
                 else pa.array([], rows.schema.field("event").type.field(name).type)
             )
-        event_time = rows["event_time"]
-        columns["event_time"] = event_time
-        columns["event_date"] = pc.cast(event_time, pa.date32())
-        for name in (*tables.ORDER_ATTRIBUTES, *tables.MONEY_COLUMNS, "extra", *tables.KAFKA_COLUMNS, "batch_id",
-                     "ingested_at"):
-            columns[name] = rows[name]
+        for name, _ in tables.SILVER_COLUMNS:
+            columns[name] = pc.cast(rows["event_time"], pa.date32()) if name == "event_date" else rows[name]
         return pa.table(columns)
 
     def _record(self, batch_id: int, started: float, **figures: Any) -> None:

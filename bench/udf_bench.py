@@ -1,0 +1,108 @@
+"""parse_amount + is_high_value in Spark: vectorised pandas UDFs against plain Python UDFs.
+
+Same rules (streaming/amounts.py), same rows, same local Spark; only the UDF flavour differs:
+  pandas  - pandas_udf, rows cross to Python in Arrow batches (what streaming/udfs.py uses)
+  arrow   - plain @udf with useArrow=True (Spark's Arrow-optimised Python UDF)
+  plain   - plain @udf, rows pickled one at a time
+Each flavour runs --repeat times over --rows cached rows; prints the best and median wall time and
+rows/s. The first run of each flavour is a warm-up and not counted.
+
+The rows are read from Parquet with Spark's vectorised reader off, so every flavour gets row input as
+it does from the Kafka source. (On Spark 4.2.0 the arrow flavour hangs forever over columnar input,
+SPARK-58241, fixed in later releases; and 4.2 makes every plain @udf Arrow-optimised by default.)
+
+    .venv/bin/python bench/udf_bench.py --rows 500000
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import tempfile
+import time
+from decimal import Decimal
+from pathlib import Path
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from lakehouse.config import Settings
+from lakehouse.logs import configure
+from producer.generator import messy_amount
+from streaming.amounts import is_high_value, parse_amount, parse_thresholds
+from streaming.job import build_session
+from streaming.udfs import AMOUNT_TYPE, money_columns
+
+
+def plain_columns(raw, currency, thresholds_spec: str, use_arrow: bool) -> list:  # noqa: ANN001
+    thresholds = parse_thresholds(thresholds_spec)
+    amount_type = T._parse_datatype_string(AMOUNT_TYPE)  # noqa: SLF001 - the same DDL the pandas UDF uses
+
+    @F.udf(returnType=amount_type, useArrow=use_arrow)
+    def money(raw_value: str | None, default: str | None) -> tuple[Decimal | None, str | None, str | None]:
+        return tuple(parse_amount(raw_value, default))
+
+    @F.udf(returnType="boolean", useArrow=use_arrow)
+    def high_value(amount: Decimal | None, code: str | None) -> bool | None:
+        return is_high_value(amount, code, thresholds)
+
+    parsed = money(raw, currency)
+    return [parsed["amount"].alias("amount"), parsed["currency"].alias("amount_currency"),
+            parsed["error"].alias("amount_error"), high_value(parsed["amount"], parsed["currency"]).alias("hv")]
+
+
+def source(spark: SparkSession, rows: int, folder: Path) -> DataFrame:
+    """Messy amounts as JSON text, as silver's amount_raw holds them, written once to Parquet."""
+    rng = random.Random(7)
+    values = [(None if (a := messy_amount(rng)) is None else str(a), rng.choice(["USD", "EUR", None]))
+              for _ in range(rows)]
+    spark.createDataFrame(values, "amount_raw STRING, currency STRING").repartition(2).write.parquet(str(folder))
+    return spark.read.parquet(str(folder))
+
+
+def timed(frame: DataFrame) -> float:
+    started = time.perf_counter()
+    frame.write.format("noop").mode("overwrite").save()
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=500_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--flavours", default="pandas,arrow,plain", help="comma-separated subset")
+    args = parser.parse_args()
+    configure("WARNING")
+    settings = Settings.from_env()
+    spark = build_session(settings)
+    spark.conf.set("spark.sql.parquet.enableVectorizedReader", "false")  # row input; see the docstring
+    thresholds = settings.high_value_thresholds
+    with tempfile.TemporaryDirectory() as tmp:
+        data = source(spark, args.rows, Path(tmp) / "amounts")
+        flavours = {
+            "pandas": lambda: money_columns(F.col("amount_raw"), F.col("currency"), thresholds),
+            "arrow": lambda: plain_columns(F.col("amount_raw"), F.col("currency"), thresholds, use_arrow=True),
+            "plain": lambda: plain_columns(F.col("amount_raw"), F.col("currency"), thresholds, use_arrow=False),
+        }
+        results = {}
+        for name in args.flavours.split(","):
+            columns = flavours[name]
+            frame = data.select(*columns())
+            timed(frame)  # warm-up: Python workers start, the rules module is imported
+            runs = [timed(frame) for _ in range(args.repeat)]
+            results[name] = runs
+            print(f"{name:>6}: best {min(runs):.2f} s, median {statistics.median(runs):.2f} s = "
+                  f"{args.rows / min(runs):,.0f} rows/s (best)", flush=True)
+        same = all(
+            data.select(*flavours["pandas"]()).exceptAll(data.select(*flavours[other]())).count() == 0
+            for other in ("arrow", "plain")
+        )
+        print(f"rows: {args.rows}, Spark {spark.version}, master {settings.spark_master}; "
+              f"all flavours give identical rows: {same}")
+    spark.stop()
+
+
+if __name__ == "__main__":
+    main()
