@@ -120,6 +120,38 @@ def reconcile_command(settings: Settings) -> None:
     sys.exit(0 if result.ok else 1)
 
 
+@cli.command("replay")
+@click.option("--into", "target", type=click.Choice(["kafka", "lake", "warehouse"]), required=True,
+              help="kafka: re-publish from MongoDB; lake: reprocess Kafka under a new checkpoint; "
+                   "warehouse: reload DuckDB from the lake.")
+@click.option("--from-token", help='MongoDB resume token, {"_data": "..."} or the hex string (kafka, warehouse).')
+@click.option("--from-time", help="ISO 8601 time, e.g. 2026-11-23T10:00:00Z: cluster time for kafka and "
+                                  "warehouse, Kafka message time for lake.")
+@click.option("--from-offsets", help="topic:partition:offset,... (lake, warehouse).")
+@click.option("--from-beginning", is_flag=True, help="Everything: a new snapshot, all of Kafka, or the whole lake.")
+@click.option("--dry-run", is_flag=True, help="Say what would happen; change nothing.")
+@click.pass_obj
+def replay_command(settings: Settings, target: str, from_token: str | None, from_time: str | None,
+                   from_offsets: str | None, from_beginning: bool, dry_run: bool) -> None:
+    """Feed a stage again from a starting point; safe to repeat (the warehouse ends equal to the source).
+
+    \b
+    lakehouse replay --into kafka --from-time 2026-11-23T10:00:00Z
+    lakehouse replay --into lake --from-offsets cdc.shop.orders:0:1200,cdc.shop.orders:1:1180
+    lakehouse replay --into warehouse --from-beginning --dry-run
+    """
+    from lakehouse.replay import ReplayError, replay, start_point
+    from warehouse.loader import WarehouseError
+
+    try:
+        start = start_point(from_token, from_time, from_offsets, from_beginning)
+        replay(settings, target, start, dry_run=dry_run, say=click.echo)
+    except ReplayError as exc:
+        raise click.UsageError(str(exc)) from exc
+    except WarehouseError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 @cli.command("run-all")
 @click.option("--events", envvar="EVENTS", default=3000, show_default=True, help="Changes to generate.")
 @click.option("--rate", envvar="RATE", type=float, default=None, help="Changes per second (default: unthrottled).")

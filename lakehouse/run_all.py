@@ -8,6 +8,7 @@ graceful) before this command returns. The servers stay up unless stop_servers i
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from infra import servers
 from lakehouse.config import Settings
 from lakehouse.mongo import connect as connect_mongo
 from producer.generator import OrderGenerator
-from warehouse.loader import load
+from warehouse.loader import LakeMissing, load
 from warehouse.reconcile import Reconciliation, reconcile
 
 
@@ -74,7 +75,8 @@ def wait_until_reconciled(settings: Settings, children: list[Child], timeout: fl
     while True:
         for child in children:
             child.check()
-        load(settings)
+        with contextlib.suppress(LakeMissing):  # the streaming job (running, checked above) makes it soon
+            load(settings)
         result = reconcile(settings)
         if result.ok:
             return result

@@ -52,13 +52,16 @@ class ListenerStats:
 
 class ChangeStreamListener:
     def __init__(self, settings: Settings, snapshot_mode: str = "initial", batch_size: int = 2000,
-                 checkpoint_interval: float = 1.0) -> None:
+                 checkpoint_interval: float = 1.0, start_at: Any = None) -> None:
+        """`start_at` (a bson Timestamp): with no stored token and snapshot_mode "never", stream from
+        that cluster time instead of from now (replays)."""
         if snapshot_mode not in SNAPSHOT_MODES:
             raise ValueError(f"--snapshot must be one of {SNAPSHOT_MODES}, not {snapshot_mode!r}")
         self.settings = settings
         self.snapshot_mode = snapshot_mode
         self.batch_size = batch_size
         self.checkpoint_interval = checkpoint_interval
+        self.start_at = start_at
         self._saved_at = 0.0
         self._saved_token: Mapping[str, Any] | None = None
         self.store = FileCheckpointStore(settings.producer_checkpoint)
@@ -104,7 +107,7 @@ class ChangeStreamListener:
             checkpoint = self.store.load()
             try:
                 if checkpoint is None and self.snapshot_mode == "never":
-                    self._stream(self._open_stream(None), until_idle)
+                    self._stream(self._open_stream(None, start_at=self.start_at), until_idle)
                 elif checkpoint is None:
                     self._snapshot_then_stream(until_idle)
                 else:

@@ -50,17 +50,18 @@ def append_once(table: Path, data: pa.Table, app_id: str, batch_id: int) -> bool
     return True
 
 
-def write_parquet_once(root: Path, data: pa.Table, batch_id: int, partition_by: str) -> None:
-    """One file per partition value and batch, named by the batch id (a replayed batch overwrites its
-    own files), written under a hidden temporary name and renamed, so a reader (Spark's file stream
-    source) never sees half a file."""
+def write_parquet_once(root: Path, data: pa.Table, app_id: str, batch_id: int, partition_by: str) -> None:
+    """One file per partition value and batch, named by writer and batch id: a replayed batch
+    overwrites its own files, and a replay into a new checkpoint never touches the job's. Written
+    under a hidden temporary name and renamed, so a reader (Spark's file stream source) never sees
+    half a file."""
     if data.num_rows == 0:
         return
     for value in pc.unique(data[partition_by]).to_pylist():
         part = data.filter(pc.equal(data[partition_by], pa.scalar(value, data.schema.field(partition_by).type)))
         folder = root / f"{partition_by}={value}"
         folder.mkdir(parents=True, exist_ok=True)
-        name = f"batch-{batch_id:010d}.parquet"
+        name = f"{app_id}-batch-{batch_id:010d}.parquet"
         tmp = folder / f".{name}.tmp"
         pq.write_table(part.drop_columns([partition_by]), tmp)
         os.replace(tmp, folder / name)

@@ -18,6 +18,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from deltalake import DeltaTable
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -132,8 +133,10 @@ def parse(raw: DataFrame, settings: Settings) -> DataFrame:
 class BatchWriter:
     """The foreachBatch function: one Spark evaluation per batch, split in Arrow, written once."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, skip_seen: bool = False) -> None:
         self.settings = settings
+        self.skip_seen = skip_seen
+        self._seen: pa.Array | None = None
         self.app_id = writer_app_id(settings.spark_checkpoint)
         self.metrics_path = settings.state_dir / "spark" / "batches.jsonl"
         self.watermark = WatermarkTracker(settings.state_dir / "spark" / "watermark.json", settings.watermark_delay)
@@ -144,6 +147,9 @@ class BatchWriter:
         batch = batch_df.toArrow()
         evaluated = time.monotonic()
         now = pa.scalar(int(time.time() * 1_000_000), pa.timestamp("us", tz="UTC"))
+        input_rows = batch.num_rows
+        if self.skip_seen:
+            batch = batch.filter(pc.invert(pc.is_in(_coordinates(batch), value_set=self._seen_coordinates())))
         batch = batch.append_column("batch_id", pa.array([batch_id] * batch.num_rows, pa.int64()))
         batch = batch.append_column("ingested_at", pa.array([now] * batch.num_rows))
         bad = pc.is_valid(batch["quarantine_reason"])
@@ -159,15 +165,26 @@ class BatchWriter:
         for name, data in outputs:
             if data.num_rows:
                 append_once(self.settings.table_path(name), data, self.app_id, batch_id)
-        write_parquet_once(self.settings.parquet_silver_path, silver, batch_id, "event_date")
+        write_parquet_once(self.settings.parquet_silver_path, silver, self.app_id, batch_id, "event_date")
         new_fields = sorted({key for text in silver["extra"].drop_null().to_pylist() for key in json.loads(text)})
         if new_fields:
             log.warning("batch %d: fields the envelope schema v%d does not know: %s (kept in silver.extra)",
                         batch_id, SCHEMA_VERSION, ", ".join(new_fields))
         self._record(batch_id, started, spark_ms=round((evaluated - started) * 1000),
-                     input_rows=batch.num_rows, silver_rows=silver.num_rows,
+                     input_rows=input_rows, already_in_lake=input_rows - batch.num_rows, silver_rows=silver.num_rows,
                      quarantined=quarantine.num_rows, late=late.num_rows, new_fields=new_fields,
                      watermark=None if watermark is None else _iso(watermark))
+
+    def _seen_coordinates(self) -> pa.Array:
+        """Kafka coordinates bronze already holds: a replay into an existing lake adds only the rest."""
+        if self._seen is None:
+            bronze = self.settings.table_path(tables.BRONZE)
+            if DeltaTable.is_deltatable(str(bronze)):
+                self._seen = _coordinates(DeltaTable(str(bronze)).to_pyarrow_table(columns=list(tables.KAFKA_COLUMNS)))
+            else:
+                self._seen = pa.array([], pa.string())
+            log.info("replay: %d Kafka messages already in the lake will be skipped", len(self._seen))
+        return self._seen
 
     def _late(self, silver: pa.Table, batch_id: int) -> tuple[int | None, pa.Table]:
         """Rows older than the watermark in force: the windowed aggregates will not count them, so
@@ -213,15 +230,25 @@ class BatchWriter:
                      figures["watermark"], line["duration_ms"])
 
 
+def _coordinates(rows: pa.Table) -> pa.Array:
+    """topic:partition:offset per row."""
+    return pc.binary_join_element_wise(
+        rows["kafka_topic"], pc.cast(rows["kafka_partition"], pa.string()), pc.cast(rows["kafka_offset"], pa.string()),
+        ":",
+    ).combine_chunks() if rows.num_rows else pa.array([], pa.string())
+
+
 def _iso(micros: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(micros / 1_000_000))
 
 
-def start(spark: SparkSession, settings: Settings, available_now: bool = False) -> Any:
-    """The lake query: Kafka -> bronze, silver, quarantine, late events, Parquet copy."""
+def start(spark: SparkSession, settings: Settings, available_now: bool = False, starting_offsets: str = "earliest",
+          skip_seen: bool = False) -> Any:
+    """The lake query: Kafka -> bronze, silver, quarantine, late events, Parquet copy. `skip_seen`
+    (replays) leaves out messages whose Kafka coordinates bronze already holds."""
     writer = (
-        parse(read_kafka(spark, settings), settings)
-        .writeStream.foreachBatch(BatchWriter(settings))
+        parse(read_kafka(spark, settings, starting_offsets), settings)
+        .writeStream.foreachBatch(BatchWriter(settings, skip_seen))
         .option("checkpointLocation", str(settings.spark_checkpoint))
         .queryName("lake")
     )

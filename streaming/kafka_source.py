@@ -11,6 +11,7 @@ checkpoints; a restarted query re-reads exactly the planned range of an unfinish
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -59,6 +60,15 @@ def share_budget(current: dict[str, int], ends: dict[str, int], budget: int) -> 
     return result
 
 
+def _parse_starting_offsets(text: str) -> dict[str, int]:
+    """Spark's JSON form, {"topic": {"0": 23, "1": -2}}, to {"topic:0": 23, "topic:1": -2}."""
+    try:
+        parsed = json.loads(text)
+        return {_key(topic, int(p)): int(o) for topic, parts in parsed.items() for p, o in parts.items()}
+    except (ValueError, AttributeError, TypeError) as exc:
+        raise ValueError(f'startingOffsets JSON must look like {{"topic": {{"0": 23}}}}, not {text!r}') from exc
+
+
 class KafkaRange(InputPartition):
     """One topic-partition's offsets [start, end) for one batch."""
 
@@ -76,8 +86,11 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         self.bootstrap = options["kafka.bootstrap.servers"]
         self.topics = [t.strip() for t in options["subscribe"].split(",") if t.strip()]
         self.starting = options.get("startingoffsets", "earliest")
-        if self.starting not in ("earliest", "latest"):
-            raise ValueError(f"startingOffsets must be earliest or latest, not {self.starting!r}")
+        self.starting_at: dict[str, int] | None = None
+        if self.starting.lstrip().startswith("{"):
+            self.starting_at = _parse_starting_offsets(self.starting)
+        elif self.starting not in ("earliest", "latest"):
+            raise ValueError(f"startingOffsets must be earliest, latest or JSON offsets, not {self.starting!r}")
         max_rows = options.get("maxoffsetspertrigger")
         self.max_rows = int(max_rows) if max_rows else None
         self._consumer: Any = None
@@ -106,7 +119,17 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         if not tps:
             return {}
         consumer = self._meta()
-        offsets = consumer.end_offsets(tps) if self.starting == "latest" else consumer.beginning_offsets(tps)
+        if self.starting_at is not None:
+            # As Spark's Kafka source: -2 is the beginning, -1 the end; partitions not named start at
+            # their end (nothing is read from them).
+            begins, ends = consumer.beginning_offsets(tps), consumer.end_offsets(tps)
+            chosen = {}
+            for tp in tps:
+                wanted = self.starting_at.get(_key(tp.topic, tp.partition), -1)
+                chosen[tp] = begins[tp] if wanted == -2 else ends[tp] if wanted == -1 else wanted
+            offsets = chosen
+        else:
+            offsets = consumer.end_offsets(tps) if self.starting == "latest" else consumer.beginning_offsets(tps)
         return {_key(tp.topic, tp.partition): int(o) for tp, o in offsets.items()}
 
     def getDefaultReadLimit(self) -> ReadLimit:

@@ -2,33 +2,13 @@
 
 import json
 import random
-from datetime import UTC, datetime
 from pathlib import Path
 
-import pyarrow as pa
-from deltalake import write_deltalake
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lakehouse import tables
-from lakehouse.config import Settings
+from tests.lake_fakes import append_silver, lake_settings, silver_row
 from warehouse.loader import connect, load
-
-
-def silver_row(seq: int, doc: int, op: str, status: str | None) -> dict:
-    document = None if op == "delete" else json.dumps({"_id": doc, "order_id": f"o{doc}", "status": status})
-    return {
-        "change_id": f"c{seq}", "op": op, "collection": "orders", "doc_id": str(doc), "order_id": f"o{doc}",
-        "cluster_time_s": 1000 + seq // 3, "cluster_time_inc": seq % 3, "txn_op_index": 0,
-        "event_time": datetime.fromtimestamp(1000 + seq // 3, UTC), "wall_time_ms": None,
-        "full_document": document, "customer_id": None, "status": status, "amount_raw": None, "currency": None,
-        "kafka_topic": "t", "kafka_partition": 0, "kafka_offset": seq,
-    }
-
-
-# Explicit, so a batch holding only deletes does not infer null-typed columns.
-SCHEMA = pa.Table.from_pylist([silver_row(0, 0, "insert", "created") | {"customer_id": "", "amount_raw": "",
-                                                                         "currency": "", "wall_time_ms": 0}]).schema
 
 
 def history(ops: list[tuple[int, int]]) -> list[dict]:
@@ -57,11 +37,10 @@ def expected_state(rows: list[dict]) -> dict[str, str]:
 
 
 def load_in_batches(tmp: Path, batches: list[list[dict]]) -> dict[str, str]:
-    settings = Settings.from_env(lake_path=tmp / "lake", warehouse_path=tmp / "wh.duckdb")
+    settings = lake_settings(tmp)
     for batch in batches:
         if batch:
-            data = pa.Table.from_pylist(batch, schema=SCHEMA)
-            write_deltalake(str(settings.table_path(tables.SILVER)), data, mode="append")
+            append_silver(settings, batch)
             load(settings)
     load(settings)  # a second load with nothing new changes nothing
     con = connect(settings.warehouse_path)

@@ -1,0 +1,331 @@
+"""`lakehouse replay`: feed a stage again from a starting point, idempotently.
+
+  into kafka      re-publish from MongoDB's change stream (from a resume token or a cluster time) or
+                  from a fresh snapshot (--from-beginning). Events keep their change_id, so the
+                  warehouse keeps each change once. The live producer's token is not touched.
+  into lake       reprocess Kafka (from offsets, a message time, or the beginning) through the lake
+                  query under a new checkpoint. Messages whose Kafka coordinates the lake already
+                  holds are skipped, so the lake's tables gain only what they missed.
+  into warehouse  load the matching changes again from the lake, replacing what the warehouse has
+                  for them in one transaction (--from-beginning builds a new file and swaps it in).
+
+Every replay can run any number of times: the warehouse ends equal to the source.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+
+from lakehouse import tables
+from lakehouse.config import Settings
+
+log = logging.getLogger(__name__)
+
+TARGETS = ("kafka", "lake", "warehouse")
+# Which starting points each target understands, and why not the others.
+SUPPORTED = {
+    "kafka": ("token", "time", "beginning"),
+    "lake": ("offsets", "time", "beginning"),
+    "warehouse": ("token", "time", "offsets", "beginning"),
+}
+_WHY_NOT = {
+    ("kafka", "offsets"): "Kafka offsets are not a position in MongoDB; use --from-token or --from-time",
+    ("lake", "token"): "a resume token is not a position in Kafka; use --from-offsets or --from-time",
+}
+
+
+class ReplayError(ValueError):
+    """The replay cannot start as asked; the message says what to give instead."""
+
+
+@dataclass(frozen=True)
+class StartPoint:
+    kind: str  # token | time | offsets | beginning
+    token: dict[str, str] | None = None
+    time: datetime | None = None
+    offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        if self.kind == "token":
+            return f"resume token {self.token['_data'][:24]}..." if self.token else "resume token"
+        if self.kind == "time":
+            return f"{self.time.isoformat() if self.time else '?'}"
+        if self.kind == "offsets":
+            return ", ".join(f"{t}[{p}]@{o}" for (t, p), o in sorted(self.offsets.items()))
+        return "the beginning"
+
+
+def parse_token(text: str) -> dict[str, str]:
+    """A resume token as the producer stores it ({"_data": "..."}), or just its _data hex string."""
+    text = text.strip()
+    try:
+        value = json.loads(text) if text.startswith("{") else {"_data": text}
+    except json.JSONDecodeError as exc:
+        raise ReplayError(f"--from-token {text!r} is neither JSON nor a hex string: {exc}") from exc
+    data = value.get("_data") if isinstance(value, dict) else None
+    if not isinstance(data, str) or not data or any(c not in "0123456789abcdefABCDEF" for c in data):
+        raise ReplayError(f'--from-token must be {{"_data": "<hex>"}} or the hex string itself, not {text!r}')
+    return {"_data": data}
+
+
+def parse_time(text: str) -> datetime:
+    """ISO 8601; a time without zone is UTC."""
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ReplayError(f"--from-time {text!r} is not an ISO 8601 time such as 2026-11-23T10:00:00Z") from exc
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def parse_offsets(text: str) -> dict[tuple[str, int], int]:
+    """'topic:partition:offset,...' (topic names may hold dots, not colons)."""
+    offsets: dict[tuple[str, int], int] = {}
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        try:
+            topic, partition, offset = item.rsplit(":", 2)
+            offsets[(topic, int(partition))] = int(offset)
+        except ValueError as exc:
+            raise ReplayError(
+                f"--from-offsets item {item!r} is not topic:partition:offset (e.g. cdc.shop.orders:0:1200)"
+            ) from exc
+        if not topic or int(partition) < 0 or int(offset) < 0:
+            raise ReplayError(f"--from-offsets item {item!r}: topic must be named, partition and offset >= 0")
+    if not offsets:
+        raise ReplayError("--from-offsets is empty; give topic:partition:offset[,...]")
+    return offsets
+
+
+def start_point(from_token: str | None, from_time: str | None, from_offsets: str | None,
+                from_beginning: bool) -> StartPoint:
+    given = [name for name, value in (("--from-token", from_token), ("--from-time", from_time),
+                                      ("--from-offsets", from_offsets), ("--from-beginning", from_beginning)) if value]
+    if len(given) != 1:
+        raise ReplayError("give exactly one of --from-token, --from-time, --from-offsets, --from-beginning"
+                          + (f" (got {', '.join(given)})" if given else ""))
+    if from_token:
+        return StartPoint("token", token=parse_token(from_token))
+    if from_time:
+        return StartPoint("time", time=parse_time(from_time))
+    if from_offsets:
+        return StartPoint("offsets", offsets=parse_offsets(from_offsets))
+    return StartPoint("beginning")
+
+
+def check_supported(into: str, start: StartPoint) -> None:
+    if start.kind not in SUPPORTED[into]:
+        why = _WHY_NOT.get((into, start.kind), "")
+        raise ReplayError(f"--into {into} cannot start from --from-{start.kind}: {why}")
+
+
+def replay(settings: Settings, into: str, start: StartPoint, dry_run: bool = False,
+           say: Callable[[str], None] = print) -> None:
+    check_supported(into, start)
+    {"kafka": _into_kafka, "lake": _into_lake, "warehouse": _into_warehouse}[into](settings, start, dry_run, say)
+
+
+# -- into kafka -------------------------------------------------------------------------------------
+def _into_kafka(settings: Settings, start: StartPoint, dry_run: bool, say: Callable[[str], None]) -> None:
+    from bson import Timestamp
+    from pymongo.errors import OperationFailure
+
+    from lakehouse.mongo import connect as connect_mongo
+    from producer.checkpoint import Checkpoint, FileCheckpointStore
+    from producer.listener import ChangeStreamListener
+
+    what = {
+        "token": f"every change after {start.describe()}",
+        "time": f"every change since cluster time {start.describe()}",
+        "beginning": "a snapshot of every document, then the changes made meanwhile",
+    }[start.kind]
+    collections = ", ".join(f"{settings.mongo_db}.{c}" for c in settings.collections)
+    if dry_run:
+        detail = ""
+        if start.kind == "beginning":
+            client = connect_mongo(settings, "lakehouse-replay")
+            try:
+                counts = {c: client[settings.mongo_db][c].estimated_document_count() for c in settings.collections}
+            finally:
+                client.close()
+            detail = " (" + ", ".join(f"{c}: ~{n} documents" for c, n in counts.items()) + ")"
+        say(f"dry run: would re-publish {what} from {collections}{detail} into "
+            f"{', '.join(settings.topics)}, until caught up; the producer's own resume token is left alone")
+        return
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="replay-kafka-", dir=settings.state_dir) as scratch:
+        replay_settings = settings.replace(state_dir=scratch)
+        if start.kind == "token":
+            FileCheckpointStore(replay_settings.producer_checkpoint).save(Checkpoint(start.token or {}, None, 0))
+        start_at = Timestamp(int(start.time.timestamp()), 0) if start.time else None
+        listener = ChangeStreamListener(replay_settings, snapshot_mode="initial" if start.kind == "beginning"
+                                        else "never", start_at=start_at)
+        say(f"replaying {what} from {collections} into Kafka ...")
+        try:
+            stats = listener.run(until_idle=True)
+        except (OperationFailure, RuntimeError) as exc:
+            raise ReplayError(
+                f"cannot replay from {start.describe()}: {exc}. MongoDB's history may no longer reach back that "
+                "far; replay with --from-beginning instead"
+            ) from exc
+        finally:
+            listener.close()
+    say(f"replayed into Kafka: {stats.published} change events, {stats.snapshots} snapshot copies")
+
+
+# -- into lake --------------------------------------------------------------------------------------
+def kafka_starting_offsets(settings: Settings, start: StartPoint) -> dict[str, dict[str, int]]:
+    """Per topic and partition, where the replay starts (Spark's JSON form; -2 = the beginning)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False)
+    try:
+        partitions = [TopicPartition(t, p) for t in settings.topics for p in sorted(consumer.partitions_for_topic(t)
+                                                                                    or ())]
+        if start.kind == "beginning":
+            return {t: {str(tp.partition): -2 for tp in partitions if tp.topic == t} for t in settings.topics}
+        if start.kind == "offsets":
+            unknown = sorted(f"{t}[{p}]" for t, p in start.offsets if TopicPartition(t, p) not in partitions)
+            if unknown:
+                raise ReplayError(f"--from-offsets names {', '.join(unknown)}, not among this pipeline's topic "
+                                  f"partitions ({', '.join(f'{tp.topic}[{tp.partition}]' for tp in partitions)})")
+            chosen: dict[str, dict[str, int]] = {}
+            for (topic, partition), offset in start.offsets.items():
+                chosen.setdefault(topic, {})[str(partition)] = offset
+            return chosen
+        assert start.time is not None
+        found = consumer.offsets_for_times({tp: int(start.time.timestamp() * 1000) for tp in partitions})
+        ends = consumer.end_offsets(partitions)
+        result: dict[str, dict[str, int]] = {}
+        for tp in partitions:
+            at = found.get(tp)
+            result.setdefault(tp.topic, {})[str(tp.partition)] = at.offset if at is not None else ends[tp]
+        return result
+    finally:
+        consumer.close()
+
+
+def _into_lake(settings: Settings, start: StartPoint, dry_run: bool, say: Callable[[str], None]) -> None:
+    from lakehouse.kafka_io import end_offsets
+
+    offsets = kafka_starting_offsets(settings, start)
+    ends = end_offsets(settings, settings.topics)
+    messages = 0
+    for topic, parts in offsets.items():
+        for partition, offset in parts.items():
+            end = ends.get((topic, int(partition)), 0)
+            messages += end if offset == -2 else max(0, end - offset)
+    checkpoint_root = settings.state_dir / "replays" / f"lake-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    plan = (f"reprocess up to {messages} Kafka messages from {start.describe()} into the lake at "
+            f"{settings.lake_path} under the new checkpoint {checkpoint_root}; messages the lake already holds "
+            "are skipped")
+    if dry_run:
+        say(f"dry run: would {plan}")
+        return
+    from streaming.job import build_session
+    from streaming.job import start as start_lake
+
+    say(f"replay: {plan} ...")
+    replay_settings = settings.replace(state_dir=checkpoint_root)
+    spark = build_session(replay_settings)
+    try:
+        query = start_lake(spark, replay_settings, available_now=True, starting_offsets=json.dumps(offsets),
+                           skip_seen=True)
+        query.awaitTermination()
+        if query.exception():
+            raise RuntimeError(f"the replay query failed: {query.exception()}")
+    finally:
+        spark.stop()
+    written = _batch_totals(replay_settings)
+    say(f"replayed into the lake: {written.get('input_rows', 0)} messages read, "
+        f"{written.get('already_in_lake', 0)} already there, {written.get('silver_rows', 0)} new silver rows, "
+        f"{written.get('quarantined', 0)} quarantined")
+
+
+def _batch_totals(settings: Settings) -> dict[str, int]:
+    path = settings.state_dir / "spark" / "batches.jsonl"
+    last: dict[int, dict[str, Any]] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            entry = json.loads(line)
+            last[entry["batch_id"]] = entry  # a batch replayed after a crash is counted once
+    totals: dict[str, int] = {}
+    for entry in last.values():
+        for key in ("input_rows", "already_in_lake", "silver_rows", "quarantined"):
+            totals[key] = totals.get(key, 0) + int(entry.get(key, 0))
+    return totals
+
+
+# -- into warehouse ---------------------------------------------------------------------------------
+def _warehouse_selection(settings: Settings, start: StartPoint) -> tuple[str, pads.Expression]:
+    """The same set of changes as SQL over fact_order_changes and as a filter over silver."""
+    s, inc = pads.field("cluster_time_s"), pads.field("cluster_time_inc")
+    if start.kind == "time":
+        assert start.time is not None
+        second = int(start.time.timestamp())
+        return f"cluster_time_s >= {second}", s >= second
+    if start.kind == "token":
+        from warehouse.loader import WarehouseError, silver_table
+
+        silver = silver_table(settings)
+        token = (start.token or {})["_data"]
+        found = None if silver is None else silver.to_pyarrow_dataset().to_table(
+            columns=["cluster_time_s", "cluster_time_inc"], filter=pads.field("resume_token") == token)
+        if found is None or found.num_rows == 0:
+            raise WarehouseError(f"the lake's silver table has no change with resume token {token[:24]}...; "
+                                 "give the time instead (--from-time)")
+        second, increment = int(pc.min(found["cluster_time_s"]).as_py()), int(pc.min(found["cluster_time_inc"]).as_py())
+        return (f"(cluster_time_s, cluster_time_inc) >= ({second}, {increment})",
+                (s > second) | ((s == second) & (inc >= increment)))
+    sql, expression = [], None
+    for (topic, partition), offset in sorted(start.offsets.items()):
+        sql.append(f"(kafka_topic = '{topic.replace(chr(39), chr(39) * 2)}' AND kafka_partition = {partition} "
+                   f"AND kafka_offset >= {offset})")
+        part = ((pads.field("kafka_topic") == topic) & (pads.field("kafka_partition") == partition)
+                & (pads.field("kafka_offset") >= offset))
+        expression = part if expression is None else expression | part
+    assert expression is not None
+    return " OR ".join(sql), expression
+
+
+def _into_warehouse(settings: Settings, start: StartPoint, dry_run: bool, say: Callable[[str], None]) -> None:
+    from warehouse.loader import WarehouseError, apply, connect, count, read_silver, rebuild, silver_table
+
+    if start.kind == "beginning":
+        if dry_run:
+            silver = silver_table(settings)
+            rows = 0 if silver is None else silver.to_pyarrow_dataset().count_rows()
+            say(f"dry run: would build a new warehouse from all {rows} silver rows at "
+                f"{settings.table_path(tables.SILVER)}, then replace {settings.warehouse_path} with it")
+            return
+        result = rebuild(settings)
+        say(f"rebuilt {settings.warehouse_path} from silver v{result.delta_version}: {result.new_changes} changes, "
+            f"{result.orders} current orders")
+        return
+    where_sql, where_arrow = _warehouse_selection(settings, start)
+    silver = silver_table(settings)
+    if silver is None:
+        raise WarehouseError(f"no silver table at {settings.table_path(tables.SILVER)} to replay from")
+    incoming = read_silver(silver, where=where_arrow)
+    con = connect(settings.warehouse_path)
+    try:
+        replaced = int(con.execute(f"SELECT count(*) FROM fact_order_changes WHERE {where_sql}").fetchall()[0][0])
+        if dry_run:
+            say(f"dry run: would replace {replaced} warehouse changes from {start.describe()} with the "
+                f"{incoming.num_rows} silver rows that match, and re-derive the orders they touch")
+            return
+        inserted = apply(con, incoming, None, replace=where_sql, aggregates=settings.table_path(tables.AGGREGATES))
+        say(f"replayed into the warehouse from {start.describe()}: {replaced} changes replaced by {inserted} from "
+            f"the lake; {count(con, 'orders')} current orders")
+    finally:
+        con.close()

@@ -1,0 +1,212 @@
+"""Warehouse history, views, replays and bad input, on lakes made by hand (no servers)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pytest
+from deltalake import write_deltalake
+
+from lakehouse import tables
+from lakehouse.replay import ReplayError, StartPoint, check_supported, parse_offsets, parse_token, replay, start_point
+from tests.lake_fakes import SCHEMA, append_silver, lake_settings, silver_row
+from warehouse.loader import LakeMissing, WarehouseError, connect, load, rebuild
+from warehouse.schema import SCHEMA_VERSION, VIEWS
+
+
+def query(settings, sql: str) -> list[tuple]:  # noqa: ANN001
+    con = connect(settings.warehouse_path, read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+@pytest.fixture
+def lake(tmp_path: Path):  # noqa: ANN201
+    """Order 1: created, paid, shipped. Order 2: created, cancelled, deleted. Order 3: created (high value)."""
+    settings = lake_settings(tmp_path)
+    rows = [
+        silver_row(0, 1, "insert", "created", "120.00", "cust-1"),
+        silver_row(1, 2, "insert", "created", "80.00", "cust-2"),
+        silver_row(2, 3, "insert", "created", "1500.00", "cust-1"),
+        silver_row(3, 1, "update", "paid", "120.00", "cust-1"),
+        silver_row(4, 2, "update", "cancelled", "80.00", "cust-2"),
+        silver_row(6, 1, "update", "shipped", "120.00", "cust-1"),
+        silver_row(7, 2, "delete", None),
+    ]
+    append_silver(settings, rows)
+    load(settings)
+    return settings
+
+
+def test_orders_history_keeps_every_version_with_validity_and_tombstones(lake) -> None:  # noqa: ANN001
+    versions = query(lake, "SELECT doc_id, op, status, valid_from, valid_to, is_tombstone, is_current "
+                           "FROM orders_history ORDER BY doc_id, cluster_time_s, cluster_time_inc")
+    by_doc: dict[str, list[tuple]] = {}
+    for row in versions:
+        by_doc.setdefault(row[0], []).append(row[1:])
+    assert [v[1] for v in by_doc["1"]] == ["created", "paid", "shipped"]
+    assert [v[-1] for v in by_doc["1"]] == [False, False, True]
+    for earlier, later in zip(by_doc["1"], by_doc["1"][1:], strict=False):
+        assert earlier[3] == later[2]  # valid_to of a version is valid_from of the next
+    assert by_doc["1"][-1][3] is None
+    assert by_doc["2"][-1][0] == "delete" and by_doc["2"][-1][4] is True  # tombstone
+    assert not any(v[-1] for v in by_doc["2"])
+    current = {r[0] for r in query(lake, "SELECT doc_id FROM orders_history WHERE is_current")}
+    assert current == {r[0] for r in query(lake, "SELECT doc_id FROM orders")} == {"1", "3"}
+
+
+def test_analytics_views_answer_from_the_current_state(lake) -> None:  # noqa: ANN001
+    for name in (*VIEWS, "streaming_aggregates"):
+        query(lake, f"SELECT * FROM {name}")  # every view is queryable
+    assert query(lake, "SELECT day, currency, orders, revenue, high_value_orders FROM revenue_daily") == [
+        (datetime(2026, 11, 20, tzinfo=UTC), "USD", 2, Decimal("1620.00"), 1)]
+    assert dict(query(lake, "SELECT status, orders FROM orders_by_status")) == {"shipped": 1, "created": 1}
+    assert query(lake, "SELECT order_id FROM high_value_orders") == [("o3",)]
+    assert query(lake, "SELECT customer_id, revenue, rank_in_currency FROM top_customers") == [
+        ("cust-1", Decimal("1620.00"), 1)]
+    funnel = {(f, t): n for f, t, n, _ in query(lake, "SELECT * FROM status_funnel")}
+    assert funnel == {("(new)", "created"): 3, ("created", "paid"): 1, ("paid", "shipped"): 1,
+                      ("created", "cancelled"): 1, ("cancelled", "(deleted)"): 1}
+
+
+def test_streaming_aggregates_view_reads_the_lakes_aggregates_table(tmp_path: Path) -> None:
+    settings = lake_settings(tmp_path)
+    append_silver(settings, [silver_row(0, 1, "insert", "created", "5.00")])
+    start = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
+    write_deltalake(str(settings.table_path(tables.AGGREGATES)), pa.table({
+        "window_start": pa.array([start], pa.timestamp("us", tz="UTC")),
+        "window_end": pa.array([start.replace(minute=1)], pa.timestamp("us", tz="UTC")),
+        "status": ["created"], "order_count": pa.array([4], pa.int64()),
+        "revenue": pa.array([Decimal("10.00")], pa.decimal128(28, 2)), "granularity": ["1m"],
+    }))
+    load(settings)
+    assert query(settings, "SELECT status, order_count, granularity FROM streaming_aggregates") == [
+        ("created", 4, "1m")]
+
+
+def test_warehouse_replays_from_time_offsets_and_token_are_idempotent(lake) -> None:  # noqa: ANN001
+    before = query(lake, "SELECT * EXCLUDE (loaded_at) FROM fact_order_changes ORDER BY change_id")
+    orders = query(lake, "SELECT * FROM orders ORDER BY doc_id")
+    starts = [StartPoint("time", time=datetime.fromtimestamp(1001, UTC)),
+              StartPoint("offsets", offsets={("t", 0): 4}),
+              StartPoint("token", token={"_data": f"{3:04x}"}),
+              StartPoint("beginning")]
+    said: list[str] = []
+    for start in starts:
+        for _ in range(2):
+            replay(lake, "warehouse", start, say=said.append)
+            assert query(lake, "SELECT * EXCLUDE (loaded_at) FROM fact_order_changes ORDER BY change_id") == before
+            assert query(lake, "SELECT * FROM orders ORDER BY doc_id") == orders
+    assert "4 changes replaced by 4" in said[0]  # cluster time >= 1001: changes 3, 4, 6, 7
+
+
+def test_dry_run_changes_nothing(lake) -> None:  # noqa: ANN001
+    con = duckdb.connect(str(lake.warehouse_path))
+    con.execute("DELETE FROM orders")
+    con.close()
+    said: list[str] = []
+    replay(lake, "warehouse", StartPoint("beginning"), dry_run=True, say=said.append)
+    replay(lake, "warehouse", StartPoint("time", time=datetime.fromtimestamp(0, UTC)), dry_run=True, say=said.append)
+    assert said[0].startswith("dry run: would build a new warehouse from all 7 silver rows")
+    assert said[1].startswith("dry run: would replace 7 warehouse changes")
+    assert query(lake, "SELECT count(*) FROM orders") == [(0,)]
+
+
+def test_replay_start_points_are_checked() -> None:
+    assert parse_offsets("cdc.shop.orders:0:12, cdc.shop.orders:1:0") == {("cdc.shop.orders", 0): 12,
+                                                                         ("cdc.shop.orders", 1): 0}
+    assert parse_token('{"_data": "82AB"}') == parse_token("82AB") == {"_data": "82AB"}
+    assert start_point(None, "2026-11-23T10:00:00", None, False).time == datetime(2026, 11, 23, 10, tzinfo=UTC)
+    for bad in ("orders:0", "orders:x:1", "orders:0:-5", ""):
+        with pytest.raises(ReplayError, match="from-offsets"):
+            parse_offsets(bad)
+    with pytest.raises(ReplayError, match="from-token"):
+        parse_token("not hex!")
+    with pytest.raises(ReplayError, match="exactly one"):
+        start_point("82AB", "2026-11-23", None, False)
+    with pytest.raises(ReplayError, match="exactly one"):
+        start_point(None, None, None, False)
+    with pytest.raises(ReplayError, match="use --from-token or --from-time"):
+        check_supported("kafka", StartPoint("offsets", offsets={("t", 0): 1}))
+    with pytest.raises(ReplayError, match="use --from-offsets or --from-time"):
+        check_supported("lake", StartPoint("token", token={"_data": "82"}))
+
+
+# -- bad input ------------------------------------------------------------------------------------
+def test_a_file_that_is_not_duckdb_is_named_and_left_alone(tmp_path: Path) -> None:
+    settings = lake_settings(tmp_path)
+    settings.warehouse_path.write_text("these are my notes, not a database\n")
+    with pytest.raises(WarehouseError, match=f"cannot open the warehouse {settings.warehouse_path}.*move it away"):
+        connect(settings.warehouse_path)
+    with pytest.raises(WarehouseError):
+        rebuild(settings)
+    assert settings.warehouse_path.read_text() == "these are my notes, not a database\n"
+
+
+def test_a_foreign_duckdb_file_is_refused_not_written(tmp_path: Path) -> None:
+    settings = lake_settings(tmp_path)
+    con = duckdb.connect(str(settings.warehouse_path))
+    con.execute("CREATE TABLE orders (id INTEGER, total DOUBLE)")
+    con.execute("INSERT INTO orders VALUES (1, 2.5)")
+    con.close()
+    append_silver(settings, [silver_row(0, 1, "insert", "created")])
+    for action in (load, rebuild):
+        with pytest.raises(WarehouseError, match="not this pipeline's warehouse.*tables orders"):
+            action(settings)
+    con = duckdb.connect(str(settings.warehouse_path))
+    assert con.execute("SELECT * FROM orders").fetchall() == [(1, 2.5)]
+    assert [r[0] for r in con.execute("SHOW TABLES").fetchall()] == ["orders"]
+    con.close()
+
+
+def test_an_older_warehouse_schema_asks_for_a_rebuild_which_replaces_it(lake) -> None:  # noqa: ANN001
+    con = duckdb.connect(str(lake.warehouse_path))
+    con.execute("UPDATE warehouse_meta SET value = '1' WHERE key = 'schema_version'")
+    con.close()
+    with pytest.raises(WarehouseError, match=f"schema v1; this code needs v{SCHEMA_VERSION}.*replay --into "
+                                             "warehouse --from-beginning"):
+        load(lake)
+    rebuild(lake)
+    assert query(lake, "SELECT value FROM warehouse_meta") == [(str(SCHEMA_VERSION),)]
+    assert query(lake, "SELECT count(*) FROM orders") == [(2,)]
+    assert not [p for p in lake.warehouse_path.parent.iterdir() if "rebuild" in p.name]
+
+
+def test_a_missing_lake_is_an_error_naming_the_path(tmp_path: Path) -> None:
+    settings = lake_settings(tmp_path)
+    with pytest.raises(LakeMissing, match=f"no lake at {settings.lake_path}"):
+        load(settings)
+    assert not settings.warehouse_path.exists()
+
+
+def test_a_silver_table_without_the_columns_the_warehouse_needs(tmp_path: Path) -> None:
+    settings = lake_settings(tmp_path)
+    row = silver_row(0, 1, "insert", "created")
+    old = pa.Table.from_pylist([{k: v for k, v in row.items() if k not in ("amount", "resume_token")}])
+    write_deltalake(str(settings.table_path(tables.SILVER)), old)
+    with pytest.raises(WarehouseError, match="lacks column.*resume_token.*amount.*replay --into lake"):
+        load(settings)
+
+
+def test_a_load_that_fails_midway_leaves_the_previous_state(lake) -> None:  # noqa: ANN001
+    before = query(lake, "SELECT * FROM orders ORDER BY doc_id")
+    bad = silver_row(9, 4, "insert", "created") | {"cluster_time_s": None}  # NOT NULL in the warehouse
+    write_deltalake(str(lake.table_path(tables.SILVER)),
+                    pa.Table.from_pylist([silver_row(8, 5, "insert", "created"), bad], schema=SCHEMA),
+                    mode="append")
+    with pytest.raises(WarehouseError, match="nothing was written"):
+        load(lake)
+    assert query(lake, "SELECT * FROM orders ORDER BY doc_id") == before
+    assert query(lake, "SELECT count(*) FROM fact_order_changes WHERE doc_id = '5'") == [(0,)]
+
+
+def test_history_documents_are_json(lake) -> None:  # noqa: ANN001
+    docs = query(lake, "SELECT document FROM orders_history WHERE NOT is_tombstone")
+    assert all(json.loads(d)["order_id"] for (d,) in docs)
