@@ -21,9 +21,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from lakehouse import tables
@@ -130,9 +130,13 @@ def check_supported(into: str, start: StartPoint) -> None:
 
 
 def replay(settings: Settings, into: str, start: StartPoint, dry_run: bool = False,
-           say: Callable[[str], None] = print) -> None:
+           say: Callable[[str], None] = print, spark: Any = None) -> None:
+    """`spark`: a running session for the lake replay (else one is started and stopped)."""
     check_supported(into, start)
-    {"kafka": _into_kafka, "lake": _into_lake, "warehouse": _into_warehouse}[into](settings, start, dry_run, say)
+    if into == "lake":
+        _into_lake(settings, start, dry_run, say, spark)
+    else:
+        {"kafka": _into_kafka, "warehouse": _into_warehouse}[into](settings, start, dry_run, say)
 
 
 # -- into kafka -------------------------------------------------------------------------------------
@@ -164,7 +168,7 @@ def _into_kafka(settings: Settings, start: StartPoint, dry_run: bool, say: Calla
         return
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="replay-kafka-", dir=settings.state_dir) as scratch:
-        replay_settings = settings.replace(state_dir=scratch)
+        replay_settings = settings.replace(state_dir=Path(scratch))
         if start.kind == "token":
             FileCheckpointStore(replay_settings.producer_checkpoint).save(Checkpoint(start.token or {}, None, 0))
         start_at = Timestamp(int(start.time.timestamp()), 0) if start.time else None
@@ -215,7 +219,8 @@ def kafka_starting_offsets(settings: Settings, start: StartPoint) -> dict[str, d
         consumer.close()
 
 
-def _into_lake(settings: Settings, start: StartPoint, dry_run: bool, say: Callable[[str], None]) -> None:
+def _into_lake(settings: Settings, start: StartPoint, dry_run: bool, say: Callable[[str], None],
+               spark: Any = None) -> None:
     from lakehouse.kafka_io import end_offsets
 
     offsets = kafka_starting_offsets(settings, start)
@@ -237,15 +242,16 @@ def _into_lake(settings: Settings, start: StartPoint, dry_run: bool, say: Callab
 
     say(f"replay: {plan} ...")
     replay_settings = settings.replace(state_dir=checkpoint_root)
-    spark = build_session(replay_settings)
+    session = spark or build_session(replay_settings)
     try:
-        query = start_lake(spark, replay_settings, available_now=True, starting_offsets=json.dumps(offsets),
+        query = start_lake(session, replay_settings, available_now=True, starting_offsets=json.dumps(offsets),
                            skip_seen=True)
         query.awaitTermination()
         if query.exception():
             raise RuntimeError(f"the replay query failed: {query.exception()}")
     finally:
-        spark.stop()
+        if spark is None:
+            session.stop()
     written = _batch_totals(replay_settings)
     say(f"replayed into the lake: {written.get('input_rows', 0)} messages read, "
         f"{written.get('already_in_lake', 0)} already there, {written.get('silver_rows', 0)} new silver rows, "
@@ -267,6 +273,29 @@ def _batch_totals(settings: Settings) -> dict[str, int]:
 
 
 # -- into warehouse ---------------------------------------------------------------------------------
+def _first_change_after(settings: Settings, token: dict[str, str]) -> tuple[int, int] | None:
+    """Cluster time of the first change after a resume token, asking MongoDB (a token's encoding is
+    the server's business). None when nothing has happened since."""
+    from pymongo.errors import PyMongoError
+
+    from lakehouse.mongo import connect as connect_mongo
+
+    client = connect_mongo(settings, "lakehouse-replay")
+    try:
+        pipeline = [{"$match": {"ns.coll": {"$in": list(settings.collections)}}}]
+        with client[settings.mongo_db].watch(pipeline, start_after=token, max_await_time_ms=500) as stream:
+            for _ in range(3):  # an empty batch does not yet mean the stream is at its end
+                change = stream.try_next()
+                if change is not None:
+                    return int(change["clusterTime"].time), int(change["clusterTime"].inc)
+        return None
+    except PyMongoError as exc:
+        raise ReplayError(f"MongoDB cannot resume from {token.get('_data', '')[:24]}... ({exc}); replay the warehouse "
+                          "with --from-time or --from-offsets instead") from exc
+    finally:
+        client.close()
+
+
 def _warehouse_selection(settings: Settings, start: StartPoint) -> tuple[str, pads.Expression]:
     """The same set of changes as SQL over fact_order_changes and as a filter over silver."""
     s, inc = pads.field("cluster_time_s"), pads.field("cluster_time_inc")
@@ -275,16 +304,10 @@ def _warehouse_selection(settings: Settings, start: StartPoint) -> tuple[str, pa
         second = int(start.time.timestamp())
         return f"cluster_time_s >= {second}", s >= second
     if start.kind == "token":
-        from warehouse.loader import WarehouseError, silver_table
-
-        silver = silver_table(settings)
-        token = (start.token or {})["_data"]
-        found = None if silver is None else silver.to_pyarrow_dataset().to_table(
-            columns=["cluster_time_s", "cluster_time_inc"], filter=pads.field("resume_token") == token)
-        if found is None or found.num_rows == 0:
-            raise WarehouseError(f"the lake's silver table has no change with resume token {token[:24]}...; "
-                                 "give the time instead (--from-time)")
-        second, increment = int(pc.min(found["cluster_time_s"]).as_py()), int(pc.min(found["cluster_time_inc"]).as_py())
+        after = _first_change_after(settings, start.token or {})
+        if after is None:
+            return "false", s < 0  # nothing happened after that token
+        second, increment = after
         return (f"(cluster_time_s, cluster_time_inc) >= ({second}, {increment})",
                 (s > second) | ((s == second) & (inc >= increment)))
     sql, expression = [], None

@@ -79,3 +79,13 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str, interva
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def spark(stack: Settings) -> Iterator[object]:
+    """One local Spark session for every in-process streaming test."""
+    from streaming.job import build_session
+
+    session = build_session(stack)
+    yield session
+    session.stop()

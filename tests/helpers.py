@@ -81,3 +81,12 @@ def drain(settings: Settings, snapshot: str = "initial") -> ChangeStreamListener
     finally:
         listener.close()
     return listener
+
+
+def stream_lake(spark: object, settings: Settings) -> None:
+    """Run the lake query in this process until Kafka is drained (Trigger.AvailableNow)."""
+    from streaming.job import start
+
+    query = start(spark, settings, available_now=True)  # type: ignore[arg-type]
+    query.awaitTermination(300)
+    assert query.exception() is None, query.exception()

@@ -1,7 +1,5 @@
 import json
-from collections.abc import Iterator
 
-import pytest
 from deltalake import DeltaTable
 from kafka import KafkaProducer
 from pymongo import MongoClient
@@ -12,20 +10,7 @@ from lakehouse.kafka_io import ensure_topics
 from producer.generator import OrderGenerator
 from producer.listener import ChangeStreamListener
 from streaming.amounts import is_high_value, parse_amount, parse_thresholds
-from streaming.job import build_session, start
-
-
-@pytest.fixture(scope="module")
-def spark(stack: Settings) -> Iterator[object]:
-    session = build_session(stack)
-    yield session
-    session.stop()
-
-
-def drain(spark: object, settings: Settings) -> None:
-    query = start(spark, settings, available_now=True)  # type: ignore[arg-type]
-    query.awaitTermination(300)
-    assert query.exception() is None, query.exception()
+from tests.helpers import stream_lake
 
 
 def table(settings: Settings, name: str) -> list[dict]:
@@ -54,8 +39,8 @@ def test_bad_messages_are_quarantined_and_reruns_add_nothing(spark: object, sett
     producer.flush()
     producer.close()
 
-    drain(spark, settings)
-    drain(spark, settings)  # nothing new: must not write anything again
+    stream_lake(spark, settings)
+    stream_lake(spark, settings)  # nothing new: must not write anything again
 
     silver = table(settings, tables.SILVER)
     assert len(silver) == published
@@ -87,7 +72,7 @@ def test_schema_evolution_mid_stream_keeps_running_and_says_what_happened(spark:
     listener = ChangeStreamListener(settings)
     OrderGenerator(orders, seed=5).run(50)
     listener.run(until_idle=True)
-    drain(spark, settings)
+    stream_lake(spark, settings)
     before = len(table(settings, tables.SILVER))
 
     # A newer producer adds a field, and another changes a field's type; then normal traffic goes on.
@@ -106,7 +91,7 @@ def test_schema_evolution_mid_stream_keeps_running_and_says_what_happened(spark:
     OrderGenerator(orders, seed=6).run(50)
     listener.run(until_idle=True)
     listener.close()
-    drain(spark, settings)
+    stream_lake(spark, settings)
 
     silver = {r["change_id"]: r for r in table(settings, tables.SILVER)}
     assert json.loads(silver["new-field"]["extra"]) == {"priority": "high", "tags": '["a","b"]'}
@@ -138,7 +123,7 @@ def test_late_events_are_recorded_and_left_out_of_the_windowed_aggregates(spark:
             query.awaitTermination(300)
             assert query.exception() is None, query.exception()
 
-    drain(spark, settings)
+    stream_lake(spark, settings)
     aggregate()
 
     now = int(clock.time())
@@ -154,7 +139,7 @@ def test_late_events_are_recorded_and_left_out_of_the_windowed_aggregates(spark:
         producer.send(settings.topic_for("orders"), key=b"k", value=json.dumps(value).encode())
     producer.flush()
     producer.close()
-    drain(spark, settings)
+    stream_lake(spark, settings)
     aggregate()
 
     silver = table(settings, tables.SILVER)
