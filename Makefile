@@ -4,7 +4,7 @@
 PY := .venv/bin/python
 RUN_ALL_FLAGS := $(if $(EVENTS),--events $(EVENTS)) $(if $(RATE),--rate $(RATE)) $(if $(filter 1 true yes,$(STOP)),--stop)
 
-.PHONY: setup servers run-all stop status test test-unit lint clean-data
+.PHONY: setup servers run-all stop status notebooks test test-unit lint clean-data
 
 setup:
 	@bash infra/setup.sh
@@ -20,6 +20,11 @@ stop:
 
 status: setup
 	@$(PY) -m infra.servers status
+	@$(PY) -m lakehouse.cli status
+
+# JupyterLab on the notebooks (after make run-all); they read the warehouse read-only.
+notebooks: setup
+	@PYTHONPATH=$(CURDIR) .venv/bin/jupyter lab --no-browser --ip 127.0.0.1 notebooks/
 
 test: setup
 	@$(PY) -m pytest $(PYTEST_ARGS)

@@ -152,6 +152,54 @@ def replay_command(settings: Settings, target: str, from_token: str | None, from
         raise click.ClickException(str(exc)) from exc
 
 
+@cli.command("status")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document, for machines.")
+@click.pass_obj
+def status_command(settings: Settings, as_json: bool) -> None:
+    """Per stage: what it has done and how far behind it is, and end-to-end freshness."""
+    import json
+
+    from lakehouse.status import collect, render
+
+    report = collect(settings)
+    click.echo(json.dumps(report, indent=2) if as_json else "\n".join(render(report)))
+
+
+@cli.command("metrics")
+@click.option("--serve", "port", type=int, default=None,
+              help="Serve them at http://127.0.0.1:PORT/metrics until Ctrl-C instead of printing once.")
+@click.pass_obj
+def metrics_command(settings: Settings, port: int | None) -> None:
+    """The status figures in Prometheus text format (for Grafana and friends)."""
+    from lakehouse.status import collect, prometheus
+
+    if port is None:
+        click.echo(prometheus(collect(settings)), nl=False)
+        return
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Metrics(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            if self.path.rstrip("/") != "/metrics":
+                self.send_error(404, "try /metrics")
+                return
+            body = prometheus(collect(settings)).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", port), Metrics)
+    click.echo(f"serving metrics at http://127.0.0.1:{server.server_port}/metrics (Ctrl-C stops)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
 @cli.command("run-all")
 @click.option("--events", envvar="EVENTS", default=3000, show_default=True, help="Changes to generate.")
 @click.option("--rate", envvar="RATE", type=float, default=None, help="Changes per second (default: unthrottled).")

@@ -1,0 +1,221 @@
+"""What each stage has done and how far behind it is, read from the stages' own records.
+
+Producer: its resume-token file. Kafka: end offsets against the offsets the lake query has
+committed in its Spark checkpoint (the source of truth; Kafka consumer groups are not used).
+Spark: the per-batch metrics file. Warehouse: DuckDB, read-only. Freshness: the newest `updated_at`
+in MongoDB against the newest change in DuckDB. A stage that cannot be read says why instead of
+failing the whole report.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from lakehouse import tables
+from lakehouse.config import Settings
+
+
+def _iso(seconds: float | None) -> str | None:
+    return None if seconds is None else datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def producer_status(settings: Settings) -> dict[str, Any]:
+    path = settings.producer_checkpoint
+    if not path.exists():
+        return {"state": f"no resume token yet at {path}"}
+    stored = json.loads(path.read_text())
+    position = stored.get("position") or {}
+    return {
+        "state": "ok",
+        "events_published": stored.get("events_published", 0),
+        "last_change_time": _iso(position.get("cluster_time_s")),
+        "token_saved_at": _iso(path.stat().st_mtime),
+        "resume_token": (stored.get("resume_token") or {}).get("_data"),
+    }
+
+
+def committed_offsets(checkpoint: Path) -> dict[str, int]:
+    """The source offsets of the newest batch the query has committed ({"topic:partition": offset})."""
+    commits = [int(p.name) for p in (checkpoint / "commits").glob("[0-9]*")]
+    if not commits:
+        return {}
+    lines = (checkpoint / "offsets" / str(max(commits))).read_text().splitlines()
+    return {k: int(v) for k, v in json.loads(lines[2]).items()} if len(lines) > 2 else {}
+
+
+def kafka_status(settings: Settings) -> dict[str, Any]:
+    from lakehouse.kafka_io import end_offsets
+
+    ends = end_offsets(settings, settings.topics)
+    committed = committed_offsets(settings.spark_checkpoint)
+    partitions = [
+        {"topic": topic, "partition": partition, "end_offset": end,
+         "committed_offset": committed.get(f"{topic}:{partition}", 0),
+         "lag": end - committed.get(f"{topic}:{partition}", 0)}
+        for (topic, partition), end in sorted(ends.items())
+    ]
+    return {"state": "ok", "partitions": partitions, "total_lag": sum(p["lag"] for p in partitions)}
+
+
+def spark_status(settings: Settings) -> dict[str, Any]:
+    path = settings.state_dir / "spark" / "batches.jsonl"
+    if not path.exists():
+        return {"state": f"no batches yet ({path})"}
+    last: dict[int, dict[str, Any]] = {}
+    for line in path.read_text().splitlines():
+        entry = json.loads(line)
+        last[entry["batch_id"]] = entry  # a batch replayed after a crash counts once, as it ended
+    batches = [last[k] for k in sorted(last)]
+    newest = batches[-1]
+    return {
+        "state": "ok",
+        "batches": len(batches),
+        "input_rows": sum(b["input_rows"] for b in batches),
+        "silver_rows": sum(b["silver_rows"] for b in batches),
+        "quarantined": sum(b["quarantined"] for b in batches),
+        "late": sum(b["late"] for b in batches),
+        "watermark": next((b["watermark"] for b in reversed(batches) if b.get("watermark")), None),
+        "last_batch_at": newest["at"],
+        "last_batch_ms": newest["duration_ms"],
+    }
+
+
+def warehouse_status(settings: Settings) -> dict[str, Any]:
+    import duckdb
+    from deltalake import DeltaTable
+
+    from warehouse.loader import WarehouseError, connect
+
+    silver = settings.table_path(tables.SILVER)
+    silver_version = DeltaTable(str(silver)).version() if DeltaTable.is_deltatable(str(silver)) else None
+    if not settings.warehouse_path.exists():
+        return {"state": f"no warehouse yet at {settings.warehouse_path}", "silver_version": silver_version}
+    try:
+        con = connect(settings.warehouse_path, read_only=True)
+    except WarehouseError as exc:
+        return {"state": f"unreadable now: {exc}", "silver_version": silver_version}
+    try:
+        loaded = con.execute("SELECT delta_version, rows_loaded, loaded_at FROM load_state").fetchall()
+        facts, orders, newest = con.execute(
+            "SELECT (SELECT count(*) FROM fact_order_changes), (SELECT count(*) FROM orders), "
+            "(SELECT max(cluster_time_s) FROM fact_order_changes WHERE op <> 'snapshot_end')").fetchall()[0]
+    except duckdb.Error as exc:
+        return {"state": f"unreadable now: {exc}", "silver_version": silver_version}
+    finally:
+        con.close()
+    version = loaded[0][0] if loaded else None
+    return {
+        "state": "ok",
+        "loaded_version": version,
+        "silver_version": silver_version,
+        "versions_behind": None if silver_version is None else silver_version - (version if version is not None
+                                                                                 else -1),
+        "loaded_at": loaded[0][2].isoformat() if loaded else None,
+        "fact_order_changes": facts,
+        "orders": orders,
+        "newest_change": _iso(newest),
+    }
+
+
+def mongo_status(settings: Settings) -> dict[str, Any]:
+    from lakehouse.mongo import connect as connect_mongo
+
+    client = connect_mongo(settings, "lakehouse-status")
+    try:
+        orders = client[settings.mongo_db]["orders"]
+        newest = next(iter(orders.find({}, {"updated_at": 1}).sort("updated_at", -1).limit(1)), None)
+        updated = newest.get("updated_at") if newest else None
+        return {"state": "ok", "orders": orders.estimated_document_count(),
+                "newest_change": None if updated is None else _iso(updated.timestamp())}
+    finally:
+        client.close()
+
+
+def collect(settings: Settings) -> dict[str, Any]:
+    report: dict[str, Any] = {"at": _iso(datetime.now(UTC).timestamp())}
+    for name, reader in (("mongodb", mongo_status), ("producer", producer_status), ("kafka", kafka_status),
+                         ("spark", spark_status), ("warehouse", warehouse_status)):
+        try:
+            report[name] = reader(settings)
+        except Exception as exc:  # noqa: BLE001 - one stage down must not hide the others
+            report[name] = {"state": f"unavailable: {type(exc).__name__}: {exc}"}
+    source = report["mongodb"].get("newest_change")
+    loaded = report["warehouse"].get("newest_change")
+    report["freshness_seconds"] = (
+        max(0, round(_seconds(source) - _seconds(loaded))) if source and loaded else None
+    )
+    return report
+
+
+def _seconds(iso: str) -> float:
+    return datetime.strptime(iso, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+
+
+def render(report: dict[str, Any]) -> list[str]:
+    """The report as a few human lines, one block per stage."""
+    m, p, k, s, w = (report[n] for n in ("mongodb", "producer", "kafka", "spark", "warehouse"))
+    lines = [f"status at {report['at']}"]
+    lines.append(f"  mongodb    {m['state']}" if m["state"] != "ok" else
+                 f"  mongodb    {m['orders']} orders, newest change {m['newest_change']}")
+    lines.append(f"  producer   {p['state']}" if p["state"] != "ok" else
+                 f"  producer   {p['events_published']} events published, last change {p['last_change_time']}, "
+                 f"token saved {p['token_saved_at']}")
+    if k["state"] != "ok":
+        lines.append(f"  kafka      {k['state']}")
+    else:
+        lines.append(f"  kafka      lag {k['total_lag']} messages (end offset - lake query's committed offset)")
+        lines += [f"             {q['topic']}[{q['partition']}] end {q['end_offset']} committed "
+                  f"{q['committed_offset']} lag {q['lag']}" for q in k["partitions"]]
+    lines.append(f"  spark      {s['state']}" if s["state"] != "ok" else
+                 f"  spark      {s['batches']} batches, {s['input_rows']} rows in, {s['silver_rows']} to silver, "
+                 f"{s['quarantined']} quarantined, {s['late']} late, watermark {s['watermark']}, "
+                 f"last batch {s['last_batch_at']} ({s['last_batch_ms']} ms)")
+    lines.append(f"  warehouse  {w['state']}" if w["state"] != "ok" else
+                 f"  warehouse  silver v{w['loaded_version']} loaded (lake at v{w['silver_version']}, "
+                 f"{w['versions_behind']} behind), {w['fact_order_changes']} changes, {w['orders']} orders, "
+                 f"newest change {w['newest_change']}")
+    fresh = report["freshness_seconds"]
+    lines.append(f"  end to end {'unknown' if fresh is None else f'{fresh} s'} between the newest change in "
+                 "MongoDB and in the warehouse")
+    return lines
+
+
+def prometheus(report: dict[str, Any]) -> str:
+    """The same figures in Prometheus' text format, for a scrape."""
+    out: list[str] = []
+
+    def gauge(name: str, help_text: str, samples: list[tuple[dict[str, Any], Any]]) -> None:
+        samples = [(labels, value) for labels, value in samples if value is not None]
+        if not samples:
+            return
+        out.append(f"# HELP lakehouse_{name} {help_text}")
+        out.append(f"# TYPE lakehouse_{name} gauge")
+        for labels, value in samples:
+            text = ",".join(f'{k}="{v}"' for k, v in labels.items())
+            out.append(f"lakehouse_{name}{{{text}}} {value}" if text else f"lakehouse_{name} {value}")
+
+    p, k, s, w = (report[n] for n in ("producer", "kafka", "spark", "warehouse"))
+    gauge("up", "1 when the stage could be read", [({"stage": n}, int(report[n].get("state") == "ok"))
+                                                  for n in ("mongodb", "producer", "kafka", "spark", "warehouse")])
+    gauge("producer_events_published", "Events the producer has had acknowledged by Kafka",
+          [({}, p.get("events_published"))])
+    gauge("producer_last_change_timestamp_seconds", "Cluster time of the last captured change",
+          [({}, _seconds(p["last_change_time"]) if p.get("last_change_time") else None)])
+    gauge("kafka_end_offset", "Kafka end offset",
+          [({"topic": q["topic"], "partition": q["partition"]}, q["end_offset"]) for q in k.get("partitions", [])])
+    gauge("kafka_lag_messages", "End offset minus the lake query's committed offset",
+          [({"topic": q["topic"], "partition": q["partition"]}, q["lag"]) for q in k.get("partitions", [])])
+    for key, help_text in (("batches", "Micro-batches completed"), ("input_rows", "Rows read from Kafka"),
+                           ("silver_rows", "Rows written to silver"), ("quarantined", "Rows quarantined"),
+                           ("late", "Rows later than the watermark")):
+        gauge(f"spark_{key}", help_text, [({}, s.get(key))])
+    gauge("warehouse_loaded_version", "Silver Delta version the warehouse has loaded", [({}, w.get("loaded_version"))])
+    gauge("warehouse_versions_behind", "Silver versions not yet loaded", [({}, w.get("versions_behind"))])
+    gauge("warehouse_orders", "Current orders in the warehouse", [({}, w.get("orders"))])
+    gauge("warehouse_changes", "Rows of fact_order_changes", [({}, w.get("fact_order_changes"))])
+    gauge("freshness_seconds", "Newest change in MongoDB minus newest in the warehouse",
+          [({}, report.get("freshness_seconds"))])
+    return "\n".join(out) + "\n"

@@ -1,0 +1,74 @@
+"""`lakehouse status` and `lakehouse metrics` against a pipeline that ran, then fell behind."""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.request
+
+from click.testing import CliRunner
+
+from lakehouse.cli import cli
+from lakehouse.config import Settings
+from lakehouse.mongo import connect as connect_mongo
+from producer.generator import OrderGenerator
+from tests.conftest import _free_port, wait_for
+from tests.helpers import drain, start_cli, stream_lake
+from warehouse.loader import load
+
+
+def status(settings: Settings) -> dict:
+    result = CliRunner().invoke(cli, ["status", "--json"], env=settings.to_env())
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def test_status_and_metrics_follow_the_pipeline(spark: object, settings: Settings) -> None:
+    client = connect_mongo(settings)
+    generator = OrderGenerator.for_database(client[settings.mongo_db], settings.collections, seed=9)
+    generator.run(120)
+    drain(settings)
+    stream_lake(spark, settings)
+    load(settings)
+
+    caught_up = status(settings)
+    orders = client[settings.mongo_db]["orders"].count_documents({})
+    assert caught_up["mongodb"]["orders"] == orders
+    assert caught_up["producer"]["events_published"] > 0
+    assert caught_up["kafka"]["total_lag"] == 0 and caught_up["kafka"]["partitions"]
+    assert caught_up["spark"]["batches"] >= 1 and caught_up["spark"]["input_rows"] == sum(
+        p["end_offset"] for p in caught_up["kafka"]["partitions"])
+    assert caught_up["warehouse"]["orders"] == orders and caught_up["warehouse"]["versions_behind"] == 0
+    assert caught_up["freshness_seconds"] == 0
+
+    generator.run(60)
+    drain(settings)  # in Kafka, not yet in the lake
+    behind = status(settings)
+    assert behind["kafka"]["total_lag"] == behind["producer"]["events_published"] - caught_up["producer"][
+        "events_published"] > 0
+
+    text = CliRunner().invoke(cli, ["status"], env=settings.to_env()).output
+    assert re.search(r"kafka +lag \d+ messages", text) and "warehouse  silver v" in text, text
+    metrics = CliRunner().invoke(cli, ["metrics"], env=settings.to_env()).output
+    lag = sum(float(v) for v in re.findall(r"^lakehouse_kafka_lag_messages\{.*\} (\S+)$", metrics, re.M))
+    assert lag == behind["kafka"]["total_lag"], metrics
+    assert f"lakehouse_warehouse_orders {orders}" in metrics
+
+    port = _free_port()
+    server = start_cli(settings, settings.state_dir / "metrics.log", "metrics", "--serve", str(port))
+    try:
+        url = f"http://127.0.0.1:{port}/metrics"
+
+        def scrape() -> str | None:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback
+                    return response.read().decode()
+            except OSError:
+                return None
+
+        served = wait_for(scrape, 60, f"metrics served at {url}")
+        assert "# TYPE lakehouse_kafka_lag_messages gauge" in str(served)
+    finally:
+        server.terminate()
+        server.wait(30)
+    client.close()
