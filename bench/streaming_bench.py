@@ -79,7 +79,7 @@ def main() -> None:
         print(f"throughput: {silver} rows Kafka -> silver Delta in {elapsed:.1f} s = {silver / elapsed:,.0f} rows/s "
               f"(batches of at most {settings.max_rows_per_batch})")
 
-        metrics = settings.state_dir / "spark" / "batches.jsonl"
+        metrics = settings.batch_metrics
         drained = [json.loads(line) for line in metrics.read_text().splitlines()]
         busy = sum(b["duration_ms"] for b in drained) / 1000
         evaluating = sum(b["spark_ms"] for b in drained) / 1000

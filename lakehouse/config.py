@@ -124,6 +124,11 @@ class Settings:
         return self.lake_path / "delta" / name
 
     @property
+    def batch_metrics(self) -> Path:
+        """The lake query's per-batch JSON lines (streaming/job.py writes, status and replay read)."""
+        return self.state_dir / "spark" / "batches.jsonl"
+
+    @property
     def aggregates_checkpoint(self) -> Path:
         return self.state_dir / "spark" / "aggregates"
 

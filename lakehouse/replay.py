@@ -259,14 +259,10 @@ def _into_lake(settings: Settings, start: StartPoint, dry_run: bool, say: Callab
 
 
 def _batch_totals(settings: Settings) -> dict[str, int]:
-    path = settings.state_dir / "spark" / "batches.jsonl"
-    last: dict[int, dict[str, Any]] = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            entry = json.loads(line)
-            last[entry["batch_id"]] = entry  # a batch replayed after a crash is counted once
+    from lakehouse.status import batch_metrics
+
     totals: dict[str, int] = {}
-    for entry in last.values():
+    for entry in batch_metrics(settings):
         for key in ("input_rows", "already_in_lake", "silver_rows", "quarantined"):
             totals[key] = totals.get(key, 0) + int(entry.get(key, 0))
     return totals

@@ -60,15 +60,21 @@ def kafka_status(settings: Settings) -> dict[str, Any]:
     return {"state": "ok", "partitions": partitions, "total_lag": sum(p["lag"] for p in partitions)}
 
 
-def spark_status(settings: Settings) -> dict[str, Any]:
-    path = settings.state_dir / "spark" / "batches.jsonl"
-    if not path.exists():
-        return {"state": f"no batches yet ({path})"}
+def batch_metrics(settings: Settings) -> list[dict[str, Any]]:
+    """The lake query's batches in order; a batch Spark replayed after a crash counts once, as it ended."""
+    path = settings.batch_metrics
     last: dict[int, dict[str, Any]] = {}
-    for line in path.read_text().splitlines():
-        entry = json.loads(line)
-        last[entry["batch_id"]] = entry  # a batch replayed after a crash counts once, as it ended
-    batches = [last[k] for k in sorted(last)]
+    if path.exists():
+        for line in path.read_text().splitlines():
+            entry = json.loads(line)
+            last[entry["batch_id"]] = entry
+    return [last[k] for k in sorted(last)]
+
+
+def spark_status(settings: Settings) -> dict[str, Any]:
+    batches = batch_metrics(settings)
+    if not batches:
+        return {"state": f"no batches yet ({settings.batch_metrics})"}
     newest = batches[-1]
     return {
         "state": "ok",

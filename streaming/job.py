@@ -138,7 +138,7 @@ class BatchWriter:
         self.skip_seen = skip_seen
         self._seen: pa.Array | None = None
         self.app_id = writer_app_id(settings.spark_checkpoint)
-        self.metrics_path = settings.state_dir / "spark" / "batches.jsonl"
+        self.metrics_path = settings.batch_metrics
         self.watermark = WatermarkTracker(settings.state_dir / "spark" / "watermark.json", settings.watermark_delay)
 
     def __call__(self, batch_df: DataFrame, batch_id: int) -> None:

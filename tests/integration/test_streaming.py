@@ -99,7 +99,7 @@ def test_schema_evolution_mid_stream_keeps_running_and_says_what_happened(spark:
     reasons = [r["quarantine_reason"] for r in table(settings, tables.QUARANTINE)]
     assert reasons == ["field(s) of the wrong type for envelope schema v1: wall_time_ms"]
     assert len(silver) > before + 1  # the traffic after the change went through
-    metrics = [json.loads(line) for line in (settings.state_dir / "spark" / "batches.jsonl").read_text().splitlines()]
+    metrics = [json.loads(line) for line in settings.batch_metrics.read_text().splitlines()]
     assert ["priority", "tags"] in [m["new_fields"] for m in metrics]
 
 
@@ -146,7 +146,7 @@ def test_late_events_are_recorded_and_left_out_of_the_windowed_aggregates(spark:
     assert {"late", "tick"} <= {r["change_id"] for r in silver}  # late is not lost
     late = table(settings, tables.LATE_EVENTS)
     assert [r["change_id"] for r in late] == ["late"] and late[0]["watermark"] is not None
-    metrics = [json.loads(line) for line in (settings.state_dir / "spark" / "batches.jsonl").read_text().splitlines()]
+    metrics = [json.loads(line) for line in settings.batch_metrics.read_text().splitlines()]
     assert sum(m["late"] for m in metrics) == 1
 
     counted = [r for r in silver if r["op"] in ORDER_STATES and r["change_id"] not in ("late", "tick")]

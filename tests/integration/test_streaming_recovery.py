@@ -21,7 +21,7 @@ from tests.helpers import start_cli
 
 
 def batches_done(settings: Settings) -> int:
-    path = settings.state_dir / "spark" / "batches.jsonl"
+    path = settings.batch_metrics
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
@@ -57,6 +57,6 @@ def test_kill_9_mid_stream_then_restart_reflects_every_offset_once(settings: Set
     assert len(bronze) == total
     assert len({r["change_id"] for r in silver}) == len(silver)
     # The read limit split the work into batches of at most 150 rows.
-    lines = [json.loads(line) for line in (settings.state_dir / "spark" / "batches.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in settings.batch_metrics.read_text().splitlines()]
     assert max(line["input_rows"] for line in lines) <= 150
     assert sum(1 for line in lines if line["input_rows"]) >= total // 150
