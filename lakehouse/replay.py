@@ -188,16 +188,22 @@ def _into_kafka(settings: Settings, start: StartPoint, dry_run: bool, say: Calla
 
 
 # -- into lake --------------------------------------------------------------------------------------
-def kafka_starting_offsets(settings: Settings, start: StartPoint) -> dict[str, dict[str, int]]:
-    """Per topic and partition, where the replay starts (Spark's JSON form; -2 = the beginning)."""
+def kafka_starting_offsets(settings: Settings, start: StartPoint) -> tuple[dict[str, dict[str, int]],
+                                                                          dict[tuple[str, int], int]]:
+    """Per topic and partition, where the replay starts (Spark's JSON form; -2 = the beginning), and
+    the end offsets now."""
     from kafka import KafkaConsumer, TopicPartition
+
+    from lakehouse.kafka_io import partitions_of
 
     consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False)
     try:
-        partitions = [TopicPartition(t, p) for t in settings.topics for p in sorted(consumer.partitions_for_topic(t)
-                                                                                    or ())]
+        partitions = [tp for topic in settings.topics for tp in partitions_of(consumer, topic)]
+        ends = consumer.end_offsets(partitions) if partitions else {}
+        end_offsets = {(tp.topic, tp.partition): int(o) for tp, o in ends.items()}
         if start.kind == "beginning":
-            return {t: {str(tp.partition): -2 for tp in partitions if tp.topic == t} for t in settings.topics}
+            return ({t: {str(tp.partition): -2 for tp in partitions if tp.topic == t} for t in settings.topics},
+                    end_offsets)
         if start.kind == "offsets":
             unknown = sorted(f"{t}[{p}]" for t, p in start.offsets if TopicPartition(t, p) not in partitions)
             if unknown:
@@ -206,25 +212,21 @@ def kafka_starting_offsets(settings: Settings, start: StartPoint) -> dict[str, d
             chosen: dict[str, dict[str, int]] = {}
             for (topic, partition), offset in start.offsets.items():
                 chosen.setdefault(topic, {})[str(partition)] = offset
-            return chosen
+            return chosen, end_offsets
         assert start.time is not None
         found = consumer.offsets_for_times({tp: int(start.time.timestamp() * 1000) for tp in partitions})
-        ends = consumer.end_offsets(partitions)
         result: dict[str, dict[str, int]] = {}
         for tp in partitions:
             at = found.get(tp)
             result.setdefault(tp.topic, {})[str(tp.partition)] = at.offset if at is not None else ends[tp]
-        return result
+        return result, end_offsets
     finally:
         consumer.close()
 
 
 def _into_lake(settings: Settings, start: StartPoint, dry_run: bool, say: Callable[[str], None],
                spark: Any = None) -> None:
-    from lakehouse.kafka_io import end_offsets
-
-    offsets = kafka_starting_offsets(settings, start)
-    ends = end_offsets(settings, settings.topics)
+    offsets, ends = kafka_starting_offsets(settings, start)
     messages = 0
     for topic, parts in offsets.items():
         for partition, offset in parts.items():
@@ -275,11 +277,12 @@ def _first_change_after(settings: Settings, token: dict[str, str]) -> tuple[int,
     from pymongo.errors import PyMongoError
 
     from lakehouse.mongo import connect as connect_mongo
+    from producer.listener import watch_pipeline
 
     client = connect_mongo(settings, "lakehouse-replay")
     try:
-        pipeline = [{"$match": {"ns.coll": {"$in": list(settings.collections)}}}]
-        with client[settings.mongo_db].watch(pipeline, start_after=token, max_await_time_ms=500) as stream:
+        with client[settings.mongo_db].watch(watch_pipeline(settings), start_after=token,
+                                             max_await_time_ms=500) as stream:
             for _ in range(3):  # an empty batch does not yet mean the stream is at its end
                 change = stream.try_next()
                 if change is not None:

@@ -50,6 +50,11 @@ class ListenerStats:
     resnapshots: int = 0  # times the token was lost and everything was copied again
 
 
+def watch_pipeline(settings: Settings) -> list[dict[str, Any]]:
+    """The configured collections' changes, out of the database-level stream."""
+    return [{"$match": {"ns.coll": {"$in": list(settings.collections)}}}]
+
+
 class ChangeStreamListener:
     def __init__(self, settings: Settings, snapshot_mode: str = "initial", batch_size: int = 2000,
                  checkpoint_interval: float = 1.0, start_at: Any = None) -> None:
@@ -132,9 +137,6 @@ class ChangeStreamListener:
             self.store.clear()
         return self.stats
 
-    def _watch_pipeline(self) -> list[dict[str, Any]]:
-        return [{"$match": {"ns.coll": {"$in": list(self.settings.collections)}}}]
-
     def _open_stream(self, resume_token: Mapping[str, Any] | None, start_at: Any = None) -> Any:
         options: dict[str, Any] = {
             "full_document": "updateLookup",
@@ -144,7 +146,7 @@ class ChangeStreamListener:
             options["start_after"] = resume_token
         elif start_at is not None:
             options["start_at_operation_time"] = start_at
-        return self.db.watch(self._watch_pipeline(), **options)
+        return self.db.watch(watch_pipeline(self.settings), **options)
 
     def _snapshot_then_stream(self, until_idle: bool) -> None:
         """Open the stream first, copy, then stream from the opening point: nothing is missed, and
