@@ -9,6 +9,7 @@ same apply with a predicate: the changes it matches are deleted and loaded again
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -58,6 +59,10 @@ class LakeMissing(WarehouseError):
     pass
 
 
+class OtherSchemaVersion(WarehouseError):
+    """The file is this pipeline's warehouse, of another schema version: what a rebuild replaces."""
+
+
 def connect(path: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     """Open the warehouse, creating it when the file is new or empty; refuse a file that is not a
     warehouse of this schema version rather than write into it."""
@@ -99,7 +104,7 @@ def _check_or_create(con: duckdb.DuckDBPyConnection, path: Path, read_only: bool
         found = con.execute("SELECT value FROM warehouse_meta WHERE key = 'schema_version'").fetchall()
         version = found[0][0] if found else "?"
         if version != str(SCHEMA_VERSION):
-            raise WarehouseError(
+            raise OtherSchemaVersion(
                 f"{path} holds warehouse schema v{version}; this code needs v{SCHEMA_VERSION}. Rebuild it from the "
                 f"lake with `{REBUILD}` (the file is replaced only once the rebuild is complete)"
             )
@@ -288,11 +293,8 @@ def rebuild(settings: Settings) -> LoadResult:
     complete; a file that is not this pipeline's warehouse is never replaced."""
     target = settings.warehouse_path
     if target.exists():
-        try:
+        with contextlib.suppress(OtherSchemaVersion):
             connect(target).close()
-        except WarehouseError as exc:
-            if "needs v" not in str(exc):  # an older schema is what a rebuild is for
-                raise
     scratch = target.with_name(f".{target.name}.rebuild-{os.getpid()}")
     for leftover in (scratch, scratch.with_name(scratch.name + ".wal")):
         leftover.unlink(missing_ok=True)
