@@ -33,24 +33,15 @@ SILVER_COLUMNS: tuple[tuple[str, str], ...] = tuple(
                  "batch_id", "ingested_at")
 )
 
-_ARROW_TYPES = {
-    "string": "string", "long": "int64", "int": "int32", "STRING": "string", "INT": "int32", "BIGINT": "int64",
-    "BOOLEAN": "bool_", "DATE": "date32", "TIMESTAMP": "timestamp[us, tz=UTC]", "DECIMAL(18, 2)": "decimal128(18, 2)",
-}
-
-
 def silver_arrow_schema() -> object:
     """Silver as Arrow types (what the streaming job writes), for tests and benches that fake a lake."""
     import pyarrow as pa
 
     from lakehouse.events import ENVELOPE_FIELDS
 
-    def arrow(kind: str) -> pa.DataType:
-        name = _ARROW_TYPES[kind]
-        if name.startswith("timestamp"):
-            return pa.timestamp("us", tz="UTC")
-        if name.startswith("decimal"):
-            return pa.decimal128(18, 2)
-        return getattr(pa, name)()
-
-    return pa.schema([(name, arrow(kind)) for name, kind in (*ENVELOPE_FIELDS, *SILVER_COLUMNS)])
+    arrow = {
+        "string": pa.string(), "long": pa.int64(), "int": pa.int32(),  # the envelope's vocabulary
+        "STRING": pa.string(), "INT": pa.int32(), "BIGINT": pa.int64(), "BOOLEAN": pa.bool_(), "DATE": pa.date32(),
+        "TIMESTAMP": pa.timestamp("us", tz="UTC"), "DECIMAL(18, 2)": pa.decimal128(18, 2),  # Spark SQL's
+    }
+    return pa.schema([(name, arrow[kind]) for name, kind in (*ENVELOPE_FIELDS, *SILVER_COLUMNS)])
