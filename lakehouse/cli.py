@@ -12,7 +12,22 @@ from lakehouse.logs import configure
 from lakehouse.mongo import connect as connect_mongo
 
 
-@click.group()
+class LakehouseGroup(click.Group):
+    """Turns a client library's "cannot connect" into one line naming the server and what to do."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            from lakehouse.errors import explain
+
+            known = explain(ctx.obj, exc) if isinstance(ctx.obj, Settings) else None
+            if known is None:
+                raise
+            raise click.ClickException(str(known)) from exc
+
+
+@click.group(cls=LakehouseGroup)
 @click.option("--mongo-uri", envvar="MONGO_URI", help="MongoDB replica set URI.")
 @click.option("--mongo-db", envvar="MONGO_DB", help="Database to capture.")
 @click.option("--kafka", "kafka_bootstrap_servers", envvar="KAFKA_BOOTSTRAP_SERVERS", help="Kafka bootstrap servers.")
@@ -206,14 +221,20 @@ def metrics_command(settings: Settings, port: int | None) -> None:
 @click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait for the warehouse to catch up.")
 @click.option("--stop/--no-stop", "stop_servers", envvar="STOP", default=False,
               help="Stop the servers afterwards (default: leave them up for the notebooks).")
+@click.option("--follow", envvar="FOLLOW", is_flag=True,
+              help="Live demo: keep generating (RATE, default 20/s) and print a status line until Ctrl-C.")
+@click.option("--every", default=5.0, show_default=True, help="Seconds between status lines with --follow.")
 @click.pass_obj
-def run_all_command(settings: Settings, events: int, rate: float | None, timeout: float, stop_servers: bool) -> None:
-    """Servers, producer, streaming and warehouse end to end; ends with a `reconciled:` line."""
+def run_all_command(settings: Settings, events: int, rate: float | None, timeout: float, stop_servers: bool,
+                    follow: bool, every: float) -> None:
+    """Servers, producer, streaming and warehouse end to end; ends with a `reconciled:` line.
+
+    With --follow it keeps going until Ctrl-C, which stops every process it started."""
     from infra.servers import StackError
     from lakehouse.run_all import run_all
 
     try:
-        code = run_all(settings, events, rate, timeout, stop_servers)
+        code = run_all(settings, events, rate, timeout, stop_servers, follow_every=every if follow else None)
     except (StackError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from exc
     sys.exit(code)

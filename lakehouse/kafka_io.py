@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 from collections.abc import Iterable
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
@@ -11,12 +12,34 @@ from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
 from lakehouse.config import Settings
+from lakehouse.errors import kafka_unreachable
 
 log = logging.getLogger(__name__)
 
 
+def require_broker(settings: Settings, timeout: float = 5.0) -> None:
+    """Fail at once, naming the address, when no bootstrap server accepts a connection; kafka-python
+    would otherwise retry for a minute and end in a generic timeout."""
+    failures = []
+    for server in settings.kafka_bootstrap_servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout).close()
+            return
+        except (OSError, ValueError) as exc:
+            failures.append(f"{server.strip()}: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}")
+    raise kafka_unreachable(settings, "; ".join(failures))
+
+
+def consumer(settings: Settings, **options: object) -> KafkaConsumer:
+    """A consumer for metadata and offsets (no group, no commits)."""
+    require_broker(settings)
+    return KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False, **options)
+
+
 def ensure_topics(settings: Settings, topics: Iterable[str]) -> None:
     """Create the pipeline's topics; the broker's auto-creation is never relied on."""
+    require_broker(settings)
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, client_id="lakehouse-admin")
     try:
         existing = set(admin.list_topics())
@@ -47,6 +70,7 @@ def idempotent_producer(settings: Settings, **overrides: object) -> KafkaProduce
         "client_id": "lakehouse-producer",
     }
     options.update(overrides)
+    require_broker(settings)
     return KafkaProducer(**options)
 
 
@@ -56,9 +80,9 @@ def partitions_of(consumer: KafkaConsumer, topic: str) -> list[TopicPartition]:
 
 
 def end_offsets(settings: Settings, topics: Iterable[str]) -> dict[tuple[str, int], int]:
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False)
+    reader = consumer(settings)
     try:
-        tps = [tp for topic in topics for tp in partitions_of(consumer, topic)]
-        return {(tp.topic, tp.partition): off for tp, off in consumer.end_offsets(tps).items()} if tps else {}
+        tps = [tp for topic in topics for tp in partitions_of(reader, topic)]
+        return {(tp.topic, tp.partition): off for tp, off in reader.end_offsets(tps).items()} if tps else {}
     finally:
-        consumer.close()
+        reader.close()

@@ -8,6 +8,13 @@ import sys
 import time
 
 NOISY = ("kafka", "py4j", "pymongo")
+# kafka-python logs every refused connection at ERROR; our own code names an unreachable broker once.
+CHATTY = ("kafka.net", "kafka.conn", "kafka.client_async")
+_format = "plain"
+
+
+def is_json() -> bool:
+    return _format == "json"
 
 
 class JsonFormatter(logging.Formatter):
@@ -18,12 +25,17 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        progress = getattr(record, "progress", None)
+        if progress is not None:
+            body["progress"] = progress
         if record.exc_info:
             body["exc"] = self.formatException(record.exc_info)
         return json.dumps(body)
 
 
 def configure(level: str = "INFO", fmt: str = "plain") -> None:
+    global _format
+    _format = fmt
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         JsonFormatter() if fmt == "json" else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -33,3 +45,6 @@ def configure(level: str = "INFO", fmt: str = "plain") -> None:
     root.setLevel(level.upper())
     for name in NOISY:
         logging.getLogger(name).setLevel(logging.WARNING)
+    if level.upper() != "DEBUG":
+        for name in CHATTY:
+            logging.getLogger(name).setLevel(logging.CRITICAL)

@@ -28,6 +28,7 @@ import pyarrow.dataset as pads
 
 from lakehouse import tables
 from lakehouse.config import Settings
+from lakehouse.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -192,11 +193,12 @@ def kafka_starting_offsets(settings: Settings, start: StartPoint) -> tuple[dict[
                                                                           dict[tuple[str, int], int]]:
     """Per topic and partition, where the replay starts (Spark's JSON form; -2 = the beginning), and
     the end offsets now."""
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
 
+    from lakehouse.kafka_io import consumer as kafka_consumer
     from lakehouse.kafka_io import partitions_of
 
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False)
+    consumer = kafka_consumer(settings)
     try:
         partitions = [tp for topic in settings.topics for tp in partitions_of(consumer, topic)]
         ends = consumer.end_offsets(partitions) if partitions else {}
@@ -248,7 +250,10 @@ def _into_lake(settings: Settings, start: StartPoint, dry_run: bool, say: Callab
     try:
         query = start_lake(session, replay_settings, available_now=True, starting_offsets=json.dumps(offsets),
                            skip_seen=True)
-        query.awaitTermination()
+        with Progress("replay into lake", total=messages, unit="messages") as progress:
+            while not query.awaitTermination(2):
+                progress.update_to(_batch_totals(replay_settings).get("input_rows", 0))
+            progress.update_to(_batch_totals(replay_settings).get("input_rows", 0))
         if query.exception():
             raise RuntimeError(f"the replay query failed: {query.exception()}")
     finally:
@@ -338,7 +343,7 @@ def _into_warehouse(settings: Settings, start: StartPoint, dry_run: bool, say: C
     silver = silver_table(settings)
     if silver is None:
         raise WarehouseError(f"no silver table at {settings.table_path(tables.SILVER)} to replay from")
-    incoming = read_silver(silver, where=where_arrow)
+    incoming = read_silver(silver, where=where_arrow, what="replay: read silver")
     con = connect(settings.warehouse_path)
     try:
         replaced = int(con.execute(f"SELECT count(*) FROM fact_order_changes WHERE {where_sql}").fetchall()[0][0])

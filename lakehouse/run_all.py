@@ -1,27 +1,38 @@
 """`make run-all`: servers up, producer and streaming job as processes, a bounded burst of order
-changes, the warehouse loaded until it equals MongoDB, then one `reconciled:` line.
+changes, the warehouse loaded until it equals MongoDB, then one `reconciled:` line. With `--follow`
+(`make run-all FOLLOW=1`) it is a live demo instead: changes keep coming and a one-line status
+follows them until Ctrl-C.
 
-The producer and the streaming job run as separate processes, as they would be deployed; their logs
-go to <state_dir>/logs and their PIDs to <state_dir>/run, and they are always stopped (SIGTERM,
-graceful) before this command returns. The servers stay up unless stop_servers is set.
+The producer and the streaming job run as separate processes, as they would be deployed, each in a
+process group of its own (so a terminal's Ctrl-C reaches only run-all, which then stops them in
+order); their logs go to <state_dir>/logs and their PIDs to <state_dir>/run, and they are always
+stopped (SIGTERM, graceful; a second Ctrl-C or the grace period kills their whole group) before this
+command returns. The servers stay up unless stop_servers is set.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from infra import servers
 from lakehouse.config import Settings
 from lakehouse.mongo import connect as connect_mongo
+from lakehouse.progress import Progress
+from lakehouse.status import collect, one_line
 from producer.generator import OrderGenerator
 from warehouse.loader import LakeMissing, load
 from warehouse.reconcile import Reconciliation, reconcile
+
+FOLLOW_RATE = 20.0  # changes/s in --follow when no rate is given: lively, and the disk fills slowly
 
 
 def say(message: str) -> None:
@@ -41,16 +52,40 @@ class Child:
             tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-25:])
             raise RuntimeError(f"the {self.name} process exited with code {code}; its log {self.log} ends:\n{tail}")
 
-    def stop(self, grace: float = 60.0) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(grace)
-            except subprocess.TimeoutExpired:
-                say(f"{self.name} did not stop within {grace:.0f}s; killing it")
-                self.process.kill()
-                self.process.wait()
-        self.pid_file.unlink(missing_ok=True)
+    def kill(self) -> None:
+        """SIGKILL the child's whole process group (the streaming job's JVM included)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+
+def stop_all(children: list[Child], grace: float = 60.0) -> None:
+    """SIGTERM every child at once and wait for each to finish its work in hand; after `grace`
+    seconds, or at a second Ctrl-C, kill what is still running."""
+    hurry = False
+
+    def on_interrupt(*_: object) -> None:
+        nonlocal hurry
+        hurry = True
+
+    previous = _on_signal(signal.SIGINT, on_interrupt)
+    try:
+        for child in children:
+            if child.process.poll() is None:
+                child.process.terminate()
+        deadline = time.monotonic() + grace
+        for child in children:
+            while child.process.poll() is None:
+                if hurry or time.monotonic() > deadline:
+                    say(f"{child.name} did not stop {'before the second Ctrl-C' if hurry else f'within {grace:.0f}s'};"
+                        " killing it")
+                    child.kill()
+                    break
+                time.sleep(0.1)
+            say(f"stopped {child.name} (exit code {child.process.returncode})")
+            child.pid_file.unlink(missing_ok=True)
+    finally:
+        _on_signal(signal.SIGINT, previous)
 
 
 def spawn(settings: Settings, name: str, *args: str) -> Child:
@@ -61,69 +96,150 @@ def spawn(settings: Settings, name: str, *args: str) -> Child:
     env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
     with log.open("ab") as out:
         process = subprocess.Popen([sys.executable, "-m", "lakehouse.cli", *args], stdout=out,
-                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, process_group=0)
     pid_file = run / f"{name}.pid"
     pid_file.write_text(str(process.pid))
     say(f"started {name} (pid {process.pid}, log {log})")
     return Child(name, process, log, pid_file)
 
 
-def wait_until_reconciled(settings: Settings, children: list[Child], timeout: float) -> Reconciliation:
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM reached run-all."""
+
+
+class StopSignals:
+    """Ctrl-C and SIGTERM set a flag that run-all's loops look at between steps. Not KeyboardInterrupt:
+    DuckDB, pyarrow and the database drivers may catch an exception raised inside their calls and carry
+    on (we saw a follow run ignore Ctrl-C that way). Installed even where the shell started run-all
+    with SIGINT ignored (a background job)."""
+
+    def __init__(self) -> None:
+        self.requested = threading.Event()
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = _on_signal(signum, lambda *_: self.requested.set())
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for signum, handler in self._previous.items():
+            _on_signal(signum, handler)
+
+    def check(self) -> None:
+        if self.requested.is_set():
+            raise Interrupted
+
+    def wait(self, seconds: float) -> None:
+        if self.requested.wait(seconds):
+            raise Interrupted
+
+
+def wait_until_reconciled(settings: Settings, children: list[Child], timeout: float,
+                          signals: StopSignals) -> Reconciliation:
     """Load and reconcile until the warehouse equals MongoDB or the deadline passes (at least once)."""
     deadline = time.monotonic() + timeout
-    last_report = 0.0
+    with Progress("warehouse catching up", unit="orders") as progress:
+        while True:
+            for child in children:
+                child.check()
+            with contextlib.suppress(LakeMissing):  # the streaming job (running, checked above) makes it soon
+                load(settings)
+            signals.check()
+            result = reconcile(settings)
+            progress.update_to(result.source - len(result.missing) - len(result.mismatched), total=result.source)
+            if result.ok:
+                return result
+            if time.monotonic() >= deadline:
+                say(f"the warehouse did not catch up within {timeout:.0f}s; see the logs in "
+                    f"{settings.state_dir / 'logs'}")
+                return result
+            signals.wait(1)
+
+
+def generate(generator: OrderGenerator, events: int, rate: float | None, children: list[Child],
+             signals: StopSignals) -> None:
+    with Progress("generate", total=events, unit="changes") as progress:
+
+        def step(_: object) -> None:
+            progress.update_to(generator.stats.total)
+            for child in children:
+                child.check()
+
+        generator.run(events, rate=rate, progress=step, stop=signals.requested.is_set)
+        signals.check()
+
+
+def follow(settings: Settings, generator: OrderGenerator, children: list[Child], rate: float,
+           every: float, signals: StopSignals) -> None:
+    """Generate `rate` changes a second, load the warehouse and print one status line every `every`
+    seconds, until interrupted."""
+    say(f"following: {rate:g} changes/s into MongoDB, a status line every {every:g}s; Ctrl-C stops everything")
+    tick = time.monotonic()
     while True:
+        # Generating fills what is left of the interval after loading and collecting the status.
+        tick = max(tick + every, time.monotonic() + 0.5)
+        while (left := tick - time.monotonic()) > 0:
+            generator.run(max(1, round(rate * min(left, 0.5))), rate=rate, stop=signals.requested.is_set)
+            signals.check()
         for child in children:
             child.check()
-        with contextlib.suppress(LakeMissing):  # the streaming job (running, checked above) makes it soon
+        with contextlib.suppress(LakeMissing):
             load(settings)
-        result = reconcile(settings)
-        if result.ok:
-            return result
-        if time.monotonic() >= deadline:
-            say(f"the warehouse did not catch up within {timeout:.0f}s; see the logs in {settings.state_dir / 'logs'}")
-            return result
-        if time.monotonic() - last_report > 5:
-            last_report = time.monotonic()
-            say(f"catching up: source={result.source} warehouse={result.warehouse} "
-                f"missing={len(result.missing)} extra={len(result.extra)} mismatched={len(result.mismatched)}")
-        time.sleep(1)
+        signals.check()
+        say(f"{one_line(collect(settings))} | generated {generator.stats.total:,}")
 
 
-def run_all(settings: Settings, events: int, rate: float | None, timeout: float, stop_servers: bool) -> int:
+def run_all(settings: Settings, events: int, rate: float | None, timeout: float, stop_servers: bool,
+            follow_every: float | None = None) -> int:
+    """The bounded run (exit 0 when reconciled), or with `follow_every` the live demo (exit 0 when
+    stopped by Ctrl-C or SIGTERM and everything it started has stopped)."""
     started = time.monotonic()
-    for line in servers.start(settings):
-        say(line)
     children: list[Child] = []
+    result: Reconciliation | None = None
     try:
-        children.append(spawn(settings, "producer", "produce", "--snapshot", "initial"))
-        children.append(spawn(settings, "streaming", "stream"))
-        client = connect_mongo(settings, "lakehouse-generator")
-        try:
-            generator = OrderGenerator.for_database(client[settings.mongo_db], settings.collections)
-            t0 = time.monotonic()
-
-            def progress(stats: object) -> None:
-                done = generator.stats.total
-                rate_now = done / max(time.monotonic() - t0, 1e-6)
-                eta = (events - done) / rate_now if rate_now else 0
-                say(f"generated {done}/{events} changes ({rate_now:.0f}/s, eta {eta:.0f}s)")
-                for child in children:
-                    child.check()
-
-            generator.run(events, rate=rate, progress=progress)
-        finally:
-            client.close()
-        result = wait_until_reconciled(settings, children, timeout)
+        with StopSignals() as signals:
+            try:
+                for line in servers.start(settings):
+                    say(line)
+                signals.check()
+                children.append(spawn(settings, "producer", "produce", "--snapshot", "initial"))
+                children.append(spawn(settings, "streaming", "stream"))
+                client = connect_mongo(settings, "lakehouse-generator")
+                try:
+                    generator = OrderGenerator.for_database(client[settings.mongo_db], settings.collections)
+                    if follow_every is not None:
+                        follow(settings, generator, children, rate or FOLLOW_RATE, follow_every, signals)
+                    generate(generator, events, rate, children, signals)
+                finally:
+                    client.close()
+                result = wait_until_reconciled(settings, children, timeout, signals)
+            except Interrupted:
+                say("interrupted: stopping the processes run-all started (Ctrl-C again kills them)")
     finally:
-        for child in children:
-            child.stop()
-        if stop_servers:
-            for line in servers.stop(settings):
-                say(line)
+        try:
+            stop_all(children)
+        finally:
+            if stop_servers:
+                for line in servers.stop(settings):
+                    say(line)
+    if result is None:
+        with contextlib.suppress(LakeMissing):
+            load(settings)  # what the lake got before the stop
+        say(one_line(collect(settings)))
+        say(f"stopped after {time.monotonic() - started:.0f}s; warehouse {settings.warehouse_path}, "
+            f"lake {settings.lake_path}; `lakehouse status` says more")
+        return 0 if follow_every is not None else 130
     for line in result.examples():
         say(line)
     say(f"run-all took {time.monotonic() - started:.0f}s; warehouse {settings.warehouse_path}, "
         f"lake {settings.lake_path}")
     say(result.line())
     return 0 if result.ok else 1
+
+
+def _on_signal(signum: int, handler: Any) -> Any:
+    """signal.signal where Python allows it (the main thread); elsewhere the caller's signals rule."""
+    if threading.current_thread() is not threading.main_thread() or handler is None:
+        return None
+    return signal.signal(signum, handler)

@@ -16,6 +16,7 @@ from typing import Any
 
 from lakehouse import tables
 from lakehouse.config import Settings
+from lakehouse.errors import explain
 
 
 def _iso(seconds: float | None) -> str | None:
@@ -129,7 +130,7 @@ def warehouse_status(settings: Settings) -> dict[str, Any]:
 def mongo_status(settings: Settings) -> dict[str, Any]:
     from lakehouse.mongo import connect as connect_mongo
 
-    client = connect_mongo(settings, "lakehouse-status")
+    client = connect_mongo(settings, "lakehouse-status", timeout_ms=5000)
     try:
         orders = client[settings.mongo_db]["orders"]
         newest = next(iter(orders.find({}, {"updated_at": 1}).sort("updated_at", -1).limit(1)), None)
@@ -147,7 +148,8 @@ def collect(settings: Settings) -> dict[str, Any]:
         try:
             report[name] = reader(settings)
         except Exception as exc:  # noqa: BLE001 - one stage down must not hide the others
-            report[name] = {"state": f"unavailable: {type(exc).__name__}: {exc}"}
+            known = explain(settings, exc)
+            report[name] = {"state": f"unavailable: {known or f'{type(exc).__name__}: {exc}'}"}
     source = report["mongodb"].get("newest_change")
     loaded = report["warehouse"].get("newest_change")
     report["freshness_seconds"] = (
@@ -187,6 +189,22 @@ def render(report: dict[str, Any]) -> list[str]:
     lines.append(f"  end to end {'unknown' if fresh is None else f'{fresh} s'} between the newest change in "
                  "MongoDB and in the warehouse")
     return lines
+
+
+def one_line(report: dict[str, Any]) -> str:
+    """The report in one line, for a live view (`run-all --follow`)."""
+    m, k, s, w = (report[n] for n in ("mongodb", "kafka", "spark", "warehouse"))
+    parts = [
+        f"mongodb {m['orders']:,} orders" if m["state"] == "ok" else "mongodb unavailable",
+        f"kafka lag {k['total_lag']:,}" if k["state"] == "ok" else "kafka unavailable",
+        f"spark {s['batches']:,} batches, {s['silver_rows']:,} silver rows, {s['quarantined']:,} quarantined"
+        if s["state"] == "ok" else "spark no batches yet",
+        f"warehouse {w['orders']:,} orders ({w['versions_behind']} versions behind)"
+        if w["state"] == "ok" and w["loaded_version"] is not None else "warehouse not loaded yet",
+    ]
+    fresh = report["freshness_seconds"]
+    parts.append(f"end to end {'?' if fresh is None else f'{fresh} s'}")
+    return f"{report['at'][11:]} " + " | ".join(parts)
 
 
 def prometheus(report: dict[str, Any]) -> str:

@@ -145,10 +145,14 @@ class OrderGenerator:
         changes: int,
         rate: float | None = None,
         progress: Callable[[GeneratorStats], None] | None = None,
+        stop: Callable[[], bool] | None = None,
     ) -> GeneratorStats:
-        """Make `changes` changes, at most `rate` per second (None: as fast as MongoDB takes them)."""
+        """Make `changes` changes, at most `rate` per second (None: as fast as MongoDB takes them);
+        end early once `stop()` is true."""
         started = time.monotonic()
         for n in range(1, changes + 1):
+            if stop is not None and stop():
+                break
             self.step()
             if rate:
                 ahead = started + n / rate - time.monotonic()

@@ -22,6 +22,7 @@ from lakehouse.config import Settings
 from lakehouse.events import SourcePosition
 from lakehouse.kafka_io import ensure_topics, idempotent_producer
 from lakehouse.mongo import connect as connect_mongo
+from lakehouse.progress import Progress
 from producer.checkpoint import Checkpoint, FileCheckpointStore
 
 log = logging.getLogger(__name__)
@@ -153,22 +154,24 @@ class ChangeStreamListener:
         a change both copied and streamed sorts after its snapshot copy."""
         opened_at = self.db.command("ping")["operationTime"]
         stream = self._open_stream(None, start_at=opened_at)
-        started = time.monotonic()
         at = (opened_at.time, opened_at.inc)
-        for name in self.settings.collections:
-            topic = self.settings.topic_for(name)
-            batch: list[Outgoing] = []
-            for document in self.db[name].find().sort("_id", 1):
-                envelope = events.from_snapshot(self.settings.mongo_db, name, document, at)
-                batch.extend(self._outgoing(topic, envelope, document))
-                if len(batch) >= self.batch_size:
-                    self._publish(batch)
-                    self.stats.snapshots += len(batch)
-                    batch = []
-            self._publish(batch)
-            self.stats.snapshots += len(batch)
-            self._publish(self._outgoing(topic, events.snapshot_end(self.settings.mongo_db, name, at), None))
-        log.info("snapshot copied %d documents in %.1fs", self.stats.snapshots, time.monotonic() - started)
+        expected = sum(self.db[name].estimated_document_count() for name in self.settings.collections)
+        with Progress("snapshot", total=expected, unit="documents") as progress:
+            for name in self.settings.collections:
+                topic = self.settings.topic_for(name)
+                batch: list[Outgoing] = []
+                for document in self.db[name].find().sort("_id", 1):
+                    envelope = events.from_snapshot(self.settings.mongo_db, name, document, at)
+                    batch.extend(self._outgoing(topic, envelope, document))
+                    if len(batch) >= self.batch_size:
+                        self._publish(batch)
+                        self.stats.snapshots += len(batch)
+                        progress.advance(len(batch))
+                        batch = []
+                self._publish(batch)
+                self.stats.snapshots += len(batch)
+                progress.advance(len(batch))
+                self._publish(self._outgoing(topic, events.snapshot_end(self.settings.mongo_db, name, at), None))
         self._save(stream.resume_token)
         self._stream(stream, until_idle)
 
@@ -177,20 +180,27 @@ class ChangeStreamListener:
         and always when idle or stopping) persist the stream's token, which is then the last
         acknowledged event's, or the post-batch token of an idle stream (the heartbeat)."""
         last_progress = time.monotonic()
+        # A bounded run (replay, --until-idle) is long work with an end: it shows progress. A service
+        # logs a running total every few seconds instead.
+        progress = Progress("change stream", unit="events") if until_idle else None
         with stream:
             while not self._stopping:
                 batch = self._read_batch(stream)
                 if batch:
                     self._publish(batch)
+                    if progress is not None:
+                        progress.advance(len(batch))
                 if not batch or time.monotonic() - self._saved_at >= self.checkpoint_interval:
                     self._save(stream.resume_token)
-                if time.monotonic() - last_progress > 5:
+                if progress is None and time.monotonic() - last_progress > 5:
                     last_progress = time.monotonic()
                     log.info("published %d events (%d dead-lettered)", self.stats.published,
                              self.stats.dead_lettered)
                 if until_idle and not batch:
                     break
             self._save(stream.resume_token)
+        if progress is not None:
+            progress.close()
 
     def _read_batch(self, stream: Any) -> list[Outgoing]:
         batch: list[Outgoing] = []

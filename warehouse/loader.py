@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from deltalake import DeltaTable
 
 from lakehouse import tables
 from lakehouse.config import Settings
+from lakehouse.progress import Progress
 from warehouse.schema import (
     AGGREGATES_EMPTY,
     AGGREGATES_VIEW,
@@ -161,13 +163,24 @@ def _new_files(silver: DeltaTable, since_version: int | None) -> list[str]:
     return sorted(current - before)
 
 
-def read_silver(silver: DeltaTable, files: list[str] | None = None, where: pads.Expression | None = None) -> pa.Table:
-    """Order changes from silver (all live files, or the given ones), optionally filtered."""
-    dataset = pads.dataset(files if files is not None else silver.file_uris(),
-                           schema=silver.to_pyarrow_dataset().schema, format="parquet")
+def read_silver(silver: DeltaTable, files: list[str] | None = None, where: pads.Expression | None = None,
+                what: str = "read silver") -> pa.Table:
+    """Order changes from silver (all live files, or the given ones), optionally filtered; shows
+    progress in rows against the row counts the Delta log records for those files."""
+    files = files if files is not None else silver.file_uris()
+    dataset = pads.dataset(files, schema=silver.to_pyarrow_dataset().schema, format="parquet")
+    actions = pa.table(silver.get_add_actions(flatten=True))
+    rows_in = dict(zip((os.path.basename(p) for p in actions.column("path").to_pylist()),
+                       actions.column("num_records").to_pylist(), strict=True))
+    total = sum(int(rows_in.get(os.path.basename(f)) or 0) for f in files)
     condition = pads.field("collection") == "orders"
-    return dataset.to_table(columns=list(SILVER_COLUMNS_NEEDED),
-                            filter=condition if where is None else condition & where)
+    batches = []
+    with Progress(what, total=total, unit="rows") as progress:
+        for batch in dataset.to_batches(columns=list(SILVER_COLUMNS_NEEDED)):
+            batches.append(batch)
+            progress.advance(batch.num_rows)
+    table = pa.Table.from_batches(batches, schema=pa.schema([dataset.schema.field(c) for c in SILVER_COLUMNS_NEEDED]))
+    return table.filter(condition if where is None else condition & where)
 
 
 def load(settings: Settings) -> LoadResult:
@@ -182,9 +195,11 @@ def load(settings: Settings) -> LoadResult:
         loaded_version = rows[0][0] if rows else None
         if loaded_version == version:
             return LoadResult(version, 0, 0, count(con, "orders"))
-        incoming = read_silver(silver, _new_files(silver, loaded_version))
+        incoming = read_silver(silver, _new_files(silver, loaded_version), what=f"load: read silver v{version}")
+        started = time.monotonic()
         new_changes = apply(con, incoming, version, aggregates=settings.table_path(tables.AGGREGATES))
-        log.info("loaded silver v%s: %d rows read, %d new changes", version, incoming.num_rows, new_changes)
+        log.info("loaded silver v%s: %d rows read, %d new changes, applied in %.1fs", version, incoming.num_rows,
+                 new_changes, time.monotonic() - started)
         return LoadResult(version, incoming.num_rows, new_changes, count(con, "orders"))
     finally:
         con.close()

@@ -1,0 +1,108 @@
+"""Progress lines and one-line errors for servers that are down (no servers needed: closed ports)."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import socket
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from lakehouse import logs
+from lakehouse.cli import cli
+from lakehouse.progress import Progress
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def captured() -> list[logging.LogRecord]:
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Keep()
+    logger = logging.getLogger("lakehouse.progress")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield records
+    logger.removeHandler(handler)
+
+
+def test_without_a_terminal_progress_is_log_lines_with_rate_and_eta(captured: list[logging.LogRecord]) -> None:
+    progress = Progress("snapshot", total=1000, unit="documents", every=0.0, terminal=False)
+    progress.advance(250)
+    progress.advance(250)
+    progress.close()
+    lines = [r.getMessage() for r in captured]
+    assert lines[0].startswith("snapshot: 250/1,000 documents (") and "/s, eta " in lines[0], lines
+    assert lines[1].startswith("snapshot: 500/1,000 documents ("), lines
+    assert lines[-1].startswith("snapshot: 500 documents in "), lines
+    figures = captured[1].progress  # type: ignore[attr-defined]
+    assert figures["done"] == 500 and figures["total"] == 1000 and figures["eta_s"] is not None
+
+
+def test_json_logs_carry_the_figures_as_fields(captured: list[logging.LogRecord]) -> None:
+    progress = Progress("load: read silver v3", total=10, every=0.0, terminal=False)
+    progress.update_to(4)
+    body = json.loads(logs.JsonFormatter().format(captured[0]))
+    assert body["msg"].startswith("load: read silver v3: 4/10 rows")
+    assert body["progress"]["done"] == 4 and body["progress"]["total"] == 10 and body["progress"]["unit"] == "rows"
+
+
+def test_on_a_terminal_it_is_a_bar_and_short_work_leaves_no_summary(captured: list[logging.LogRecord]) -> None:
+    screen = io.StringIO()
+    with Progress("replay into lake", total=50, unit="messages", stream=screen, terminal=True) as progress:
+        progress.advance(20)
+        progress.update_to(50)
+    assert "replay into lake" in screen.getvalue() and "messages" in screen.getvalue()
+    assert not captured  # well under a second: the bar was enough
+
+
+def test_unknown_totals_show_count_and_rate_only(captured: list[logging.LogRecord]) -> None:
+    progress = Progress("change stream", unit="events", every=0.0, terminal=False)
+    progress.advance(7)
+    assert captured[0].getMessage().startswith("change stream: 7 events (") and "eta" not in captured[0].getMessage()
+
+
+def test_a_stopped_kafka_is_one_line_naming_it_and_what_to_do(tmp_path: Path) -> None:
+    port = _closed_port()
+    env = {"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}", "STATE_DIR": str(tmp_path / "state"),
+           "LAKE_PATH": str(tmp_path / "lake"), "WAREHOUSE_PATH": str(tmp_path / "w.duckdb")}
+    result = CliRunner().invoke(cli, ["replay", "--into", "lake", "--from-beginning", "--dry-run"], env=env)
+    assert result.exit_code == 1
+    assert f"Kafka at 127.0.0.1:{port} is not reachable" in result.output, result.output
+    assert "make servers" in result.output and "KAFKA_BOOTSTRAP_SERVERS" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_stopped_mongodb_is_one_line_naming_it_with_the_password_hidden(tmp_path: Path) -> None:
+    port = _closed_port()
+    uri = f"mongodb://reader:s3cret@127.0.0.1:{port}/?directConnection=true&serverSelectionTimeoutMS=300"
+    result = CliRunner().invoke(cli, ["reconcile"], env={"MONGO_URI": uri, "STATE_DIR": str(tmp_path),
+                                                         "WAREHOUSE_PATH": str(tmp_path / "w.duckdb")})
+    assert result.exit_code == 1
+    assert f"MongoDB at mongodb://reader:***@127.0.0.1:{port}/" in result.output, result.output
+    assert "s3cret" not in result.output and "MONGO_URI" in result.output and "Traceback" not in result.output
+
+
+def test_status_reports_each_unreachable_server_by_address_and_goes_on(tmp_path: Path) -> None:
+    kafka, mongo = _closed_port(), _closed_port()
+    env = {"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{kafka}", "STATE_DIR": str(tmp_path / "state"),
+           "MONGO_URI": f"mongodb://127.0.0.1:{mongo}/?directConnection=true&serverSelectionTimeoutMS=300",
+           "LAKE_PATH": str(tmp_path / "lake"), "WAREHOUSE_PATH": str(tmp_path / "w.duckdb")}
+    result = CliRunner().invoke(cli, ["status", "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["kafka"]["state"].startswith(f"unavailable: Kafka at 127.0.0.1:{kafka} is not reachable")
+    assert report["mongodb"]["state"].startswith(f"unavailable: MongoDB at mongodb://127.0.0.1:{mongo}/")
+    assert report["warehouse"]["state"].startswith("no warehouse yet")
