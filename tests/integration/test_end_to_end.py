@@ -1,9 +1,14 @@
+import os
 import re
+import signal
+from pathlib import Path
 
 import pytest
 
 from lakehouse.config import Settings
 from lakehouse.run_all import run_all
+from tests.conftest import wait_for
+from tests.helpers import start_cli
 
 
 def test_run_all_reconciles_with_mongodb(settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
@@ -18,3 +23,40 @@ def test_run_all_reconciles_with_mongodb(settings: Settings, capsys: pytest.Capt
     from infra.servers import status
 
     assert all(" up " in line for line in status(settings)), status(settings)
+
+
+def test_follow_runs_until_ctrl_c_then_stops_everything_it_started(settings: Settings, tmp_path: Path) -> None:
+    """`make run-all FOLLOW=1`: status lines keep coming while changes flow to the warehouse; one
+    SIGINT (what Ctrl-C sends) stops the producer and the streaming job, and run-all exits 0."""
+    log = tmp_path / "follow.log"
+    demo = start_cli(settings, log, "run-all", "--follow", "--every", "2", "--rate", "30")
+    try:
+        def warehouse_grows() -> bool:
+            counts = [int(n.replace(",", "")) for n in re.findall(r"warehouse ([\d,]+) orders", log.read_text())]
+            return len(counts) >= 2 and 0 < counts[0] < counts[-1]
+
+        wait_for(lambda: demo.poll() is not None or warehouse_grows(), 240, "the warehouse to grow in follow mode")
+        assert demo.poll() is None, log.read_text()
+        demo.send_signal(signal.SIGINT)
+        demo.wait(timeout=180)
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
+            demo.wait()
+    out = log.read_text()
+    assert demo.returncode == 0, out
+    assert "interrupted: stopping the processes run-all started" in out
+    assert "stopped producer (exit code 0)" in out and "stopped streaming (exit code 0)" in out, out
+    children = [int(pid) for pid in re.findall(r"started \w+ \(pid (\d+)", out)]
+    assert len(children) == 2
+    wait_for(lambda: not any(_alive(pid) for pid in children), 30, "run-all's children to be gone")
+    assert not list((settings.state_dir / "run").glob("*.pid"))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split(") ")[-1].startswith("Z"))
