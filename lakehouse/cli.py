@@ -109,17 +109,40 @@ def stream(settings: Settings, available_now: bool) -> None:
 
 
 @cli.command("load")
+@click.option("--every", type=float, default=None,
+              help="Keep loading every this many seconds until Ctrl-C/SIGTERM (a loader service).")
 @click.pass_obj
-def load_command(settings: Settings) -> None:
+def load_command(settings: Settings, every: float | None) -> None:
     """Load what is new in the lake into the DuckDB warehouse."""
-    from warehouse.loader import WarehouseError, load
+    from lakehouse.stopping import Interrupted, StopSignals
+    from warehouse.loader import LakeMissing, WarehouseError, load
+
+    def once() -> None:
+        result = load(settings)
+        if every is None or result.rows_read:
+            click.echo(f"loaded delta version {result.delta_version}: {result.rows_read} rows read, "
+                       f"{result.new_changes} new changes, {result.orders} current orders")
 
     try:
-        result = load(settings)
+        if every is None:
+            once()
+            return
+        click.echo(f"loading {settings.lake_path} into {settings.warehouse_path} every {every:g}s; Ctrl-C stops")
+        waiting_said = False
+        with StopSignals() as signals:
+            try:
+                while True:
+                    try:
+                        once()
+                    except LakeMissing as exc:  # the streaming job will create it
+                        if not waiting_said:
+                            click.echo(f"waiting for the lake: {exc}")
+                        waiting_said = True
+                    signals.wait(every)
+            except Interrupted:
+                click.echo("loader stopped")
     except WarehouseError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"loaded delta version {result.delta_version}: {result.rows_read} rows read, "
-               f"{result.new_changes} new changes, {result.orders} current orders")
 
 
 @cli.command("reconcile")

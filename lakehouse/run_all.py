@@ -17,17 +17,16 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from infra import servers
 from lakehouse.config import Settings
 from lakehouse.mongo import connect as connect_mongo
 from lakehouse.progress import Progress
 from lakehouse.status import collect, one_line
+from lakehouse.stopping import Interrupted, StopSignals, on_signal
 from producer.generator import OrderGenerator
 from warehouse.loader import LakeMissing, load
 from warehouse.reconcile import Reconciliation, reconcile
@@ -68,7 +67,7 @@ def stop_all(children: list[Child], grace: float = 60.0) -> None:
         nonlocal hurry
         hurry = True
 
-    previous = _on_signal(signal.SIGINT, on_interrupt)
+    previous = on_signal(signal.SIGINT, on_interrupt)
     try:
         for child in children:
             if child.process.poll() is None:
@@ -85,7 +84,7 @@ def stop_all(children: list[Child], grace: float = 60.0) -> None:
             say(f"stopped {child.name} (exit code {child.process.returncode})")
             child.pid_file.unlink(missing_ok=True)
     finally:
-        _on_signal(signal.SIGINT, previous)
+        on_signal(signal.SIGINT, previous)
 
 
 def spawn(settings: Settings, name: str, *args: str) -> Child:
@@ -101,38 +100,6 @@ def spawn(settings: Settings, name: str, *args: str) -> Child:
     pid_file.write_text(str(process.pid))
     say(f"started {name} (pid {process.pid}, log {log})")
     return Child(name, process, log, pid_file)
-
-
-class Interrupted(Exception):
-    """Ctrl-C or SIGTERM reached run-all."""
-
-
-class StopSignals:
-    """Ctrl-C and SIGTERM set a flag that run-all's loops look at between steps. Not KeyboardInterrupt:
-    DuckDB, pyarrow and the database drivers may catch an exception raised inside their calls and carry
-    on (we saw a follow run ignore Ctrl-C that way). Installed even where the shell started run-all
-    with SIGINT ignored (a background job)."""
-
-    def __init__(self) -> None:
-        self.requested = threading.Event()
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> StopSignals:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self._previous[signum] = _on_signal(signum, lambda *_: self.requested.set())
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        for signum, handler in self._previous.items():
-            _on_signal(signum, handler)
-
-    def check(self) -> None:
-        if self.requested.is_set():
-            raise Interrupted
-
-    def wait(self, seconds: float) -> None:
-        if self.requested.wait(seconds):
-            raise Interrupted
 
 
 def wait_until_reconciled(settings: Settings, children: list[Child], timeout: float,
@@ -236,10 +203,3 @@ def run_all(settings: Settings, events: int, rate: float | None, timeout: float,
         f"lake {settings.lake_path}")
     say(result.line())
     return 0 if result.ok else 1
-
-
-def _on_signal(signum: int, handler: Any) -> Any:
-    """signal.signal where Python allows it (the main thread); elsewhere the caller's signals rule."""
-    if threading.current_thread() is not threading.main_thread() or handler is None:
-        return None
-    return signal.signal(signum, handler)
