@@ -25,6 +25,7 @@ from pyspark.sql import functions as F
 from lakehouse import tables
 from lakehouse.config import Settings
 from lakehouse.events import ENVELOPE_FIELD_NAMES, ENVELOPE_FIELDS, OPERATIONS, REQUIRED_FIELDS, SCHEMA_VERSION
+from lakehouse.kafka_io import require_broker
 from streaming.aggregates import start_aggregates
 from streaming.delta_sink import append_once, write_parquet_once, writer_app_id
 from streaming.kafka_source import KafkaPyDataSource
@@ -262,6 +263,7 @@ def start(spark: SparkSession, settings: Settings, available_now: bool = False, 
 def run(settings: Settings, available_now: bool = False) -> None:
     """Run the lake query and the aggregates until stopped (SIGTERM/SIGINT), or with available_now
     until Kafka is drained (the lake first, then the aggregates over what it wrote)."""
+    require_broker(settings)  # a clear error now, rather than Spark's traceback a minute later
     spark = build_session(settings)
     stopping = {"flag": False}
 

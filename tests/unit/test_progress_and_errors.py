@@ -74,11 +74,17 @@ def test_unknown_totals_show_count_and_rate_only(captured: list[logging.LogRecor
     assert captured[0].getMessage().startswith("change stream: 7 events (") and "eta" not in captured[0].getMessage()
 
 
-def test_a_stopped_kafka_is_one_line_naming_it_and_what_to_do(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", [
+    ["replay", "--into", "lake", "--from-beginning", "--dry-run"],
+    ["stream", "--available-now"],
+    ["produce", "--until-idle"],
+], ids=lambda c: c[0])
+def test_a_stopped_kafka_is_one_line_naming_it_and_what_to_do(tmp_path: Path, command: list[str]) -> None:
     port = _closed_port()
     env = {"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}", "STATE_DIR": str(tmp_path / "state"),
-           "LAKE_PATH": str(tmp_path / "lake"), "WAREHOUSE_PATH": str(tmp_path / "w.duckdb")}
-    result = CliRunner().invoke(cli, ["replay", "--into", "lake", "--from-beginning", "--dry-run"], env=env)
+           "LAKE_PATH": str(tmp_path / "lake"), "WAREHOUSE_PATH": str(tmp_path / "w.duckdb"),
+           "MONGO_URI": f"mongodb://127.0.0.1:{_closed_port()}/?directConnection=true&serverSelectionTimeoutMS=300"}
+    result = CliRunner().invoke(cli, command, env=env)
     assert result.exit_code == 1
     assert f"Kafka at 127.0.0.1:{port} is not reachable" in result.output, result.output
     assert "make servers" in result.output and "KAFKA_BOOTSTRAP_SERVERS" in result.output
