@@ -10,11 +10,16 @@ import time
 NOISY = ("kafka", "py4j", "pymongo")
 # kafka-python logs every refused connection at ERROR; our own code names an unreachable broker once.
 CHATTY = ("kafka.net", "kafka.conn", "kafka.client_async")
-_format = "plain"
+_format, _level = "plain", "INFO"
 
 
 def is_json() -> bool:
     return _format == "json"
+
+
+def cli_options() -> list[str]:
+    """This process's logging as `lakehouse` options, for the processes it starts."""
+    return ["--log-level", _level, "--log-format", _format]
 
 
 class JsonFormatter(logging.Formatter):
@@ -34,8 +39,8 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure(level: str = "INFO", fmt: str = "plain") -> None:
-    global _format
-    _format = fmt
+    global _format, _level
+    _format, _level = fmt, level.upper()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         JsonFormatter() if fmt == "json" else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")

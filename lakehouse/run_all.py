@@ -23,6 +23,7 @@ from pathlib import Path
 
 from infra import servers
 from lakehouse.config import Settings
+from lakehouse.logs import cli_options as logging_options
 from lakehouse.mongo import connect as connect_mongo
 from lakehouse.progress import Progress
 from lakehouse.status import collect, one_line
@@ -94,7 +95,7 @@ def spawn(settings: Settings, name: str, *args: str) -> Child:
     log = logs / f"{name}.log"
     env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
     with log.open("ab") as out:
-        process = subprocess.Popen([sys.executable, "-m", "lakehouse.cli", *args], stdout=out,
+        process = subprocess.Popen([sys.executable, "-m", "lakehouse.cli", *logging_options(), *args], stdout=out,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, process_group=0)
     pid_file = run / f"{name}.pid"
     pid_file.write_text(str(process.pid))

@@ -179,7 +179,7 @@ class ChangeStreamListener:
         """Read a batch, publish it and wait for its acks, then (at most every checkpoint_interval,
         and always when idle or stopping) persist the stream's token, which is then the last
         acknowledged event's, or the post-batch token of an idle stream (the heartbeat)."""
-        last_progress = time.monotonic()
+        last_progress, logged = time.monotonic(), -1
         # A bounded run (replay, --until-idle) is long work with an end: it shows progress. A service
         # logs a running total every few seconds instead.
         progress = Progress("change stream", unit="events") if until_idle else None
@@ -192,8 +192,8 @@ class ChangeStreamListener:
                         progress.advance(len(batch))
                 if not batch or time.monotonic() - self._saved_at >= self.checkpoint_interval:
                     self._save(stream.resume_token)
-                if progress is None and time.monotonic() - last_progress > 5:
-                    last_progress = time.monotonic()
+                if progress is None and time.monotonic() - last_progress > 5 and self.stats.published != logged:
+                    last_progress, logged = time.monotonic(), self.stats.published
                     log.info("published %d events (%d dead-lettered)", self.stats.published,
                              self.stats.dead_lettered)
                 if until_idle and not batch:
