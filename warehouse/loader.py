@@ -68,6 +68,9 @@ class OtherSchemaVersion(WarehouseError):
 def connect(path: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     """Open the warehouse, creating it when the file is new or empty; refuse a file that is not a
     warehouse of this schema version rather than write into it."""
+    if read_only and not path.exists():
+        raise WarehouseError(f"no warehouse at {path} (WAREHOUSE_PATH) yet: run `make run-all` or `lakehouse load` "
+                             "first, or point WAREHOUSE_PATH at an existing one")
     try:
         if read_only:
             con = duckdb.connect(str(path), read_only=True)

@@ -212,3 +212,12 @@ def test_a_load_that_fails_midway_leaves_the_previous_state(lake) -> None:  # no
 def test_history_documents_are_json(lake) -> None:  # noqa: ANN001
     docs = query(lake, "SELECT document FROM orders_history WHERE NOT is_tombstone")
     assert all(json.loads(d)["order_id"] for (d,) in docs)
+
+
+def test_reading_a_warehouse_that_is_not_there_says_how_to_make_one(tmp_path: Path) -> None:
+    from warehouse.query import sql_reader
+
+    expected = r"no warehouse at .*missing\.duckdb \(WAREHOUSE_PATH\) yet: run `make run-all`"
+    with pytest.raises(WarehouseError, match=expected):
+        sql_reader(tmp_path / "missing.duckdb")("SELECT 1")
+    assert not (tmp_path / "missing.duckdb").exists()
