@@ -40,11 +40,16 @@ class Progress:
         self.done = 0
         self.started = self._reported = time.monotonic()
         self._bar: Any = None
+        self._redirect: Any = None
         if on_terminal(stream) if terminal is None else terminal:
             from tqdm import tqdm
+            from tqdm.contrib.logging import logging_redirect_tqdm
 
             self._bar = tqdm(total=total, desc=what, unit=f" {unit}", file=stream or sys.stderr,
                              dynamic_ncols=True, mininterval=0.5, leave=False)
+            # Log lines printed meanwhile go above the bar instead of through it.
+            self._redirect = logging_redirect_tqdm()
+            self._redirect.__enter__()
 
     def advance(self, n: int = 1) -> None:
         self.update_to(self.done + n)
@@ -81,9 +86,7 @@ class Progress:
         """End the bar; log one final line (the summary, or the totals and the mean rate) unless the
         work was too short (under a second) to need one."""
         reported = self._reported > self.started
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
+        self._end_bar()
         f = self.figures()
         if summary or reported or f["elapsed_s"] >= 1.0:
             self._log(summary or f"{self.what}: {f['done']:,} {self.unit} in {_duration(f['elapsed_s'])} "
@@ -99,6 +102,13 @@ class Progress:
                  tb: TracebackType | None) -> None:
         if kind is None:
             self.close()
-        elif self._bar is not None:
+        else:
+            self._end_bar()
+
+    def _end_bar(self) -> None:
+        if self._redirect is not None:
+            self._redirect.__exit__(None, None, None)
+            self._redirect = None
+        if self._bar is not None:
             self._bar.close()
             self._bar = None
