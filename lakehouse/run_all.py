@@ -13,6 +13,7 @@ command returns. The servers stay up unless stop_servers is set.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -143,6 +144,9 @@ def follow(settings: Settings, generator: OrderGenerator, children: list[Child],
     """Generate `rate` changes a second, load the warehouse and print one status line every `every`
     seconds, until interrupted."""
     say(f"following: {rate:g} changes/s into MongoDB, a status line every {every:g}s; Ctrl-C stops everything")
+    loader_log = logging.getLogger("warehouse.loader")
+    if loader_log.getEffectiveLevel() == logging.INFO:
+        loader_log.setLevel(logging.WARNING)  # the status line says what each load did
     tick = time.monotonic()
     while True:
         # Generating fills what is left of the interval after loading and collecting the status.
