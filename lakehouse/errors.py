@@ -9,7 +9,7 @@ from lakehouse.config import Settings
 START_HINT = "start the local servers with `make servers` (or `lakehouse servers start`)"
 
 
-class ServerUnreachable(RuntimeError):
+class ServerUnreachable(Exception):
     """MongoDB or Kafka did not answer; the message names the address and the next step."""
 
 
