@@ -168,22 +168,26 @@ def _new_files(silver: DeltaTable, since_version: int | None) -> list[str]:
 
 def read_silver(silver: DeltaTable, files: list[str] | None = None, where: pads.Expression | None = None,
                 what: str = "read silver") -> pa.Table:
-    """Order changes from silver (all live files, or the given ones), optionally filtered; shows
-    progress in rows against the row counts the Delta log records for those files."""
+    """Order changes from silver (all live files, or the given ones), optionally filtered (pushed down
+    to the Parquet scan); progress is in rows of the files read, as the Delta log counts them."""
     files = files if files is not None else silver.file_uris()
     dataset = pads.dataset(files, schema=silver.to_pyarrow_dataset().schema, format="parquet")
     actions = pa.table(silver.get_add_actions(flatten=True))
     rows_in = dict(zip((os.path.basename(p) for p in actions.column("path").to_pylist()),
                        actions.column("num_records").to_pylist(), strict=True))
-    total = sum(int(rows_in.get(os.path.basename(f)) or 0) for f in files)
     condition = pads.field("collection") == "orders"
-    batches = []
+    scanner = dataset.scanner(columns=list(SILVER_COLUMNS_NEEDED),
+                              filter=condition if where is None else condition & where)
+    batches, seen = [], set()
+    total = sum(int(rows_in.get(os.path.basename(f)) or 0) for f in files)
     with Progress(what, total=total, unit="rows") as progress:
-        for batch in dataset.to_batches(columns=list(SILVER_COLUMNS_NEEDED)):
-            batches.append(batch)
-            progress.advance(batch.num_rows)
-    table = pa.Table.from_batches(batches, schema=pa.schema([dataset.schema.field(c) for c in SILVER_COLUMNS_NEEDED]))
-    return table.filter(condition if where is None else condition & where)
+        for tagged in scanner.scan_batches():
+            batches.append(tagged.record_batch)
+            name = os.path.basename(tagged.fragment.path)
+            if name not in seen:
+                seen.add(name)
+                progress.advance(int(rows_in.get(name) or 0))
+    return pa.Table.from_batches(batches, schema=scanner.projected_schema)
 
 
 def load(settings: Settings) -> LoadResult:
