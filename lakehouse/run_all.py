@@ -28,7 +28,7 @@ from lakehouse.logs import cli_options as logging_options
 from lakehouse.mongo import connect as connect_mongo
 from lakehouse.progress import Progress
 from lakehouse.status import collect, one_line
-from lakehouse.stopping import Interrupted, StopSignals, on_signal
+from lakehouse.stopping import Interrupted, StopSignals
 from producer.generator import OrderGenerator
 from warehouse.loader import LakeMissing, load
 from warehouse.reconcile import Reconciliation, reconcile
@@ -62,31 +62,22 @@ class Child:
 
 def stop_all(children: list[Child], grace: float = 60.0) -> None:
     """SIGTERM every child at once and wait for each to finish its work in hand; after `grace`
-    seconds, or at a second Ctrl-C, kill what is still running."""
-    hurry = False
-
-    def on_interrupt(*_: object) -> None:
-        nonlocal hurry
-        hurry = True
-
-    previous = on_signal(signal.SIGINT, on_interrupt)
-    try:
+    seconds, or at a second Ctrl-C (or SIGTERM), kill what is still running."""
+    with StopSignals() as again:
         for child in children:
             if child.process.poll() is None:
                 child.process.terminate()
         deadline = time.monotonic() + grace
         for child in children:
             while child.process.poll() is None:
-                if hurry or time.monotonic() > deadline:
-                    say(f"{child.name} did not stop {'before the second Ctrl-C' if hurry else f'within {grace:.0f}s'};"
-                        " killing it")
+                if again.requested.is_set() or time.monotonic() > deadline:
+                    why = "before the second Ctrl-C" if again.requested.is_set() else f"within {grace:.0f}s"
+                    say(f"{child.name} did not stop {why}; killing it")
                     child.kill()
                     break
-                time.sleep(0.1)
+                again.requested.wait(0.1)
             say(f"stopped {child.name} (exit code {child.process.returncode})")
             child.pid_file.unlink(missing_ok=True)
-    finally:
-        on_signal(signal.SIGINT, previous)
 
 
 def spawn(settings: Settings, name: str, *args: str) -> Child:

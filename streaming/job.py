@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import sys
 import time
 from typing import Any
@@ -26,6 +25,7 @@ from lakehouse import tables
 from lakehouse.config import Settings
 from lakehouse.events import ENVELOPE_FIELD_NAMES, ENVELOPE_FIELDS, OPERATIONS, REQUIRED_FIELDS, SCHEMA_VERSION
 from lakehouse.kafka_io import require_broker
+from lakehouse.stopping import StopSignals
 from streaming.aggregates import start_aggregates
 from streaming.delta_sink import append_once, write_parquet_once, writer_app_id
 from streaming.kafka_source import KafkaPyDataSource
@@ -265,34 +265,28 @@ def run(settings: Settings, available_now: bool = False) -> None:
     until Kafka is drained (the lake first, then the aggregates over what it wrote)."""
     require_broker(settings)  # a clear error now, rather than Spark's traceback a minute later
     spark = build_session(settings)
-    stopping = {"flag": False}
-
-    def stop(*_: object) -> None:
-        stopping["flag"] = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
     log.info("streaming %s -> %s (checkpoints in %s)", ",".join(settings.topics), settings.lake_path,
              settings.spark_checkpoint.parent)
     queries: list[Any] = []
-    try:
-        queries.append(start(spark, settings, available_now))
-        if available_now:
-            _await(queries, stopping)
-        queries += start_aggregates(spark, settings, ENVELOPE_DDL, available_now)
-        _await(queries, stopping)
-    finally:
-        for query in queries:
-            if query.isActive:
-                query.stop()
-        spark.stop()
+    with StopSignals() as signals:
+        try:
+            queries.append(start(spark, settings, available_now))
+            if available_now:
+                _await(queries, signals)
+            queries += start_aggregates(spark, settings, ENVELOPE_DDL, available_now)
+            _await(queries, signals)
+        finally:
+            for query in queries:
+                if query.isActive:
+                    query.stop()
+            spark.stop()
 
 
-def _await(queries: list[Any], stopping: dict[str, bool]) -> None:
+def _await(queries: list[Any], signals: StopSignals) -> None:
     """Until every query has finished (or a stop was asked); a failed query fails the job."""
-    while any(q.isActive for q in queries) and not stopping["flag"]:
+    while any(q.isActive for q in queries) and not signals.requested.is_set():
         _raise_if_failed(queries)
-        time.sleep(0.5)
+        signals.requested.wait(0.5)
     _raise_if_failed(queries)
 
 
