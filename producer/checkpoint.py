@@ -7,13 +7,12 @@ rename, fsync the folder), so a kill -9 at any moment leaves either the old or t
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lakehouse.events import SourcePosition
+from lakehouse.files import write_json_atomically
 
 
 @dataclass(frozen=True)
@@ -45,27 +44,11 @@ class FileCheckpointStore:
         )
 
     def save(self, checkpoint: Checkpoint) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        body = {
+        write_json_atomically(self.path, {
             "resume_token": checkpoint.resume_token,
             "position": checkpoint.position.__dict__ if checkpoint.position else None,
             "events_published": checkpoint.events_published,
-        }
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".token-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as handle:
-                json.dump(body, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(self.path.parent, os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        })
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)

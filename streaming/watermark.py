@@ -8,10 +8,10 @@ is judged against the same watermark as the first time.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
+
+from lakehouse.files import write_json_atomically
 
 _UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 MICROS = 1_000_000
@@ -47,11 +47,5 @@ class WatermarkTracker:
         candidates = [w for w in (used, None if max_event_micros is None else max_event_micros - self.delay_micros)
                       if w is not None]
         after = max(candidates) if candidates else None
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".watermark-")
-        with os.fdopen(fd, "w") as handle:
-            json.dump({"batch_id": batch_id, "used": used, "after": after}, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.path)
+        write_json_atomically(self.path, {"batch_id": batch_id, "used": used, "after": after})
         return after
