@@ -33,6 +33,7 @@ SILVER_COLUMNS: tuple[tuple[str, str], ...] = tuple(
                  "batch_id", "ingested_at")
 )
 
+
 def silver_arrow_schema() -> object:
     """Silver as Arrow types (what the streaming job writes), for tests and benches that fake a lake."""
     import pyarrow as pa

@@ -8,19 +8,18 @@ another version, is refused rather than written (see loader.connect).
 
 from __future__ import annotations
 
-from lakehouse.tables import ORDER_ATTRIBUTES
+from lakehouse import tables
+from lakehouse.tables import ORDER_ATTRIBUTES, SILVER_COLUMNS
 
 SCHEMA_VERSION = 2
 
 # Source order of a change: cluster time, then position among changes at that cluster time.
 SOURCE_ORDER = ("cluster_time_s", "cluster_time_inc", "txn_op_index")
 
-# Typed money columns, as silver holds them (streaming/udfs.py).
-MONEY_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("amount", "DECIMAL(18, 2)"),
-    ("amount_currency", "VARCHAR"),
-    ("amount_error", "VARCHAR"),
-    ("is_high_value", "BOOLEAN"),
+# Typed money columns, with silver's types (lakehouse/tables.py) in DuckDB's spelling.
+_DUCKDB_TYPE = {"STRING": "VARCHAR"}
+MONEY_COLUMNS: tuple[tuple[str, str], ...] = tuple(
+    (name, _DUCKDB_TYPE.get(kind, kind)) for name, kind in SILVER_COLUMNS if name in tables.MONEY_COLUMNS
 )
 
 FACT_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -88,6 +87,16 @@ _CUTOFF = (
     "UNION ALL SELECT 0, 0 ORDER BY 1 DESC, 2 DESC LIMIT 1)"
 )
 
+
+
+def _revenue_per(unit: str) -> str:
+    return f"""
+SELECT date_trunc('{unit}', {_CREATED}) AS {unit}, amount_currency AS currency, count(*) AS orders,
+       sum(amount) AS revenue, avg(amount)::DECIMAL(18, 2) AS average_amount,
+       count(*) FILTER (WHERE is_high_value) AS high_value_orders
+FROM orders WHERE status IS DISTINCT FROM 'cancelled' GROUP BY ALL"""
+
+
 # name -> SELECT. Revenue counts current orders that are not cancelled, per currency (amounts in
 # different currencies are never added together); orders with an unreadable amount count as orders
 # but add no revenue.
@@ -112,16 +121,8 @@ SELECT v.doc_id, v.order_id, v.change_id, v.op, {", ".join(f"v.{a}" for a in ORD
        v.is_latest AND v.op <> 'delete'
          AND (v.cluster_time_s, v.cluster_time_inc) >= (c.cluster_time_s, c.cluster_time_inc) AS is_current
 FROM versions v, cutoff c""",
-    "revenue_daily": f"""
-SELECT date_trunc('day', {_CREATED}) AS day, amount_currency AS currency, count(*) AS orders,
-       sum(amount) AS revenue, avg(amount)::DECIMAL(18, 2) AS average_amount,
-       count(*) FILTER (WHERE is_high_value) AS high_value_orders
-FROM orders WHERE status IS DISTINCT FROM 'cancelled' GROUP BY ALL""",
-    "revenue_hourly": f"""
-SELECT date_trunc('hour', {_CREATED}) AS hour, amount_currency AS currency, count(*) AS orders,
-       sum(amount) AS revenue, avg(amount)::DECIMAL(18, 2) AS average_amount,
-       count(*) FILTER (WHERE is_high_value) AS high_value_orders
-FROM orders WHERE status IS DISTINCT FROM 'cancelled' GROUP BY ALL""",
+    "revenue_daily": _revenue_per("day"),
+    "revenue_hourly": _revenue_per("hour"),
     "orders_by_status": """
 SELECT status, count(*) AS orders, count(*) FILTER (WHERE is_high_value) AS high_value_orders,
        count(*) FILTER (WHERE amount IS NULL) AS orders_without_amount
