@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Any
 
@@ -10,6 +11,8 @@ import click
 from lakehouse.config import Settings
 from lakehouse.logs import configure
 from lakehouse.mongo import connect as connect_mongo
+
+log = logging.getLogger("lakehouse.cli")
 
 
 class LakehouseGroup(click.Group):
@@ -115,7 +118,7 @@ def stream(settings: Settings, available_now: bool) -> None:
 def load_command(settings: Settings, every: float | None) -> None:
     """Load what is new in the lake into the DuckDB warehouse."""
     from lakehouse.stopping import Interrupted, StopSignals
-    from warehouse.loader import LakeMissing, WarehouseError, load
+    from warehouse.loader import LakeMissing, WarehouseError, WarehouseLocked, load
 
     def once() -> None:
         result = load(settings)
@@ -138,6 +141,8 @@ def load_command(settings: Settings, every: float | None) -> None:
                         if not waiting_said:
                             click.echo(f"waiting for the lake: {exc}")
                         waiting_said = True
+                    except WarehouseLocked as exc:  # a reader holds it: a service waits, never exits
+                        log.warning("%s; trying again", exc)
                     signals.wait(every)
             except Interrupted:
                 click.echo("loader stopped")

@@ -33,9 +33,11 @@ ENV_NAMES = {
     "high_value_thresholds": "HIGH_VALUE_THRESHOLDS",
     "watermark_delay": "WATERMARK_DELAY",
     "event_time_source": "EVENT_TIME",
+    "kafka_fail_on_data_loss": "KAFKA_FAIL_ON_DATA_LOSS",
 }
 _PATHS = {"lake_path", "warehouse_path", "state_dir", "stack_dir"}
 _INTS = {"kafka_partitions", "kafka_replication_factor", "max_rows_per_batch"}
+_BOOLS = {"kafka_fail_on_data_loss"}
 
 
 def _parse(name: str, raw: str) -> object:
@@ -50,6 +52,10 @@ def _parse(name: str, raw: str) -> object:
             raise ValueError(f"{ENV_NAMES[name]}={raw!r} is not a whole number") from None
     if name == "trigger_seconds":
         return float(raw)
+    if name in _BOOLS:
+        if raw.strip().lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"{ENV_NAMES[name]}={raw!r} is not true or false")
+        return raw.strip().lower() in ("true", "1", "yes")
     return raw
 
 
@@ -77,6 +83,9 @@ class Settings:
     watermark_delay: str = "10 minutes"
     # Event time: the change's cluster time, or the order document's updated_at.
     event_time_source: str = "cluster_time"
+    # When Kafka no longer holds records the streaming job read (or planned to), stop the job (true, as
+    # Spark's failOnDataLoss) or record the loss and go on, leaving the repair to reconcile (false).
+    kafka_fail_on_data_loss: bool = False
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -92,7 +101,8 @@ class Settings:
     def to_env(self) -> dict[str, str]:
         """The same settings as environment variables, for the processes run-all starts."""
         return {
-            ENV_NAMES[f.name]: ",".join(v) if isinstance(v := getattr(self, f.name), tuple) else str(v)
+            ENV_NAMES[f.name]: ",".join(v) if isinstance(v := getattr(self, f.name), tuple)
+            else str(v).lower() if isinstance(v, bool) else str(v)
             for f in dataclasses.fields(self)
         }
 
@@ -127,6 +137,11 @@ class Settings:
     def batch_metrics(self) -> Path:
         """The lake query's per-batch JSON lines (streaming/job.py writes, status and replay read)."""
         return self.state_dir / "spark" / "batches.jsonl"
+
+    @property
+    def data_loss_log(self) -> Path:
+        """Losses of Kafka data the streaming source found (JSON lines; status and metrics read it)."""
+        return self.state_dir / "spark" / "data_loss.jsonl"
 
     @property
     def aggregates_checkpoint(self) -> Path:

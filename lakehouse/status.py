@@ -43,8 +43,10 @@ def committed_offsets(checkpoint: Path) -> dict[str, int]:
     commits = [int(p.name) for p in (checkpoint / "commits").glob("[0-9]*")]
     if not commits:
         return {}
+    from lakehouse.positions import next_offset
+
     lines = (checkpoint / "offsets" / str(max(commits))).read_text().splitlines()
-    return {k: int(v) for k, v in json.loads(lines[2]).items()} if len(lines) > 2 else {}
+    return {k: next_offset(v) for k, v in json.loads(lines[2]).items()} if len(lines) > 2 else {}
 
 
 def kafka_status(settings: Settings) -> dict[str, Any]:

@@ -1,18 +1,27 @@
-"""Durable store for the change stream's resume token.
+"""Durable store for the change stream's resume token, and what Kafka acknowledged up to it.
 
 Written only after Kafka acknowledged everything before it, and atomically (temp file, fsync,
 rename, fsync the folder), so a kill -9 at any moment leaves either the old or the new token.
+
+Each checkpoint also records, per topic partition, the offset after the last record Kafka
+acknowledged (`acked_offsets`), and the file keeps a short journal of earlier checkpoints. A broker
+can lose records it acknowledged (an unclean leader election, a topic deleted and re-created, the
+embedded broker's asynchronous persistence): when it holds fewer records than acknowledged, the
+producer rewinds to the newest journalled checkpoint the broker still fully holds and publishes again
+from there (see producer/listener.py).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from lakehouse.events import SourcePosition
 from lakehouse.files import write_json_atomically
+
+JOURNAL_ENTRIES = 300  # checkpoints kept to rewind to; one a second while busy: five minutes of them
 
 
 @dataclass(frozen=True)
@@ -20,15 +29,43 @@ class Checkpoint:
     resume_token: dict[str, Any]
     position: SourcePosition | None  # of the last acknowledged event; None after a heartbeat-only run
     events_published: int = 0
+    # "topic:partition" -> offset after the last record Kafka acknowledged, up to this token.
+    acked_offsets: dict[str, int] = field(default_factory=dict)
+
+
+def _entry(checkpoint: Checkpoint) -> dict[str, Any]:
+    return {
+        "resume_token": checkpoint.resume_token,
+        "position": checkpoint.position.__dict__ if checkpoint.position else None,
+        "events_published": checkpoint.events_published,
+        "acked_offsets": checkpoint.acked_offsets,
+    }
+
+
+def _checkpoint(raw: dict[str, Any]) -> Checkpoint:
+    pos = raw.get("position")
+    return Checkpoint(
+        resume_token=raw["resume_token"],
+        position=SourcePosition(**pos) if pos else None,
+        events_published=int(raw.get("events_published", 0)),
+        acked_offsets={k: int(v) for k, v in (raw.get("acked_offsets") or {}).items()},
+    )
+
+
+def shortfall(acked: dict[str, int], held: dict[str, int]) -> dict[str, tuple[int, int]]:
+    """Partitions where the broker holds fewer records than were acknowledged: key -> [held, acked)."""
+    return {k: (held.get(k, 0), n) for k, n in acked.items() if held.get(k, 0) < n}
 
 
 class FileCheckpointStore:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, journal_entries: int = JOURNAL_ENTRIES) -> None:
         self.path = path
+        self.journal_entries = journal_entries
+        self._journal: list[Checkpoint] | None = None  # oldest first; the newest is the current checkpoint
 
-    def load(self) -> Checkpoint | None:
+    def _read(self) -> dict[str, Any] | None:
         try:
-            raw = json.loads(self.path.read_text())
+            return json.loads(self.path.read_text())
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:
@@ -36,19 +73,49 @@ class FileCheckpointStore:
                 f"producer checkpoint {self.path} is unreadable ({exc}); move it away and restart "
                 "with --snapshot initial to rebuild the stream from a fresh copy"
             ) from exc
-        pos = raw.get("position")
-        return Checkpoint(
-            resume_token=raw["resume_token"],
-            position=SourcePosition(**pos) if pos else None,
-            events_published=int(raw.get("events_published", 0)),
-        )
+
+    def load(self) -> Checkpoint | None:
+        raw = self._read()
+        if raw is None:
+            self._journal = []
+            return None
+        try:
+            current = _checkpoint(raw)
+            self._journal = [_checkpoint(e) for e in raw.get("journal", [])]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RuntimeError(
+                f"producer checkpoint {self.path} is not a checkpoint of this producer ({exc!r}); move it away "
+                "and restart with --snapshot initial to rebuild the stream from a fresh copy"
+            ) from exc
+        if not self._journal or self._journal[-1] != current:
+            self._journal.append(current)
+        return current
+
+    def journal(self) -> list[Checkpoint]:
+        """Checkpoints to rewind to, oldest first; the last one is the current checkpoint."""
+        if self._journal is None:
+            self.load()
+        return list(self._journal or [])
 
     def save(self, checkpoint: Checkpoint) -> None:
-        write_json_atomically(self.path, {
-            "resume_token": checkpoint.resume_token,
-            "position": checkpoint.position.__dict__ if checkpoint.position else None,
-            "events_published": checkpoint.events_published,
-        })
+        journal = self.journal()
+        # An idle stream moves its token on without publishing: keep one entry per acknowledged state.
+        if journal and journal[-1].acked_offsets == checkpoint.acked_offsets:
+            journal[-1] = checkpoint
+        else:
+            journal.append(checkpoint)
+        journal = journal[-self.journal_entries:]
+        write_json_atomically(self.path, {**_entry(checkpoint), "journal": [_entry(c) for c in journal[:-1]]})
+        self._journal = journal
+
+    def rewind_to(self, checkpoint: Checkpoint, held: dict[str, int]) -> None:
+        """Make `checkpoint` (from the journal) current again; what came after it is forgotten, and what
+        the broker holds now becomes the acknowledged position to compare new acknowledgements with."""
+        journal = self.journal()
+        kept = journal[: journal.index(checkpoint)]
+        self._journal = kept
+        self.save(replace(checkpoint, acked_offsets={**checkpoint.acked_offsets, **held}))
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
+        self._journal = []

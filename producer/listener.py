@@ -7,6 +7,7 @@ unacknowledged batch, and every repeated event carries the same change_id.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import signal
 import time
@@ -14,16 +15,24 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kafka.errors import KafkaError, MessageSizeTooLargeError
+from kafka.errors import (
+    InvalidProducerEpochError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    OutOfOrderSequenceNumberError,
+    RecordListTooLargeError,
+    UnknownProducerIdError,
+)
+from kafka.record.default_records import DefaultRecordBatchBuilder
 from pymongo.errors import OperationFailure, PyMongoError
 
 from lakehouse import events
 from lakehouse.config import Settings
 from lakehouse.events import SourcePosition
-from lakehouse.kafka_io import ensure_topics, idempotent_producer
+from lakehouse.kafka_io import end_offsets, ensure_topics, idempotent_producer
 from lakehouse.mongo import connect as connect_mongo
 from lakehouse.progress import Progress
-from producer.checkpoint import Checkpoint, FileCheckpointStore
+from producer.checkpoint import Checkpoint, FileCheckpointStore, shortfall
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +45,40 @@ class HistoryLostError(RuntimeError):
     pass
 
 
+class KafkaDataLost(Exception):
+    """The broker holds fewer records than it acknowledged: publish again from `rewind_to`
+    (None: no journalled checkpoint is still fully held, so copy everything again)."""
+
+    def __init__(self, message: str, rewind_to: Checkpoint | None, held: dict[str, int]) -> None:
+        super().__init__(message)
+        self.rewind_to = rewind_to
+        self.held = held
+
+
+class Stopped(Exception):
+    """A stop was asked while a batch was not yet acknowledged: its token is not saved."""
+
+
+class PublishFailed(RuntimeError):
+    """Kafka refused a batch for a reason retrying cannot fix; the message names the event and what to do."""
+
+
+# Errors of the idempotent producer's state that mean the broker lost what it had acknowledged (or
+# forgot this producer): a new producer and a look at the broker's end offsets repair them.
+BROKER_FORGOT = (OutOfOrderSequenceNumberError, UnknownProducerIdError, InvalidProducerEpochError)
+# A key longer than this is replaced by a hash of it (the original stays in the event's order_id), so
+# one document's changes still share a partition and the record still fits.
+MAX_KEY_BYTES = 1024
+# What a record adds to its key, value and headers inside a request (batch and request headers).
+REQUEST_OVERHEAD_BYTES = 512
+
+
 @dataclass
 class Outgoing:
     topic: str
     key: bytes
     value: bytes
+    what: str = ""  # names the event in errors: collection, _id, change_id
 
 
 @dataclass
@@ -49,6 +87,8 @@ class ListenerStats:
     dead_lettered: int = 0
     snapshots: int = 0
     resnapshots: int = 0  # times the token was lost and everything was copied again
+    kafka_losses: int = 0  # times the broker was found holding fewer records than it acknowledged
+    republished_from_journal: int = 0  # of which were repaired by publishing again from a checkpoint
 
 
 def watch_pipeline(settings: Settings) -> list[dict[str, Any]]:
@@ -77,6 +117,8 @@ class ChangeStreamListener:
         self.stats = ListenerStats()
         self._stopping = False
         self._position: SourcePosition | None = None
+        # "topic:partition" -> offset after the last record Kafka acknowledged (collection topics).
+        self._acked: dict[str, int] = {}
 
     # -- lifecycle -------------------------------------------------------------------------------
     def request_stop(self, *_: object) -> None:
@@ -112,14 +154,21 @@ class ChangeStreamListener:
         while not self._stopping:
             checkpoint = self.store.load()
             try:
-                if checkpoint is None and self.snapshot_mode == "never":
-                    self._stream(self._open_stream(None, start_at=self.start_at), until_idle)
-                elif checkpoint is None:
-                    self._snapshot_then_stream(until_idle)
+                if checkpoint is None:
+                    self._acked = {}
+                    if self.snapshot_mode == "never":
+                        self._stream(self._open_stream(None, start_at=self.start_at), until_idle)
+                    else:
+                        self._snapshot_then_stream(until_idle)
                 else:
                     self._position = checkpoint.position
                     self.stats.published = checkpoint.events_published
+                    self._acked = dict(checkpoint.acked_offsets)
+                    self._check_broker_holds()
                     self._stream(self._open_stream(checkpoint.resume_token), until_idle)
+                return self.stats
+            except Stopped:
+                log.info("stopped before Kafka acknowledged the batch in hand; its token is not saved")
                 return self.stats
             except OperationFailure as exc:
                 if exc.code not in HISTORY_LOST_CODES:
@@ -127,9 +176,22 @@ class ChangeStreamListener:
                 lost: Exception = exc
             except HistoryLostError as exc:
                 lost = exc
+            except KafkaDataLost as exc:
+                self.stats.kafka_losses += 1
+                if exc.rewind_to is not None:
+                    position = exc.rewind_to.position
+                    log.error("KAFKA LOST ACKNOWLEDGED RECORDS: %s; publishing again from the checkpoint of cluster "
+                              "time %s (the warehouse keeps each change once)", exc,
+                              f"{position.cluster_time_s}.{position.cluster_time_inc}" if position else "?")
+                    self.stats.republished_from_journal += 1
+                    self.store.rewind_to(exc.rewind_to, exc.held)
+                    continue
+                log.error("KAFKA LOST ACKNOWLEDGED RECORDS: %s; no saved checkpoint is old enough to publish again "
+                          "from", exc)
+                lost = exc
             if self.snapshot_mode != "when_needed":
                 raise RuntimeError(
-                    f"the stored resume token is no longer in MongoDB's history ({lost}). Run "
+                    f"cannot resume the change stream where Kafka has it ({lost}). Run "
                     "`lakehouse produce --snapshot when_needed` to re-snapshot automatically, or "
                     f"delete {self.store.path} and run with --snapshot initial"
                 ) from lost
@@ -137,6 +199,47 @@ class ChangeStreamListener:
             self.stats.resnapshots += 1
             self.store.clear()
         return self.stats
+
+    # -- has Kafka kept what it acknowledged? ----------------------------------------------------
+    def _data_key(self, topic: str) -> bool:
+        return topic != self.settings.dead_letter_topic
+
+    def _broker_holds(self) -> dict[str, int]:
+        held = end_offsets(self.settings, self.settings.topics)
+        return {f"{topic}:{partition}": offset for (topic, partition), offset in held.items()}
+
+    def _lost(self, acked: dict[str, int], held: dict[str, int], why: str) -> KafkaDataLost:
+        """The exception that rewinds to the newest journalled checkpoint the broker still fully holds."""
+        short = shortfall(acked, held)
+        ranges = ", ".join(f"{k} offsets {a}..{b - 1}" for k, (a, b) in sorted(short.items()))
+        target = next((c for c in reversed(self.store.journal()) if not shortfall(c.acked_offsets, held)), None)
+        return KafkaDataLost(f"{why}: {ranges}", target, held)
+
+    def _check_broker_holds(self) -> None:
+        """On start and after a failed batch: does the broker still hold every record it acknowledged?"""
+        if not self._acked:
+            return
+        held = self._broker_holds()
+        if shortfall(self._acked, held):
+            raise self._lost(self._acked, held, "the broker holds fewer records than it acknowledged")
+
+    def _record_acks(self, acked: list[tuple[Outgoing, Any]]) -> None:
+        """Count acknowledged records and keep each partition's acknowledged end. An acknowledgement at an
+        offset below one acknowledged before means the broker lost records and is re-using their offsets."""
+        reused: dict[str, int] = {}
+        for outgoing, metadata in acked:
+            if not self._data_key(outgoing.topic):
+                continue
+            self.stats.published += 1
+            key = f"{metadata.topic}:{metadata.partition}"
+            if metadata.offset < self._acked.get(key, 0):
+                reused[key] = min(reused.get(key, metadata.offset), metadata.offset)
+            self._acked[key] = max(self._acked.get(key, 0), metadata.offset + 1)
+        if reused:
+            held = self._broker_holds()
+            valid = {k: min(v, reused.get(k, v)) for k, v in held.items()}
+            raise self._lost(self._acked, valid, "the broker acknowledged new records at offsets it had "
+                                                 "acknowledged before")
 
     def _open_stream(self, resume_token: Mapping[str, Any] | None, start_at: Any = None) -> Any:
         options: dict[str, Any] = {
@@ -231,47 +334,136 @@ class ChangeStreamListener:
 
     def _outgoing(self, topic: str, envelope: Mapping[str, Any], original: Any) -> list[Outgoing]:
         value = events.encode(envelope)
-        if len(value) > self.kafka.config["max_request_size"]:
-            return [self._dead_letter(topic, original, f"message of {len(value)} bytes exceeds "
-                                      f"max_request_size {self.kafka.config['max_request_size']}",
-                                      key=envelope["order_id"])]
-        return [Outgoing(topic, str(envelope["order_id"]).encode(), value)]
+        key = bounded_key(str(envelope["order_id"]))
+        what = describe(envelope)
+        size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, []) + REQUEST_OVERHEAD_BYTES
+        limit = self.kafka.config["max_request_size"]
+        if size > limit:
+            return [self._dead_letter(topic, original, f"record of {size} bytes (key, value and overhead) exceeds "
+                                      f"max_request_size {limit}", key=key.decode(), envelope=envelope, size=size)]
+        return [Outgoing(topic, key, value, what)]
 
-    def _dead_letter(self, topic: str, original: Any, reason: str, key: str | None = None) -> Outgoing:
+    def _dead_letter(self, topic: str, original: Any, reason: str, key: str | None = None,
+                     envelope: Mapping[str, Any] | None = None, size: int | None = None) -> Outgoing:
         self.stats.dead_lettered += 1
         if key is None and isinstance(original, Mapping):
             key = events.doc_id_text(original.get("documentKey") or {"_id": original.get("_id")})
-        key = key or "unknown"
-        log.error("dead-lettering event for key %s on %s: %s", key, topic, reason)
-        body = {"reason": reason, "topic": topic, "key": key, "original": repr(original)[:100_000],
-                "dead_lettered_at_ms": int(time.time() * 1000)}
-        return Outgoing(self.settings.dead_letter_topic, str(key).encode(), events.encode(body))
+        key = bounded_key(key or "unknown").decode()
+        identity = {name: (envelope or {}).get(name) for name in ("collection", "doc_id", "change_id", "op")}
+        log.error("dead-lettering %s for key %s on %s: %s", describe(envelope) if envelope else "an event", key[:80],
+                  topic, reason)
+        body = {"reason": reason, "topic": topic, "key": key, **identity, "size": size,
+                "original": repr(original)[:100_000], "dead_lettered_at_ms": int(time.time() * 1000)}
+        return Outgoing(self.settings.dead_letter_topic, key.encode(), events.encode(body),
+                        f"dead letter for {key[:80]}")
 
     # -- publish and persist ---------------------------------------------------------------------
     def _publish(self, batch: list[Outgoing]) -> None:
-        """Send and wait for every ack; on a broker failure retry the whole batch (same change_ids)."""
+        """Send and wait for every ack. A retriable failure retries the whole batch (same change_ids) with
+        backoff, and gives way to a stop request; a record the broker refuses as too large goes to the
+        dead-letter topic; any other refusal stops the producer with an error naming the event."""
         backoff = 0.5
         while batch:
+            futures, failure = [], None
             try:
-                futures = [self.kafka.send(o.topic, key=o.key, value=o.value) for o in batch]
+                for o in batch:
+                    try:
+                        futures.append(self.kafka.send(o.topic, key=o.key, value=o.value))
+                    except (MessageSizeTooLargeError, RecordListTooLargeError) as exc:
+                        futures.append(_Refused(exc))
                 self.kafka.flush(timeout=60)
-                for future in futures:
-                    future.get(timeout=0)
-                self.stats.published += sum(1 for o in batch if o.topic != self.settings.dead_letter_topic)
-                return
-            except MessageSizeTooLargeError:
-                raise
             except KafkaError as exc:
-                log.error("Kafka did not acknowledge a batch of %d (%s); retrying in %.1fs, token held",
-                          len(batch), exc, backoff)
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 30)
+                failure = exc
+            acked, refused, failed_on = [], [], None
+            for outgoing, future in zip(batch, futures, strict=False):
+                if not future.is_done:
+                    continue
+                if future.succeeded():
+                    acked.append((outgoing, future.value))
+                elif isinstance(future.exception, MessageSizeTooLargeError | RecordListTooLargeError):
+                    refused.append((outgoing, future.exception))
+                elif failure is None or not isinstance(future.exception, type(failure)):
+                    failure, failed_on = future.exception, outgoing
+            if failure is None and len(acked) + len(refused) < len(batch):
+                failure = KafkaError("not every record was acknowledged")
+            self._record_acks(acked)  # may find that the broker lost records: rewinds
+            done = {id(o) for o, _ in acked}
+            if refused:
+                done |= {id(o) for o, _ in refused}
+            rest = [o for o in batch if id(o) not in done]
+            rest += [self._dead_letter(o.topic, o.value[:100_000], f"the broker refused the record: {exc}",
+                                       key=o.key.decode(errors="replace")) for o, exc in refused]
+            if failure is None:
+                batch = rest
+                continue
+            self._on_failure(failure, failed_on, len(rest), backoff)
+            backoff = min(backoff * 2, 30)
+            batch = rest
+
+    def _on_failure(self, failure: BaseException, failed_on: Outgoing | None, pending: int, backoff: float) -> None:
+        if isinstance(failure, BROKER_FORGOT):
+            log.error("Kafka forgot this producer's sequence (%s): the broker may have lost acknowledged records; "
+                      "checking what it holds, then sending %d records again with a new producer",
+                      type(failure).__name__, pending)
+            self.kafka.close(timeout=5)
+            self.kafka = idempotent_producer(self.settings)
+        elif isinstance(failure, KafkaError) and not failure.retriable and failed_on is not None:
+            raise PublishFailed(
+                f"Kafka refused {failed_on.what or 'a record'} for {failed_on.topic}: {failure!r}. Retrying cannot "
+                "fix this: check the topic's configuration and this client's permissions on the broker, then "
+                "start the producer again (it resumes from its last saved token)"
+            ) from failure
+        else:
+            log.error("Kafka did not acknowledge a batch of %d (%s); retrying in %.1fs, token held", pending,
+                      failure, backoff)
+        self._pause(backoff)
+        try:
+            self._check_broker_holds()
+        except KafkaDataLost:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the broker is still away: the next try will tell
+            log.debug("cannot compare end offsets yet: %s", exc)
+
+    def _pause(self, seconds: float) -> None:
+        """Wait before a retry, giving way to a stop request (the batch in hand stays unacknowledged)."""
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            if self._stopping:
+                raise Stopped
+            time.sleep(min(0.1, max(0.0, until - time.monotonic())))
 
     def _save(self, token: Mapping[str, Any] | None) -> None:
         """Persist `token` unless it is already stored. Call only once everything before it is acked."""
         self._saved_at = time.monotonic()
         if token is None or token == self._saved_token:
             return
-        self.store.save(Checkpoint(dict(token), self._position, self.stats.published))
+        self.store.save(Checkpoint(dict(token), self._position, self.stats.published, dict(self._acked)))
         self._saved_token = token
 
+
+
+class _Refused:
+    """A send the client refused before it reached the broker, shaped like its future."""
+
+    is_done = True
+
+    def __init__(self, exception: BaseException) -> None:
+        self.exception = exception
+
+    def succeeded(self) -> bool:
+        return False
+
+
+def bounded_key(key: str) -> bytes:
+    """The Kafka key: the text itself, or for a huge one a hash of it (same key -> same partition)."""
+    raw = key.encode()
+    return raw if len(raw) <= MAX_KEY_BYTES else b"sha256:" + hashlib.sha256(raw).hexdigest().encode()
+
+
+def describe(envelope: Mapping[str, Any] | None) -> str:
+    """An event in words, for errors: collection, _id, change_id."""
+    if not envelope:
+        return "an event"
+    doc_id = str(envelope.get("doc_id"))
+    return (f"the {envelope.get('op')} of {envelope.get('db')}.{envelope.get('collection')} _id "
+            f"{doc_id[:80]}{'...' if len(doc_id) > 80 else ''} (change_id {envelope.get('change_id')})")

@@ -66,7 +66,10 @@ def read_kafka(spark: SparkSession, settings: Settings, starting_offsets: str = 
         .option("kafka.bootstrap.servers", settings.kafka_bootstrap_servers)
         .option("subscribe", ",".join(settings.topics))
         .option("startingOffsets", starting_offsets)
+        .option("failOnDataLoss", str(settings.kafka_fail_on_data_loss).lower())
     )
+    if settings.kafka_source_format == "kafka_py":
+        reader = reader.option("dataLossLog", str(settings.data_loss_log))
     if settings.max_rows_per_batch:
         reader = reader.option("maxOffsetsPerTrigger", str(settings.max_rows_per_batch))
     return reader.load()

@@ -4,15 +4,27 @@ Why: Spark's own Kafka source lives in the spark-sql-kafka jar, which only Maven
 out of reach here. This source has the same columns as Spark's (key, value, topic, partition,
 offset, timestamp, timestampType, headers) and the same options (`kafka.bootstrap.servers`,
 `subscribe`, `startingOffsets`, `maxOffsetsPerTrigger`), so on a cluster with the jars
-`format("kafka")` replaces it. Offsets are a flat dict {"topic:partition": next offset}, which Spark
+`format("kafka")` replaces it. Offsets are a dict {"topic:partition": position}, which Spark
 checkpoints; a restarted query re-reads exactly the planned range of an unfinished batch.
+
+A position is `[next offset, fingerprint of the record before it, (read from)]` (older checkpoints
+hold a bare next offset). Like Spark's own source with `failOnDataLoss`, every trigger checks that
+the broker still holds what the query has read: the end offset went back, the records were deleted
+(retention), or the record before the position is no longer the one read (the broker lost records
+and re-used their offsets for new ones). A loss is logged with the partition and range, appended to
+the `dataLossLog` file (status and metrics read it), and the query goes on from what the broker holds
+now, re-reading re-used offsets so no new record is skipped; with `failOnDataLoss=true` (Spark's
+default) the query stops instead.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPartition
@@ -24,12 +36,49 @@ from pyspark.sql.streaming.datasource import (
 )
 from pyspark.sql.types import StructType
 
+from lakehouse.positions import fingerprint, next_offset, position
+
 SOURCE_NAME = "kafka_py"
 KAFKA_SCHEMA = (
     "key BINARY, value BINARY, topic STRING, partition INT, offset BIGINT, timestamp TIMESTAMP, "
     "timestampType INT, headers ARRAY<STRUCT<key: STRING, value: BINARY>>"
 )
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+log = logging.getLogger(__name__)
+
+
+class KafkaDataLoss(RuntimeError):
+    """The broker no longer holds records the query has read or planned (failOnDataLoss=true)."""
+
+
+def find_losses(start: dict[str, Any], begins: dict[str, int], ends: dict[str, int],
+                records: dict[str, str | None]) -> tuple[dict[str, int], list[dict[str, Any]]]:
+    """Where each partition's next batch starts, and the losses found: the end went back below the
+    position, records before it were deleted, or the record before it is another one now (`records`:
+    the fingerprint of the record now at position - 1)."""
+    current: dict[str, int] = {}
+    losses: list[dict[str, Any]] = []
+    for key in ends:
+        if key not in start:
+            current[key] = begins.get(key, 0)
+            continue
+        offset, seen, _ = position(start[key])
+        if ends[key] < offset:
+            losses.append({"partition": key, "from": ends[key], "to": offset,
+                           "reason": f"end offset went back from {offset} to {ends[key]}"})
+            current[key] = ends[key]
+        elif begins.get(key, 0) > offset:
+            losses.append({"partition": key, "from": offset, "to": begins[key],
+                           "reason": "records were deleted before they were read (retention or topic re-created)"})
+            current[key] = begins[key]
+        elif seen is not None and key in records and records[key] != seen:
+            losses.append({"partition": key, "from": None, "to": offset,
+                           "reason": f"offset {offset - 1} holds another record than the one read ({records[key]} "
+                                     f"instead of {seen}): the broker lost records and re-used their offsets"})
+            current[key] = offset  # refined by the caller: re-read from where the new records begin
+        else:
+            current[key] = offset
+    return current, losses
 
 
 def _key(topic: str, partition: int) -> str:
@@ -93,7 +142,13 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             raise ValueError(f"startingOffsets must be earliest, latest or JSON offsets, not {self.starting!r}")
         max_rows = options.get("maxoffsetspertrigger")
         self.max_rows = int(max_rows) if max_rows else None
+        fail = options.get("failondataloss", "true").strip().lower()
+        if fail not in ("true", "false"):
+            raise ValueError(f"failOnDataLoss must be true or false, not {fail!r}")
+        self.fail_on_data_loss = fail == "true"
+        self.loss_log = Path(options["datalosslog"]) if options.get("datalosslog") else None
         self._consumer: Any = None
+        self._probe: Any = None
         self._available_now_end: dict[str, int] | None = None
 
     # The driver keeps one metadata consumer for offsets; executors make their own in read().
@@ -114,7 +169,7 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             found.extend(TopicPartition(topic, p) for p in sorted(parts))
         return found
 
-    def initialOffset(self) -> dict[str, int]:
+    def initialOffset(self) -> dict[str, Any]:
         tps = self._partitions()
         if not tps:
             return {}
@@ -130,7 +185,7 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             offsets = chosen
         else:
             offsets = consumer.end_offsets(tps) if self.starting == "latest" else consumer.beginning_offsets(tps)
-        return {_key(tp.topic, tp.partition): int(o) for tp, o in offsets.items()}
+        return self._positions({_key(tp.topic, tp.partition): int(o) for tp, o in offsets.items()})
 
     def getDefaultReadLimit(self) -> ReadLimit:
         return ReadMaxRows(self.max_rows) if self.max_rows else ReadAllAvailable()
@@ -143,25 +198,114 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         """Available-now reads up to the end offsets of this moment, in batches of the read limit."""
         self._available_now_end = self._end_offsets()
 
-    def latestOffset(self, start: dict[str, int], limit: ReadLimit) -> dict[str, int]:
+    def _begin_offsets(self) -> dict[str, int]:
         tps = self._partitions()
-        consumer = self._meta()
-        ends = self._available_now_end if self._available_now_end is not None else self._end_offsets()
-        if tps:
-            # Partitions added since the start offset begin at their beginning.
-            begins = {_key(tp.topic, tp.partition): int(o) for tp, o in consumer.beginning_offsets(tps).items()}
-        else:
-            begins = {}
-        current = {k: start.get(k, begins.get(k, 0)) for k in ends}
-        if not isinstance(limit, ReadMaxRows):
-            return {**start, **ends}
-        return {**start, **share_budget(current, ends, limit.max_rows)}
+        if not tps:
+            return {}
+        return {_key(tp.topic, tp.partition): int(o) for tp, o in self._meta().beginning_offsets(tps).items()}
 
-    def partitions(self, start: dict[str, int], end: dict[str, int]) -> list[KafkaRange]:
+    def latestOffset(self, start: dict[str, Any], limit: ReadLimit) -> dict[str, Any]:
+        ends_now, begins = self._end_offsets(), self._begin_offsets()
+        # Is the record before each position still the one the query read?
+        checkable = {k: next_offset(v) - 1 for k, v in start.items()
+                     if position(v)[1] is not None and begins.get(k, 0) < next_offset(v) <= ends_now.get(k, 0)}
+        current, losses = find_losses(start, begins, ends_now, self._fingerprints(checkable))
+        for loss in losses:
+            if loss["from"] is None:  # offsets re-used: the new records begin after the last one kept
+                seen = position(start[loss["partition"]])[1] or "0:0:0"
+                loss["from"] = self._first_offset_at(loss["partition"], int(seen.split(":")[1]),
+                                                     begins.get(loss["partition"], 0), loss["to"])
+                current[loss["partition"]] = loss["from"]
+        if losses:
+            self._report(losses)
+        ends = ends_now
+        if self._available_now_end is not None:
+            ends = {k: min(v, ends_now.get(k, v)) for k, v in self._available_now_end.items()}
+        ends = {k: max(v, current.get(k, 0)) for k, v in ends.items()}
+        targets = ends if not isinstance(limit, ReadMaxRows) else share_budget(
+            {k: current.get(k, 0) for k in ends}, ends, limit.max_rows)
+        result = {**{k: next_offset(v) for k, v in start.items()}, **targets}
+        reads_from = {k: o for k, o in current.items() if (k in start and o != next_offset(start[k]))
+                      or (k not in start and o > 0)}
+        return self._positions(result, reads_from, previous=start)
+
+    def _positions(self, offsets: dict[str, int], reads_from: dict[str, int] | None = None,
+                   previous: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Offsets as checkpointed positions, each with the fingerprint of the record before it."""
+        previous, reads_from = previous or {}, reads_from or {}
+        known = {k: position(previous[k])[1] for k, o in offsets.items()
+                 if k in previous and k not in reads_from and next_offset(previous[k]) == o}
+        found = self._fingerprints({k: o - 1 for k, o in offsets.items() if o > 0 and known.get(k) is None})
+        result: dict[str, Any] = {}
+        for key, offset in offsets.items():
+            seen = known.get(key) or found.get(key)
+            result[key] = [offset, seen] if key not in reads_from else [offset, seen, reads_from[key]]
+        return result
+
+    def _fingerprints(self, wanted: dict[str, int]) -> dict[str, str | None]:
+        """The fingerprint of the record at each wanted offset (None when there is none, e.g. a gap)."""
+        if not wanted:
+            return {}
+        from kafka import KafkaConsumer, TopicPartition
+
+        if self._probe is None:
+            self._probe = KafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
+                                        max_partition_fetch_bytes=65536, fetch_max_wait_ms=50)
+        probe = self._probe
+        tps = {k: TopicPartition(*_split(k)) for k in wanted}
+        probe.assign(list(tps.values()))
+        for key, tp in tps.items():
+            probe.seek(tp, wanted[key])
+        found: dict[str, str | None] = {}
+        deadline = time.monotonic() + 10
+        while len(found) < len(wanted) and time.monotonic() < deadline:
+            for tp, batch in probe.poll(timeout_ms=200).items():
+                key = _key(tp.topic, tp.partition)
+                if key in found:
+                    continue
+                record = next((r for r in batch if r.offset >= wanted[key]), None)
+                if record is not None:
+                    found[key] = (fingerprint(record.offset, record.timestamp, record.value)
+                                  if record.offset == wanted[key] else None)
+                    probe.pause(tp)
+        probe.resume(*probe.paused())
+        return found
+
+    def _first_offset_at(self, key: str, timestamp_ms: int, floor: int, ceiling: int) -> int:
+        """Where records written at or after `timestamp_ms` begin (between floor and ceiling - 1): with the
+        broker's offsets re-used, the records from there on were not read before."""
+        from kafka import TopicPartition
+
+        tp = TopicPartition(*_split(key))
+        found = self._meta().offsets_for_times({tp: timestamp_ms}).get(tp)
+        at = found.offset if found is not None else ceiling - 1
+        return max(floor, min(at, ceiling - 1))
+
+    def _report(self, losses: list[dict[str, Any]]) -> None:
+        lines = [f"{loss['partition']} offsets {loss['from']}..{loss['to'] - 1}: {loss['reason']}" for loss in losses]
+        if self.fail_on_data_loss:
+            raise KafkaDataLoss(
+                "Kafka no longer holds records this query read or planned to read: " + "; ".join(lines)
+                + ". Set failOnDataLoss=false (KAFKA_FAIL_ON_DATA_LOSS=false) to record such losses and go on from "
+                "what the broker holds, then repair the warehouse with `lakehouse reconcile --repair`"
+            )
+        for line in lines:
+            log.error("KAFKA DATA LOSS: %s; going on from what the broker holds now", line)
+        if self.loss_log is not None:
+            self.loss_log.parent.mkdir(parents=True, exist_ok=True)
+            with self.loss_log.open("a") as handle:
+                for loss in losses:
+                    topic, partition = _split(loss["partition"])
+                    handle.write(json.dumps({"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "topic": topic,
+                                             "partition": partition, "from": loss["from"], "to": loss["to"],
+                                             "reason": loss["reason"]}) + "\n")
+
+    def partitions(self, start: dict[str, Any], end: dict[str, Any]) -> list[KafkaRange]:
         ranges = []
-        for key, until in sorted(end.items()):
+        for key, value in sorted(end.items()):
             topic, partition = _split(key)
-            since = start.get(key, 0)
+            until, _, reads_from = position(value)
+            since = reads_from if reads_from is not None else next_offset(start[key]) if key in start else 0
             if until > since:
                 ranges.append(KafkaRange(topic, partition, since, until))
         return ranges
@@ -185,6 +329,13 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                 records = consumer.poll(timeout_ms=1000).get(tp, [])
                 if not records:
                     empty_polls += 1
+                    held = consumer.end_offsets([tp])[tp]
+                    if held <= position:
+                        # The broker lost records of this planned range (the next trigger records the loss
+                        # and goes on from what the broker holds); the batch keeps what is there.
+                        log.error("KAFKA DATA LOSS: %s[%d] ends at %d now, below the planned %d; reading no "
+                                  "further in this batch", partition.topic, partition.partition, held, partition.end)
+                        return
                     if empty_polls > 60:
                         raise RuntimeError(
                             f"Kafka returned nothing for {partition.topic}[{partition.partition}] at "
@@ -214,9 +365,10 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         """Nothing to do: Spark's checkpoint, not Kafka's group offsets, is the source of truth."""
 
     def stop(self) -> None:
-        if self._consumer is not None:
-            self._consumer.close()
-            self._consumer = None
+        for consumer in (self._consumer, self._probe):
+            if consumer is not None:
+                consumer.close()
+        self._consumer = self._probe = None
 
 
 class KafkaPyDataSource(DataSource):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,29 +66,61 @@ class OtherSchemaVersion(WarehouseError):
     """The file is this pipeline's warehouse, of another schema version: what a rebuild replaces."""
 
 
-def connect(path: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+class WarehouseLocked(WarehouseError):
+    """Another process holds the file (DuckDB: one writer, or several readers, at a time)."""
+
+
+LOCK_WAIT_S = 60.0  # how long a one-off command waits for another process to let go of the file
+
+
+def connect(path: Path, read_only: bool = False, wait: float = LOCK_WAIT_S) -> duckdb.DuckDBPyConnection:
     """Open the warehouse, creating it when the file is new or empty; refuse a file that is not a
-    warehouse of this schema version rather than write into it."""
+    warehouse of this schema version rather than write into it. While another process holds the file
+    (a reader holds it against the writer and the writer against readers) wait up to `wait` seconds
+    with backoff, then raise WarehouseLocked."""
     if read_only and not path.exists():
         raise WarehouseError(f"no warehouse at {path} (WAREHOUSE_PATH) yet: run `make run-all` or `lakehouse load` "
                              "first, or point WAREHOUSE_PATH at an existing one")
-    try:
-        if read_only:
-            con = duckdb.connect(str(path), read_only=True)
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            con = duckdb.connect(str(path))
-    except duckdb.Error as exc:
-        raise WarehouseError(
-            f"cannot open the warehouse {path}: {exc}. If another process holds it, stop that process (the "
-            f"loader or a notebook). If it is not a DuckDB file of this pipeline, move it away and run `{REBUILD}`"
-        ) from exc
+    deadline, pause, said = time.monotonic() + wait, 0.05, False
+    while True:
+        try:
+            if read_only:
+                con = duckdb.connect(str(path), read_only=True)
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                con = duckdb.connect(str(path))
+            break
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower():
+                raise _unopenable(path, exc) from exc
+            holder = re.search(r"held in (.*?)(?:\. However|$)", str(exc))
+            if time.monotonic() + pause > deadline:
+                raise WarehouseLocked(
+                    f"the warehouse {path} is still held by another process "
+                    f"({holder.group(1) if holder else 'unknown'}) after {wait:.0f}s; readers (status, reconcile, "
+                    "notebooks) let go within seconds, so look for a long-running one, or stop the loader"
+                ) from exc
+            if not said:
+                log.info("warehouse %s is held by another process (%s); waiting for it", path,
+                         holder.group(1) if holder else "unknown")
+                said = True
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
+        except duckdb.Error as exc:
+            raise _unopenable(path, exc) from exc
     try:
         _check_or_create(con, path, read_only)
     except BaseException:
         con.close()
         raise
     return con
+
+
+def _unopenable(path: Path, exc: BaseException) -> WarehouseError:
+    return WarehouseError(
+        f"cannot open the warehouse {path}: {exc}. If it is not a DuckDB file of this pipeline, move it away "
+        f"and run `{REBUILD}`"
+    )
 
 
 def _check_or_create(con: duckdb.DuckDBPyConnection, path: Path, read_only: bool) -> None:

@@ -50,7 +50,7 @@ def reconcile(settings: Settings, collection: str = "orders") -> Reconciliation:
         }
     finally:
         client.close()
-    con = connect(settings.warehouse_path)
+    con = connect(settings.warehouse_path, read_only=True)
     try:
         rows = con.execute("SELECT doc_id, document FROM orders").fetchall()
         warehouse = {doc_id: _digest(document) for doc_id, document in rows}

@@ -22,3 +22,24 @@ def test_corrupt_checkpoint_says_what_to_do(tmp_path: Path) -> None:
     path.write_text("{not json")
     with pytest.raises(RuntimeError, match="--snapshot initial"):
         FileCheckpointStore(path).load()
+
+
+def test_journal_keeps_one_entry_per_acknowledged_state_and_rewinds(tmp_path: Path) -> None:
+    from producer.checkpoint import shortfall
+
+    store = FileCheckpointStore(tmp_path / "token.json", journal_entries=3)
+    store.load()
+    for n, acked in enumerate([{"t:0": 10}, {"t:0": 20}, {"t:0": 20}, {"t:0": 30}, {"t:0": 40}]):
+        store.save(Checkpoint({"_data": f"{n:02X}"}, SourcePosition(n, 0, 0), n, acked))
+    again = FileCheckpointStore(tmp_path / "token.json")
+    assert again.load() == Checkpoint({"_data": "04"}, SourcePosition(4, 0, 0), 4, {"t:0": 40})
+    # An idle heartbeat (same acknowledged offsets) replaced its entry; the oldest fell off the end.
+    assert [c.resume_token["_data"] for c in again.journal()] == ["02", "03", "04"]
+    held = {"t:0": 33}
+    assert shortfall(again.load().acked_offsets, held) == {"t:0": (33, 40)}
+    target = next(c for c in reversed(again.journal()) if not shortfall(c.acked_offsets, held))
+    again.rewind_to(target, held)
+    third = FileCheckpointStore(tmp_path / "token.json")
+    current = third.load()
+    assert current.resume_token == {"_data": "03"} and current.acked_offsets == {"t:0": 33}
+    assert [c.resume_token["_data"] for c in third.journal()] == ["02", "03"]

@@ -32,3 +32,28 @@ def test_options_are_read_whatever_their_case_and_checked() -> None:
     assert reader.topics == ["a", "b"] and reader.starting == "latest"
     with pytest.raises(ValueError, match="subscribe"):
         KafkaStreamReader({"kafka.bootstrap.servers": "h:1"})
+
+
+def test_losses_found_when_the_end_goes_back_records_are_deleted_or_offsets_are_reused() -> None:
+    from streaming.kafka_source import find_losses
+
+    start = {"t:0": [100, "99:5:1"], "t:1": [50, "49:5:2"], "t:2": [70, "69:5:3"], "t:3": 10}
+    begins = {"t:0": 0, "t:1": 60, "t:2": 0, "t:3": 0, "t:4": 3}
+    ends = {"t:0": 80, "t:1": 90, "t:2": 120, "t:3": 40, "t:4": 9}
+    records = {"t:2": "69:9:7"}  # another record sits where the query read offset 69
+    current, losses = find_losses(start, begins, ends, records)
+    assert current == {"t:0": 80, "t:1": 60, "t:2": 70, "t:3": 10, "t:4": 3}
+    by = {loss["partition"]: loss for loss in losses}
+    assert set(by) == {"t:0", "t:1", "t:2"}  # t:3 (a checkpoint without fingerprints) cannot be checked
+    assert (by["t:0"]["from"], by["t:0"]["to"]) == (80, 100) and "went back" in by["t:0"]["reason"]
+    assert (by["t:1"]["from"], by["t:1"]["to"]) == (50, 60) and "deleted" in by["t:1"]["reason"]
+    assert by["t:2"]["from"] is None and "re-used" in by["t:2"]["reason"]
+    # Nothing lost: the same record is still there.
+    assert find_losses({"t:0": [100, "99:5:1"]}, {"t:0": 0}, {"t:0": 150}, {"t:0": "99:5:1"})[1] == []
+
+
+def test_positions_read_old_and_new_checkpoints() -> None:
+    from lakehouse.positions import next_offset, position
+
+    assert position(12) == (12, None, None) and next_offset([30, "29:1:2"]) == 30
+    assert position([30, "29:1:2", 7]) == (30, "29:1:2", 7)

@@ -1,0 +1,28 @@
+"""The Kafka source's checkpointed positions, as Spark stores them in its offsets log.
+
+One JSON object per batch: {"topic:partition": position}. A position is
+`[next offset, fingerprint of the record before it, (read from)]`; checkpoints written before
+fingerprints hold a bare next offset. Shared by the source (streaming/kafka_source.py) and the
+readers of its checkpoint (status, replay), which must not need Spark to read it.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+
+def position(value: Any) -> tuple[int, str | None, int | None]:
+    """(next offset, fingerprint of the record before it, read-from override)."""
+    if isinstance(value, list):
+        return int(value[0]), value[1] if len(value) > 1 else None, value[2] if len(value) > 2 else None
+    return int(value), None, None
+
+
+def next_offset(value: Any) -> int:
+    return position(value)[0]
+
+
+def fingerprint(offset: int, timestamp_ms: int, value: bytes | None) -> str:
+    """Which record sits at an offset: its offset, time and a checksum of its value."""
+    return f"{offset}:{timestamp_ms}:{zlib.crc32(value or b'')}"
