@@ -10,6 +10,8 @@ for readiness with a deadline; every stop stops only what its PID file says this
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import shutil
 import signal
@@ -166,6 +168,22 @@ def stop_kafka(settings: Settings) -> str:
                             text=True, stdin=subprocess.DEVNULL)
     marker.unlink(missing_ok=True)
     return "Kafka: stopped" if result.returncode == 0 else f"Kafka: noida-db down said {result.stderr.strip()}"
+
+
+def kill_kafka(settings: Settings) -> str:
+    """SIGKILL the embedded broker, as a crash would (fault tests and `make chaos`); start_kafka restarts it."""
+    control = _kafka_dir(settings) / "noida.control.json"
+    if not control.exists():
+        raise StackError(f"no embedded Kafka to kill at {_kafka_dir(settings)}")
+    pid = int(json.loads(control.read_text())["pid"])
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.05)
+    return f"Kafka: killed (pid {pid})"
 
 
 # -- processes -----------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from typing import Any
@@ -114,11 +115,22 @@ def stream(settings: Settings, available_now: bool) -> None:
 @cli.command("load")
 @click.option("--every", type=float, default=None,
               help="Keep loading every this many seconds until Ctrl-C/SIGTERM (a loader service).")
+@click.option("--reconcile-every", type=float, default=None,
+              help="With --every: reconcile with MongoDB every this many seconds.")
+@click.option("--repair/--report-only", default=True, show_default=True,
+              help="What a periodic reconcile does with differences that persist.")
+@click.option("--settle", type=float, default=15.0, show_default=True,
+              help="A periodic reconcile looks again after this many seconds of loading; only what still "
+                   "differs counts (changes in flight are not differences).")
 @click.pass_obj
-def load_command(settings: Settings, every: float | None) -> None:
+def load_command(settings: Settings, every: float | None, reconcile_every: float | None, repair: bool,
+                 settle: float) -> None:
     """Load what is new in the lake into the DuckDB warehouse."""
+    import time
+
     from lakehouse.stopping import Interrupted, StopSignals
     from warehouse.loader import LakeMissing, WarehouseError, WarehouseLocked, load
+    from warehouse.reconcile import round_of
 
     def once() -> None:
         result = load(settings)
@@ -126,23 +138,38 @@ def load_command(settings: Settings, every: float | None) -> None:
             click.echo(f"loaded delta version {result.delta_version}: {result.rows_read} rows read, "
                        f"{result.new_changes} new changes, {result.orders} current orders")
 
+    def quietly() -> None:
+        with contextlib.suppress(LakeMissing, WarehouseLocked):
+            load(settings)
+
     try:
         if every is None:
             once()
             return
         click.echo(f"loading {settings.lake_path} into {settings.warehouse_path} every {every:g}s; Ctrl-C stops")
         waiting_said = False
+        reconciled_at = time.monotonic()
         with StopSignals() as signals:
             try:
                 while True:
                     try:
                         once()
+                        if reconcile_every is not None and time.monotonic() - reconciled_at >= reconcile_every:
+                            round_of(settings, repair, settle, quietly, signals.wait, say=click.echo)
+                            reconciled_at = time.monotonic()
                     except LakeMissing as exc:  # the streaming job will create it
                         if not waiting_said:
                             click.echo(f"waiting for the lake: {exc}")
                         waiting_said = True
                     except WarehouseLocked as exc:  # a reader holds it: a service waits, never exits
                         log.warning("%s; trying again", exc)
+                    except Interrupted:
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - a service logs a failed round and goes on
+                        from lakehouse.errors import explain
+
+                        log.error("load or reconcile failed, trying again in %gs: %s", every,
+                                  explain(settings, exc) or f"{type(exc).__name__}: {exc}")
                     signals.wait(every)
             except Interrupted:
                 click.echo("loader stopped")
@@ -151,16 +178,35 @@ def load_command(settings: Settings, every: float | None) -> None:
 
 
 @cli.command("reconcile")
+@click.option("--repair", "do_repair", is_flag=True,
+              help="Publish every difference as a repair event (MongoDB's state, or a delete) through Kafka.")
+@click.option("--settle", type=float, default=0.0, show_default=True,
+              help="Look again after this many seconds of loading; only what still differs counts.")
 @click.pass_obj
-def reconcile_command(settings: Settings) -> None:
-    """Compare the warehouse's current orders with MongoDB; exit 1 when they differ."""
-    from warehouse.reconcile import reconcile
+def reconcile_command(settings: Settings, do_repair: bool, settle: float) -> None:
+    """Compare the warehouse's current orders with MongoDB; exit 1 when they differ (with --repair: when a
+    difference could not be sent for repair)."""
+    from warehouse.loader import LakeMissing, WarehouseError, WarehouseLocked, load
+    from warehouse.reconcile import confirmed, reconcile, record, repair
 
-    result = reconcile(settings)
+    def quietly() -> None:
+        with contextlib.suppress(LakeMissing, WarehouseLocked):
+            load(settings)
+
+    try:
+        result = reconcile(settings)
+        if settle:
+            result = confirmed(settings, result, settle, quietly)
+    except WarehouseError as exc:
+        raise click.ClickException(str(exc)) from exc
     for line in result.examples():
         click.echo(line)
+    if do_repair:
+        repair(settings, result, say=click.echo)
+    if settings.state_dir.exists():
+        record(settings, result, settle or None)
     click.echo(result.line())
-    sys.exit(0 if result.ok else 1)
+    sys.exit(0 if result.ok or (do_repair and result.repaired) else 1)
 
 
 @cli.command("replay")

@@ -144,6 +144,11 @@ class Settings:
         return self.state_dir / "spark" / "data_loss.jsonl"
 
     @property
+    def reconcile_state(self) -> Path:
+        """The last reconcile's outcome (warehouse/reconcile.py writes, status and metrics read)."""
+        return self.state_dir / "reconcile" / "last.json"
+
+    @property
     def aggregates_checkpoint(self) -> Path:
         return self.state_dir / "spark" / "aggregates"
 

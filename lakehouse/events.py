@@ -177,5 +177,26 @@ def snapshot_end(db: str, collection: str, cluster_time: tuple[int, int]) -> dic
     }
 
 
+def repair_tombstone(db: str, collection: str, doc_id: str, document_key: str | None, order_id: str | None,
+                     cluster_time: tuple[int, int]) -> dict[str, Any]:
+    """A delete published by `reconcile --repair` for a document the warehouse has and MongoDB no longer
+    has, as of `cluster_time` (a later re-insert has a later cluster time and wins)."""
+    return {
+        **{name: None for name in ENVELOPE_FIELD_NAMES},
+        "schema_version": SCHEMA_VERSION,
+        "change_id": _sha("repair-delete", f"{db}.{collection}", f"{cluster_time[0]}.{cluster_time[1]}", doc_id),
+        "op": "delete",
+        "db": db,
+        "collection": collection,
+        "doc_id": doc_id,
+        "document_key": document_key,
+        "order_id": order_id or doc_id,
+        "cluster_time_s": cluster_time[0],
+        "cluster_time_inc": cluster_time[1],
+        "txn_op_index": -1,
+        "captured_at_ms": int(time.time() * 1000),
+    }
+
+
 def encode(envelope: Mapping[str, Any]) -> bytes:
     return json.dumps(envelope, separators=(",", ":"), ensure_ascii=False).encode()

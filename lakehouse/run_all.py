@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from infra import servers
@@ -40,18 +40,42 @@ def say(message: str) -> None:
     print(message, flush=True)
 
 
+MAX_RESTARTS = 5  # a child that dies this many times in a row, each within RESTART_WINDOW_S of its start
+RESTART_WINDOW_S = 60.0
+
+
 @dataclass
 class Child:
     name: str
     process: subprocess.Popen[bytes]
     log: Path
     pid_file: Path
+    settings: Settings | None = None
+    args: tuple[str, ...] = ()
+    started: float = field(default_factory=time.monotonic)
+    restarts: int = 0
+    quick_deaths: int = 0
 
     def check(self) -> None:
+        """Restart the child if it died, with its cause in its log and on run-all's output; give up (raise)
+        when it keeps dying within a minute of each start."""
         code = self.process.poll()
-        if code is not None:
-            tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-25:])
-            raise RuntimeError(f"the {self.name} process exited with code {code}; its log {self.log} ends:\n{tail}")
+        if code is None:
+            return
+        tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-25:])
+        quick = time.monotonic() - self.started < RESTART_WINDOW_S
+        self.quick_deaths = self.quick_deaths + 1 if quick else 1
+        if self.settings is None or self.quick_deaths > MAX_RESTARTS:
+            raise RuntimeError(f"the {self.name} process exited with code {code}"
+                               f"{f' {self.quick_deaths} times in a row' if self.quick_deaths > 1 else ''}; "
+                               f"its log {self.log} ends:\n{tail}")
+        cause = next((line for line in reversed(tail.splitlines()) if line.strip()), "no output")
+        delay = min(2.0 ** (self.quick_deaths - 1), 30.0)
+        say(f"{self.name} exited with code {code} ({cause.strip()[:200]}); restarting it in {delay:.0f}s "
+            f"(log {self.log})")
+        time.sleep(delay)
+        fresh = spawn(self.settings, self.name, *self.args)
+        self.process, self.started, self.restarts = fresh.process, fresh.started, self.restarts + 1
 
     def kill(self) -> None:
         """SIGKILL the child's whole process group (the streaming job's JVM included)."""
@@ -92,7 +116,7 @@ def spawn(settings: Settings, name: str, *args: str) -> Child:
     pid_file = run / f"{name}.pid"
     pid_file.write_text(str(process.pid))
     say(f"started {name} (pid {process.pid}, log {log})")
-    return Child(name, process, log, pid_file)
+    return Child(name, process, log, pid_file, settings, args)
 
 
 def wait_until_reconciled(settings: Settings, children: list[Child], timeout: float,
@@ -150,7 +174,9 @@ def follow(settings: Settings, generator: OrderGenerator, children: list[Child],
         with contextlib.suppress(LakeMissing):
             load(settings)
         signals.check()
-        say(f"{one_line(collect(settings))} | generated {generator.stats.total:,}")
+        restarts = ", ".join(f"{c.name} restarted {c.restarts}x" for c in children if c.restarts)
+        say(f"{one_line(collect(settings))} | generated {generator.stats.total:,}"
+            + (f" | {restarts}" if restarts else ""))
 
 
 def run_all(settings: Settings, events: int, rate: float | None, timeout: float, stop_servers: bool,
@@ -166,7 +192,7 @@ def run_all(settings: Settings, events: int, rate: float | None, timeout: float,
                 for line in servers.start(settings):
                     say(line)
                 signals.check()
-                children.append(spawn(settings, "producer", "produce", "--snapshot", "initial"))
+                children.append(spawn(settings, "producer", "produce", "--snapshot", "when_needed"))
                 children.append(spawn(settings, "streaming", "stream"))
                 client = connect_mongo(settings, "lakehouse-generator")
                 try:

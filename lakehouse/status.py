@@ -9,6 +9,7 @@ failing the whole report.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -60,7 +61,28 @@ def kafka_status(settings: Settings) -> dict[str, Any]:
          "lag": end - committed.get(f"{topic}:{partition}", 0)}
         for (topic, partition), end in sorted(ends.items())
     ]
-    return {"state": "ok", "partitions": partitions, "total_lag": sum(p["lag"] for p in partitions)}
+    return {"state": "ok", "partitions": partitions, "total_lag": sum(p["lag"] for p in partitions),
+            "data_loss": data_losses(settings)}
+
+
+def data_losses(settings: Settings) -> list[dict[str, Any]]:
+    """Kafka records the streaming source found lost (each loss once, however often it was noticed)."""
+    path = settings.data_loss_log
+    if not path.exists():
+        return []
+    seen: dict[tuple, dict[str, Any]] = {}
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(ValueError):
+            entry = json.loads(line)
+            seen.setdefault((entry["topic"], entry["partition"], entry["from"], entry["to"]), entry)
+    return list(seen.values())
+
+
+def reconcile_status(settings: Settings) -> dict[str, Any]:
+    path = settings.reconcile_state
+    if not path.exists():
+        return {"state": "no reconcile recorded yet (`lakehouse reconcile`, or the loader's --reconcile-every)"}
+    return {"state": "ok", **json.loads(path.read_text())}
 
 
 def batch_metrics(settings: Settings) -> list[dict[str, Any]]:
@@ -146,7 +168,8 @@ def mongo_status(settings: Settings) -> dict[str, Any]:
 def collect(settings: Settings) -> dict[str, Any]:
     report: dict[str, Any] = {"at": _iso(datetime.now(UTC).timestamp())}
     for name, reader in (("mongodb", mongo_status), ("producer", producer_status), ("kafka", kafka_status),
-                         ("spark", spark_status), ("warehouse", warehouse_status)):
+                         ("spark", spark_status), ("warehouse", warehouse_status),
+                         ("reconcile", reconcile_status)):
         try:
             report[name] = reader(settings)
         except Exception as exc:  # noqa: BLE001 - one stage down must not hide the others
@@ -179,6 +202,13 @@ def render(report: dict[str, Any]) -> list[str]:
         lines.append(f"  kafka      lag {k['total_lag']} messages (end offset - lake query's committed offset)")
         lines += [f"             {q['topic']}[{q['partition']}] end {q['end_offset']} committed "
                   f"{q['committed_offset']} lag {q['lag']}" for q in k["partitions"]]
+        if k.get("data_loss"):
+            lost = sum(d["to"] - d["from"] for d in k["data_loss"])
+            newest = k["data_loss"][-1]
+            lines.append(f"             DATA LOSS: {len(k['data_loss'])} time(s), {lost} records the streaming job had "
+                         f"read or planned are gone from Kafka (last {newest['at']} {newest['topic']}"
+                         f"[{newest['partition']}] {newest['from']}..{newest['to'] - 1}); run `lakehouse reconcile "
+                         "--repair`")
     lines.append(f"  spark      {s['state']}" if s["state"] != "ok" else
                  f"  spark      {s['batches']} batches, {s['input_rows']} rows in, {s['silver_rows']} to silver, "
                  f"{s['quarantined']} quarantined, {s['late']} late, watermark {s['watermark']}, "
@@ -187,6 +217,10 @@ def render(report: dict[str, Any]) -> list[str]:
                  f"  warehouse  silver v{w['loaded_version']} loaded (lake at v{w['silver_version']}, "
                  f"{w['versions_behind']} behind), {w['fact_order_changes']} changes, {w['orders']} orders, "
                  f"newest change {w['newest_change']}")
+    r = report.get("reconcile", {"state": "unknown"})
+    lines.append(f"  reconcile  {r['state']}" if r["state"] != "ok" else
+                 f"  reconcile  {r['at']} {r['collection']}: source={r['source']} warehouse={r['warehouse']} "
+                 f"missing={r['missing']} extra={r['extra']} mismatched={r['mismatched']} repaired={r['repaired']}")
     fresh = report["freshness_seconds"]
     lines.append(f"  end to end {'unknown' if fresh is None else f'{fresh} s'} between the newest change in "
                  "MongoDB and in the warehouse")
@@ -242,6 +276,11 @@ def prometheus(report: dict[str, Any]) -> str:
     gauge("warehouse_versions_behind", "Silver versions not yet loaded", [({}, w.get("versions_behind"))])
     gauge("warehouse_orders", "Current orders in the warehouse", [({}, w.get("orders"))])
     gauge("warehouse_changes", "Rows of fact_order_changes", [({}, w.get("fact_order_changes"))])
+    gauge("kafka_data_loss_records", "Kafka records the streaming job had read or planned that the broker lost",
+          [({}, sum(d["to"] - d["from"] for d in k.get("data_loss", [])) if k.get("state") == "ok" else None)])
+    r = report.get("reconcile", {})
+    for key in ("missing", "extra", "mismatched", "repaired"):
+        gauge(f"reconcile_{key}", f"Documents {key} at the last reconcile", [({}, r.get(key))])
     gauge("freshness_seconds", "Newest change in MongoDB minus newest in the warehouse",
           [({}, report.get("freshness_seconds"))])
     return "\n".join(out) + "\n"

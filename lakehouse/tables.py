@@ -34,15 +34,55 @@ SILVER_COLUMNS: tuple[tuple[str, str], ...] = tuple(
 )
 
 
-def silver_arrow_schema() -> object:
-    """Silver as Arrow types (what the streaming job writes), for tests and benches that fake a lake."""
+# The other lake tables' columns (Spark SQL types), in the order they are written.
+_KAFKA_TYPES = (("kafka_topic", "STRING"), ("kafka_partition", "INT"), ("kafka_offset", "BIGINT"),
+                ("kafka_timestamp", "TIMESTAMP"))
+_WRITTEN = (("batch_id", "BIGINT"), ("ingested_at", "TIMESTAMP"))
+BRONZE_COLUMNS: tuple[tuple[str, str], ...] = (*_KAFKA_TYPES, ("kafka_key", "STRING"), ("raw_value", "STRING"),
+                                               *_WRITTEN)
+QUARANTINE_COLUMNS: tuple[tuple[str, str], ...] = (*_KAFKA_TYPES, ("kafka_key", "STRING"), ("raw_value", "STRING"),
+                                                   ("quarantine_reason", "STRING"), *_WRITTEN)
+LATE_EVENTS_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("change_id", "STRING"), ("op", "STRING"), ("doc_id", "STRING"), ("event_time", "TIMESTAMP"), *_KAFKA_TYPES,
+    *_WRITTEN, ("watermark", "TIMESTAMP"))
+AGGREGATES_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("window_start", "TIMESTAMP"), ("window_end", "TIMESTAMP"), ("status", "STRING"), ("order_count", "BIGINT"),
+    ("revenue", "DECIMAL(28, 2)"), ("average_amount", "DECIMAL(18, 2)"), ("high_value_changes", "BIGINT"),
+    ("granularity", "STRING"), ("computed_at", "TIMESTAMP"))
+
+_ARROW = {
+    "string": "string", "long": "int64", "int": "int32",  # the envelope's vocabulary (lakehouse/events.py)
+    "STRING": "string", "INT": "int32", "BIGINT": "int64", "BOOLEAN": "bool_", "DATE": "date32",
+}
+
+
+def arrow_schema(columns: tuple[tuple[str, str], ...]) -> object:
+    """Columns with Spark SQL (or envelope) types as an Arrow schema: what the streaming job writes."""
     import pyarrow as pa
 
+    def arrow(kind: str) -> object:
+        if kind == "TIMESTAMP":
+            return pa.timestamp("us", tz="UTC")
+        if kind.startswith("DECIMAL("):
+            precision, scale = (int(n) for n in kind[8:-1].split(","))
+            return pa.decimal128(precision, scale)
+        return getattr(pa, _ARROW[kind])()
+
+    return pa.schema([(name, arrow(kind)) for name, kind in columns])
+
+
+def silver_arrow_schema() -> object:
+    """Silver as Arrow types (what the streaming job writes)."""
     from lakehouse.events import ENVELOPE_FIELDS
 
-    arrow = {
-        "string": pa.string(), "long": pa.int64(), "int": pa.int32(),  # the envelope's vocabulary
-        "STRING": pa.string(), "INT": pa.int32(), "BIGINT": pa.int64(), "BOOLEAN": pa.bool_(), "DATE": pa.date32(),
-        "TIMESTAMP": pa.timestamp("us", tz="UTC"), "DECIMAL(18, 2)": pa.decimal128(18, 2),  # Spark SQL's
+    return arrow_schema((*ENVELOPE_FIELDS, *SILVER_COLUMNS))
+
+
+def lake_schemas() -> dict[str, object]:
+    """Every Delta table of the lake and its Arrow schema; the streaming job creates them all, empty, at its
+    first start, so another engine can read each from the beginning."""
+    return {
+        BRONZE: arrow_schema(BRONZE_COLUMNS), SILVER: silver_arrow_schema(),
+        QUARANTINE: arrow_schema(QUARANTINE_COLUMNS), LATE_EVENTS: arrow_schema(LATE_EVENTS_COLUMNS),
+        AGGREGATES: arrow_schema(AGGREGATES_COLUMNS),
     }
-    return pa.schema([(name, arrow[kind]) for name, kind in (*ENVELOPE_FIELDS, *SILVER_COLUMNS)])

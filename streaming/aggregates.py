@@ -16,7 +16,7 @@ from pyspark.sql import functions as F
 
 from lakehouse import tables
 from lakehouse.config import Settings
-from streaming.delta_sink import append_once, writer_app_id
+from streaming.delta_sink import append_once, conform, writer_app_id
 
 # Changes that carry an order's state; deletes and snapshot_end markers carry no amount.
 ORDER_STATES = ("insert", "update", "replace", "snapshot")
@@ -27,6 +27,7 @@ class AggregateWriter:
         self.table = settings.table_path(tables.AGGREGATES)
         self.granularity = granularity
         self.app_id = writer_app_id(settings.aggregates_checkpoint / granularity)
+        self.schema = tables.lake_schemas()[tables.AGGREGATES]
 
     def __call__(self, batch_df: Any, batch_id: int) -> None:
         rows = batch_df.toArrow()  # materialise always (see BatchWriter)
@@ -35,14 +36,18 @@ class AggregateWriter:
         now = pa.scalar(int(time.time() * 1_000_000), pa.timestamp("us", tz="UTC"))
         rows = rows.append_column("granularity", pa.array([self.granularity] * rows.num_rows))
         rows = rows.append_column("computed_at", pa.array([now] * rows.num_rows))
-        append_once(self.table, rows, self.app_id, batch_id)
+        append_once(self.table, conform(rows, self.schema), self.app_id, batch_id)
 
 
 def start_aggregates(spark: SparkSession, settings: Settings, envelope_ddl: str, available_now: bool) -> list[Any]:
     settings.parquet_silver_path.mkdir(parents=True, exist_ok=True)
-    silver_ddl = ", ".join(f"{name} {kind}" for name, kind in tables.SILVER_COLUMNS)
+    # event_date is the Parquet copy's partition column: Spark puts partition columns last, and whether it
+    # finds the partitions at all depends on what the folder holds when the query starts. Declared last,
+    # it lands in the same place either way, so every other column is read by its own name (declared in
+    # the middle on an empty folder, the columns after it were read shifted by one).
+    silver_ddl = ", ".join(f"{name} {kind}" for name, kind in tables.SILVER_COLUMNS if name != "event_date")
     silver = (
-        spark.readStream.schema(f"{envelope_ddl}, {silver_ddl}")
+        spark.readStream.schema(f"{envelope_ddl}, {silver_ddl}, event_date DATE")
         .option("basePath", str(settings.parquet_silver_path))
         .option("maxFilesPerTrigger", "200")
         .parquet(str(settings.parquet_silver_path))

@@ -27,6 +27,20 @@ def writer_app_id(checkpoint: Path) -> str:
     return "lakehouse-" + hashlib.sha256(str(checkpoint).encode()).hexdigest()[:12]
 
 
+def ensure_table(table: Path, schema: pa.Schema) -> bool:
+    """Create `table` empty with `schema` unless it exists (True when created)."""
+    if DeltaTable.is_deltatable(str(table)):
+        return False
+    table.parent.mkdir(parents=True, exist_ok=True)
+    DeltaTable.create(str(table), schema=schema, mode="ignore")
+    return True
+
+
+def conform(data: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`data` with exactly the table's columns, in its order and types."""
+    return data.select(schema.names).cast(schema)
+
+
 def committed_version(table: Path, app_id: str) -> int | None:
     if not DeltaTable.is_deltatable(str(table)):
         return None

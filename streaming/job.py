@@ -11,8 +11,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -27,7 +30,7 @@ from lakehouse.events import ENVELOPE_FIELD_NAMES, ENVELOPE_FIELDS, OPERATIONS, 
 from lakehouse.kafka_io import require_broker
 from lakehouse.stopping import StopSignals
 from streaming.aggregates import start_aggregates
-from streaming.delta_sink import append_once, write_parquet_once, writer_app_id
+from streaming.delta_sink import append_once, conform, ensure_table, write_parquet_once, writer_app_id
 from streaming.kafka_source import KafkaPyDataSource
 from streaming.udfs import money_columns
 from streaming.watermark import WatermarkTracker
@@ -45,6 +48,7 @@ def build_session(settings: Settings) -> SparkSession:
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     if settings.spark_master.startswith("local"):
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    _jvm_ignores_sigterm()
     spark = (
         SparkSession.builder.master(settings.spark_master)
         .appName("lakehouse-streaming")
@@ -58,6 +62,33 @@ def build_session(settings: Settings) -> SparkSession:
     spark.sparkContext.setLogLevel("WARN")
     spark.dataSource.register(KafkaPyDataSource)
     return spark
+
+
+def _jvm_ignores_sigterm() -> None:
+    """Start Spark's JVM with SIGTERM ignored, so that a SIGTERM to the job's process group (a service
+    manager, run-all, Ctrl-C's cousin) reaches only this driver, which finishes the batch in hand and
+    stops Spark itself; otherwise the JVM's shutdown hook stops the SparkContext under the running batch.
+    An ignored signal stays ignored across exec; the JVM still exits when this driver goes (its stdin
+    closes) or on SIGKILL."""
+    from pyspark import java_gateway
+
+    if getattr(java_gateway.Popen, "lakehouse_wrapped", False):
+        return
+    popen = java_gateway.Popen
+
+    def launch(*args: Any, **kwargs: Any) -> Any:
+        inner = kwargs.get("preexec_fn")
+
+        def preexec() -> None:
+            if inner is not None:
+                inner()
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+        kwargs["preexec_fn"] = preexec
+        return popen(*args, **kwargs)
+
+    launch.lakehouse_wrapped = True  # type: ignore[attr-defined]
+    java_gateway.Popen = launch  # type: ignore[assignment]
 
 
 def read_kafka(spark: SparkSession, settings: Settings, starting_offsets: str = "earliest") -> DataFrame:
@@ -157,12 +188,12 @@ class BatchWriter:
         batch = batch.append_column("batch_id", pa.array([batch_id] * batch.num_rows, pa.int64()))
         batch = batch.append_column("ingested_at", pa.array([now] * batch.num_rows))
         bad = pc.is_valid(batch["quarantine_reason"])
-        bronze = batch.select([*tables.KAFKA_COLUMNS, "kafka_key", "raw_value", "batch_id", "ingested_at"])
-        quarantine = batch.filter(bad).select(
-            [*tables.KAFKA_COLUMNS, "kafka_key", "raw_value", "quarantine_reason", "batch_id", "ingested_at"]
-        )
-        silver = self._silver(batch.filter(pc.invert(bad)))
+        schemas = tables.lake_schemas()
+        bronze = conform(batch, schemas[tables.BRONZE])
+        quarantine = conform(batch.filter(bad), schemas[tables.QUARANTINE])
+        silver = conform(self._silver(batch.filter(pc.invert(bad))), schemas[tables.SILVER])
         watermark, late = self._late(silver, batch_id)
+        late = conform(late, schemas[tables.LATE_EVENTS])
 
         outputs = ((tables.BRONZE, bronze), (tables.SILVER, silver), (tables.QUARANTINE, quarantine),
                    (tables.LATE_EVENTS, late))
@@ -196,9 +227,7 @@ class BatchWriter:
         watermark = self.watermark.for_batch(batch_id)
         micros = pc.cast(silver["event_time"], pa.int64())
         self.watermark.advance(batch_id, watermark, pc.max(micros).as_py())
-        if watermark is None:
-            return None, silver.slice(0, 0).select(["change_id"])
-        late = silver.filter(pc.less(micros, watermark))
+        late = silver.filter(pc.less(micros, watermark)) if watermark is not None else silver.slice(0, 0)
         return watermark, late.select(["change_id", "op", "doc_id", "event_time", *tables.KAFKA_COLUMNS,
                                        "batch_id", "ingested_at"]).append_column(
             "watermark", pa.array([watermark] * late.num_rows, pa.timestamp("us", tz="UTC")))
@@ -263,30 +292,98 @@ def start(spark: SparkSession, settings: Settings, available_now: bool = False, 
     return writer.start()
 
 
-def run(settings: Settings, available_now: bool = False) -> None:
+MAX_FAILURES = 5  # failures in a row without a committed batch before the job gives up
+
+
+class QueryFailed(RuntimeError):
+    pass
+
+
+def ensure_lake_tables(settings: Settings) -> None:
+    """Every Delta table of the lake, empty with its schema, from the job's first start."""
+    for name, schema in tables.lake_schemas().items():
+        if ensure_table(settings.table_path(name), schema):
+            log.info("created the empty Delta table %s", settings.table_path(name))
+
+
+def query_checkpoints(settings: Settings) -> list[Path]:
+    return [settings.spark_checkpoint, *(settings.aggregates_checkpoint / g for g in tables.WINDOWS)]
+
+
+def repair_checkpoints(settings: Settings) -> None:
+    """A query killed before it planned its first batch leaves a checkpoint Spark will not start from
+    (the file source's log and the state folder are written before the offsets log; Spark then says
+    STATE_STORE_CHECKPOINT_LOCATION_NOT_EMPTY). Such a checkpoint holds nothing that was committed
+    anywhere, so it is started afresh."""
+    for checkpoint in query_checkpoints(settings):
+        planned = list((checkpoint / "offsets").glob("[0-9]*")) if checkpoint.exists() else []
+        if checkpoint.exists() and not planned:
+            log.warning("checkpoint %s has no planned batch (stopped before its first): starting it afresh",
+                        checkpoint)
+            shutil.rmtree(checkpoint)
+
+
+def committed_batches(settings: Settings) -> int:
+    return sum(len(list((c / "commits").glob("[0-9]*"))) for c in query_checkpoints(settings) if c.exists())
+
+
+def run(settings: Settings, available_now: bool = False, max_failures: int = MAX_FAILURES) -> None:
     """Run the lake query and the aggregates until stopped (SIGTERM/SIGINT), or with available_now
-    until Kafka is drained (the lake first, then the aggregates over what it wrote)."""
+    until Kafka is drained (the lake first, then the aggregates over what it wrote). A failed query is
+    restarted with exponential backoff, its cause logged each time; after `max_failures` failures in a
+    row without a committed batch the job raises with the last cause. A stop request lets the batch in
+    hand finish."""
     require_broker(settings)  # a clear error now, rather than Spark's traceback a minute later
+    ensure_lake_tables(settings)
     spark = build_session(settings)
     log.info("streaming %s -> %s (checkpoints in %s)", ",".join(settings.topics), settings.lake_path,
              settings.spark_checkpoint.parent)
-    queries: list[Any] = []
+    failures = 0
     with StopSignals() as signals:
         try:
-            queries.append(start(spark, settings, available_now))
-            if available_now:
-                _await(queries, signals)
-            queries += start_aggregates(spark, settings, ENVELOPE_DDL, available_now)
-            _await(queries, signals)
+            while not signals.requested.is_set():
+                repair_checkpoints(settings)
+                committed = committed_batches(settings)
+                queries: list[Any] = []
+                try:
+                    queries.append(start(spark, settings, available_now))
+                    if available_now:
+                        _await(queries, signals)
+                        if signals.requested.is_set():
+                            return
+                    queries += start_aggregates(spark, settings, ENVELOPE_DDL, available_now)
+                    _await(queries, signals)
+                    return
+                except QueryFailed as exc:
+                    failures = 1 if committed_batches(settings) > committed else failures + 1
+                    if failures >= max_failures or spark.sparkContext._jsc is None:
+                        raise RuntimeError(f"the streaming job gave up after {failures} failures in a row without "
+                                           f"a committed batch; the last: {exc}") from exc
+                    delay = min(2.0 ** failures, 60.0)
+                    log.error("%s; restarting the queries in %.0fs (failure %d of %d in a row without a committed "
+                              "batch)", exc, delay, failures, max_failures)
+                finally:
+                    _stop(queries, signals)
+                signals.requested.wait(delay)
         finally:
-            for query in queries:
-                if query.isActive:
-                    query.stop()
             spark.stop()
 
 
+def _stop(queries: list[Any], signals: StopSignals, grace: float = 60.0) -> None:
+    """Stop the queries, each after the batch it has in hand (at most `grace` seconds)."""
+    deadline = time.monotonic() + grace
+    for query in queries:
+        try:
+            while query.isActive and query.status.get("isTriggerActive") and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if query.isActive:
+                query.stop()
+        except Exception as exc:  # noqa: BLE001 - a query that cannot be stopped is already gone
+            log.warning("stopping %s: %s", query.name, exc)
+
+
 def _await(queries: list[Any], signals: StopSignals) -> None:
-    """Until every query has finished (or a stop was asked); a failed query fails the job."""
+    """Until every query has finished (or a stop was asked); a failed query raises QueryFailed."""
     while any(q.isActive for q in queries) and not signals.requested.is_set():
         _raise_if_failed(queries)
         signals.requested.wait(0.5)
@@ -296,4 +393,5 @@ def _await(queries: list[Any], signals: StopSignals) -> None:
 def _raise_if_failed(queries: list[Any]) -> None:
     for query in queries:
         if query.exception():
-            raise RuntimeError(f"streaming query {query.name} failed: {query.exception()}")
+            cause = str(query.exception()).strip().splitlines()
+            raise QueryFailed(f"streaming query {query.name} failed: {cause[0] if cause else query.exception()}")

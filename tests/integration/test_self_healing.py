@@ -1,0 +1,180 @@
+"""The pipeline converges on its own: a broker that loses acknowledged records, a reader holding the
+warehouse, a warehouse that drifted from MongoDB."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+import pytest
+from click.testing import CliRunner
+from deltalake import DeltaTable
+from kafka import KafkaAdminClient, KafkaProducer
+from kafka.admin import NewTopic
+
+from infra import servers
+from lakehouse import tables
+from lakehouse.cli import cli
+from lakehouse.config import Settings
+from lakehouse.kafka_io import end_offsets, ensure_topics
+from lakehouse.mongo import connect as connect_mongo
+from producer.checkpoint import FileCheckpointStore, shortfall
+from producer.generator import OrderGenerator
+from tests.conftest import _free_port, wait_for
+from tests.helpers import drain, mongo_state, read_topic, replay, start_cli, stream_lake
+from warehouse.loader import load
+from warehouse.reconcile import reconcile
+
+
+def bronze(settings: Settings) -> list[dict]:
+    path = str(settings.table_path(tables.BRONZE))
+    return DeltaTable(path).to_pyarrow_table().to_pylist() if DeltaTable.is_deltatable(path) else []
+
+
+@pytest.fixture
+def own_broker(stack: Settings, tmp_path: Path) -> Iterator[Settings]:
+    """A Kafka broker of this test's own, to kill -9."""
+    settings = stack.replace(kafka_bootstrap_servers=f"127.0.0.1:{_free_port()}", stack_dir=tmp_path / "own")
+    print(servers.start_kafka(settings))
+    yield settings
+    print(servers.stop_kafka(settings))
+
+
+def test_producer_finds_records_the_broker_lost_and_publishes_them_again(own_broker: Settings,
+                                                                         settings: Settings) -> None:
+    settings = settings.replace(kafka_bootstrap_servers=own_broker.kafka_bootstrap_servers,
+                                stack_dir=own_broker.stack_dir)
+    generator = OrderGenerator(connect_mongo(settings)[settings.mongo_db]["orders"], seed=41)
+    for attempt in range(3):
+        generator.run(400)
+        drain(settings, snapshot="when_needed")
+        acked = FileCheckpointStore(settings.producer_checkpoint).load().acked_offsets
+        # A crash right after the acknowledgements: this broker persists asynchronously and loses them.
+        servers.kill_kafka(settings)
+        servers.start_kafka(settings)
+        held = {f"{t}:{p}": o for (t, p), o in end_offsets(settings, settings.topics).items()}
+        if shortfall(acked, held):
+            break
+        print(f"attempt {attempt + 1}: the broker kept everything it acknowledged; trying again")
+    else:
+        pytest.skip("the broker never lost acknowledged records here")
+
+    listener = drain(settings, snapshot="when_needed")
+    assert listener.stats.kafka_losses >= 1
+    assert replay(read_topic(settings, settings.topic_for("orders"))) == mongo_state(settings)
+    # The producer's new acknowledgements are what the broker holds now.
+    acked = FileCheckpointStore(settings.producer_checkpoint).load().acked_offsets
+    held = {f"{t}:{p}": o for (t, p), o in end_offsets(settings, settings.topics).items()}
+    assert not shortfall(acked, held)
+
+
+def recreate_topic(settings: Settings, records: int) -> None:
+    """The topic deleted and created again, then `records` new changes of a fresh producer run."""
+    topic = settings.topic_for("orders")
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    try:
+        admin.delete_topics([topic])
+        wait_for(lambda: topic not in admin.list_topics(), 30, "the topic to be deleted")
+        admin.create_topics([NewTopic(topic, settings.kafka_partitions, 1)])
+    finally:
+        admin.close()
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
+    template = {"schema_version": 1, "op": "insert", "db": settings.mongo_db, "collection": "orders",
+                "txn_op_index": 0, "cluster_time_inc": 0, "full_document": json.dumps({"status": "created"})}
+    for n in range(records):
+        event = {**template, "change_id": f"new-{n}", "doc_id": f"new-{n}", "cluster_time_s": int(time.time())}
+        producer.send(topic, key=f"new-{n}".encode(), value=json.dumps(event).encode())
+    producer.flush()
+    producer.close()
+
+
+@pytest.mark.parametrize("after", [60, 900])
+def test_streaming_source_records_lost_data_and_reads_what_the_broker_holds(spark: object, settings: Settings,
+                                                                            after: int) -> None:
+    """After the topic is re-created the broker holds fewer records (60) or, at re-used offsets, more
+    (900) than the query had read: the loss is recorded and every new record reaches the lake."""
+    ensure_topics(settings, settings.topics)
+    OrderGenerator(connect_mongo(settings)[settings.mongo_db]["orders"], seed=42).run(300)
+    drain(settings)
+    stream_lake(spark, settings)
+    before = len(bronze(settings))
+    recreate_topic(settings, after)
+    stream_lake(spark, settings)
+
+    new = [r for r in bronze(settings)[before:]]
+    assert sorted(json.loads(r["raw_value"])["change_id"] for r in new if "new-" in r["raw_value"]) == sorted(
+        f"new-{n}" for n in range(after)), "a record the broker wrote at a re-used offset was skipped"
+    losses = [json.loads(line) for line in settings.data_loss_log.read_text().splitlines()]
+    assert losses and all(loss["topic"] == settings.topic_for("orders") for loss in losses)
+    report = CliRunner().invoke(cli, ["status"], env=settings.to_env())
+    assert "DATA LOSS" in report.output, report.output
+
+    # failOnDataLoss=true stops the query instead, naming the partition.
+    from streaming.job import start
+
+    recreate_topic(settings, 10)
+    query = start(spark, settings.replace(kafka_fail_on_data_loss=True), available_now=True)  # type: ignore[arg-type]
+    query.awaitTermination(300)
+    assert query.exception() is not None and "no longer holds records" in str(query.exception())
+
+
+def test_loader_service_waits_while_a_reader_holds_the_warehouse(spark: object, settings: Settings,
+                                                                 tmp_path: Path) -> None:
+    orders = connect_mongo(settings)[settings.mongo_db]["orders"]
+    OrderGenerator(orders, seed=43).run(100)
+    drain(settings)
+    stream_lake(spark, settings)
+    load(settings)
+    log = tmp_path / "loader.log"
+    loader = start_cli(settings, log, "load", "--every", "0.5")
+    reader = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; "
+                               "con = duckdb.connect(sys.argv[1], read_only=True); print('holding', flush=True); "
+                               "time.sleep(10)", str(settings.warehouse_path)], stdout=subprocess.PIPE)
+    try:
+        assert reader.stdout is not None and reader.stdout.readline().strip() == b"holding"
+        OrderGenerator(orders, seed=44).run(100)  # new changes arrive while the reader holds the file
+        drain(settings)
+        stream_lake(spark, settings)
+        wait_for(lambda: "held by another process" in log.read_text(), 30, "the loader to find the file held")
+        assert reader.wait(30) == 0
+        wait_for(lambda: reconcile(settings).ok, 120, "the loader to load after the reader let go")
+        assert loader.poll() is None, log.read_text()
+    finally:
+        loader.terminate()
+        loader.wait(30)
+    assert loader.returncode == 0, log.read_text()
+    assert "loader stopped" in log.read_text()
+
+
+def test_reconcile_repair_turns_differences_into_events_and_the_warehouse_converges(spark: object,
+                                                                                    settings: Settings) -> None:
+    db = connect_mongo(settings)[settings.mongo_db]
+    OrderGenerator(db["orders"], seed=45).run(200)
+    drain(settings)
+    stream_lake(spark, settings)
+    load(settings)
+    assert reconcile(settings).ok
+    # The warehouse drifts: a row lost, a row MongoDB never had, a row with other content.
+    con = duckdb.connect(str(settings.warehouse_path))
+    victim, changed = [r[0] for r in con.execute("SELECT doc_id FROM orders ORDER BY doc_id LIMIT 2").fetchall()]
+    con.execute("DELETE FROM orders WHERE doc_id = ?", [victim])
+    con.execute("UPDATE orders SET document = replace(document, '\"status\"', '\"was_status\"') WHERE doc_id = ?",
+                [changed])
+    con.execute("INSERT INTO orders SELECT 'ghost' AS doc_id, * EXCLUDE (doc_id) FROM orders WHERE doc_id = ?",
+                [changed])
+    con.execute("UPDATE orders SET document = '{\"_id\": \"ghost\"}' WHERE doc_id = 'ghost'")
+    con.close()
+
+    result = CliRunner().invoke(cli, ["reconcile", "--repair"], env=settings.to_env())
+    assert "missing=1 extra=1 mismatched=1" in result.output, result.output
+    assert "published 3 repair events" in result.output and result.exit_code == 0, result.output
+    stream_lake(spark, settings)
+    load(settings)
+    assert reconcile(settings).ok, reconcile(settings).line()
+    status = json.loads(CliRunner().invoke(cli, ["status", "--json"], env=settings.to_env()).output)
+    assert status["reconcile"]["repaired"] == 3
