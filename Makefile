@@ -6,7 +6,7 @@ PY := .venv/bin/python
 RUN_ALL_FLAGS := $(if $(EVENTS),--events $(EVENTS)) $(if $(RATE),--rate $(RATE)) $(if $(filter 1 true yes,$(STOP)),--stop) \
                  $(if $(filter 1 true yes,$(FOLLOW)),--follow)
 
-.PHONY: setup servers run-all stop status notebooks test test-unit lint clean-data
+.PHONY: setup servers run-all stop status notebooks test test-unit lint clean-data chaos
 
 setup:
 	@bash infra/setup.sh
@@ -33,6 +33,11 @@ test: setup
 
 test-unit: setup
 	@$(PY) -m pytest -m unit $(PYTEST_ARGS)
+
+# Several minutes of kills and server restarts against the whole pipeline, then reconcile 0/0/0
+# (own servers on free ports; not part of `make test`). CHAOS_ARGS="--minutes 8 --seed 7".
+chaos: setup
+	@$(PY) -m tests.chaos $(CHAOS_ARGS)
 
 lint: setup
 	@$(PY) -m ruff check .

@@ -298,9 +298,11 @@ def metrics_command(settings: Settings, port: int | None) -> None:
 @click.option("--follow", envvar="FOLLOW", is_flag=True,
               help="Live demo: keep generating (RATE, default 20/s) and print a status line until Ctrl-C.")
 @click.option("--every", default=5.0, show_default=True, help="Seconds between status lines with --follow.")
+@click.option("--reconcile-every", type=float, default=None,
+              help="With --follow: reconcile with MongoDB (and repair what persists) this often, in seconds.")
 @click.pass_obj
 def run_all_command(settings: Settings, events: int, rate: float | None, timeout: float, stop_servers: bool,
-                    follow: bool, every: float) -> None:
+                    follow: bool, every: float, reconcile_every: float | None) -> None:
     """Servers, producer, streaming and warehouse end to end; ends with a `reconciled:` line.
 
     With --follow it keeps going until Ctrl-C, which stops every process it started."""
@@ -308,7 +310,8 @@ def run_all_command(settings: Settings, events: int, rate: float | None, timeout
     from lakehouse.run_all import run_all
 
     try:
-        code = run_all(settings, events, rate, timeout, stop_servers, follow_every=every if follow else None)
+        code = run_all(settings, events, rate, timeout, stop_servers, follow_every=every if follow else None,
+                       reconcile_every=reconcile_every)
     except (StackError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from exc
     sys.exit(code)

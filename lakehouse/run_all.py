@@ -30,8 +30,8 @@ from lakehouse.progress import Progress
 from lakehouse.status import collect, one_line
 from lakehouse.stopping import Interrupted, StopSignals
 from producer.generator import OrderGenerator
-from warehouse.loader import LakeMissing, load
-from warehouse.reconcile import Reconciliation, reconcile
+from warehouse.loader import LakeMissing, WarehouseLocked, load
+from warehouse.reconcile import Reconciliation, reconcile, round_of
 
 FOLLOW_RATE = 20.0  # changes/s in --follow when no rate is given: lively, and the disk fills slowly
 
@@ -127,7 +127,7 @@ def wait_until_reconciled(settings: Settings, children: list[Child], timeout: fl
         while True:
             for child in children:
                 child.check()
-            with contextlib.suppress(LakeMissing):  # the streaming job (running, checked above) makes it soon
+            with contextlib.suppress(LakeMissing, WarehouseLocked):  # the streaming job makes the lake soon
                 load(settings)
             signals.check()
             result = reconcile(settings)
@@ -155,14 +155,19 @@ def generate(generator: OrderGenerator, events: int, rate: float | None, childre
 
 
 def follow(settings: Settings, generator: OrderGenerator, children: list[Child], rate: float,
-           every: float, signals: StopSignals) -> None:
+           every: float, signals: StopSignals, reconcile_every: float | None = None) -> None:
     """Generate `rate` changes a second, load the warehouse and print one status line every `every`
-    seconds, until interrupted."""
+    seconds, until interrupted; with `reconcile_every`, reconcile and repair that often."""
     say(f"following: {rate:g} changes/s into MongoDB, a status line every {every:g}s; Ctrl-C stops everything")
     loader_log = logging.getLogger("warehouse.loader")
     if loader_log.getEffectiveLevel() == logging.INFO:
         loader_log.setLevel(logging.WARNING)  # the status line says what each load did
-    tick = time.monotonic()
+    tick = reconciled_at = time.monotonic()
+
+    def load_quietly() -> None:
+        with contextlib.suppress(LakeMissing, WarehouseLocked):
+            load(settings)
+
     while True:
         # Generating fills what is left of the interval after loading and collecting the status.
         tick = max(tick + every, time.monotonic() + 0.5)
@@ -171,16 +176,18 @@ def follow(settings: Settings, generator: OrderGenerator, children: list[Child],
             signals.check()
         for child in children:
             child.check()
-        with contextlib.suppress(LakeMissing):
-            load(settings)
+        load_quietly()
         signals.check()
+        if reconcile_every is not None and time.monotonic() - reconciled_at >= reconcile_every:
+            round_of(settings, True, min(15.0, reconcile_every / 2), load_quietly, signals.wait, say=say)
+            reconciled_at = time.monotonic()
         restarts = ", ".join(f"{c.name} restarted {c.restarts}x" for c in children if c.restarts)
         say(f"{one_line(collect(settings))} | generated {generator.stats.total:,}"
             + (f" | {restarts}" if restarts else ""))
 
 
 def run_all(settings: Settings, events: int, rate: float | None, timeout: float, stop_servers: bool,
-            follow_every: float | None = None) -> int:
+            follow_every: float | None = None, reconcile_every: float | None = None) -> int:
     """The bounded run (exit 0 when reconciled), or with `follow_every` the live demo (exit 0 when
     stopped by Ctrl-C or SIGTERM and everything it started has stopped)."""
     started = time.monotonic()
@@ -198,7 +205,8 @@ def run_all(settings: Settings, events: int, rate: float | None, timeout: float,
                 try:
                     generator = OrderGenerator.for_database(client[settings.mongo_db], settings.collections)
                     if follow_every is not None:
-                        follow(settings, generator, children, rate or FOLLOW_RATE, follow_every, signals)
+                        follow(settings, generator, children, rate or FOLLOW_RATE, follow_every, signals,
+                               reconcile_every)
                     generate(generator, events, rate, children, signals)
                 finally:
                     client.close()

@@ -64,7 +64,9 @@ def find_losses(start: dict[str, Any], begins: dict[str, int], ends: dict[str, i
             continue
         offset, seen, _ = position(start[key])
         if ends[key] < offset:
-            losses.append({"partition": key, "from": ends[key], "to": offset,
+            # Records below the new end may be new ones at re-used offsets too: with a fingerprint the
+            # caller finds where they begin (None); without one, reading resumes at the end.
+            losses.append({"partition": key, "from": ends[key] if seen is None else None, "to": offset,
                            "reason": f"end offset went back from {offset} to {ends[key]}"})
             current[key] = ends[key]
         elif begins.get(key, 0) > offset:
@@ -212,10 +214,11 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         current, losses = find_losses(start, begins, ends_now, self._fingerprints(checkable))
         for loss in losses:
             if loss["from"] is None:  # offsets re-used: the new records begin after the last one kept
-                seen = position(start[loss["partition"]])[1] or "0:0:0"
-                loss["from"] = self._first_offset_at(loss["partition"], int(seen.split(":")[1]),
-                                                     begins.get(loss["partition"], 0), loss["to"])
-                current[loss["partition"]] = loss["from"]
+                key = loss["partition"]
+                seen = position(start[key])[1] or "0:0:0"
+                loss["from"] = self._first_offset_at(key, int(seen.split(":")[1]), begins.get(key, 0),
+                                                     min(loss["to"] - 1, ends_now.get(key, 0)))
+                current[key] = loss["from"]
         if losses:
             self._report(losses)
         ends = ends_now
@@ -272,14 +275,15 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         return found
 
     def _first_offset_at(self, key: str, timestamp_ms: int, floor: int, ceiling: int) -> int:
-        """Where records written at or after `timestamp_ms` begin (between floor and ceiling - 1): with the
-        broker's offsets re-used, the records from there on were not read before."""
+        """Where records written at or after `timestamp_ms` (the time of the last record read) begin, at
+        most `ceiling`: with the broker's offsets re-used, the records from there on were not read before
+        (a record written in the same millisecond and kept is read again: the warehouse keeps it once)."""
         from kafka import TopicPartition
 
         tp = TopicPartition(*_split(key))
         found = self._meta().offsets_for_times({tp: timestamp_ms}).get(tp)
-        at = found.offset if found is not None else ceiling - 1
-        return max(floor, min(at, ceiling - 1))
+        at = found.offset if found is not None else ceiling
+        return max(floor, min(at, ceiling))
 
     def _report(self, losses: list[dict[str, Any]]) -> None:
         lines = [f"{loss['partition']} offsets {loss['from']}..{loss['to'] - 1}: {loss['reason']}" for loss in losses]

@@ -1,0 +1,317 @@
+"""`make chaos`: the pipeline under faults for several minutes, then the warehouse must equal MongoDB.
+
+Runs its own MongoDB and Kafka (free loopback ports, a scratch folder), the producer, the streaming
+job and the loader service (which reconciles and repairs periodically) as separate processes, and a
+generator at ~150 changes/s. A witness (MongoDB's own change history from before anything started)
+says which changes were made. Meanwhile it SIGKILLs the producer, the streaming job (driver, JVM and
+Python workers) and the loader at random moments, restarts MongoDB gracefully, restarts Kafka
+gracefully once and SIGKILLs it once, and holds a read-only reader on the warehouse. This harness is
+the service manager: it restarts a killed (or exited) stage at once and measures how long the stage
+takes to make progress again. Then the generator stops, everything drains with no manual step, and it
+requires: reconcile 0/0/0, no duplicate change_id, every witnessed change in the fact table, and every
+stage back within RECOVERY_LIMIT_S after each kill. It prints a summary and exits 0 only if all hold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pymongo.errors import PyMongoError
+
+from infra import servers
+from lakehouse import events
+from lakehouse.config import Settings
+from lakehouse.events import SourcePosition
+from lakehouse.mongo import connect as connect_mongo
+from producer.generator import OrderGenerator
+
+RECOVERY_LIMIT_S = {"producer": 60.0, "streaming": 240.0, "loader": 60.0}
+
+
+def say(message: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def descendants(pid: int) -> list[int]:
+    """pid and every process below it (the streaming job's JVM and its Python workers)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, []))
+    return found
+
+
+@dataclass
+class Stage:
+    name: str
+    args: tuple[str, ...]
+    progress: Callable[[], float]  # a number that grows while the stage works
+    process: subprocess.Popen[bytes] | None = None
+    kills: int = 0
+    exits: int = 0
+    recoveries: list[float] = field(default_factory=list)
+
+
+class Chaos:
+    def __init__(self, base: Path, minutes: float, rate: float, seed: int) -> None:
+        self.base, self.minutes, self.rate = base, minutes, rate
+        self.rng = random.Random(seed)
+        self.settings = Settings.from_env(
+            mongo_uri=f"mongodb://127.0.0.1:{free_port()}/", kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",
+            stack_dir=base / "servers", lake_path=base / "lake", warehouse_path=base / "warehouse.duckdb",
+            state_dir=base / "state", mongo_db="chaos", topic_prefix="chaos")
+        self.logs = base / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        s = self.settings
+        self.stages = {
+            "producer": Stage("producer", ("produce", "--snapshot", "when_needed"),
+                              lambda: s.producer_checkpoint.stat().st_mtime if s.producer_checkpoint.exists() else 0),
+            "streaming": Stage("streaming", ("stream",), lambda: self._lines(s.batch_metrics)),
+            "loader": Stage("loader", ("load", "--every", "2", "--reconcile-every", "30", "--settle", "20"),
+                            lambda: self._lines(self.logs / "loader.log", "loaded delta version")),
+        }
+        self.events: list[str] = []
+        self.stop_generating = threading.Event()
+        self.generated = 0
+
+    @staticmethod
+    def _lines(path: Path, containing: str = "") -> float:
+        return sum(1 for line in path.read_text(errors="replace").splitlines() if containing in line) \
+            if path.exists() else 0
+
+    # -- processes ---------------------------------------------------------------------------------
+    def start(self, stage: Stage) -> None:
+        env = {**os.environ, **self.settings.to_env(), "PYTHONUNBUFFERED": "1"}
+        with (self.logs / f"{stage.name}.log").open("ab") as out:
+            stage.process = subprocess.Popen([sys.executable, "-m", "lakehouse.cli", *stage.args], env=env,
+                                             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                             process_group=0)
+
+    def kill(self, stage: Stage) -> None:
+        assert stage.process is not None
+        before = stage.progress()
+        for pid in reversed(descendants(stage.process.pid)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        stage.process.wait()
+        stage.kills += 1
+        killed_at = time.monotonic()
+        self.start(stage)
+        threading.Thread(target=self._time_recovery, args=(stage, before, killed_at), daemon=True).start()
+        self.note(f"SIGKILL {stage.name} (and its children); restarted")
+
+    def _time_recovery(self, stage: Stage, before: float, killed_at: float) -> None:
+        deadline = killed_at + 900
+        while time.monotonic() < deadline:
+            if stage.progress() > before:
+                stage.recoveries.append(time.monotonic() - killed_at)
+                return
+            time.sleep(0.25)
+        stage.recoveries.append(float("inf"))
+
+    def supervise(self) -> None:
+        """Restart a stage that exited by itself (e.g. a server it needs went away)."""
+        for stage in self.stages.values():
+            if stage.process is not None and stage.process.poll() is not None:
+                stage.exits += 1
+                self.note(f"{stage.name} exited by itself (code {stage.process.returncode}); restarted")
+                self.start(stage)
+
+    def note(self, what: str) -> None:
+        self.events.append(what)
+        say(what)
+
+    # -- load ---------------------------------------------------------------------------------------
+    def generate(self) -> None:
+        generator: OrderGenerator | None = None
+        interval = 1.0 / self.rate
+        while not self.stop_generating.is_set():
+            try:
+                if generator is None:
+                    generator = OrderGenerator(connect_mongo(self.settings)[self.settings.mongo_db]["orders"],
+                                               seed=self.rng.randrange(1 << 30))
+                generator.step()
+                self.generated += 1
+            except PyMongoError:
+                generator = None  # MongoDB is restarting: reconnect and go on
+                time.sleep(0.5)
+            time.sleep(interval)
+
+    def hold_reader(self, seconds: float) -> None:
+        code = ("import duckdb, sys, time\n"
+                "con = duckdb.connect(sys.argv[1], read_only=True)\n"
+                "time.sleep(float(sys.argv[2]))\n")
+        if self.settings.warehouse_path.exists():
+            subprocess.Popen([sys.executable, "-c", code, str(self.settings.warehouse_path), str(seconds)])
+            self.note(f"a reader holds the warehouse read-only for {seconds:.0f}s")
+
+    # -- the run ------------------------------------------------------------------------------------
+    def run(self) -> int:
+        s = self.settings
+        for line in servers.start(s):
+            say(line)
+        client = connect_mongo(s)
+        began = client[s.mongo_db].command("ping")["operationTime"]
+        client.close()
+        for stage in self.stages.values():
+            self.start(stage)
+        generator = threading.Thread(target=self.generate, daemon=True)
+        generator.start()
+        started = time.monotonic()
+        duration = self.minutes * 60
+        faults: list[tuple[float, Callable[[], None]]] = []
+        for name in ("producer", "streaming", "loader"):
+            for _ in range(3):
+                faults.append((self.rng.uniform(0.1, 0.9) * duration, lambda n=name: self.kill(self.stages[n])))
+        faults.append((0.3 * duration, self.restart_mongo))
+        faults.append((0.5 * duration, self.restart_kafka))
+        faults.append((0.7 * duration, self.kill_kafka))
+        faults.append((0.4 * duration, lambda: self.hold_reader(15)))
+        faults.sort(key=lambda f: f[0])
+        try:
+            while time.monotonic() - started < duration:
+                while faults and time.monotonic() - started >= faults[0][0]:
+                    faults.pop(0)[1]()
+                self.supervise()
+                time.sleep(0.5)
+            self.stop_generating.set()
+            generator.join(30)
+            self.note(f"stopped generating after {self.generated} changes; draining")
+            ok, report = self.drain(began)
+        finally:
+            for stage in self.stages.values():
+                if stage.process is not None and stage.process.poll() is None:
+                    os.killpg(stage.process.pid, signal.SIGTERM)
+            for stage in self.stages.values():
+                if stage.process is not None:
+                    try:
+                        stage.process.wait(90)
+                    except subprocess.TimeoutExpired:
+                        for pid in reversed(descendants(stage.process.pid)):
+                            with contextlib.suppress(ProcessLookupError):
+                                os.kill(pid, signal.SIGKILL)
+            for line in servers.stop(s):
+                say(line)
+        print("\n".join(report), flush=True)
+        return 0 if ok else 1
+
+    def restart_mongo(self) -> None:
+        say(servers.stop_mongo(self.settings))
+        say(servers.start_mongo(self.settings))
+        self.note("MongoDB restarted gracefully")
+
+    def restart_kafka(self) -> None:
+        say(servers.stop_kafka(self.settings))
+        say(servers.start_kafka(self.settings))
+        self.note("Kafka restarted gracefully")
+
+    def kill_kafka(self) -> None:
+        say(servers.kill_kafka(self.settings))
+        say(servers.start_kafka(self.settings))
+        self.note("Kafka SIGKILLed and started again")
+
+    def drain(self, began: object, timeout: float = 900) -> tuple[bool, list[str]]:
+        from warehouse.loader import WarehouseError, connect
+        from warehouse.reconcile import reconcile
+
+        s = self.settings
+        drain_started = time.monotonic()
+        result = None
+        while time.monotonic() - drain_started < timeout:
+            self.supervise()
+            with contextlib.suppress(WarehouseError, PyMongoError):
+                result = reconcile(s)
+                if result.ok:
+                    break
+            time.sleep(5)
+        drained_in = time.monotonic() - drain_started
+        witness = witness_change_ids(s, began)
+        con = connect(s.warehouse_path, read_only=True)
+        try:
+            facts = [r[0] for r in con.execute("SELECT change_id FROM fact_order_changes").fetchall()]
+        finally:
+            con.close()
+        missing_changes = witness - set(facts)
+        losses = sum(1 for _ in s.data_loss_log.open()) if s.data_loss_log.exists() else 0
+        producer_log = (self.logs / "producer.log").read_text(errors="replace")
+        loader_log = (self.logs / "loader.log").read_text(errors="replace")
+        repaired = sum(int(part.split()[0]) for part in loader_log.split("repair: published ")[1:])
+        slow = {n: max(st.recoveries, default=0) for n, st in self.stages.items()
+                if max(st.recoveries, default=0) > RECOVERY_LIMIT_S[n]}
+        ok = bool(result and result.ok) and not missing_changes and len(facts) == len(set(facts)) and not slow
+        report = ["", "chaos summary", f"  changes generated {self.generated}, witnessed {len(witness)}"]
+        for name, st in self.stages.items():
+            times = ", ".join(f"{t:.1f}s" for t in st.recoveries)
+            report.append(f"  {name:9} killed {st.kills}x, exited by itself {st.exits}x, back after: {times or '-'} "
+                          f"(limit {RECOVERY_LIMIT_S[name]:.0f}s)")
+        report += [
+            f"  faults: {'; '.join(e for e in self.events if 'SIGKILL' not in e)}",
+            f"  Kafka data loss found by the producer {producer_log.count('KAFKA LOST ACKNOWLEDGED RECORDS')}x, "
+            f"by the streaming source {losses}x; documents repaired by reconcile {repaired}",
+            f"  drained in {drained_in:.0f}s; facts {len(facts)}, duplicate change_ids {len(facts) - len(set(facts))}, "
+            f"witnessed changes missing from the facts {len(missing_changes)}",
+            f"  {result.line() if result else 'reconcile never ran'}",
+            f"  {'PASSED' if ok else 'FAILED'}; logs in {self.logs}",
+        ]
+        return ok, report
+
+
+def witness_change_ids(settings: Settings, began: object) -> set[str]:
+    """Every change MongoDB made to the orders since `began`, from its own history."""
+    client = connect_mongo(settings)
+    ids = set()
+    try:
+        with client[settings.mongo_db].watch([{"$match": {"ns.coll": "orders"}}], start_at_operation_time=began,
+                                             max_await_time_ms=1000) as stream:
+            while (change := stream.try_next()) is not None:
+                if change["operationType"] in events.STREAMED_OPERATIONS:
+                    ids.add(events.from_change(change, SourcePosition(0, 0, 0))["change_id"])
+    finally:
+        client.close()
+    return ids
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=4.0)
+    parser.add_argument("--rate", type=float, default=150.0, help="changes per second")
+    parser.add_argument("--seed", type=int, default=int(time.time()))
+    parser.add_argument("--keep", action="store_true", help="keep the scratch folder (logs, lake, warehouse)")
+    args = parser.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="chaos-", dir=Path("data").resolve() if Path("data").exists() else None))
+    say(f"chaos run: {args.minutes:g} minutes at {args.rate:g} changes/s, seed {args.seed}, in {base}")
+    code = Chaos(base, args.minutes, args.rate, args.seed).run()
+    if not args.keep and code == 0:
+        import shutil
+
+        shutil.rmtree(base, ignore_errors=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
