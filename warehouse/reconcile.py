@@ -96,11 +96,11 @@ def _warehouse_side(settings: Settings, scratch: duckdb.DuckDBPyConnection, only
     con = connect(settings.warehouse_path, read_only=True)
     try:
         if only is None:
-            table = con.execute("SELECT doc_id, sha256(document) AS digest FROM orders").arrow()
+            table = con.execute("SELECT doc_id, sha256(document) AS digest FROM orders").to_arrow_table()
         else:
             con.register("wanted", pa.table({"doc_id": pa.array(only, pa.string())}))
             table = con.execute("SELECT doc_id, sha256(document) AS digest FROM orders "
-                                "WHERE doc_id IN (SELECT doc_id FROM wanted)").arrow()
+                                "WHERE doc_id IN (SELECT doc_id FROM wanted)").to_arrow_table()
     finally:
         con.close()
     scratch.register("warehouse_arrow", table)
