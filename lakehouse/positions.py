@@ -8,7 +8,9 @@ readers of its checkpoint (status, replay), which must not need Spark to read it
 
 from __future__ import annotations
 
+import json
 import zlib
+from pathlib import Path
 from typing import Any
 
 
@@ -26,3 +28,12 @@ def next_offset(value: Any) -> int:
 def fingerprint(offset: int, timestamp_ms: int, value: bytes | None) -> str:
     """Which record sits at an offset: its offset, time and a checksum of its value."""
     return f"{offset}:{timestamp_ms}:{zlib.crc32(value or b'')}"
+
+
+def committed_offsets(checkpoint: Path) -> dict[str, int]:
+    """The next offsets of the newest batch the lake query has committed ({"topic:partition": offset})."""
+    commits = [int(p.name) for p in (checkpoint / "commits").glob("[0-9]*")]
+    if not commits:
+        return {}
+    lines = (checkpoint / "offsets" / str(max(commits))).read_text().splitlines()
+    return {k: next_offset(v) for k, v in json.loads(lines[2]).items()} if len(lines) > 2 else {}

@@ -12,12 +12,12 @@ from __future__ import annotations
 import contextlib
 import json
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from lakehouse import tables
 from lakehouse.config import Settings
 from lakehouse.errors import explain
+from lakehouse.positions import committed_offsets
 
 
 def _iso(seconds: float | None) -> str | None:
@@ -37,17 +37,6 @@ def producer_status(settings: Settings) -> dict[str, Any]:
         "token_saved_at": _iso(path.stat().st_mtime),
         "resume_token": (stored.get("resume_token") or {}).get("_data"),
     }
-
-
-def committed_offsets(checkpoint: Path) -> dict[str, int]:
-    """The source offsets of the newest batch the query has committed ({"topic:partition": offset})."""
-    commits = [int(p.name) for p in (checkpoint / "commits").glob("[0-9]*")]
-    if not commits:
-        return {}
-    from lakehouse.positions import next_offset
-
-    lines = (checkpoint / "offsets" / str(max(commits))).read_text().splitlines()
-    return {k: next_offset(v) for k, v in json.loads(lines[2]).items()} if len(lines) > 2 else {}
 
 
 def kafka_status(settings: Settings) -> dict[str, Any]:

@@ -149,7 +149,7 @@ class Chaos:
     # -- load ---------------------------------------------------------------------------------------
     def generate(self) -> None:
         generator: OrderGenerator | None = None
-        interval = 1.0 / self.rate
+        started = time.monotonic()
         while not self.stop_generating.is_set():
             try:
                 if generator is None:
@@ -160,11 +160,13 @@ class Chaos:
             except PyMongoError:
                 generator = None  # MongoDB is restarting: reconnect and go on
                 time.sleep(0.5)
-            time.sleep(interval)
+            ahead = started + self.generated / self.rate - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
 
     def hold_reader(self, seconds: float) -> None:
-        code = ("import duckdb, sys, time\n"
-                "con = duckdb.connect(sys.argv[1], read_only=True)\n"
+        code = ("import sys, time\nfrom pathlib import Path\nfrom warehouse.loader import connect\n"
+                "con = connect(Path(sys.argv[1]), read_only=True)\n"  # waits while the loader writes
                 "time.sleep(float(sys.argv[2]))\n")
         if self.settings.warehouse_path.exists():
             subprocess.Popen([sys.executable, "-c", code, str(self.settings.warehouse_path), str(seconds)])
@@ -175,11 +177,17 @@ class Chaos:
         s = self.settings
         for line in servers.start(s):
             say(line)
+        for stage in self.stages.values():
+            self.start(stage)
+        # The witness starts once the producer's stream is open: what was made before is in its snapshot.
+        deadline = time.monotonic() + 120
+        while not s.producer_checkpoint.exists():
+            assert time.monotonic() < deadline, "the producer did not open its stream within 120s"
+            self.supervise()
+            time.sleep(0.2)
         client = connect_mongo(s)
         began = client[s.mongo_db].command("ping")["operationTime"]
         client.close()
-        for stage in self.stages.values():
-            self.start(stage)
         generator = threading.Thread(target=self.generate, daemon=True)
         generator.start()
         started = time.monotonic()
@@ -270,7 +278,7 @@ class Chaos:
             report.append(f"  {name:9} killed {st.kills}x, exited by itself {st.exits}x, back after: {times or '-'} "
                           f"(limit {RECOVERY_LIMIT_S[name]:.0f}s)")
         report += [
-            f"  faults: {'; '.join(e for e in self.events if 'SIGKILL' not in e)}",
+            f"  faults: {'; '.join(e for e in self.events if not e.startswith('SIGKILL '))}",
             f"  Kafka data loss found by the producer {producer_log.count('KAFKA LOST ACKNOWLEDGED RECORDS')}x, "
             f"by the streaming source {losses}x; documents repaired by reconcile {repaired}",
             f"  drained in {drained_in:.0f}s; facts {len(facts)}, duplicate change_ids {len(facts) - len(set(facts))}, "

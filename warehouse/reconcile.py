@@ -96,11 +96,11 @@ def _warehouse_side(settings: Settings, scratch: duckdb.DuckDBPyConnection, only
     con = connect(settings.warehouse_path, read_only=True)
     try:
         if only is None:
-            table = con.execute("SELECT doc_id, sha256(document) AS digest FROM orders").to_arrow_table()
+            table = con.sql("SELECT doc_id, sha256(document) AS digest FROM orders").to_arrow_table()
         else:
             con.register("wanted", pa.table({"doc_id": pa.array(only, pa.string())}))
-            table = con.execute("SELECT doc_id, sha256(document) AS digest FROM orders "
-                                "WHERE doc_id IN (SELECT doc_id FROM wanted)").to_arrow_table()
+            table = con.sql("SELECT doc_id, sha256(document) AS digest FROM orders "
+                            "WHERE doc_id IN (SELECT doc_id FROM wanted)").to_arrow_table()
     finally:
         con.close()
     scratch.register("warehouse_arrow", table)
@@ -178,15 +178,35 @@ def _really_different(settings: Settings, collection: Any, result: Reconciliatio
 
 
 def confirmed(settings: Settings, first: Reconciliation, settle: float, meanwhile: Callable[[], object],
-              wait: Callable[[float], object] = time.sleep) -> Reconciliation:
-    """The differences of `first` that are still there after `settle` seconds of `meanwhile` (loading):
-    changes in flight when `first` looked are not differences."""
+              wait: Callable[[float], object] = time.sleep, catch_up_limit: float = 300.0) -> Reconciliation:
+    """The differences of `first` that are still there once the chain has caught up: after `settle`
+    seconds (the producer publishes what was in flight), the streaming job has committed everything
+    Kafka held then (at most `catch_up_limit` more seconds) and `meanwhile` (a load) has run. Changes
+    in flight when `first` looked are then no longer differences."""
     if first.ok:
         return first
+    from lakehouse.kafka_io import end_offsets
+    from lakehouse.positions import committed_offsets
+
     deadline = time.monotonic() + settle
     while time.monotonic() < deadline:
         meanwhile()
         wait(min(1.0, max(0.0, deadline - time.monotonic())))
+    try:
+        target = {f"{t}:{p}": o for (t, p), o in end_offsets(settings, [settings.topic_for(first.collection)]).items()}
+    except Exception as exc:  # noqa: BLE001 - Kafka away: look again without waiting for the stream
+        log.warning("cannot read Kafka's end offsets (%s); looking again without waiting for the streaming job", exc)
+        target = {}
+    deadline = time.monotonic() + catch_up_limit
+    while time.monotonic() < deadline:
+        committed = committed_offsets(settings.spark_checkpoint)
+        if all(committed.get(k, 0) >= o for k, o in target.items()):
+            break
+        meanwhile()
+        wait(1.0)
+    else:
+        log.warning("the streaming job did not catch up with Kafka within %.0fs; looking again anyway",
+                    catch_up_limit)
     meanwhile()
     second = reconcile(settings, first.collection, keys=first)
     second.source, second.warehouse = first.source, first.warehouse
