@@ -130,6 +130,9 @@ def wait_until_reconciled(settings: Settings, children: list[Child], timeout: fl
             with contextlib.suppress(LakeMissing, WarehouseLocked):  # the streaming job makes the lake soon
                 load(settings)
             signals.check()
+            if not settings.warehouse_path.exists():  # nothing loaded yet: the lake is still being made
+                signals.wait(1)
+                continue
             result = reconcile(settings)
             progress.update_to(result.source - len(result.missing) - len(result.mismatched), total=result.source)
             if result.ok:
