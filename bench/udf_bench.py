@@ -17,6 +17,7 @@ SPARK-58241, fixed in later releases; and 4.2 makes every plain @udf Arrow-optim
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import statistics
 import tempfile
@@ -31,34 +32,36 @@ from pyspark.sql import types as T
 from lakehouse.config import Settings
 from lakehouse.logs import configure
 from producer.generator import messy_amount
-from streaming.amounts import is_high_value, parse_amount, parse_thresholds
+from streaming.amounts import is_high_value, money_from_document, parse_thresholds
 from streaming.job import build_session
-from streaming.udfs import AMOUNT_TYPE, money_columns
+from streaming.udfs import MONEY_FIELDS, MONEY_TYPE, money_columns
 
 
-def plain_columns(raw, currency, thresholds_spec: str, use_arrow: bool) -> list:  # noqa: ANN001
+def plain_columns(document, thresholds_spec: str, use_arrow: bool) -> list:  # noqa: ANN001
     thresholds = parse_thresholds(thresholds_spec)
-    amount_type = T._parse_datatype_string(AMOUNT_TYPE)  # noqa: SLF001 - the same DDL the pandas UDF uses
+    money_type = T._parse_datatype_string(MONEY_TYPE)  # noqa: SLF001 - the same DDL the pandas UDF uses
 
-    @F.udf(returnType=amount_type, useArrow=use_arrow)
-    def money(raw_value: str | None, default: str | None) -> tuple[Decimal | None, str | None, str | None]:
-        return tuple(parse_amount(raw_value, default))
+    @F.udf(returnType=money_type, useArrow=use_arrow)
+    def money(text: str | None) -> tuple:
+        raw, currency, parsed = money_from_document(text)
+        return raw, currency, parsed.value, parsed.currency, parsed.error
 
     @F.udf(returnType="boolean", useArrow=use_arrow)
     def high_value(amount: Decimal | None, code: str | None) -> bool | None:
         return is_high_value(amount, code, thresholds)
 
-    parsed = money(raw, currency)
-    return [parsed["amount"].alias("amount"), parsed["currency"].alias("amount_currency"),
-            parsed["error"].alias("amount_error"), high_value(parsed["amount"], parsed["currency"]).alias("hv")]
+    parsed = money(document)
+    return [*(parsed[name].alias(name) for name in MONEY_FIELDS),
+            high_value(parsed["amount"], parsed["amount_currency"]).alias("is_high_value")]
 
 
 def source(spark: SparkSession, rows: int, folder: Path) -> DataFrame:
-    """Messy amounts as JSON text, as silver's amount_raw holds them, written once to Parquet."""
+    """Order documents with messy amounts as JSON text, as silver's full_document holds them, written once
+    to Parquet."""
     rng = random.Random(7)
-    values = [(None if (a := messy_amount(rng)) is None else str(a), rng.choice(["USD", "EUR", None]))
+    values = [(json.dumps({"amount": messy_amount(rng), "currency": rng.choice(["USD", "EUR", None])}),)
               for _ in range(rows)]
-    spark.createDataFrame(values, "amount_raw STRING, currency STRING").repartition(2).write.parquet(str(folder))
+    spark.createDataFrame(values, "document STRING").repartition(2).write.parquet(str(folder))
     return spark.read.parquet(str(folder))
 
 
@@ -82,9 +85,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = source(spark, args.rows, Path(tmp) / "amounts")
         flavours = {
-            "pandas": lambda: money_columns(F.col("amount_raw"), F.col("currency"), thresholds),
-            "arrow": lambda: plain_columns(F.col("amount_raw"), F.col("currency"), thresholds, use_arrow=True),
-            "plain": lambda: plain_columns(F.col("amount_raw"), F.col("currency"), thresholds, use_arrow=False),
+            "pandas": lambda: money_columns(F.col("document"), thresholds),
+            "arrow": lambda: plain_columns(F.col("document"), thresholds, use_arrow=True),
+            "plain": lambda: plain_columns(F.col("document"), thresholds, use_arrow=False),
         }
         results = {}
         for name in args.flavours.split(","):

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lakehouse.config import Settings
+from lakehouse.errors import redact
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 READY_TIMEOUT_S = 60.0
@@ -89,8 +90,8 @@ def _kafka_ready(settings: Settings) -> bool:
 def _use_existing(name: str, where: str, host: str, port: int, ready: Callable[[], bool], log: Path) -> str | None:
     """A server that is not on loopback, or already answers there, is used as it is, never started."""
     if host not in LOOPBACK:
-        _wait(f"{name} at {where}", ready, None, 15)
-        return f"{name}: external at {where}"
+        _wait(f"{name} at {redact(where)}", ready, None, 15)
+        return f"{name}: external at {redact(where)}"
     if _port_open(host, port):
         _wait(f"{name} at {host}:{port}", ready, log, 15)
         return f"{name}: already running at {host}:{port} (log {log})"
@@ -235,7 +236,7 @@ def status(settings: Settings) -> list[str]:
             up = check(settings)
         except Exception:
             up = False
-        lines.append(f"{name}: {'up' if up else 'DOWN'} at {where}")
+        lines.append(f"{name}: {'up' if up else 'DOWN'} at {redact(where)}")
     return lines
 
 

@@ -16,6 +16,12 @@ from lakehouse.mongo import connect as connect_mongo
 log = logging.getLogger("lakehouse.cli")
 
 
+def _finite(param: click.Parameter, value: float | None) -> float | None:
+    if value is not None and value != value:  # NaN passes click's range check
+        raise click.BadParameter(f"{value} is not a number", param=param)
+    return value
+
+
 class LakehouseGroup(click.Group):
     """Turns a client library's "cannot connect" into one line naming the server and what to do."""
 
@@ -86,8 +92,9 @@ def produce(settings: Settings, snapshot: str, until_idle: bool) -> None:
 
 
 @cli.command()
-@click.option("--events", default=1000, show_default=True, help="How many changes to make.")
-@click.option("--rate", type=float, default=None, help="Changes per second (default: as fast as possible).")
+@click.option("--events", type=click.IntRange(min=1), default=1000, show_default=True, help="How many changes to make.")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True, max=1e6), default=None, callback=lambda _c, p, v:
+              _finite(p, v), help="Changes per second (default: as fast as possible).")
 @click.option("--seed", default=42, show_default=True)
 @click.pass_obj
 def generate(settings: Settings, events: int, rate: float | None, seed: int) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -38,6 +39,9 @@ ENV_NAMES = {
 _PATHS = {"lake_path", "warehouse_path", "state_dir", "stack_dir"}
 _INTS = {"kafka_partitions", "kafka_replication_factor", "max_rows_per_batch"}
 _BOOLS = {"kafka_fail_on_data_loss"}
+_MONGO_DB_NAME = re.compile(r"[^/\\. \"$*<>:|?]{1,63}")
+_COLLECTION_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,119}")
+_TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
 
 def _parse(name: str, raw: str) -> object:
@@ -51,7 +55,10 @@ def _parse(name: str, raw: str) -> object:
         except ValueError:
             raise ValueError(f"{ENV_NAMES[name]}={raw!r} is not a whole number") from None
     if name == "trigger_seconds":
-        return float(raw)
+        try:
+            return float(raw)
+        except ValueError:
+            raise ValueError(f"{ENV_NAMES[name]}={raw!r} is not a number of seconds") from None
     if name in _BOOLS:
         if raw.strip().lower() not in ("true", "false", "1", "0", "yes", "no"):
             raise ValueError(f"{ENV_NAMES[name]}={raw!r} is not true or false")
@@ -97,6 +104,53 @@ class Settings:
                 values[f.name] = _parse(f.name, raw)
         values.update({k: _parse(k, v) if isinstance(v, str) else v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
+
+    def __post_init__(self) -> None:
+        """Refuse, where they enter, values a server or Spark would refuse later with a traceback."""
+        problems = [p for p in (self._uri_problem(), *self._name_problems(), *self._number_problems()) if p]
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def _uri_problem(self) -> str | None:
+        from pymongo.errors import ConfigurationError
+        from pymongo.uri_parser import parse_uri
+
+        try:
+            if not self.mongo_uri.startswith("mongodb+srv://"):  # an SRV URI is resolved in DNS: left to the driver
+                parse_uri(self.mongo_uri, validate=True)
+        except (ConfigurationError, ValueError) as exc:
+            from lakehouse.errors import redact
+
+            return f"MONGO_URI={redact(self.mongo_uri)!r} is not a MongoDB URI ({exc}); e.g. mongodb://127.0.0.1:27017/"
+        for server in self.kafka_bootstrap_servers.split(","):
+            host, _, port = server.strip().rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                return (f"KAFKA_BOOTSTRAP_SERVERS={self.kafka_bootstrap_servers!r}: {server.strip()!r} is not "
+                        "host:port (e.g. 127.0.0.1:9092)")
+        return None
+
+    def _name_problems(self) -> list[str]:
+        problems = []
+        if not _MONGO_DB_NAME.fullmatch(self.mongo_db):
+            problems.append(f"MONGO_DB={self.mongo_db!r} is not a database name MongoDB accepts (1-63 characters, "
+                            "none of / \\ . \" $ * < > : | ? or spaces)")
+        if not self.collections:
+            problems.append("COLLECTIONS names no collection; give e.g. COLLECTIONS=orders,customers")
+        for name in self.collections:
+            if not _COLLECTION_NAME.fullmatch(name) or name.startswith("system."):
+                problems.append(f"COLLECTIONS: {name!r} is not a collection this pipeline can capture (letters, "
+                                "digits, _ . - only; not system.*)")
+        for topic in () if problems else (*self.topics, self.dead_letter_topic):
+            if not _TOPIC_NAME.fullmatch(topic) or topic in (".", ".."):
+                problems.append(f"the Kafka topic {topic!r} (TOPIC_PREFIX.MONGO_DB.collection) is not a name Kafka "
+                                "accepts (letters, digits, . _ - only, at most 249)")
+        return problems
+
+    def _number_problems(self) -> list[str]:
+        checks = (("kafka_partitions", self.kafka_partitions >= 1), ("kafka_replication_factor",
+                  self.kafka_replication_factor >= 1), ("max_rows_per_batch", self.max_rows_per_batch >= 1),
+                  ("trigger_seconds", 0 < self.trigger_seconds < 86_400))
+        return [f"{ENV_NAMES[name]}={getattr(self, name)!r} must be a positive number" for name, ok in checks if not ok]
 
     def to_env(self) -> dict[str, str]:
         """The same settings as environment variables, for the processes run-all starts."""

@@ -19,7 +19,11 @@ from typing import Any
 from bson import json_util
 from bson.json_util import JSONMode, JSONOptions
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# v2: `doc_id` is the _id as relaxed Extended JSON in its own key order, so it is type-exact: 1001 and
+#     "1001", an ObjectId and its hex string, {a, b} and {b, a}, null and "null" are distinct documents,
+#     as they are in MongoDB. v1's doc_id was the _id as text, where those collided; the warehouse
+#     derives v1 events' identity from their document_key (lakehouse/events.identity_of_v1).
 
 # name -> type, in a small vocabulary every consumer maps: string, long, int.
 ENVELOPE_FIELDS: tuple[tuple[str, str], ...] = (
@@ -28,8 +32,8 @@ ENVELOPE_FIELDS: tuple[tuple[str, str], ...] = (
     ("op", "string"),  # insert | update | replace | delete | snapshot | snapshot_end
     ("db", "string"),
     ("collection", "string"),
-    ("doc_id", "string"),  # documentKey._id as text; the warehouse's row identity
-    ("document_key", "string"),  # documentKey as Extended JSON
+    ("doc_id", "string"),  # documentKey._id as Extended JSON (type-exact); the warehouse's row identity
+    ("document_key", "string"),  # documentKey as Extended JSON, in its own key order
     ("order_id", "string"),  # the Kafka key; falls back to doc_id when the document has none
     ("full_document", "string"),  # post-image (updateLookup) as Extended JSON; null for delete
     ("before_document", "string"),  # pre-image when the collection records them
@@ -57,13 +61,25 @@ def to_extended_json(value: Any) -> str | None:
 
 
 def doc_id_text(document_key: Mapping[str, Any]) -> str:
-    """documentKey._id as a stable string: ObjectId hex, plain strings as-is, others as JSON."""
-    value = document_key.get("_id")
-    if isinstance(value, str):
-        return value
-    if type(value).__name__ == "ObjectId":
-        return str(value)
-    return json_util.dumps(value, json_options=_JSON, sort_keys=True)
+    """A document's identity: its _id as relaxed Extended JSON in the _id's own key order (type-exact:
+    1001 -> 1001, "1001" -> "\"1001\"", ObjectId -> {"$oid": ...})."""
+    return json_util.dumps(document_key.get("_id"), json_options=_JSON)
+
+
+def key_json(document_key: Mapping[str, Any]) -> str:
+    """documentKey as Extended JSON, in its own key order (part of the identity for a document _id)."""
+    return json_util.dumps(document_key, json_options=_JSON)
+
+
+def identity_of_v1(document_key: str | None, doc_id: str) -> str:
+    """The v2 identity of a v1 event, from its document_key (written with sorted keys: an _id that is a
+    document keeps its keys sorted, the one thing v1 lost for good)."""
+    if not document_key:
+        return doc_id
+    try:
+        return doc_id_text(json_util.loads(document_key, json_options=_JSON))
+    except (ValueError, TypeError):
+        return doc_id
 
 
 def canonical_document(document: Mapping[str, Any] | str) -> str:
@@ -112,7 +128,7 @@ def from_change(change: Mapping[str, Any], position: SourcePosition) -> dict[str
         "db": ns["db"],
         "collection": ns["coll"],
         "doc_id": doc_id,
-        "document_key": to_extended_json(document_key),
+        "document_key": key_json(document_key),
         "order_id": order_id_of(full, before) or doc_id,
         "full_document": to_extended_json(full),
         "before_document": to_extended_json(before),
@@ -143,7 +159,7 @@ def from_snapshot(
         "db": db,
         "collection": collection,
         "doc_id": doc_id,
-        "document_key": to_extended_json(document_key),
+        "document_key": key_json(document_key),
         "order_id": order_id_of(document) or doc_id,
         "full_document": full,
         "before_document": None,
@@ -174,6 +190,17 @@ def snapshot_end(db: str, collection: str, cluster_time: tuple[int, int]) -> dic
         "cluster_time_inc": cluster_time[1],
         "txn_op_index": -1,
         "captured_at_ms": int(time.time() * 1000),
+    }
+
+
+def collection_ended(db: str, collection: str, cluster_time: tuple[int, int], token: str,
+                     operation: str) -> dict[str, Any]:
+    """A captured collection dropped, renamed away or its database dropped at `cluster_time`: as a
+    snapshot_end with nothing copied before it, every document whose latest change is older ends."""
+    return {
+        **snapshot_end(db, collection, cluster_time),
+        "change_id": _sha(f"{db}.{collection}", token, operation),
+        "resume_token": token,
     }
 
 

@@ -104,6 +104,15 @@ def stop_all(children: list[Child], grace: float = 60.0) -> None:
             child.pid_file.unlink(missing_ok=True)
 
 
+def _stop_with_parent() -> None:
+    """In the child: SIGTERM when run-all dies, however it dies (a SIGKILL too), so nothing it started is left
+    running on its own (Linux's PR_SET_PDEATHSIG; elsewhere the children outlive a killed run-all)."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def spawn(settings: Settings, name: str, *args: str) -> Child:
     logs, run = settings.state_dir / "logs", settings.state_dir / "run"
     logs.mkdir(parents=True, exist_ok=True)
@@ -112,7 +121,8 @@ def spawn(settings: Settings, name: str, *args: str) -> Child:
     env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
     with log.open("ab") as out:
         process = subprocess.Popen([sys.executable, "-m", "lakehouse.cli", *logging_options(), *args], stdout=out,
-                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, process_group=0)
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, process_group=0,
+                                   preexec_fn=_stop_with_parent)
     pid_file = run / f"{name}.pid"
     pid_file.write_text(str(process.pid))
     say(f"started {name} (pid {process.pid}, log {log})")

@@ -30,8 +30,10 @@ def producer_status(settings: Settings) -> dict[str, Any]:
         return {"state": f"no resume token yet at {path}"}
     stored = json.loads(path.read_text())
     position = stored.get("position") or {}
+    lifecycle = path.with_name("lifecycle.json")
     return {
         "state": "ok",
+        "last_lifecycle_event": json.loads(lifecycle.read_text()) if lifecycle.exists() else None,
         "events_published": stored.get("events_published", 0),
         "last_change_time": _iso(position.get("cluster_time_s")),
         "token_saved_at": _iso(path.stat().st_mtime),
@@ -51,7 +53,40 @@ def kafka_status(settings: Settings) -> dict[str, Any]:
         for (topic, partition), end in sorted(ends.items())
     ]
     return {"state": "ok", "partitions": partitions, "total_lag": sum(p["lag"] for p in partitions),
-            "data_loss": data_losses(settings)}
+            "data_loss": data_losses(settings), "dead_letters": dead_letters(settings)}
+
+
+DEAD_LETTERS_READ = 10_000  # the newest dead letters read to count them by reason
+
+
+def dead_letters(settings: Settings) -> dict[str, Any]:
+    """How many events the producer dead-lettered, and (of the newest DEAD_LETTERS_READ) why."""
+    import re
+
+    from lakehouse.kafka_io import consumer, end_offsets
+
+    ends = end_offsets(settings, [settings.dead_letter_topic])
+    total = sum(ends.values())
+    reasons: dict[str, int] = {}
+    if total:
+        from kafka import TopicPartition
+
+        reader = consumer(settings, consumer_timeout_ms=3000)
+        try:
+            parts = [TopicPartition(t, p) for (t, p) in ends]
+            reader.assign(parts)
+            begins = reader.beginning_offsets(parts)
+            for tp in parts:
+                reader.seek(tp, max(begins[tp], ends[(tp.topic, tp.partition)] - DEAD_LETTERS_READ))
+            for record in reader:
+                with contextlib.suppress(ValueError, TypeError, AttributeError):
+                    reason = re.sub(r"\d+", "N", str(json.loads(record.value).get("reason", "?")))[:120]
+                    reasons[reason] = reasons.get(reason, 0) + 1
+                if all(reader.position(tp) >= ends[(tp.topic, tp.partition)] for tp in parts):
+                    break
+        finally:
+            reader.close()
+    return {"topic": settings.dead_letter_topic, "total": total, "by_reason": reasons}
 
 
 def data_losses(settings: Settings) -> list[dict[str, Any]]:
@@ -148,10 +183,23 @@ def mongo_status(settings: Settings) -> dict[str, Any]:
         orders = client[settings.mongo_db]["orders"]
         newest = next(iter(orders.find({}, {"updated_at": 1}).sort("updated_at", -1).limit(1)), None)
         updated = newest.get("updated_at") if newest else None
-        return {"state": "ok", "orders": orders.estimated_document_count(),
-                "newest_change": None if updated is None else _iso(updated.timestamp())}
+        return {"state": "ok", "orders": orders.estimated_document_count(), "newest_change": _iso(_epoch(updated))}
     finally:
         client.close()
+
+
+def _epoch(value: Any) -> float | None:
+    """Seconds since the epoch of a document's updated_at, whatever BSON type it has (None if no time)."""
+    from bson import Timestamp
+    from bson.datetime_ms import DatetimeMS
+
+    if isinstance(value, datetime):
+        return value.timestamp()
+    if isinstance(value, Timestamp):
+        return float(value.time)
+    if isinstance(value, DatetimeMS):
+        return int(value) / 1000
+    return None
 
 
 def collect(settings: Settings) -> dict[str, Any]:
@@ -185,12 +233,21 @@ def render(report: dict[str, Any]) -> list[str]:
     lines.append(f"  producer   {p['state']}" if p["state"] != "ok" else
                  f"  producer   {p['events_published']} events published, last change {p['last_change_time']}, "
                  f"token saved {p['token_saved_at']}")
+    if p.get("last_lifecycle_event"):
+        e = p["last_lifecycle_event"]
+        lines.append(f"             last lifecycle event: {e['operation']} of {e['db']}.{e['collection'] or '*'}"
+                     f"{' to ' + e['to'] if e.get('to') else ''} at cluster time {e['cluster_time']} "
+                     f"(ended: {', '.join(e['ended']) or 'nothing captured'})")
     if k["state"] != "ok":
         lines.append(f"  kafka      {k['state']}")
     else:
         lines.append(f"  kafka      lag {k['total_lag']} messages (end offset - lake query's committed offset)")
         lines += [f"             {q['topic']}[{q['partition']}] end {q['end_offset']} committed "
                   f"{q['committed_offset']} lag {q['lag']}" for q in k["partitions"]]
+        letters = k.get("dead_letters") or {}
+        if letters.get("total"):
+            lines.append(f"             dead-lettered {letters['total']} event(s) to {letters['topic']}: "
+                         + "; ".join(f"{n} x {reason}" for reason, n in sorted(letters["by_reason"].items())))
         if k.get("data_loss"):
             lost = sum(d["to"] - d["from"] for d in k["data_loss"])
             newest = k["data_loss"][-1]
@@ -267,6 +324,11 @@ def prometheus(report: dict[str, Any]) -> str:
     gauge("warehouse_changes", "Rows of fact_order_changes", [({}, w.get("fact_order_changes"))])
     gauge("kafka_data_loss_records", "Kafka records the streaming job had read or planned that the broker lost",
           [({}, sum(d["to"] - d["from"] for d in k.get("data_loss", [])) if k.get("state") == "ok" else None)])
+    letters = k.get("dead_letters") or {}
+    gauge("dead_lettered_events", "Events the producer sent to the dead-letter topic",
+          [({}, letters.get("total"))])
+    gauge("dead_lettered_by_reason", "Dead-lettered events by reason (of the newest read)",
+          [({"reason": reason.replace('"', "'")}, n) for reason, n in (letters.get("by_reason") or {}).items()])
     r = report.get("reconcile", {})
     for key in ("missing", "extra", "mismatched", "repaired"):
         gauge(f"reconcile_{key}", f"Documents {key} at the last reconcile", [({}, r.get(key))])

@@ -29,6 +29,7 @@ from pymongo.errors import OperationFailure, PyMongoError
 from lakehouse import events
 from lakehouse.config import Settings
 from lakehouse.events import SourcePosition
+from lakehouse.files import write_json_atomically
 from lakehouse.kafka_io import end_offsets, ensure_topics, idempotent_producer
 from lakehouse.mongo import connect as connect_mongo
 from lakehouse.progress import Progress
@@ -91,9 +92,20 @@ class ListenerStats:
     republished_from_journal: int = 0  # of which were repaired by publishing again from a checkpoint
 
 
+# Events about a whole collection or database: they end (or move) every document of a collection.
+LIFECYCLE_OPERATIONS = ("drop", "rename", "dropDatabase", "invalidate")
+
+
 def watch_pipeline(settings: Settings) -> list[dict[str, Any]]:
-    """The configured collections' changes, out of the database-level stream."""
-    return [{"$match": {"ns.coll": {"$in": list(settings.collections)}}}]
+    """The configured collections' changes out of the database-level stream, and the lifecycle events
+    that concern them: a drop or rename of one, a rename onto one, the database dropped (and the
+    invalidate that follows it; a filter that hid it would leave the stream dead without a word)."""
+    captured = list(settings.collections)
+    return [{"$match": {"$or": [
+        {"ns.coll": {"$in": captured}},
+        {"operationType": "rename", "to.coll": {"$in": captured}},
+        {"operationType": {"$in": ["dropDatabase", "invalidate"]}},
+    ]}}]
 
 
 class ChangeStreamListener:
@@ -257,10 +269,15 @@ class ChangeStreamListener:
         a change both copied and streamed sorts after its snapshot copy."""
         opened_at = self.db.command("ping")["operationTime"]
         stream = self._open_stream(None, start_at=opened_at)
-        at = (opened_at.time, opened_at.inc)
-        expected = sum(self.db[name].estimated_document_count() for name in self.settings.collections)
+        self._copy(self.settings.collections, (opened_at.time, opened_at.inc))
+        self._save(stream.resume_token)
+        self._stream(stream, until_idle)
+
+    def _copy(self, names: tuple[str, ...], at: tuple[int, int]) -> None:
+        """Publish every document of `names` as of cluster time `at`, then each one's snapshot_end."""
+        expected = sum(self.db[name].estimated_document_count() for name in names)
         with Progress("snapshot", total=expected, unit="documents") as progress:
-            for name in self.settings.collections:
+            for name in names:
                 topic = self.settings.topic_for(name)
                 batch: list[Outgoing] = []
                 for document in self.db[name].find().sort("_id", 1):
@@ -275,8 +292,6 @@ class ChangeStreamListener:
                 self.stats.snapshots += len(batch)
                 progress.advance(len(batch))
                 self._publish(self._outgoing(topic, events.snapshot_end(self.settings.mongo_db, name, at), None))
-        self._save(stream.resume_token)
-        self._stream(stream, until_idle)
 
     def _stream(self, stream: Any, until_idle: bool) -> None:
         """Read a batch, publish it and wait for its acks, then (at most every checkpoint_interval,
@@ -286,13 +301,16 @@ class ChangeStreamListener:
         # A bounded run (replay, --until-idle) is long work with an end: it shows progress. A service
         # logs a running total every few seconds instead.
         progress = Progress("change stream", unit="events") if until_idle else None
-        with stream:
+        try:
             while not self._stopping:
-                batch = self._read_batch(stream)
+                batch, then = self._read_batch(stream)
                 if batch:
                     self._publish(batch)
                     if progress is not None:
                         progress.advance(len(batch))
+                if then is not None:
+                    stream = self._after_lifecycle(stream, *then)
+                    continue
                 if not batch or time.monotonic() - self._saved_at >= self.checkpoint_interval:
                     self._save(stream.resume_token)
                 if progress is None and time.monotonic() - last_progress > 5 and self.stats.published != logged:
@@ -302,27 +320,88 @@ class ChangeStreamListener:
                 if until_idle and not batch:
                     break
             self._save(stream.resume_token)
+        finally:
+            stream.close()
         if progress is not None:
             progress.close()
 
-    def _read_batch(self, stream: Any) -> list[Outgoing]:
+    def _after_lifecycle(self, stream: Any, kind: str, value: Any) -> Any:
+        """What a lifecycle event asks once the events before it are acknowledged: copy a collection
+        renamed onto a captured name, or re-open the stream after an invalidate (database dropped)."""
+        if kind == "copy":
+            at = self.db.command("ping")["operationTime"]
+            log.warning("collection %s.%s appeared by a rename: copying it as of cluster time %s.%s",
+                        self.settings.mongo_db, value, at.time, at.inc)
+            self._copy((value,), (at.time, at.inc))
+            self._save(stream.resume_token)
+            return stream
+        log.warning("the change stream was invalidated (the database was dropped); opening it again after the "
+                    "invalidate event")
+        self._save(value)
+        stream.close()
+        return self._open_stream(value)
+
+    def _read_batch(self, stream: Any) -> tuple[list[Outgoing], tuple[str, Any] | None]:
+        """A batch of events, and what to do after publishing it when a lifecycle event needs more than
+        an event: ("copy", collection) or ("invalidate", its token)."""
         batch: list[Outgoing] = []
         deadline = time.monotonic() + 0.5
         while len(batch) < self.batch_size and time.monotonic() < deadline and not self._stopping:
             change = stream.try_next()
             if change is None:
                 break
-            if change["operationType"] == "invalidate":
-                raise HistoryLostError("change stream invalidated (collection dropped or renamed)")
-            if "ns" not in change or change["ns"].get("coll") not in self.settings.collections:
-                continue
+            operation = change["operationType"]
+            if operation == "invalidate":
+                self._lifecycle(change, ())
+                return batch, ("invalidate", change["_id"])
             seconds, inc = change["clusterTime"].time, change["clusterTime"].inc
+            if operation in LIFECYCLE_OPERATIONS:
+                batch.extend(self._lifecycle_events(change))
+                renamed_to = (change.get("to") or {}).get("coll")
+                if operation == "rename" and renamed_to in self.settings.collections:
+                    return batch, ("copy", renamed_to)
+                continue
+            if change.get("ns", {}).get("coll") not in self.settings.collections:
+                continue
             self._position = (
                 self._position.next_for(seconds, inc) if self._position else SourcePosition(seconds, inc, 0)
             )
             topic = self.settings.topic_for(change["ns"]["coll"])
             batch.extend(self._outgoing_change(topic, change))
-        return batch
+        return batch, None
+
+    def _lifecycle_events(self, change: Mapping[str, Any]) -> list[Outgoing]:
+        """A drop, a rename away or the database dropped ends every document of the captured collections
+        concerned, as of the event's cluster time: a snapshot_end with nothing copied before it."""
+        operation, ns = change["operationType"], change.get("ns") or {}
+        if operation == "dropDatabase":
+            gone = tuple(self.settings.collections)
+        elif ns.get("coll") in self.settings.collections:
+            gone = (ns["coll"],)
+        else:
+            gone = ()
+        self._lifecycle(change, gone)
+        at = (change["clusterTime"].time, change["clusterTime"].inc)
+        out: list[Outgoing] = []
+        for name in gone:
+            envelope = events.collection_ended(self.settings.mongo_db, name, at, change["_id"]["_data"],
+                                               operation)
+            out.extend(self._outgoing(self.settings.topic_for(name), envelope, None))
+        return out
+
+    def _lifecycle(self, change: Mapping[str, Any], collections: tuple[str, ...]) -> None:
+        """Log a lifecycle event and keep it for `status`."""
+        ns = change.get("ns") or {}
+        what = {"operation": change["operationType"], "db": ns.get("db"), "collection": ns.get("coll"),
+                "to": (change.get("to") or {}).get("coll"), "ended": list(collections),
+                "cluster_time": f"{change['clusterTime'].time}.{change['clusterTime'].inc}"
+                if change.get("clusterTime") else None,
+                "seen_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        log.warning("lifecycle event %s on %s.%s%s: %s", what["operation"], what["db"], what["collection"],
+                    f" (to {what['to']})" if what["to"] else "",
+                    f"every document of {', '.join(collections)} ends in the warehouse" if collections
+                    else "no captured collection ends")
+        write_json_atomically(self.settings.producer_checkpoint.with_name("lifecycle.json"), what)
 
     def _outgoing_change(self, topic: str, change: Mapping[str, Any]) -> list[Outgoing]:
         assert self._position is not None

@@ -1,26 +1,97 @@
-"""Money from messy source values: "$1,234.50", "1.234,50 EUR", "USD 99", 12, 12.5, "", garbage.
+"""Money from messy source values: "$1,234.50", "1.234,50 EUR", "USD 99", 12, 12.5, 1e7,
+Decimal128 ({"$numberDecimal": "12.50"}), "", garbage.
 
 Pure Python, so the rules are unit-tested without Spark; streaming/udfs.py wraps them as vectorised
-UDFs. A value that cannot be read gives no amount and a reason, never an exception.
+UDFs. A value that cannot be read gives no amount and a reason, never an exception. The amount is
+read from the document's JSON text itself (`money_from_document`): a number keeps the digits MongoDB
+stored, where Spark's JSON functions would re-print it through a double (1.23456789E7, 5.0E-4).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
-from typing import NamedTuple
+from functools import cache
+from typing import Any, NamedTuple
 
 SYMBOLS = {"$": "USD", "€": "EUR", "£": "GBP", "¥": "JPY"}
 CENT = Decimal("0.01")
 MAX_AMOUNT = Decimal("9999999999999999.99")  # fits DECIMAL(18, 2)
 _CODE = re.compile(r"^([A-Za-z]{3})\s*(.*)$|^(.*?)\s*([A-Za-z]{3})$")
 _NUMBER = re.compile(r"^[+-]?[0-9][0-9.,' ]*$")
+_SCIENTIFIC = re.compile(r"^[+-]?[0-9]+(\.[0-9]+)?[eE][+-]?[0-9]+$")
 
 
 class Amount(NamedTuple):
     value: Decimal | None
     currency: str | None
     error: str | None
+
+
+class Number(str):
+    """A JSON number as it was written in the document (its exact digits)."""
+
+
+def _dump(value: Any) -> str:
+    """Compact JSON, numbers written with the document's own digits."""
+    if isinstance(value, Number):
+        return str(value)
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{json.dumps(k, ensure_ascii=False)}:{_dump(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(_dump(v) for v in value) + "]"
+    return json.dumps(value, ensure_ascii=False)
+
+
+@cache
+def known_currency(code: str) -> bool:
+    """An ISO 4217 currency code (pycountry's list)."""
+    import pycountry
+
+    return pycountry.currencies.get(alpha_3=code) is not None
+
+
+def _extended_number(value: dict[str, Any]) -> Decimal | str:
+    """Extended JSON's typed numbers ({"$numberDecimal": "12.50"}, {"$numberDouble": "NaN"}, ...) as a
+    Decimal, or the reason it is no amount."""
+    if len(value) == 1:
+        kind, text = next(iter(value.items()))
+        if kind in ("$numberDecimal", "$numberDouble", "$numberLong", "$numberInt") and isinstance(text, str):
+            try:
+                number = Decimal(text)
+            except InvalidOperation:
+                return f"unparseable amount {_dump(value)[:60]!r}"
+            return number if number.is_finite() else f"amount is not a finite number ({kind} {text})"
+    return f"unparseable amount {_dump(value)[:60]!r}"
+
+
+def money_from_document(document: str | None) -> tuple[str | None, str | None, Amount]:
+    """(the amount's source text, the currency field's text, the parsed amount) of a document in
+    Extended JSON; the amount is parsed from the document's own digits."""
+    if document is None:
+        return None, None, Amount(None, None, "missing amount")
+    try:
+        parsed = json.loads(document, parse_float=Number, parse_int=Number)
+    except ValueError:
+        return None, None, Amount(None, None, "document is not JSON")
+    if not isinstance(parsed, dict):
+        return None, None, Amount(None, None, "document is not a JSON object")
+    raw, currency = parsed.get("amount"), parsed.get("currency")
+    raw_text = None if raw is None else raw if isinstance(raw, str) else _dump(raw)
+    currency_text = None if currency is None else currency if isinstance(currency, str) else _dump(currency)
+    if currency is not None and not isinstance(currency, str):
+        return raw_text, currency_text, Amount(None, None, f"currency is not a currency code: {currency_text[:60]!r}")
+    if isinstance(raw, dict):
+        number = _extended_number(raw)
+        if isinstance(number, str):
+            return raw_text, currency_text, Amount(None, None, number)
+        return raw_text, currency_text, parse_amount(number, currency)
+    if isinstance(raw, Number):
+        return raw_text, currency_text, parse_amount(Decimal(raw), currency)
+    if isinstance(raw, list):
+        return raw_text, currency_text, Amount(None, None, f"unparseable amount {raw_text[:60]!r}")
+    return raw_text, currency_text, parse_amount(raw, currency)
 
 
 def _number(text: str) -> Decimal | None:
@@ -53,10 +124,12 @@ def parse_amount(raw: object, default_currency: str | None = None) -> Amount:
         return Amount(None, None, "missing amount")
     if isinstance(raw, bool):
         return Amount(None, None, f"unparseable amount {raw!r}")
-    if isinstance(raw, int | float | Decimal):
-        text = repr(raw) if isinstance(raw, float) else str(raw)
-    else:
-        text = str(raw).strip()
+    if isinstance(raw, int | float | Decimal):  # a number: its own value, whatever its notation
+        number = Decimal(repr(raw)) if isinstance(raw, float) else Decimal(raw)
+        if not number.is_finite():
+            return Amount(None, None, f"unparseable amount {str(raw)[:60]!r}")
+        return _checked(number, None, raw, default_currency)
+    text = str(raw).strip()
     if not text:
         return Amount(None, None, "empty amount")
     currency = None
@@ -70,13 +143,27 @@ def parse_amount(raw: object, default_currency: str | None = None) -> Amount:
             return Amount(None, None, f"conflicting currencies in {raw!r}")
         currency, text = code, (match.group(2) if match.group(1) else match.group(3)).strip()
     value = _number(text)
+    if value is None and _SCIENTIFIC.match(text):
+        value = Decimal(text)
     if value is None or not value.is_finite():
         return Amount(None, None, f"unparseable amount {str(raw)[:60]!r}")
+    return _checked(value, currency, raw, default_currency)
+
+
+def _checked(value: Decimal, currency: str | None, raw: object, default_currency: str | None) -> Amount:
+    """A parsed amount in range, rounded to cents, with a known currency (its own, else the document's)."""
     if abs(value) > MAX_AMOUNT:
         return Amount(None, None, f"amount out of range {str(raw)[:60]!r}")
     value = value.quantize(CENT, rounding=ROUND_HALF_EVEN)
-    currency = currency or (default_currency.upper() if default_currency else None)
-    return Amount(value, currency, None if currency else "no currency")
+    if currency is None and default_currency is not None:
+        currency = default_currency.strip().upper()
+        if not re.fullmatch(r"[A-Z]{3}", currency):
+            return Amount(None, None, f"currency is not a currency code: {default_currency[:60]!r}")
+    if currency is None:
+        return Amount(value, None, "no currency")
+    if not known_currency(currency):
+        return Amount(None, None, f"unknown currency {currency!r} (not an ISO 4217 code)")
+    return Amount(value, currency, None)
 
 
 def parse_thresholds(spec: str) -> dict[str, Decimal]:

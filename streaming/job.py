@@ -156,13 +156,13 @@ def parse(raw: DataFrame, settings: Settings) -> DataFrame:
         _quarantine_reason(F.col("event"), F.col("fields"), F.col("raw_value")).alias("quarantine_reason"),
         F.when(F.size(unknown) > 0, F.to_json(unknown)).alias("extra"),
         _event_time(settings, document).alias("event_time"),
-        *[F.get_json_object(document, f"$.{attr}").alias(attr)
-          for attr in ("customer_id", "status", "currency")],
-        F.get_json_object(document, "$.amount").alias("amount_raw"),
+        *[F.get_json_object(document, f"$.{attr}").alias(attr) for attr in ("customer_id", "status")],
+        document.alias("document"),
     ).drop("fields")
+    # The money columns are read from the document's own JSON text (exact digits, Decimal128).
     return attributes.select(
-        "*", *money_columns(F.col("amount_raw"), F.col("currency"), settings.high_value_thresholds)
-    )
+        "*", *money_columns(F.col("document"), settings.high_value_thresholds)
+    ).drop("document")
 
 
 class BatchWriter:

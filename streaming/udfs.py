@@ -11,15 +11,20 @@ import pandas as pd
 from pyspark.sql import Column
 from pyspark.sql.functions import pandas_udf
 
-from streaming.amounts import is_high_value, parse_amount, parse_thresholds
+from streaming.amounts import is_high_value, money_from_document, parse_thresholds
 
-AMOUNT_TYPE = "amount DECIMAL(18, 2), currency STRING, error STRING"
+MONEY_FIELDS = ("amount_raw", "currency", "amount", "amount_currency", "amount_error")
+MONEY_TYPE = ("amount_raw STRING, currency STRING, amount DECIMAL(18, 2), amount_currency STRING, "
+              "amount_error STRING")
 
 
-def parse_amounts(raw: pd.Series, currency: pd.Series) -> pd.DataFrame:
-    """(raw amount text, the document's currency field) -> (amount, currency, error) per row."""
-    parsed = [parse_amount(r, c) for r, c in zip(raw, currency, strict=True)]
-    return pd.DataFrame(parsed, columns=["amount", "currency", "error"])
+def parse_money(document: pd.Series) -> pd.DataFrame:
+    """The document's JSON text -> (amount's source text, currency field, amount, its currency, error)."""
+    rows = []
+    for text in document:
+        raw, currency, parsed = money_from_document(text)
+        rows.append((raw, currency, parsed.value, parsed.currency, parsed.error))
+    return pd.DataFrame(rows, columns=list(MONEY_FIELDS))
 
 
 def high_values(thresholds_spec: str):  # noqa: ANN201 - returns the pandas function for the UDF
@@ -32,13 +37,11 @@ def high_values(thresholds_spec: str):  # noqa: ANN201 - returns the pandas func
     return flags
 
 
-def money_columns(raw: Column, currency: Column, thresholds_spec: str) -> list[Column]:
-    """amount, amount_currency, amount_error, is_high_value from a raw amount and currency field."""
-    money = pandas_udf(parse_amounts, AMOUNT_TYPE)(raw, currency)  # type: ignore[call-overload]
+def money_columns(document: Column, thresholds_spec: str) -> list[Column]:
+    """amount_raw, currency, amount, amount_currency, amount_error, is_high_value from a document's JSON."""
+    money = pandas_udf(parse_money, MONEY_TYPE)(document)  # type: ignore[call-overload]
     high_value = pandas_udf(high_values(thresholds_spec), "boolean")  # type: ignore[call-overload]
     return [
-        money["amount"].alias("amount"),
-        money["currency"].alias("amount_currency"),
-        money["error"].alias("amount_error"),
-        high_value(money["amount"], money["currency"]).alias("is_high_value"),
+        *(money[name].alias(name) for name in MONEY_FIELDS),
+        high_value(money["amount"], money["amount_currency"]).alias("is_high_value"),
     ]

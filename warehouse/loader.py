@@ -19,10 +19,11 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 from deltalake import DeltaTable
 
-from lakehouse import tables
+from lakehouse import events, tables
 from lakehouse.config import Settings
 from lakehouse.progress import Progress
 from warehouse.schema import (
@@ -43,7 +44,8 @@ SOURCE = tables.SILVER
 REBUILD = "lakehouse replay --into warehouse --from-beginning"
 # fact column -> the silver column it is loaded from (the rest have the same name, or are set on load)
 _FROM_SILVER = {"document": "full_document"}
-SILVER_COLUMNS_NEEDED = tuple(_FROM_SILVER.get(c, c) for c, _ in FACT_COLUMNS if c != "loaded_at")
+SILVER_COLUMNS_NEEDED = (*(_FROM_SILVER.get(c, c) for c, _ in FACT_COLUMNS if c != "loaded_at"), "schema_version",
+                         "document_key")
 
 
 @dataclass(frozen=True)
@@ -262,7 +264,7 @@ def apply(con: duckdb.DuckDBPyConnection, incoming: pa.Table, version: int | Non
          "updated_at": "event_time AS updated_at"}.get(c, c)
         for c in orders_cols
     )
-    con.register("incoming_arrow", incoming)
+    con.register("incoming_arrow", with_v2_identity(incoming))
     con.execute("BEGIN TRANSACTION")
     try:
         everything = bool(con.execute(
@@ -326,6 +328,22 @@ def apply(con: duckdb.DuckDBPyConnection, incoming: pa.Table, version: int | Non
     finally:
         con.unregister("incoming_arrow")
     return new_changes
+
+
+def with_v2_identity(rows: pa.Table) -> pa.Table:
+    """Envelope v1 events carry the _id as text (1001 and "1001" collided); their identity is derived
+    again from their document_key, as v2 events carry it (lakehouse/events.py)."""
+    if rows.num_rows == 0 or "schema_version" not in rows.column_names:
+        return rows
+    v1 = pc.fill_null(pc.less(rows["schema_version"], 2), True)
+    if not pc.any(v1).as_py():
+        return rows
+    doc_ids = [
+        events.identity_of_v1(key, doc_id) if old and doc_id != events.WHOLE_COLLECTION else doc_id
+        for old, key, doc_id in zip(v1.to_pylist(), rows["document_key"].to_pylist(), rows["doc_id"].to_pylist(),
+                                    strict=True)
+    ]
+    return rows.set_column(rows.column_names.index("doc_id"), "doc_id", pa.array(doc_ids, pa.string()))
 
 
 def _aggregates_select(path: Path) -> str:

@@ -15,6 +15,7 @@ a rebuild.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -50,6 +51,9 @@ class Reconciliation:
     cluster_time: tuple[int, int] = (0, 0)  # MongoDB's cluster time when the reconcile began
     ids: dict[str, str] = field(default_factory=dict)  # doc_id -> _id as Extended JSON (missing, mismatched)
     repaired: int = 0
+    # In MongoDB, not in the warehouse, because the producer dead-lettered their change (e.g. too large):
+    # accounted for, not missing, and not repaired (the repair would be refused the same way).
+    dead_lettered: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -59,11 +63,13 @@ class Reconciliation:
         return (
             f"reconciled: source={self.source} warehouse={self.warehouse} missing={len(self.missing)} "
             f"extra={len(self.extra)} mismatched={len(self.mismatched)}"
+            + (f" (dead-lettered, not loaded: {len(self.dead_lettered)})" if self.dead_lettered else "")
         )
 
     def examples(self, limit: int = 5) -> list[str]:
         out = []
-        for label, keys in (("missing", self.missing), ("extra", self.extra), ("mismatched", self.mismatched)):
+        for label, keys in (("missing", self.missing), ("extra", self.extra), ("mismatched", self.mismatched),
+                            ("dead-lettered", self.dead_lettered)):
             if keys:
                 out.append(f"  {label}: {', '.join(sorted(keys)[:limit])}{' ...' if len(keys) > limit else ''}")
         return out
@@ -81,7 +87,7 @@ def _source_chunks(collection: Any, query: dict[str, Any] | None = None) -> Iter
     for document in collection.find(query or {}, batch_size=CHUNK):
         key = {"_id": document["_id"]}
         doc_ids.append(events.doc_id_text(key))
-        id_jsons.append(events.to_extended_json(key) or "")
+        id_jsons.append(events.key_json(key))
         digests.append(_digest(events.to_extended_json(document)))
         if len(doc_ids) >= CHUNK:
             yield pa.record_batch([doc_ids, id_jsons, digests], names=["doc_id", "id_json", "digest"])
@@ -150,10 +156,41 @@ def reconcile(settings: Settings, collection: str = "orders", keys: Reconciliati
         result = _compare(scratch, result)
         if result.mismatched:
             result.mismatched = _really_different(settings, db[collection], result)
+        if result.missing:
+            refused = dead_lettered(settings, collection)
+            result.dead_lettered = [k for k in result.missing if k in refused]
+            result.missing = [k for k in result.missing if k not in refused]
         return result
     finally:
         scratch.close()
         client.close()
+
+
+def dead_lettered(settings: Settings, collection: str) -> set[str]:
+    """Identities of `collection`'s documents whose change the producer sent to the dead-letter topic."""
+    from kafka import TopicPartition
+
+    from lakehouse.kafka_io import consumer, end_offsets
+
+    ends = end_offsets(settings, [settings.dead_letter_topic])
+    if not sum(ends.values()):
+        return set()
+    found: set[str] = set()
+    reader = consumer(settings, consumer_timeout_ms=3000)
+    try:
+        parts = [TopicPartition(t, p) for (t, p) in ends]
+        reader.assign(parts)
+        reader.seek_to_beginning(*parts)
+        for record in reader:
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                body = json.loads(record.value)
+                if body.get("collection") == collection and body.get("doc_id") is not None:
+                    found.add(body["doc_id"])
+            if all(reader.position(tp) >= ends[(tp.topic, tp.partition)] for tp in parts):
+                break
+    finally:
+        reader.close()
+    return found
 
 
 def _really_different(settings: Settings, collection: Any, result: Reconciliation) -> list[str]:

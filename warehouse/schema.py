@@ -11,7 +11,7 @@ from __future__ import annotations
 from lakehouse import tables
 from lakehouse.tables import ORDER_ATTRIBUTES, SILVER_COLUMNS
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # v3: doc_id is the _id's type-exact identity (envelope v2)
 
 # Source order of a change: cluster time, then position among changes at that cluster time.
 SOURCE_ORDER = ("cluster_time_s", "cluster_time_inc", "txn_op_index")

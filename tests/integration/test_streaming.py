@@ -6,6 +6,7 @@ from pymongo import MongoClient
 
 from lakehouse import tables
 from lakehouse.config import Settings
+from lakehouse.events import SCHEMA_VERSION
 from lakehouse.kafka_io import ensure_topics
 from producer.generator import OrderGenerator
 from producer.listener import ChangeStreamListener
@@ -51,7 +52,7 @@ def test_bad_messages_are_quarantined_and_reruns_add_nothing(spark: object, sett
     assert any(r == "empty message value" for r in reasons), reasons
     assert any(r.startswith("missing required field(s): change_id") for r in reasons), reasons
     assert any(r == "unknown op explode" for r in reasons), reasons
-    assert "field(s) of the wrong type for envelope schema v1: cluster_time_inc" in reasons, reasons
+    assert f"field(s) of the wrong type for envelope schema v{SCHEMA_VERSION}: cluster_time_inc" in reasons, reasons
     assert len(table(settings, tables.BRONZE)) == published + len(bad)
     parquet_rows = sum(1 for _ in settings.parquet_silver_path.rglob("*.parquet"))
     assert parquet_rows >= 1
@@ -97,7 +98,7 @@ def test_schema_evolution_mid_stream_keeps_running_and_says_what_happened(spark:
     assert json.loads(silver["new-field"]["extra"]) == {"priority": "high", "tags": '["a","b"]'}
     assert "new-type" not in silver
     reasons = [r["quarantine_reason"] for r in table(settings, tables.QUARANTINE)]
-    assert reasons == ["field(s) of the wrong type for envelope schema v1: wall_time_ms"]
+    assert reasons == [f"field(s) of the wrong type for envelope schema v{SCHEMA_VERSION}: wall_time_ms"]
     assert len(silver) > before + 1  # the traffic after the change went through
     metrics = [json.loads(line) for line in settings.batch_metrics.read_text().splitlines()]
     assert ["priority", "tags"] in [m["new_fields"] for m in metrics]

@@ -39,7 +39,7 @@ D = Decimal
         (float("nan"), "USD", Amount(None, None, "unparseable amount 'nan'")),
         ("$5 EUR", None, Amount(None, None, "conflicting currencies in '$5 EUR'")),
         ("12", None, Amount(D("12.00"), None, "no currency")),
-        ("1e400", "USD", Amount(None, None, "unparseable amount '1e400'")),
+        ("1e400", "USD", Amount(None, None, "amount out of range '1e400'")),
         ("99999999999999999999", "USD", Amount(None, None, "amount out of range '99999999999999999999'")),
     ],
 )
@@ -72,3 +72,41 @@ def test_high_value_per_currency_with_default() -> None:
     assert is_high_value(D("10"), "JPY", parse_thresholds("USD:1")) is None
     with pytest.raises(ValueError, match="CODE:AMOUNT"):
         parse_thresholds("USD=1000")
+
+
+@pytest.mark.parametrize(
+    ("document", "expected"),
+    [
+        ('{"amount": {"$numberDecimal": "12.50"}, "currency": "USD"}', Amount(D("12.50"), "USD", None)),
+        ('{"amount": {"$numberDecimal": "NaN"}, "currency": "USD"}',
+         Amount(None, None, "amount is not a finite number ($numberDecimal NaN)")),
+        ('{"amount": {"$numberDecimal": "-Infinity"}, "currency": "USD"}',
+         Amount(None, None, "amount is not a finite number ($numberDecimal -Infinity)")),
+        ('{"amount": {"$numberDouble": "Infinity"}, "currency": "USD"}',
+         Amount(None, None, "amount is not a finite number ($numberDouble Infinity)")),
+        ('{"amount": {"$numberLong": "1200"}, "currency": "EUR"}', Amount(D("1200.00"), "EUR", None)),
+        ('{"amount": 12345678.9, "currency": "USD"}', Amount(D("12345678.90"), "USD", None)),
+        ('{"amount": 1e7, "currency": "USD"}', Amount(D("10000000.00"), "USD", None)),
+        ('{"amount": 0.0005, "currency": "USD"}', Amount(D("0.00"), "USD", None)),
+        ('{"amount": 0.015, "currency": "USD"}', Amount(D("0.02"), "USD", None)),  # the digits, not a double's
+        ('{"amount": "1.5e3", "currency": "GBP"}', Amount(D("1500.00"), "GBP", None)),
+        ('{"amount": 12, "currency": {"code": "USD"}}',
+         Amount(None, None, "currency is not a currency code: '{\"code\":\"USD\"}'")),
+        ('{"amount": 12, "currency": "XYZ"}', Amount(None, None, "unknown currency 'XYZ' (not an ISO 4217 code)")),
+        ('{"amount": "ABC 12"}', Amount(None, None, "unknown currency 'ABC' (not an ISO 4217 code)")),
+        ('{"amount": {"value": 3}, "currency": "USD"}', Amount(None, None, "unparseable amount '{\"value\":3}'")),
+        ('{"amount": [1, 2], "currency": "USD"}', Amount(None, None, "unparseable amount '[1,2]'")),
+        ('{"currency": "USD"}', Amount(None, None, "missing amount")),
+    ],
+)
+def test_money_is_read_from_the_documents_own_digits(document: str, expected: Amount) -> None:
+    from streaming.amounts import money_from_document
+
+    assert money_from_document(document)[2] == expected
+
+
+def test_the_amounts_source_text_is_kept() -> None:
+    from streaming.amounts import money_from_document
+
+    assert money_from_document('{"amount": 1e7, "currency": "USD"}')[:2] == ("1e7", "USD")
+    assert money_from_document('{"amount": {"$numberDecimal": "12.50"}}')[0] == '{"$numberDecimal":"12.50"}'

@@ -42,7 +42,7 @@ def test_delete_is_keyed_by_pre_image_order_id_and_falls_back_to_doc_id() -> Non
     assert with_pre_image["order_id"] == "o9"
     assert with_pre_image["full_document"] is None
     without = events.from_change(change("delete"), POS)
-    assert without["order_id"] == without["doc_id"] == "6b038060dfb53f1723db4377"
+    assert without["order_id"] == without["doc_id"] == '{"$oid": "6b038060dfb53f1723db4377"}'
 
 
 def test_documents_travel_as_extended_json() -> None:
@@ -79,3 +79,20 @@ def test_source_position_counts_events_sharing_a_cluster_time() -> None:
 
 def test_canonical_document_is_key_order_independent() -> None:
     assert events.canonical_document('{"b": 1, "a": [1, 2]}') == events.canonical_document({"a": [1, 2], "b": 1})
+
+
+def test_identity_is_type_exact_and_v1_identities_are_derived_again() -> None:
+    from bson import ObjectId
+    from bson.son import SON
+
+    oid = ObjectId("6b038060dfb53f1723db4377")
+    ids = [1001, "1001", oid, str(oid), SON([("a", 1), ("b", 2)]), SON([("b", 2), ("a", 1)]), '{"a": 1, "b": 2}',
+           None, "null", "*"]
+    identities = [events.doc_id_text({"_id": value}) for value in ids]
+    assert len(set(identities)) == len(ids), identities
+    assert events.WHOLE_COLLECTION not in identities
+    # A v1 event (text doc_id) gets the v2 identity from its document_key.
+    assert events.identity_of_v1('{"_id": 1001}', "1001") == "1001"
+    assert events.identity_of_v1('{"_id": "1001"}', "1001") == '"1001"'
+    assert events.identity_of_v1('{"_id": {"$oid": "6b038060dfb53f1723db4377"}}', str(oid)) == identities[2]
+    assert events.identity_of_v1(None, "x") == "x"

@@ -1,0 +1,58 @@
+"""Collection and database lifecycle events are changes, not errors: a drop, a rename either way and a
+dropped database end (or bring) the documents in the warehouse, and capture goes on after each."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from lakehouse.cli import cli
+from lakehouse.config import Settings
+from lakehouse.mongo import connect as connect_mongo
+from producer.generator import OrderGenerator
+from tests.helpers import drain, stream_lake
+from warehouse.loader import connect, load
+from warehouse.reconcile import reconcile
+
+
+def warehouse_orders(settings: Settings) -> int:
+    con = connect(settings.warehouse_path, read_only=True)
+    try:
+        return int(con.execute("SELECT count(*) FROM orders").fetchall()[0][0])
+    finally:
+        con.close()
+
+
+def test_drop_rename_and_drop_database_reach_the_warehouse_and_capture_goes_on(spark: object,
+                                                                              settings: Settings) -> None:
+    client = connect_mongo(settings)
+    db = client[settings.mongo_db]
+
+    def caught_up(what: str) -> int:
+        drain(settings)
+        stream_lake(spark, settings)
+        load(settings)
+        result = reconcile(settings)
+        assert result.ok, f"after {what}: {result.line()} {result.examples()}"
+        return result.source
+
+    OrderGenerator(db["orders"], seed=51).run(120)
+    assert caught_up("the first orders") > 0
+    db["orders"].drop()
+    OrderGenerator(db["orders"], seed=52).run(30)  # the collection made again by new writes
+    assert caught_up("a drop and new orders") > 0
+
+    db["orders"].rename("orders_archive")  # away from the captured name: its documents end
+    assert caught_up("a rename away") == 0 and warehouse_orders(settings) == 0
+    OrderGenerator(db["staging"], seed=53).run(40)
+    db["staging"].rename("orders")  # onto the captured name: its documents arrive, copied
+    assert caught_up("a rename onto orders") > 0
+
+    client.drop_database(settings.mongo_db)  # ends everything, and invalidates the stream
+    OrderGenerator(db["orders"], seed=54).run(25)  # capture goes on after the invalidate
+    assert caught_up("a dropped database and new orders") > 0
+
+    report = json.loads(CliRunner().invoke(cli, ["status", "--json"], env=settings.to_env()).output)
+    last = report["producer"]["last_lifecycle_event"]
+    assert last["operation"] in ("dropDatabase", "invalidate") and last["db"] in (settings.mongo_db, None)
