@@ -46,7 +46,8 @@ def test_drop_rename_and_drop_database_reach_the_warehouse_and_capture_goes_on(s
     db["orders"].rename("orders_archive")  # away from the captured name: its documents end
     assert caught_up("a rename away") == 0 and warehouse_orders(settings) == 0
     OrderGenerator(db["staging"], seed=53).run(40)
-    db["staging"].rename("orders")  # onto the captured name: its documents arrive, copied
+    # onto the captured name (the producer made an empty one to set pre-images): its documents arrive, copied
+    db["staging"].rename("orders", dropTarget=True)
     assert caught_up("a rename onto orders") > 0
 
     client.drop_database(settings.mongo_db)  # ends everything, and invalidates the stream
