@@ -81,6 +81,8 @@ def main() -> None:
                               **settings.to_env()}, capture_output=True, text=True)
         took = time.monotonic() - started
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        if not done.stdout.strip():
+            raise SystemExit(f"lakehouse reconcile printed nothing (exit {done.returncode}):\n{done.stderr[-3000:]}")
         line = done.stdout.strip().splitlines()[-1]
         print(line)
         assert f"missing={PLANTED} extra={PLANTED} mismatched={PLANTED}" in line, done.stdout + done.stderr

@@ -139,11 +139,17 @@ def load_command(settings: Settings, every: float | None, reconcile_every: float
     from warehouse.loader import LakeMissing, WarehouseError, WarehouseLocked, load
     from warehouse.reconcile import round_of
 
+    ready = False
+
     def once() -> None:
+        nonlocal ready
         result = load(settings)
         if every is None or result.rows_read:
             click.echo(f"loaded delta version {result.delta_version}: {result.rows_read} rows read, "
                        f"{result.new_changes} new changes, {result.orders} current orders")
+        if every is not None and not ready:
+            ready = True
+            click.echo(f"loader ready: the warehouse has silver v{result.delta_version}")
 
     def quietly() -> None:
         with contextlib.suppress(LakeMissing, WarehouseLocked):

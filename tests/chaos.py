@@ -93,7 +93,8 @@ class Chaos:
                               lambda: s.producer_checkpoint.stat().st_mtime if s.producer_checkpoint.exists() else 0),
             "streaming": Stage("streaming", ("stream",), lambda: self._lines(s.batch_metrics)),
             "loader": Stage("loader", ("load", "--every", "2", "--reconcile-every", "30", "--settle", "20"),
-                            lambda: self._lines(self.logs / "loader.log", "loaded delta version")),
+                            lambda: self._lines(self.logs / "loader.log", "loaded delta version")
+                            + self._lines(self.logs / "loader.log", "loader ready")),
         }
         self.events: list[str] = []
         self.stop_generating = threading.Event()

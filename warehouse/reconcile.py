@@ -27,6 +27,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 from bson import json_util
+from kafka.errors import KafkaError
 
 from lakehouse import events
 from lakehouse.config import Settings
@@ -170,9 +171,14 @@ def dead_lettered(settings: Settings, collection: str) -> set[str]:
     """Identities of `collection`'s documents whose change the producer sent to the dead-letter topic."""
     from kafka import TopicPartition
 
+    from lakehouse.errors import ServerUnreachable
     from lakehouse.kafka_io import consumer, end_offsets
 
-    ends = end_offsets(settings, [settings.dead_letter_topic])
+    try:
+        ends = end_offsets(settings, [settings.dead_letter_topic])
+    except (ServerUnreachable, KafkaError) as exc:
+        log.warning("cannot read the dead-letter topic (%s): documents it holds are counted as missing", exc)
+        return set()
     if not sum(ends.values()):
         return set()
     found: set[str] = set()

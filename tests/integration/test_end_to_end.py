@@ -31,6 +31,11 @@ def test_follow_runs_until_ctrl_c_then_stops_everything_it_started(settings: Set
     log = tmp_path / "follow.log"
     demo = start_cli(settings, log, "run-all", "--follow", "--every", "2", "--rate", "30")
     try:
+        def warehouse_grows_after(line: int) -> bool:
+            counts = [int(n.replace(",", "")) for n in re.findall(r"warehouse ([\d,]+) orders",
+                                                                   "\n".join(log.read_text().splitlines()[line:]))]
+            return len(counts) >= 2 and counts[0] < counts[-1]
+
         def warehouse_grows() -> bool:
             # The warehouse exists (empty) from the start: it must have orders, and then more.
             counts = [int(n.replace(",", "")) for n in re.findall(r"warehouse ([\d,]+) orders", log.read_text())]
@@ -39,6 +44,13 @@ def test_follow_runs_until_ctrl_c_then_stops_everything_it_started(settings: Set
 
         wait_for(lambda: demo.poll() is not None or warehouse_grows(), 240, "the warehouse to grow in follow mode")
         assert demo.poll() is None, log.read_text()
+        # A child that dies is started again, with the cause on run-all's output and in the status line.
+        producer = int(re.findall(r"started producer \(pid (\d+)", log.read_text())[0])
+        os.killpg(producer, signal.SIGKILL)
+        wait_for(lambda: "producer restarted 1x" in log.read_text(), 120, "run-all to restart the producer")
+        assert re.search(r"producer exited with code -9 .*restarting it", log.read_text()), log.read_text()
+        before = log.read_text().count("\n")
+        wait_for(lambda: warehouse_grows_after(before), 120, "the warehouse to grow again after the restart")
         demo.send_signal(signal.SIGINT)
         demo.wait(timeout=180)
     finally:
@@ -50,7 +62,7 @@ def test_follow_runs_until_ctrl_c_then_stops_everything_it_started(settings: Set
     assert "interrupted: stopping the processes run-all started" in out
     assert "stopped producer (exit code 0)" in out and "stopped streaming (exit code 0)" in out, out
     children = [int(pid) for pid in re.findall(r"started \w+ \(pid (\d+)", out)]
-    assert len(children) == 2
+    assert len(children) == 3  # the producer twice
     wait_for(lambda: not any(_alive(pid) for pid in children), 30, "run-all's children to be gone")
     assert not list((settings.state_dir / "run").glob("*.pid"))
 
