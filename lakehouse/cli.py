@@ -268,7 +268,7 @@ def status_command(settings: Settings, as_json: bool) -> None:
 
 
 @cli.command("metrics")
-@click.option("--serve", "port", type=int, default=None,
+@click.option("--serve", "port", type=click.IntRange(1, 65535), default=None,
               help="Serve them at http://127.0.0.1:PORT/metrics until Ctrl-C instead of printing once.")
 @click.pass_obj
 def metrics_command(settings: Settings, port: int | None) -> None:

@@ -107,7 +107,8 @@ class Settings:
 
     def __post_init__(self) -> None:
         """Refuse, where they enter, values a server or Spark would refuse later with a traceback."""
-        problems = [p for p in (self._uri_problem(), *self._name_problems(), *self._number_problems()) if p]
+        problems = [p for p in (self._uri_problem(), *self._name_problems(), *self._number_problems(),
+                                *self._path_problems()) if p]
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -151,6 +152,19 @@ class Settings:
                   self.kafka_replication_factor >= 1), ("max_rows_per_batch", self.max_rows_per_batch >= 1),
                   ("trigger_seconds", 0 < self.trigger_seconds < 86_400))
         return [f"{ENV_NAMES[name]}={getattr(self, name)!r} must be a positive number" for name, ok in checks if not ok]
+
+    def _path_problems(self) -> list[str]:
+        """A folder setting whose path runs through a regular file can never be created."""
+        problems = []
+        for name, folder in (("lake_path", self.lake_path), ("warehouse_path", self.warehouse_path.parent),
+                             ("state_dir", self.state_dir), ("stack_dir", self.stack_dir)):
+            blocking = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+            if blocking is not None:
+                problems.append(f"{ENV_NAMES[name]}={getattr(self, name)} goes through {blocking}, which is a "
+                                "file, not a folder; point it somewhere else")
+        if self.warehouse_path.is_dir():
+            problems.append(f"WAREHOUSE_PATH={self.warehouse_path} is a folder; give the DuckDB file's path")
+        return problems
 
     def to_env(self) -> dict[str, str]:
         """The same settings as environment variables, for the processes run-all starts."""

@@ -85,7 +85,12 @@ def parse_time(text: str) -> datetime:
         moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError as exc:
         raise ReplayError(f"--from-time {text!r} is not an ISO 8601 time such as 2026-11-23T10:00:00Z") from exc
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    # MongoDB's cluster time counts seconds in 32 bits; Kafka's message times start at the epoch.
+    if not datetime(1970, 1, 1, tzinfo=UTC) <= moment < datetime(2106, 2, 7, tzinfo=UTC):
+        raise ReplayError(f"--from-time {text!r} is outside what MongoDB's and Kafka's clocks count "
+                          "(1970-01-01 to 2106-02-06)")
+    return moment
 
 
 def parse_offsets(text: str) -> dict[tuple[str, int], int]:
@@ -101,8 +106,9 @@ def parse_offsets(text: str) -> dict[tuple[str, int], int]:
             raise ReplayError(
                 f"--from-offsets item {item!r} is not topic:partition:offset (e.g. cdc.shop.orders:0:1200)"
             ) from exc
-        if not topic or int(partition) < 0 or int(offset) < 0:
-            raise ReplayError(f"--from-offsets item {item!r}: topic must be named, partition and offset >= 0")
+        if not topic or not 0 <= int(partition) < 2**31 or not 0 <= int(offset) < 2**63:
+            raise ReplayError(f"--from-offsets item {item!r}: name the topic; partition and offset must be whole "
+                              "numbers from 0 (partition below 2^31, offset below 2^63)")
     if not offsets:
         raise ReplayError("--from-offsets is empty; give topic:partition:offset[,...]")
     return offsets
@@ -346,6 +352,16 @@ def _into_warehouse(settings: Settings, start: StartPoint, dry_run: bool, say: C
     incoming = read_silver(silver, where=where_arrow, what="replay: read silver")
     con = connect(settings.warehouse_path)
     try:
+        if start.kind == "offsets":
+            known = {(t, p) for t, p in con.execute(
+                "SELECT DISTINCT kafka_topic, kafka_partition FROM fact_order_changes").fetchall()}
+            known |= {(r["kafka_topic"], r["kafka_partition"]) for r in incoming.select(
+                ["kafka_topic", "kafka_partition"]).to_pylist()}
+            unknown = sorted(f"{t}[{p}]" for t, p in start.offsets if (t, p) not in known)
+            if unknown:
+                have = ", ".join(sorted(f"{t}[{p}]" for t, p in known)) or "nothing"
+                raise ReplayError(f"--from-offsets names {', '.join(unknown)}, which neither the warehouse nor the "
+                                  f"lake has changes from (they have {have})")
         replaced = int(con.execute(f"SELECT count(*) FROM fact_order_changes WHERE {where_sql}").fetchall()[0][0])
         if dry_run:
             say(f"dry run: would replace {replaced} warehouse changes from {start.describe()} with the "

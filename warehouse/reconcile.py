@@ -134,6 +134,7 @@ def _compare(scratch: duckdb.DuckDBPyConnection, result: Reconciliation) -> Reco
 def reconcile(settings: Settings, collection: str = "orders", keys: Reconciliation | None = None) -> Reconciliation:
     """Compare MongoDB's `collection` with the warehouse; with `keys` (an earlier result), only the
     documents that differed then (a second look: what is still different after the chain caught up)."""
+    connect(settings.warehouse_path, read_only=True).close()  # no warehouse: say so before asking MongoDB
     client = connect_mongo(settings, "lakehouse-reconcile")
     scratch = duckdb.connect()
     try:

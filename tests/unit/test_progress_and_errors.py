@@ -94,6 +94,9 @@ def test_a_stopped_kafka_is_one_line_naming_it_and_what_to_do(tmp_path: Path, co
 def test_a_stopped_mongodb_is_one_line_naming_it_with_the_password_hidden(tmp_path: Path) -> None:
     port = _closed_port()
     uri = f"mongodb://reader:s3cret@127.0.0.1:{port}/?directConnection=true&serverSelectionTimeoutMS=300"
+    from warehouse.loader import connect
+
+    connect(tmp_path / "w.duckdb").close()  # a warehouse to reconcile: MongoDB is what is missing
     result = CliRunner().invoke(cli, ["reconcile"], env={"MONGO_URI": uri, "STATE_DIR": str(tmp_path),
                                                          "WAREHOUSE_PATH": str(tmp_path / "w.duckdb")})
     assert result.exit_code == 1

@@ -221,3 +221,8 @@ def test_reading_a_warehouse_that_is_not_there_says_how_to_make_one(tmp_path: Pa
     with pytest.raises(WarehouseError, match=expected):
         sql_reader(tmp_path / "missing.duckdb")("SELECT 1")
     assert not (tmp_path / "missing.duckdb").exists()
+
+
+def test_a_warehouse_replay_from_offsets_nothing_came_from_is_refused(lake) -> None:  # noqa: ANN001
+    with pytest.raises(ReplayError, match=r"nope\[0\], t\[1\], which neither the warehouse nor the lake"):
+        replay(lake, "warehouse", StartPoint("offsets", offsets={("nope", 0): 0, ("t", 1): 0, ("t", 0): 0}))

@@ -1,0 +1,72 @@
+"""Bad command-line and configuration values: one line naming the value and what to do, exit code 2
+for usage, and nothing created or changed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from lakehouse.cli import cli
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    """Loopback servers that are not there, and folders in a scratch place."""
+    return {"MONGO_URI": "mongodb://127.0.0.1:1/", "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
+            "LAKE_PATH": str(tmp_path / "lake"), "WAREHOUSE_PATH": str(tmp_path / "wh.duckdb"),
+            "STATE_DIR": str(tmp_path / "state"), "STACK_DIR": str(tmp_path / "stack")}
+
+
+@pytest.mark.parametrize(("variables", "args", "says"), [
+    ({"COLLECTIONS": "../x"}, ["status"], "COLLECTIONS: '../x'"),
+    ({"COLLECTIONS": "x y,$cmd"}, ["status"], "'x y' is not a collection"),
+    ({"COLLECTIONS": ", ,"}, ["status"], "COLLECTIONS names no collection"),
+    ({"MONGO_DB": "a/b"}, ["status"], "MONGO_DB='a/b'"),
+    ({"KAFKA_PARTITIONS": "0"}, ["status"], "KAFKA_PARTITIONS=0 must be a positive number"),
+    ({"KAFKA_PARTITIONS": "three"}, ["status"], "KAFKA_PARTITIONS='three' is not a whole number"),
+    ({"TRIGGER_SECONDS": "nan"}, ["status"], "TRIGGER_SECONDS=nan"),
+    ({"MONGO_URI": "mongodb://[::1"}, ["status"], "MONGO_URI='mongodb://[::1' is not a MongoDB URI"),
+    ({"MONGO_URI": "mongodb://admin:S3cretPW@[::1"}, ["status"], "admin:***@"),
+    ({"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:notaport"}, ["status"], "is not host:port"),
+    ({"KAFKA_FAIL_ON_DATA_LOSS": "maybe"}, ["status"], "KAFKA_FAIL_ON_DATA_LOSS='maybe' is not true or false"),
+    ({}, ["generate", "--events", "-5"], "'--events': -5 is not in the range"),
+    ({}, ["generate", "--events", "0"], "'--events': 0 is not in the range"),
+    ({}, ["generate", "--rate", "0"], "'--rate'"),
+    ({}, ["generate", "--rate", "-1"], "'--rate'"),
+    ({}, ["generate", "--rate", "nan"], "nan is not a number"),
+    ({}, ["metrics", "--serve", "99999"], "'--serve': 99999 is not in the range"),
+    ({}, ["replay", "--into", "kafka", "--from-time", "9999-12-31T23:59:59Z"], "outside what MongoDB's"),
+    ({}, ["replay", "--into", "kafka", "--from-time", "0001-01-01"], "outside what MongoDB's"),
+    ({}, ["replay", "--into", "lake", "--from-offsets", "t:0:99999999999999999999999"], "offset below 2^63"),
+    ({}, ["replay", "--into", "lake", "--from-offsets", "t:-1:5"], "partition and offset must be whole"),
+    ({}, ["replay", "--into", "kafka", "--from-offsets", "t:0:5"], "not a position in MongoDB"),
+])
+def test_bad_values_are_one_line_with_exit_code_2_and_create_nothing(env: dict[str, str], tmp_path: Path,
+                                                                     variables: dict, args: list[str],
+                                                                     says: str) -> None:
+    result = CliRunner().invoke(cli, args, env={**env, **variables})
+    assert result.exit_code == 2, result.output
+    assert says in result.output, result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, result.output
+    assert "S3cretPW" not in result.output
+    assert not any(tmp_path.iterdir()), sorted(p.name for p in tmp_path.iterdir())
+
+
+def test_paths_through_a_file_are_refused(env: dict[str, str], tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    for variable, value in (("WAREHOUSE_PATH", blocker / "wh.duckdb"), ("LAKE_PATH", blocker / "lake"),
+                            ("STATE_DIR", blocker / "state")):
+        result = CliRunner().invoke(cli, ["status"], env={**env, variable: str(value)})
+        assert result.exit_code == 2 and f"goes through {blocker}, which is a file" in result.output, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+def test_reconcile_of_a_mistyped_warehouse_path_creates_nothing(env: dict[str, str], tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["reconcile"], env={**env, "WAREHOUSE_PATH": str(tmp_path / "typo.duckdb")})
+    assert result.exit_code == 1 and "no warehouse at" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "typo.duckdb").exists() and not any(tmp_path.iterdir())
