@@ -236,12 +236,20 @@ def confirmed(settings: Settings, first: Reconciliation, settle: float, meanwhil
     while time.monotonic() < deadline:
         meanwhile()
         wait(min(1.0, max(0.0, deadline - time.monotonic())))
-    try:
-        target = {f"{t}:{p}": o for (t, p), o in end_offsets(settings, [settings.topic_for(first.collection)]).items()}
-    except Exception as exc:  # noqa: BLE001 - Kafka away: look again without waiting for the stream
-        log.warning("cannot read Kafka's end offsets (%s); looking again without waiting for the streaming job", exc)
-        target = {}
     deadline = time.monotonic() + catch_up_limit
+    target: dict[str, int] | None = None
+    while target is None:
+        try:
+            target = {f"{t}:{p}": o
+                      for (t, p), o in end_offsets(settings, [settings.topic_for(first.collection)]).items()}
+        except Exception as exc:  # noqa: BLE001 - Kafka away for a moment (a restart): ask again
+            if time.monotonic() > deadline:
+                log.warning("cannot read Kafka's end offsets (%s); looking again without waiting for the "
+                            "streaming job", exc)
+                target = {}
+            else:
+                meanwhile()
+                wait(2.0)
     while time.monotonic() < deadline:
         committed = committed_offsets(settings.spark_checkpoint)
         if all(committed.get(k, 0) >= o for k, o in target.items()):
