@@ -194,6 +194,11 @@ class Settings:
         return self.state_dir / "producer" / "resume_token.json"
 
     @property
+    def producer_lifecycle(self) -> Path:
+        """The last collection/database lifecycle event the producer saw (it writes, status reads)."""
+        return self.state_dir / "producer" / "lifecycle.json"
+
+    @property
     def spark_checkpoint(self) -> Path:
         return self.state_dir / "spark" / "lake"
 

@@ -30,7 +30,7 @@ def producer_status(settings: Settings) -> dict[str, Any]:
         return {"state": f"no resume token yet at {path}"}
     stored = json.loads(path.read_text())
     position = stored.get("position") or {}
-    lifecycle = path.with_name("lifecycle.json")
+    lifecycle = settings.producer_lifecycle
     return {
         "state": "ok",
         "last_lifecycle_event": json.loads(lifecycle.read_text()) if lifecycle.exists() else None,

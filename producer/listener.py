@@ -364,8 +364,7 @@ class ChangeStreamListener:
             if change is None:
                 break
             operation = change["operationType"]
-            if operation == "invalidate":
-                self._lifecycle(change, ())
+            if operation == "invalidate":  # after a dropDatabase, which was recorded as the lifecycle event
                 return batch, ("invalidate", change["_id"])
             seconds, inc = change["clusterTime"].time, change["clusterTime"].inc
             if operation in LIFECYCLE_OPERATIONS:
@@ -414,7 +413,7 @@ class ChangeStreamListener:
                     f" (to {what['to']})" if what["to"] else "",
                     f"every document of {', '.join(collections)} ends in the warehouse" if collections
                     else "no captured collection ends")
-        write_json_atomically(self.settings.producer_checkpoint.with_name("lifecycle.json"), what)
+        write_json_atomically(self.settings.producer_lifecycle, what)
 
     def _outgoing_change(self, topic: str, change: Mapping[str, Any]) -> list[Outgoing]:
         assert self._position is not None
