@@ -30,6 +30,11 @@ def fingerprint(offset: int, timestamp_ms: int, value: bytes | None) -> str:
     return f"{offset}:{timestamp_ms}:{zlib.crc32(value or b'')}"
 
 
+def fingerprint_time(fingerprint_text: str) -> int:
+    """The record time (ms) a fingerprint holds."""
+    return int(fingerprint_text.split(":")[1])
+
+
 def committed_offsets(checkpoint: Path) -> dict[str, int]:
     """The next offsets of the newest batch the lake query has committed ({"topic:partition": offset})."""
     commits = [int(p.name) for p in (checkpoint / "commits").glob("[0-9]*")]

@@ -36,7 +36,7 @@ from pyspark.sql.streaming.datasource import (
 )
 from pyspark.sql.types import StructType
 
-from lakehouse.positions import fingerprint, next_offset, position
+from lakehouse.positions import fingerprint, fingerprint_time, next_offset, position
 
 SOURCE_NAME = "kafka_py"
 KAFKA_SCHEMA = (
@@ -192,22 +192,22 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
     def getDefaultReadLimit(self) -> ReadLimit:
         return ReadMaxRows(self.max_rows) if self.max_rows else ReadAllAvailable()
 
-    def _end_offsets(self) -> dict[str, int]:
-        tps = self._partitions()
+    def _end_offsets(self, tps: list[Any] | None = None) -> dict[str, int]:
+        tps = self._partitions() if tps is None else tps
         return {_key(tp.topic, tp.partition): int(o) for tp, o in self._meta().end_offsets(tps).items()}
 
     def prepareForTriggerAvailableNow(self) -> None:
         """Available-now reads up to the end offsets of this moment, in batches of the read limit."""
         self._available_now_end = self._end_offsets()
 
-    def _begin_offsets(self) -> dict[str, int]:
-        tps = self._partitions()
+    def _begin_offsets(self, tps: list[Any]) -> dict[str, int]:
         if not tps:
             return {}
         return {_key(tp.topic, tp.partition): int(o) for tp, o in self._meta().beginning_offsets(tps).items()}
 
     def latestOffset(self, start: dict[str, Any], limit: ReadLimit) -> dict[str, Any]:
-        ends_now, begins = self._end_offsets(), self._begin_offsets()
+        tps = self._partitions()  # one metadata look per trigger
+        ends_now, begins = self._end_offsets(tps), self._begin_offsets(tps)
         # Is the record before each position still the one the query read?
         checkable = {k: next_offset(v) - 1 for k, v in start.items()
                      if position(v)[1] is not None and begins.get(k, 0) < next_offset(v) <= ends_now.get(k, 0)}
@@ -215,8 +215,8 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         for loss in losses:
             if loss["from"] is None:  # offsets re-used: the new records begin after the last one kept
                 key = loss["partition"]
-                seen = position(start[key])[1] or "0:0:0"
-                loss["from"] = self._first_offset_at(key, int(seen.split(":")[1]), begins.get(key, 0),
+                seen = position(start[key])[1]  # find_losses leaves "from" open only where there is one
+                loss["from"] = self._first_offset_at(key, fingerprint_time(seen), begins.get(key, 0),
                                                      min(loss["to"] - 1, ends_now.get(key, 0)))
                 current[key] = loss["from"]
         if losses:
