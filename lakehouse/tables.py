@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import cache
+
 BRONZE = "bronze_events"
 SILVER = "silver_changes"
 QUARANTINE = "quarantine"
@@ -78,6 +80,7 @@ def silver_arrow_schema() -> object:
     return arrow_schema((*ENVELOPE_FIELDS, *SILVER_COLUMNS))
 
 
+@cache
 def lake_schemas() -> dict[str, object]:
     """Every Delta table of the lake and its Arrow schema; the streaming job creates them all, empty, at its
     first start, so another engine can read each from the beginning."""

@@ -228,8 +228,8 @@ class BatchWriter:
         micros = pc.cast(silver["event_time"], pa.int64())
         self.watermark.advance(batch_id, watermark, pc.max(micros).as_py())
         late = silver.filter(pc.less(micros, watermark)) if watermark is not None else silver.slice(0, 0)
-        return watermark, late.select(["change_id", "op", "doc_id", "event_time", *tables.KAFKA_COLUMNS,
-                                       "batch_id", "ingested_at"]).append_column(
+        # The caller keeps late_events' columns (lakehouse/tables.LATE_EVENTS_COLUMNS).
+        return watermark, late.append_column(
             "watermark", pa.array([watermark] * late.num_rows, pa.timestamp("us", tz="UTC")))
 
     @staticmethod
@@ -363,13 +363,13 @@ def run(settings: Settings, available_now: bool = False, max_failures: int = MAX
                     log.error("%s; restarting the queries in %.0fs (failure %d of %d in a row without a committed "
                               "batch)", exc, delay, failures, max_failures)
                 finally:
-                    _stop(queries, signals)
+                    _stop(queries)
                 signals.requested.wait(delay)
         finally:
             spark.stop()
 
 
-def _stop(queries: list[Any], signals: StopSignals, grace: float = 60.0) -> None:
+def _stop(queries: list[Any], grace: float = 60.0) -> None:
     """Stop the queries, each after the batch it has in hand (at most `grace` seconds)."""
     deadline = time.monotonic() + grace
     for query in queries:
