@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
@@ -84,5 +84,28 @@ def end_offsets(settings: Settings, topics: Iterable[str]) -> dict[tuple[str, in
     try:
         tps = [tp for topic in topics for tp in partitions_of(reader, topic)]
         return {(tp.topic, tp.partition): off for tp, off in reader.end_offsets(tps).items()} if tps else {}
+    finally:
+        reader.close()
+
+
+def read_values(settings: Settings, ends: dict[tuple[str, int], int], newest: int | None = None) -> Iterator[bytes]:
+    """The values of the records of the given partitions up to their end offsets (`ends`, from
+    end_offsets): all of them, or each partition's `newest` ones. For small topics such as the
+    dead-letter topic."""
+    if not sum(ends.values()):
+        return
+    reader = consumer(settings, consumer_timeout_ms=3000)
+    try:
+        parts = [TopicPartition(topic, partition) for topic, partition in ends]
+        reader.assign(parts)
+        begins = reader.beginning_offsets(parts)
+        for tp in parts:
+            end = ends[(tp.topic, tp.partition)]
+            reader.seek(tp, begins[tp] if newest is None else max(begins[tp], end - newest))
+        for record in reader:
+            if record.offset < ends[(record.topic, record.partition)]:
+                yield record.value
+            if all(reader.position(tp) >= ends[(tp.topic, tp.partition)] for tp in parts):
+                break
     finally:
         reader.close()

@@ -44,7 +44,8 @@ def producer_status(settings: Settings) -> dict[str, Any]:
 def kafka_status(settings: Settings) -> dict[str, Any]:
     from lakehouse.kafka_io import end_offsets
 
-    ends = end_offsets(settings, settings.topics)
+    every = end_offsets(settings, [*settings.topics, settings.dead_letter_topic])
+    ends = {tp: end for tp, end in every.items() if tp[0] != settings.dead_letter_topic}
     committed = committed_offsets(settings.spark_checkpoint)
     partitions = [
         {"topic": topic, "partition": partition, "end_offset": end,
@@ -53,40 +54,26 @@ def kafka_status(settings: Settings) -> dict[str, Any]:
         for (topic, partition), end in sorted(ends.items())
     ]
     return {"state": "ok", "partitions": partitions, "total_lag": sum(p["lag"] for p in partitions),
-            "data_loss": data_losses(settings), "dead_letters": dead_letters(settings)}
+            "data_loss": data_losses(settings),
+            "dead_letters": dead_letters(settings, {tp: e for tp, e in every.items() if tp not in ends})}
 
 
 DEAD_LETTERS_READ = 10_000  # the newest dead letters read to count them by reason
 
 
-def dead_letters(settings: Settings) -> dict[str, Any]:
-    """How many events the producer dead-lettered, and (of the newest DEAD_LETTERS_READ) why."""
+def dead_letters(settings: Settings, ends: dict[tuple[str, int], int]) -> dict[str, Any]:
+    """How many events the producer dead-lettered (`ends`: the dead-letter topic's end offsets), and (of
+    each partition's newest DEAD_LETTERS_READ) why."""
     import re
 
-    from lakehouse.kafka_io import consumer, end_offsets
+    from lakehouse.kafka_io import read_values
 
-    ends = end_offsets(settings, [settings.dead_letter_topic])
-    total = sum(ends.values())
     reasons: dict[str, int] = {}
-    if total:
-        from kafka import TopicPartition
-
-        reader = consumer(settings, consumer_timeout_ms=3000)
-        try:
-            parts = [TopicPartition(t, p) for (t, p) in ends]
-            reader.assign(parts)
-            begins = reader.beginning_offsets(parts)
-            for tp in parts:
-                reader.seek(tp, max(begins[tp], ends[(tp.topic, tp.partition)] - DEAD_LETTERS_READ))
-            for record in reader:
-                with contextlib.suppress(ValueError, TypeError, AttributeError):
-                    reason = re.sub(r"\d+", "N", str(json.loads(record.value).get("reason", "?")))[:120]
-                    reasons[reason] = reasons.get(reason, 0) + 1
-                if all(reader.position(tp) >= ends[(tp.topic, tp.partition)] for tp in parts):
-                    break
-        finally:
-            reader.close()
-    return {"topic": settings.dead_letter_topic, "total": total, "by_reason": reasons}
+    for value in read_values(settings, ends, newest=DEAD_LETTERS_READ):
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            reason = re.sub(r"\d+", "N", str(json.loads(value).get("reason", "?")))[:120]
+            reasons[reason] = reasons.get(reason, 0) + 1
+    return {"topic": settings.dead_letter_topic, "total": sum(ends.values()), "by_reason": reasons}
 
 
 def data_losses(settings: Settings) -> list[dict[str, Any]]:

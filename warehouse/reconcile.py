@@ -170,33 +170,20 @@ def reconcile(settings: Settings, collection: str = "orders", keys: Reconciliati
 
 def dead_lettered(settings: Settings, collection: str) -> set[str]:
     """Identities of `collection`'s documents whose change the producer sent to the dead-letter topic."""
-    from kafka import TopicPartition
-
     from lakehouse.errors import ServerUnreachable
-    from lakehouse.kafka_io import consumer, end_offsets
+    from lakehouse.kafka_io import end_offsets, read_values
 
     try:
         ends = end_offsets(settings, [settings.dead_letter_topic])
     except (ServerUnreachable, KafkaError) as exc:
         log.warning("cannot read the dead-letter topic (%s): documents it holds are counted as missing", exc)
         return set()
-    if not sum(ends.values()):
-        return set()
     found: set[str] = set()
-    reader = consumer(settings, consumer_timeout_ms=3000)
-    try:
-        parts = [TopicPartition(t, p) for (t, p) in ends]
-        reader.assign(parts)
-        reader.seek_to_beginning(*parts)
-        for record in reader:
-            with contextlib.suppress(ValueError, TypeError, AttributeError):
-                body = json.loads(record.value)
-                if body.get("collection") == collection and body.get("doc_id") is not None:
-                    found.add(body["doc_id"])
-            if all(reader.position(tp) >= ends[(tp.topic, tp.partition)] for tp in parts):
-                break
-    finally:
-        reader.close()
+    for value in read_values(settings, ends):
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            body = json.loads(value)
+            if body.get("collection") == collection and body.get("doc_id") is not None:
+                found.add(body["doc_id"])
     return found
 
 
