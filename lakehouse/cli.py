@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sys
 from typing import Any
@@ -136,7 +135,7 @@ def load_command(settings: Settings, every: float | None, reconcile_every: float
     import time
 
     from lakehouse.stopping import Interrupted, StopSignals
-    from warehouse.loader import LakeMissing, WarehouseError, WarehouseLocked, load
+    from warehouse.loader import LakeMissing, WarehouseError, WarehouseLocked, load, load_if_possible
     from warehouse.reconcile import round_of
 
     ready = False
@@ -151,10 +150,6 @@ def load_command(settings: Settings, every: float | None, reconcile_every: float
             ready = True
             click.echo(f"loader ready: the warehouse has silver v{result.delta_version}")
 
-    def quietly() -> None:
-        with contextlib.suppress(LakeMissing, WarehouseLocked):
-            load(settings)
-
     try:
         if every is None:
             once()
@@ -168,7 +163,8 @@ def load_command(settings: Settings, every: float | None, reconcile_every: float
                     try:
                         once()
                         if reconcile_every is not None and time.monotonic() - reconciled_at >= reconcile_every:
-                            round_of(settings, repair, settle, quietly, signals.wait, say=click.echo)
+                            round_of(settings, repair, settle, lambda: load_if_possible(settings), signals.wait,
+                                     say=click.echo)
                             reconciled_at = time.monotonic()
                     except LakeMissing as exc:  # the streaming job will create it
                         if not waiting_said:
@@ -199,17 +195,13 @@ def load_command(settings: Settings, every: float | None, reconcile_every: float
 def reconcile_command(settings: Settings, do_repair: bool, settle: float) -> None:
     """Compare the warehouse's current orders with MongoDB; exit 1 when they differ (with --repair: when a
     difference could not be sent for repair)."""
-    from warehouse.loader import LakeMissing, WarehouseError, WarehouseLocked, load
+    from warehouse.loader import WarehouseError, load_if_possible
     from warehouse.reconcile import confirmed, reconcile, record, repair
-
-    def quietly() -> None:
-        with contextlib.suppress(LakeMissing, WarehouseLocked):
-            load(settings)
 
     try:
         result = reconcile(settings)
         if settle:
-            result = confirmed(settings, result, settle, quietly)
+            result = confirmed(settings, result, settle, lambda: load_if_possible(settings))
     except WarehouseError as exc:
         raise click.ClickException(str(exc)) from exc
     for line in result.examples():

@@ -30,7 +30,7 @@ from lakehouse.progress import Progress
 from lakehouse.status import collect, one_line
 from lakehouse.stopping import Interrupted, StopSignals
 from producer.generator import OrderGenerator
-from warehouse.loader import LakeMissing, WarehouseLocked, load
+from warehouse.loader import LakeMissing, load, load_if_possible
 from warehouse.reconcile import Reconciliation, reconcile, round_of
 
 FOLLOW_RATE = 20.0  # changes/s in --follow when no rate is given: lively, and the disk fills slowly
@@ -137,8 +137,7 @@ def wait_until_reconciled(settings: Settings, children: list[Child], timeout: fl
         while True:
             for child in children:
                 child.check()
-            with contextlib.suppress(LakeMissing, WarehouseLocked):  # the streaming job makes the lake soon
-                load(settings)
+            load_if_possible(settings)  # the streaming job makes the lake soon
             signals.check()
             if not settings.warehouse_path.exists():  # nothing loaded yet: the lake is still being made
                 signals.wait(1)
@@ -176,11 +175,6 @@ def follow(settings: Settings, generator: OrderGenerator, children: list[Child],
     if loader_log.getEffectiveLevel() == logging.INFO:
         loader_log.setLevel(logging.WARNING)  # the status line says what each load did
     tick = reconciled_at = time.monotonic()
-
-    def load_quietly() -> None:
-        with contextlib.suppress(LakeMissing, WarehouseLocked):
-            load(settings)
-
     while True:
         # Generating fills what is left of the interval after loading and collecting the status.
         tick = max(tick + every, time.monotonic() + 0.5)
@@ -189,10 +183,11 @@ def follow(settings: Settings, generator: OrderGenerator, children: list[Child],
             signals.check()
         for child in children:
             child.check()
-        load_quietly()
+        load_if_possible(settings)
         signals.check()
         if reconcile_every is not None and time.monotonic() - reconciled_at >= reconcile_every:
-            round_of(settings, True, min(15.0, reconcile_every / 2), load_quietly, signals.wait, say=say)
+            round_of(settings, True, min(15.0, reconcile_every / 2), lambda: load_if_possible(settings),
+                     signals.wait, say=say)
             reconciled_at = time.monotonic()
         restarts = ", ".join(f"{c.name} restarted {c.restarts}x" for c in children if c.restarts)
         say(f"{one_line(collect(settings))} | generated {generator.stats.total:,}"

@@ -247,6 +247,15 @@ def load(settings: Settings) -> LoadResult:
         con.close()
 
 
+def load_if_possible(settings: Settings) -> LoadResult | None:
+    """A load for callers that run beside the streaming job and the readers (run-all, the loader's
+    reconcile rounds): None when the lake is not there yet or another process holds the warehouse."""
+    try:
+        return load(settings)
+    except (LakeMissing, WarehouseLocked):
+        return None
+
+
 def apply(con: duckdb.DuckDBPyConnection, incoming: pa.Table, version: int | None,
           replace: str | None = None, aggregates: Path | None = None) -> int:
     """Insert new changes and re-derive `orders` for the documents they touch, in one transaction.
