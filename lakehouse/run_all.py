@@ -50,8 +50,8 @@ class Child:
     process: subprocess.Popen[bytes]
     log: Path
     pid_file: Path
-    settings: Settings | None = None
-    args: tuple[str, ...] = ()
+    settings: Settings
+    args: tuple[str, ...]
     started: float = field(default_factory=time.monotonic)
     restarts: int = 0
     quick_deaths: int = 0
@@ -65,7 +65,7 @@ class Child:
         tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-25:])
         quick = time.monotonic() - self.started < RESTART_WINDOW_S
         self.quick_deaths = self.quick_deaths + 1 if quick else 1
-        if self.settings is None or self.quick_deaths > MAX_RESTARTS:
+        if self.quick_deaths > MAX_RESTARTS:
             raise RuntimeError(f"the {self.name} process exited with code {code}"
                                f"{f' {self.quick_deaths} times in a row' if self.quick_deaths > 1 else ''}; "
                                f"its log {self.log} ends:\n{tail}")

@@ -80,9 +80,8 @@ def connect(path: Path, read_only: bool = False, wait: float = LOCK_WAIT_S) -> d
     warehouse of this schema version rather than write into it. While another process holds the file
     (a reader holds it against the writer and the writer against readers) wait up to `wait` seconds
     with backoff, then raise WarehouseLocked."""
-    if read_only and not path.exists():
-        raise WarehouseError(f"no warehouse at {path} (WAREHOUSE_PATH) yet: run `make run-all` or `lakehouse load` "
-                             "first, or point WAREHOUSE_PATH at an existing one")
+    if read_only:
+        require_warehouse(path)
     deadline, pause, said = time.monotonic() + wait, 0.05, False
     while True:
         try:
@@ -116,6 +115,13 @@ def connect(path: Path, read_only: bool = False, wait: float = LOCK_WAIT_S) -> d
         con.close()
         raise
     return con
+
+
+def require_warehouse(path: Path) -> None:
+    """A command that only reads says at once when there is nothing to read (and creates nothing)."""
+    if not path.exists():
+        raise WarehouseError(f"no warehouse at {path} (WAREHOUSE_PATH) yet: run `make run-all` or `lakehouse load` "
+                             "first, or point WAREHOUSE_PATH at an existing one")
 
 
 def _unopenable(path: Path, exc: BaseException) -> WarehouseError:

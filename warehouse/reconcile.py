@@ -34,7 +34,7 @@ from lakehouse.config import Settings
 from lakehouse.files import write_json_atomically
 from lakehouse.mongo import connect as connect_mongo
 from lakehouse.progress import Progress
-from warehouse.loader import connect
+from warehouse.loader import connect, require_warehouse
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +98,8 @@ def _source_chunks(collection: Any, query: dict[str, Any] | None = None) -> Iter
 
 
 def _warehouse_side(settings: Settings, scratch: duckdb.DuckDBPyConnection, only: list[str] | None = None) -> None:
-    """Copy (doc_id, digest, document only where needed) of the warehouse's current rows into `scratch`,
-    holding the warehouse read-only for that one query."""
+    """Copy (doc_id, digest) of the warehouse's current rows (all, or `only` those) into `scratch`, holding
+    the warehouse read-only for that one query."""
     con = connect(settings.warehouse_path, read_only=True)
     try:
         if only is None:
@@ -134,7 +134,7 @@ def _compare(scratch: duckdb.DuckDBPyConnection, result: Reconciliation) -> Reco
 def reconcile(settings: Settings, collection: str = "orders", keys: Reconciliation | None = None) -> Reconciliation:
     """Compare MongoDB's `collection` with the warehouse; with `keys` (an earlier result), only the
     documents that differed then (a second look: what is still different after the chain caught up)."""
-    connect(settings.warehouse_path, read_only=True).close()  # no warehouse: say so before asking MongoDB
+    require_warehouse(settings.warehouse_path)  # no warehouse: say so before asking MongoDB
     client = connect_mongo(settings, "lakehouse-reconcile")
     scratch = duckdb.connect()
     try:
