@@ -32,11 +32,10 @@ from pathlib import Path
 from pymongo.errors import PyMongoError
 
 from infra import servers
-from lakehouse import events
 from lakehouse.config import Settings
-from lakehouse.events import SourcePosition
 from lakehouse.mongo import connect as connect_mongo
 from producer.generator import OrderGenerator
+from tests.helpers import witness_change_ids
 
 RECOVERY_LIMIT_S = {"producer": 60.0, "streaming": 240.0, "loader": 60.0}
 
@@ -288,21 +287,6 @@ class Chaos:
             f"  {'PASSED' if ok else 'FAILED'}; logs in {self.logs}",
         ]
         return ok, report
-
-
-def witness_change_ids(settings: Settings, began: object) -> set[str]:
-    """Every change MongoDB made to the orders since `began`, from its own history."""
-    client = connect_mongo(settings)
-    ids = set()
-    try:
-        with client[settings.mongo_db].watch([{"$match": {"ns.coll": "orders"}}], start_at_operation_time=began,
-                                             max_await_time_ms=1000) as stream:
-            while (change := stream.try_next()) is not None:
-                if change["operationType"] in events.STREAMED_OPERATIONS:
-                    ids.add(events.from_change(change, SourcePosition(0, 0, 0))["change_id"])
-    finally:
-        client.close()
-    return ids
 
 
 def main() -> int:

@@ -12,7 +12,7 @@ from typing import Any
 from kafka import KafkaConsumer
 
 from lakehouse.config import Settings
-from lakehouse.events import canonical_document, doc_id_text
+from lakehouse.events import STREAMED_OPERATIONS, SourcePosition, canonical_document, doc_id_text, from_change
 from lakehouse.kafka_io import end_offsets
 from lakehouse.mongo import connect as connect_mongo
 from producer.listener import ChangeStreamListener
@@ -63,6 +63,22 @@ def mongo_state(settings: Settings, collection: str = "orders") -> dict[str, str
                 for d in client[settings.mongo_db][collection].find()}
     finally:
         client.close()
+
+
+def witness_change_ids(settings: Settings, start_at: object) -> set[str]:
+    """The change_ids of every change MongoDB made to the configured collections since `start_at`, from a
+    bare change stream over its own history: the changes that were made."""
+    client = connect_mongo(settings)
+    ids = set()
+    try:
+        with client[settings.mongo_db].watch([{"$match": {"ns.coll": {"$in": list(settings.collections)}}}],
+                                             start_at_operation_time=start_at, max_await_time_ms=1000) as stream:
+            while (change := stream.try_next()) is not None:
+                if change["operationType"] in STREAMED_OPERATIONS:
+                    ids.add(from_change(change, SourcePosition(0, 0, 0))["change_id"])
+    finally:
+        client.close()
+    return ids
 
 
 def start_cli(settings: Settings, log: Path, *args: str) -> subprocess.Popen[bytes]:

@@ -14,30 +14,17 @@ import pytest
 from infra import servers
 from lakehouse import events
 from lakehouse.config import Settings
-from lakehouse.events import SourcePosition
 from lakehouse.mongo import connect as connect_mongo
 from producer.checkpoint import FileCheckpointStore
 from producer.generator import OrderGenerator
 from producer.listener import ChangeStreamListener
 from tests.conftest import _free_port, wait_for
-from tests.helpers import drain, mongo_state, read_topic, replay, start_cli
+from tests.helpers import drain, mongo_state, read_topic, replay, start_cli, witness_change_ids
 
 
 def published(settings: Settings) -> int:
     checkpoint = FileCheckpointStore(settings.producer_checkpoint).load()
     return checkpoint.events_published if checkpoint else -1
-
-
-def witness_change_ids(settings: Settings, start_at: object) -> set[str]:
-    """What a bare change stream, opened before any change, saw: the changes that were made."""
-    client = connect_mongo(settings)
-    ids = set()
-    with client[settings.mongo_db].watch([{"$match": {"ns.coll": {"$in": list(settings.collections)}}}],
-                                         start_at_operation_time=start_at) as stream:
-        while (change := stream.try_next()) is not None:
-            ids.add(events.from_change(change, SourcePosition(0, 0, 0))["change_id"])
-    client.close()
-    return ids
 
 
 CHANGES = 10_000
