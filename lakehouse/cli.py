@@ -25,11 +25,14 @@ class LakehouseGroup(click.Group):
     """Turns a client library's "cannot connect" into one line naming the server and what to do."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        from lakehouse.errors import explain, redact
+
         try:
             return super().invoke(ctx)
+        except click.ClickException as exc:  # a usage or one-line error may quote a URI the user gave
+            exc.message = redact(exc.message)
+            raise
         except Exception as exc:
-            from lakehouse.errors import explain
-
             known = explain(ctx.obj, exc) if isinstance(ctx.obj, Settings) else None
             if known is None:
                 raise
@@ -322,7 +325,17 @@ def run_all_command(settings: Settings, events: int, rate: float | None, timeout
     sys.exit(code)
 
 
+def _redacting_excepthook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+    """An unexpected error still prints its traceback (it is a bug to report), with passwords masked."""
+    import traceback
+
+    from lakehouse.errors import redact
+
+    sys.stderr.write(redact("".join(traceback.format_exception(kind, value, tb))))
+
+
 def main() -> None:
+    sys.excepthook = _redacting_excepthook
     cli(prog_name="lakehouse")
 
 

@@ -38,13 +38,26 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(body)
 
 
+class Redacting(logging.Formatter):
+    """Masks passwords in every formatted line, whoever logged it (our code or a client library's)."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        from lakehouse.errors import redact
+
+        return redact(self.inner.format(record))
+
+
 def configure(level: str = "INFO", fmt: str = "plain") -> None:
     global _format, _level
     _format, _level = fmt, level.upper()
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
+    handler.setFormatter(Redacting(
         JsonFormatter() if fmt == "json" else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    )
+    ))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

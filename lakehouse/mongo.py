@@ -15,3 +15,16 @@ def connect(settings: Settings, app: str = "lakehouse", timeout_ms: int | None =
     # decodes as DatetimeMS instead of failing the whole change-stream batch.
     return MongoClient(settings.mongo_uri, tz_aware=True, datetime_conversion="DATETIME_AUTO", appname=app,
                        **options)
+
+
+def require_replica_set(client: MongoClient, settings: Settings) -> None:
+    """Change streams need a replica set (or a sharded cluster): say so at once, with the fix."""
+    from lakehouse.errors import NotAReplicaSet, redact
+
+    hello = client.admin.command("hello")
+    if not hello.get("setName") and hello.get("msg") != "isdbgrid":
+        raise NotAReplicaSet(
+            f"MongoDB at {redact(settings.mongo_uri)} is a standalone server, and change streams need a "
+            "replica set: start mongod with --replSet rs0 and run rs.initiate() once (a one-member set is "
+            "enough), or point MONGO_URI / --mongo-uri at a replica set"
+        )

@@ -152,6 +152,7 @@ def _into_kafka(settings: Settings, start: StartPoint, dry_run: bool, say: Calla
     from pymongo.errors import OperationFailure
 
     from lakehouse.mongo import connect as connect_mongo
+    from lakehouse.mongo import require_replica_set
     from producer.checkpoint import Checkpoint, FileCheckpointStore
     from producer.listener import ChangeStreamListener
 
@@ -161,14 +162,15 @@ def _into_kafka(settings: Settings, start: StartPoint, dry_run: bool, say: Calla
         "beginning": "a snapshot of every document, then the changes made meanwhile",
     }[start.kind]
     collections = ", ".join(f"{settings.mongo_db}.{c}" for c in settings.collections)
+    client = connect_mongo(settings, "lakehouse-replay")
+    try:
+        require_replica_set(client, settings)  # before anything else: no replay can work without one
+        counts = {c: client[settings.mongo_db][c].estimated_document_count() for c in settings.collections}
+    finally:
+        client.close()
     if dry_run:
         detail = ""
         if start.kind == "beginning":
-            client = connect_mongo(settings, "lakehouse-replay")
-            try:
-                counts = {c: client[settings.mongo_db][c].estimated_document_count() for c in settings.collections}
-            finally:
-                client.close()
             detail = " (" + ", ".join(f"{c}: ~{n} documents" for c, n in counts.items()) + ")"
         say(f"dry run: would re-publish {what} from {collections}{detail} into "
             f"{', '.join(settings.topics)}, until caught up; the producer's own resume token is left alone")
@@ -288,10 +290,12 @@ def _first_change_after(settings: Settings, token: dict[str, str]) -> tuple[int,
     from pymongo.errors import PyMongoError
 
     from lakehouse.mongo import connect as connect_mongo
+    from lakehouse.mongo import require_replica_set
     from producer.listener import watch_pipeline
 
     client = connect_mongo(settings, "lakehouse-replay")
     try:
+        require_replica_set(client, settings)
         with client[settings.mongo_db].watch(watch_pipeline(settings), start_after=token,
                                              max_await_time_ms=500) as stream:
             for _ in range(3):  # an empty batch does not yet mean the stream is at its end

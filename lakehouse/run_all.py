@@ -24,6 +24,7 @@ from pathlib import Path
 
 from infra import servers
 from lakehouse.config import Settings
+from lakehouse.errors import redact
 from lakehouse.logs import cli_options as logging_options
 from lakehouse.mongo import connect as connect_mongo
 from lakehouse.progress import Progress
@@ -37,7 +38,7 @@ FOLLOW_RATE = 20.0  # changes/s in --follow when no rate is given: lively, and t
 
 
 def say(message: str) -> None:
-    print(message, flush=True)
+    print(redact(message), flush=True)
 
 
 MAX_RESTARTS = 5  # a child that dies this many times in a row, each within RESTART_WINDOW_S of its start

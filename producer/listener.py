@@ -32,6 +32,7 @@ from lakehouse.events import SourcePosition
 from lakehouse.files import write_json_atomically
 from lakehouse.kafka_io import end_offsets, ensure_topics, idempotent_producer
 from lakehouse.mongo import connect as connect_mongo
+from lakehouse.mongo import require_replica_set
 from lakehouse.progress import Progress
 from producer.checkpoint import Checkpoint, FileCheckpointStore, shortfall
 
@@ -145,22 +146,10 @@ class ChangeStreamListener:
         self.client.close()
 
     def prepare(self) -> None:
-        self._require_replica_set()
+        require_replica_set(self.client, self.settings)
         ensure_topics(self.settings, [*self.settings.topics, self.settings.dead_letter_topic])
         for name in self.settings.collections:
             self._enable_pre_images(name)
-
-    def _require_replica_set(self) -> None:
-        """Change streams need a replica set (or a sharded cluster): say so at once, with the fix."""
-        hello = self.client.admin.command("hello")
-        if not hello.get("setName") and hello.get("msg") != "isdbgrid":
-            from lakehouse.errors import redact
-
-            raise RuntimeError(
-                f"MongoDB at {redact(self.settings.mongo_uri)} is a standalone server, and change streams need a "
-                "replica set: start mongod with --replSet rs0 and run rs.initiate() once (a one-member set is "
-                "enough), or point MONGO_URI at a replica set"
-            )
 
     def _enable_pre_images(self, name: str) -> None:
         """Pre-images give deletes their order_id (Kafka key); without them deletes key by _id."""

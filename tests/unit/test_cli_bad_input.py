@@ -70,3 +70,15 @@ def test_reconcile_of_a_mistyped_warehouse_path_creates_nothing(env: dict[str, s
     result = CliRunner().invoke(cli, ["reconcile"], env={**env, "WAREHOUSE_PATH": str(tmp_path / "typo.duckdb")})
     assert result.exit_code == 1 and "no warehouse at" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "typo.duckdb").exists() and not any(tmp_path.iterdir())
+
+
+def test_the_servers_script_refuses_a_bad_value_in_one_line(monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from infra import servers
+
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:notaport")
+    monkeypatch.setenv("MONGO_URI", "mongodb://admin:S3cretPW@127.0.0.1:1/")
+    assert servers.main(["start"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: KAFKA_BOOTSTRAP_SERVERS='127.0.0.1:notaport'") and err.count("\n") == 1, err
+    assert "S3cretPW" not in err

@@ -115,3 +115,44 @@ def test_status_reports_each_unreachable_server_by_address_and_goes_on(tmp_path:
     assert report["kafka"]["state"].startswith(f"unavailable: Kafka at 127.0.0.1:{kafka} is not reachable")
     assert report["mongodb"]["state"].startswith(f"unavailable: MongoDB at mongodb://127.0.0.1:{mongo}/")
     assert report["warehouse"]["state"].startswith("no warehouse yet")
+
+
+@pytest.mark.parametrize(("text", "masked"), [
+    ("mongodb://admin:S3cretPW@h:1/", "mongodb://admin:***@h:1/"),
+    ("at mongodb://a:p%40ss@h1:1,h2:2/db?replicaSet=rs0 now", "at mongodb://a:***@h1:1,h2:2/db?replicaSet=rs0 now"),
+    ("mongodb+srv://u:pw@cluster.example.net/", "mongodb+srv://u:***@cluster.example.net/"),
+    ('{"msg": "x mongodb://u:pw@h/"}', '{"msg": "x mongodb://u:***@h/"}'),
+    ("authMechanismProperties=AWS_SESSION_TOKEN:tok123&x=1", "authMechanismProperties=AWS_SESSION_TOKEN:***&x=1"),
+    ("mongodb://user@h/ and http://127.0.0.1:9090/metrics", "mongodb://user@h/ and http://127.0.0.1:9090/metrics"),
+])
+def test_redact_masks_passwords_and_leaves_the_rest(text: str, masked: str) -> None:
+    from lakehouse.errors import redact
+
+    assert redact(text) == masked
+
+
+@pytest.mark.parametrize("fmt", ["plain", "json"])
+def test_every_log_line_masks_passwords_whoever_logs_it(fmt: str, capsys: pytest.CaptureFixture[str]) -> None:
+    logs.configure("INFO", fmt)
+    try:
+        try:
+            raise RuntimeError("cannot reach mongodb://admin:S3cretPW@127.0.0.1:1/")
+        except RuntimeError:
+            logging.getLogger("pymongo.anything").exception("failed on %s", "mongodb://admin:S3cretPW@h/")
+        logging.getLogger("lakehouse.x").warning("using mongodb://admin:S3cretPW@h/")
+    finally:
+        logs.configure("INFO", "plain")
+    err = capsys.readouterr().err
+    assert "S3cretPW" not in err
+    assert err.count("admin:***@") >= 3, err
+
+
+def test_an_unexpected_traceback_is_printed_with_passwords_masked(capsys: pytest.CaptureFixture[str]) -> None:
+    from lakehouse.cli import _redacting_excepthook
+
+    try:
+        raise KeyError("mongodb://admin:S3cretPW@h/")
+    except KeyError as exc:
+        _redacting_excepthook(type(exc), exc, exc.__traceback__)
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "admin:***@h/" in err and "S3cretPW" not in err
