@@ -15,20 +15,22 @@ servers: setup
 	@$(PY) -m infra.servers start
 
 run-all: setup
-	@$(PY) -m lakehouse.cli run-all $(RUN_ALL_FLAGS)
+	@$(PY) -m lakehouse.app.cli run-all $(RUN_ALL_FLAGS)
 
 stop:
 	@$(PY) -m infra.servers stop
 
 status: setup
 	@$(PY) -m infra.servers status
-	@$(PY) -m lakehouse.cli status
+	@$(PY) -m lakehouse.app.cli status
 
 # JupyterLab on the notebooks (after make run-all); they read the warehouse read-only.
 notebooks: setup
 	@PYTHONPATH=$(CURDIR) .venv/bin/jupyter lab --no-browser --ip 127.0.0.1 notebooks/
 
+# The import rule (.importlinter: one-way layers, client libraries only in the adapters) is checked first.
 test: setup
+	@.venv/bin/lint-imports --no-cache --config .importlinter
 	@$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: setup
@@ -41,6 +43,7 @@ chaos: setup
 
 lint: setup
 	@$(PY) -m ruff check .
+	@.venv/bin/lint-imports --no-cache --config .importlinter
 
 # Deletes the lake, the warehouse and all checkpoints (the servers' data stays in .stack/).
 clean-data:

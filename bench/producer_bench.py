@@ -14,9 +14,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from lakehouse.config import Settings
-from lakehouse.logs import configure
-from lakehouse.mongo import connect as connect_mongo
+from lakehouse.adapters.mongo import connect as connect_mongo
+from lakehouse.core.config import Settings
+from lakehouse.core.logs import configure
 from producer.checkpoint import Checkpoint, FileCheckpointStore
 from producer.listener import ChangeStreamListener
 

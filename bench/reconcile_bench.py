@@ -25,10 +25,10 @@ import pyarrow as pa
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from infra import servers  # noqa: E402
-from lakehouse import events  # noqa: E402
-from lakehouse.config import Settings  # noqa: E402
-from lakehouse.mongo import connect as connect_mongo  # noqa: E402
-from warehouse.loader import connect  # noqa: E402
+from lakehouse.adapters.mongo import connect as connect_mongo  # noqa: E402
+from lakehouse.contracts import events  # noqa: E402
+from lakehouse.core.config import Settings  # noqa: E402
+from warehouse.loader import open_warehouse  # noqa: E402
 
 PLANTED = 100  # missing, extra and mismatched each
 
@@ -67,7 +67,7 @@ def main() -> None:
         rows = [(d, doc.replace('"paid"', '"lost"') if n in changed else doc)
                 for n, (d, doc) in enumerate(zip(doc_ids, documents, strict=True)) if n not in missing]
         rows += [(f"extra-{n}", f'{{"_id": "extra-{n}"}}') for n in range(PLANTED)]
-        con = connect(settings.warehouse_path)
+        con = open_warehouse(settings)
         table = pa.table({"doc_id": [r[0] for r in rows], "document": [r[1] for r in rows]})
         con.register("rows", table)
         con.execute("INSERT INTO orders (doc_id, document, last_change_id, cluster_time_s, cluster_time_inc, "
@@ -77,7 +77,7 @@ def main() -> None:
 
         # `lakehouse reconcile` as its own process, so its peak memory is its own.
         started = time.monotonic()
-        done = subprocess.run([sys.executable, "-m", "lakehouse.cli", "reconcile"], env={**os.environ,
+        done = subprocess.run([sys.executable, "-m", "lakehouse.app.cli", "reconcile"], env={**os.environ,
                               **settings.to_env()}, capture_output=True, text=True)
         took = time.monotonic() - started
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss

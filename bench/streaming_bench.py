@@ -21,10 +21,10 @@ from pathlib import Path
 
 from deltalake import DeltaTable
 
-from lakehouse import events, tables
-from lakehouse.config import Settings
-from lakehouse.kafka_io import ensure_topics, idempotent_producer
-from lakehouse.logs import configure
+from lakehouse.adapters.kafka import ensure_topics, idempotent_producer
+from lakehouse.contracts import events, tables
+from lakehouse.core.config import Settings
+from lakehouse.core.logs import configure
 from streaming.job import build_session, start
 
 

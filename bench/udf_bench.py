@@ -29,8 +29,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from lakehouse.config import Settings
-from lakehouse.logs import configure
+from lakehouse.core.config import Settings
+from lakehouse.core.logs import configure
 from producer.generator import messy_amount
 from streaming.amounts import is_high_value, money_from_document, parse_thresholds
 from streaming.job import build_session

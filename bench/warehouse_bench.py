@@ -23,12 +23,12 @@ import numpy as np
 import pyarrow as pa
 from deltalake import write_deltalake
 
-from lakehouse import tables
-from lakehouse.config import Settings
-from lakehouse.logs import configure
+from lakehouse.contracts import tables
+from lakehouse.core.config import Settings
+from lakehouse.core.logs import configure
 from warehouse.loader import connect, load
 
-SCHEMA = tables.silver_arrow_schema()
+SCHEMA = tables.silver_schema(Settings())
 
 
 def source_history(changes: int, rng: np.random.Generator) -> tuple[pa.Table, dict[int, str]]:

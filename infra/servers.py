@@ -22,15 +22,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from lakehouse.config import Settings
-from lakehouse.errors import redact
+from lakehouse.core.config import Settings
+from lakehouse.core.errors import LakehouseError, redact
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 READY_TIMEOUT_S = 60.0
 
 
-class StackError(RuntimeError):
-    pass
+class StackError(LakehouseError, RuntimeError):
+    """A server did not start or stop; the message names it and its log."""
 
 
 def _bin(name: str) -> str:
@@ -66,25 +66,15 @@ def _wait(what: str, ready: Callable[[], bool], log: Path | None, timeout: float
 
 
 def _mongo_ready(settings: Settings) -> bool:
-    from pymongo import MongoClient
+    from lakehouse.adapters.mongo import is_ready_primary
 
-    client: MongoClient = MongoClient(settings.mongo_uri, serverSelectionTimeoutMS=1000)
-    try:
-        hello = client.admin.command("hello")
-        return bool(hello.get("setName")) and bool(hello.get("isWritablePrimary"))
-    finally:
-        client.close()
+    return is_ready_primary(settings)
 
 
 def _kafka_ready(settings: Settings) -> bool:
-    from kafka import KafkaAdminClient
+    from lakehouse.adapters.kafka import is_ready
 
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, request_timeout_ms=2000)
-    try:
-        admin.list_topics()
-        return True
-    finally:
-        admin.close()
+    return is_ready(settings)
 
 
 def _use_existing(name: str, where: str, host: str, port: int, ready: Callable[[], bool], log: Path) -> str | None:

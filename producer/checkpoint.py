@@ -18,8 +18,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from lakehouse.events import SourcePosition
-from lakehouse.files import write_json_atomically
+from lakehouse.contracts.events import SourcePosition
+from lakehouse.core.errors import Permanent
+from lakehouse.core.files import write_json_atomically
+
+
+class CheckpointUnreadable(Permanent, RuntimeError):
+    """The token file cannot be used; the message says how to start again."""
+
 
 JOURNAL_ENTRIES = 300  # checkpoints kept to rewind to; one a second while busy: five minutes of them
 
@@ -31,6 +37,8 @@ class Checkpoint:
     events_published: int = 0
     # "topic:partition" -> offset after the last record Kafka acknowledged, up to this token.
     acked_offsets: dict[str, int] = field(default_factory=dict)
+    # The collections captured up to this token (None: a checkpoint from before it was recorded).
+    collections: tuple[str, ...] | None = None
 
 
 def _entry(checkpoint: Checkpoint) -> dict[str, Any]:
@@ -39,6 +47,7 @@ def _entry(checkpoint: Checkpoint) -> dict[str, Any]:
         "position": checkpoint.position.__dict__ if checkpoint.position else None,
         "events_published": checkpoint.events_published,
         "acked_offsets": checkpoint.acked_offsets,
+        "collections": list(checkpoint.collections) if checkpoint.collections is not None else None,
     }
 
 
@@ -49,6 +58,7 @@ def _checkpoint(raw: dict[str, Any]) -> Checkpoint:
         position=SourcePosition(**pos) if pos else None,
         events_published=int(raw.get("events_published", 0)),
         acked_offsets={k: int(v) for k, v in (raw.get("acked_offsets") or {}).items()},
+        collections=tuple(raw["collections"]) if raw.get("collections") is not None else None,
     )
 
 
@@ -69,7 +79,7 @@ class FileCheckpointStore:
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:
-            raise RuntimeError(
+            raise CheckpointUnreadable(
                 f"producer checkpoint {self.path} is unreadable ({exc}); move it away and restart "
                 "with --snapshot initial to rebuild the stream from a fresh copy"
             ) from exc
@@ -83,7 +93,7 @@ class FileCheckpointStore:
             current = _checkpoint(raw)
             self._journal = [_checkpoint(e) for e in raw.get("journal", [])]
         except (KeyError, TypeError, ValueError) as exc:
-            raise RuntimeError(
+            raise CheckpointUnreadable(
                 f"producer checkpoint {self.path} is not a checkpoint of this producer ({exc!r}); move it away "
                 "and restart with --snapshot initial to rebuild the stream from a fresh copy"
             ) from exc

@@ -11,10 +11,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pymongo.collection import Collection
-from pymongo.database import Database
+if TYPE_CHECKING:  # types only: the generator writes through whatever client it is handed
+    from pymongo.collection import Collection
+    from pymongo.database import Database
 
 STATUS_FLOW = {
     "created": "paid",

@@ -7,7 +7,6 @@ unacknowledged batch, and every repeated event carries the same change_id.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import signal
 import time
@@ -15,39 +14,31 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kafka.errors import (
-    InvalidProducerEpochError,
-    KafkaError,
-    MessageSizeTooLargeError,
-    OutOfOrderSequenceNumberError,
-    RecordListTooLargeError,
-    UnknownProducerIdError,
+from lakehouse.adapters.kafka import (
+    Ack,
+    BrokerForgot,
+    KafkaRefused,
+    Publisher,
+    end_offsets,
+    ensure_topics,
+    partition_key,
 )
-from kafka.record.default_records import DefaultRecordBatchBuilder
-from pymongo.errors import OperationFailure, PyMongoError
-
-from lakehouse import events
-from lakehouse.config import Settings
-from lakehouse.events import SourcePosition
-from lakehouse.files import write_json_atomically
-from lakehouse.kafka_io import end_offsets, ensure_topics, idempotent_producer
-from lakehouse.mongo import connect as connect_mongo
-from lakehouse.mongo import require_replica_set
-from lakehouse.progress import Progress
+from lakehouse.adapters.mongo import ChangeStream, HistoryLost, cluster_time, enable_pre_images, require_replica_set
+from lakehouse.adapters.mongo import connect as connect_mongo
+from lakehouse.contracts import events
+from lakehouse.contracts.events import SourcePosition
+from lakehouse.core.config import Settings
+from lakehouse.core.errors import ConfigError, Permanent, Transient
+from lakehouse.core.files import write_json_atomically
+from lakehouse.core.progress import Progress
 from producer.checkpoint import Checkpoint, FileCheckpointStore, shortfall
 
 log = logging.getLogger(__name__)
 
-# Server answers meaning "your resume token is no longer usable".
-HISTORY_LOST_CODES = {286, 280, 260, 9}
 SNAPSHOT_MODES = ("initial", "never", "when_needed")
 
 
-class HistoryLostError(RuntimeError):
-    pass
-
-
-class KafkaDataLost(Exception):
+class KafkaDataLost(Transient):
     """The broker holds fewer records than it acknowledged: publish again from `rewind_to`
     (None: no journalled checkpoint is still fully held, so copy everything again)."""
 
@@ -61,18 +52,12 @@ class Stopped(Exception):
     """A stop was asked while a batch was not yet acknowledged: its token is not saved."""
 
 
-class PublishFailed(RuntimeError):
+class PublishFailed(Permanent):
     """Kafka refused a batch for a reason retrying cannot fix; the message names the event and what to do."""
 
 
-# Errors of the idempotent producer's state that mean the broker lost what it had acknowledged (or
-# forgot this producer): a new producer and a look at the broker's end offsets repair them.
-BROKER_FORGOT = (OutOfOrderSequenceNumberError, UnknownProducerIdError, InvalidProducerEpochError)
-# A key longer than this is replaced by a hash of it (the original stays in the event's order_id), so
-# one document's changes still share a partition and the record still fits.
-MAX_KEY_BYTES = 1024
-# What a record adds to its key, value and headers inside a request (batch and request headers).
-REQUEST_OVERHEAD_BYTES = 512
+class CannotResume(Permanent):
+    """The change stream cannot resume where Kafka has it, and re-snapshotting was not allowed."""
 
 
 @dataclass
@@ -115,7 +100,7 @@ class ChangeStreamListener:
         """`start_at` (a bson Timestamp): with no stored token and snapshot_mode "never", stream from
         that cluster time instead of from now (replays)."""
         if snapshot_mode not in SNAPSHOT_MODES:
-            raise ValueError(f"--snapshot must be one of {SNAPSHOT_MODES}, not {snapshot_mode!r}")
+            raise ConfigError(f"--snapshot must be one of {SNAPSHOT_MODES}, not {snapshot_mode!r}")
         self.settings = settings
         self.snapshot_mode = snapshot_mode
         self.batch_size = batch_size
@@ -126,7 +111,7 @@ class ChangeStreamListener:
         self.store = FileCheckpointStore(settings.producer_checkpoint)
         self.client = connect_mongo(settings, "lakehouse-producer")
         self.db = self.client[settings.mongo_db]
-        self.kafka = idempotent_producer(settings)
+        self.kafka = Publisher(settings)
         self.stats = ListenerStats()
         self._stopping = False
         self._position: SourcePosition | None = None
@@ -153,13 +138,10 @@ class ChangeStreamListener:
 
     def _enable_pre_images(self, name: str) -> None:
         """Pre-images give deletes their order_id (Kafka key); without them deletes key by _id."""
-        try:
-            if name not in self.db.list_collection_names(filter={"name": name}):
-                self.db.create_collection(name)
-            self.db.command("collMod", name, changeStreamPreAndPostImages={"enabled": True})
-        except PyMongoError as exc:
+        refused = enable_pre_images(self.db, name)
+        if refused:
             log.warning("could not enable pre-images on %s.%s (%s); deletes will be keyed by _id",
-                        self.settings.mongo_db, name, exc)
+                        self.settings.mongo_db, name, refused)
 
     # -- the loop --------------------------------------------------------------------------------
     def run(self, until_idle: bool = False) -> ListenerStats:
@@ -179,17 +161,15 @@ class ChangeStreamListener:
                     self.stats.published = checkpoint.events_published
                     self._acked = dict(checkpoint.acked_offsets)
                     self._check_broker_holds()
-                    self._stream(self._open_stream(checkpoint.resume_token), until_idle)
+                    stream = self._open_stream(checkpoint.resume_token)
+                    self._copy_new_collections(checkpoint, stream)
+                    self._stream(stream, until_idle)
                 return self.stats
             except Stopped:
                 log.info("stopped before Kafka acknowledged the batch in hand; its token is not saved")
                 return self.stats
-            except OperationFailure as exc:
-                if exc.code not in HISTORY_LOST_CODES:
-                    raise
+            except HistoryLost as exc:
                 lost: Exception = exc
-            except HistoryLostError as exc:
-                lost = exc
             except KafkaDataLost as exc:
                 self.stats.kafka_losses += 1
                 if exc.rewind_to is not None:
@@ -204,7 +184,7 @@ class ChangeStreamListener:
                           "from", exc)
                 lost = exc
             if self.snapshot_mode != "when_needed":
-                raise RuntimeError(
+                raise CannotResume(
                     f"cannot resume the change stream where Kafka has it ({lost}). Run "
                     "`lakehouse produce --snapshot when_needed` to re-snapshot automatically, or "
                     f"delete {self.store.path} and run with --snapshot initial"
@@ -220,7 +200,7 @@ class ChangeStreamListener:
 
     def _broker_holds(self) -> dict[str, int]:
         held = end_offsets(self.settings, self.settings.topics)
-        return {f"{topic}:{partition}": offset for (topic, partition), offset in held.items()}
+        return {partition_key(topic, partition): offset for (topic, partition), offset in held.items()}
 
     def _lost(self, acked: dict[str, int], held: dict[str, int], why: str) -> KafkaDataLost:
         """The exception that rewinds to the newest journalled checkpoint the broker still fully holds."""
@@ -237,7 +217,7 @@ class ChangeStreamListener:
         if shortfall(self._acked, held):
             raise self._lost(self._acked, held, "the broker holds fewer records than it acknowledged")
 
-    def _record_acks(self, acked: list[tuple[Outgoing, Any]]) -> None:
+    def _record_acks(self, acked: list[tuple[Outgoing, Ack]]) -> None:
         """Count acknowledged records and keep each partition's acknowledged end. An acknowledgement at an
         offset below one acknowledged before means the broker lost records and is re-using their offsets."""
         reused: dict[str, int] = {}
@@ -245,7 +225,7 @@ class ChangeStreamListener:
             if not self._data_key(outgoing.topic):
                 continue
             self.stats.published += 1
-            key = f"{metadata.topic}:{metadata.partition}"
+            key = partition_key(metadata.topic, metadata.partition)
             if metadata.offset < self._acked.get(key, 0):
                 reused[key] = min(reused.get(key, metadata.offset), metadata.offset)
             self._acked[key] = max(self._acked.get(key, 0), metadata.offset + 1)
@@ -255,25 +235,32 @@ class ChangeStreamListener:
             raise self._lost(self._acked, valid, "the broker acknowledged new records at offsets it had "
                                                  "acknowledged before")
 
-    def _open_stream(self, resume_token: Mapping[str, Any] | None, start_at: Any = None) -> Any:
-        options: dict[str, Any] = {
-            "full_document": "updateLookup",
-            "full_document_before_change": "whenAvailable",
-        }
-        if resume_token is not None:
-            options["start_after"] = resume_token
-        elif start_at is not None:
-            options["start_at_operation_time"] = start_at
-        return self.db.watch(watch_pipeline(self.settings), **options)
+    def _open_stream(self, resume_token: Mapping[str, Any] | None, start_at: Any = None) -> ChangeStream:
+        return ChangeStream(self.db, watch_pipeline(self.settings), resume_token, start_at)
 
     def _snapshot_then_stream(self, until_idle: bool) -> None:
         """Open the stream first, copy, then stream from the opening point: nothing is missed, and
         a change both copied and streamed sorts after its snapshot copy."""
-        opened_at = self.db.command("ping")["operationTime"]
+        opened_at = cluster_time(self.db)
         stream = self._open_stream(None, start_at=opened_at)
         self._copy(self.settings.collections, (opened_at.time, opened_at.inc))
         self._save(stream.resume_token)
         self._stream(stream, until_idle)
+
+    def _copy_new_collections(self, checkpoint: Checkpoint, stream: ChangeStream) -> None:
+        """Collections captured now that the token's run did not capture (added to collections.toml or
+        COLLECTIONS) are copied first, as of now: the stream then carries their later changes. A
+        checkpoint from before collections were recorded captured the old default, orders."""
+        before = checkpoint.collections if checkpoint.collections is not None else ("orders",)
+        new = tuple(name for name in self.settings.collections if name not in before)
+        if not new:
+            return
+        at = cluster_time(self.db)
+        log.warning("collection(s) %s are captured now and were not before: copying them as of cluster time %s.%s",
+                    ", ".join(new), at.time, at.inc)
+        self._copy(new, (at.time, at.inc))
+        self._saved_token = None  # the same token, now with the new collections recorded
+        self._save(stream.resume_token)
 
     def _copy(self, names: tuple[str, ...], at: tuple[int, int]) -> None:
         """Publish every document of `names` as of cluster time `at`, then each one's snapshot_end."""
@@ -283,7 +270,8 @@ class ChangeStreamListener:
                 topic = self.settings.topic_for(name)
                 batch: list[Outgoing] = []
                 for document in self.db[name].find().sort("_id", 1):
-                    envelope = events.from_snapshot(self.settings.mongo_db, name, document, at)
+                    envelope = events.from_snapshot(self.settings.mongo_db, name, document, at,
+                                                     self.settings.collection(name).key)
                     batch.extend(self._outgoing(topic, envelope, document))
                     if len(batch) >= self.batch_size:
                         self._publish(batch)
@@ -295,7 +283,7 @@ class ChangeStreamListener:
                 progress.advance(len(batch))
                 self._publish(self._outgoing(topic, events.snapshot_end(self.settings.mongo_db, name, at), None))
 
-    def _stream(self, stream: Any, until_idle: bool) -> None:
+    def _stream(self, stream: ChangeStream, until_idle: bool) -> None:
         """Read a batch, publish it and wait for its acks, then (at most every checkpoint_interval,
         and always when idle or stopping) persist the stream's token, which is then the last
         acknowledged event's, or the post-batch token of an idle stream (the heartbeat)."""
@@ -331,7 +319,7 @@ class ChangeStreamListener:
         """What a lifecycle event asks once the events before it are acknowledged: copy a collection
         renamed onto a captured name, or re-open the stream after an invalidate (database dropped)."""
         if kind == "copy":
-            at = self.db.command("ping")["operationTime"]
+            at = cluster_time(self.db)
             log.warning("collection %s.%s appeared by a rename: copying it as of cluster time %s.%s",
                         self.settings.mongo_db, value, at.time, at.inc)
             self._copy((value,), (at.time, at.inc))
@@ -407,17 +395,18 @@ class ChangeStreamListener:
     def _outgoing_change(self, topic: str, change: Mapping[str, Any]) -> list[Outgoing]:
         assert self._position is not None
         try:
-            envelope = events.from_change(change, self._position)
+            envelope = events.from_change(change, self._position,
+                                          self.settings.collection(change["ns"]["coll"]).key)
         except Exception as exc:  # an unserialisable document must not stop the stream
             return [self._dead_letter(topic, change, f"cannot serialise change: {exc!r}")]
         return self._outgoing(topic, envelope, change)
 
     def _outgoing(self, topic: str, envelope: Mapping[str, Any], original: Any) -> list[Outgoing]:
         value = events.encode(envelope)
-        key = bounded_key(str(envelope["order_id"]))
+        key = events.kafka_key(envelope)
         what = describe(envelope)
-        size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, []) + REQUEST_OVERHEAD_BYTES
-        limit = self.kafka.config["max_request_size"]
+        size = Publisher.record_size(key, value)
+        limit = self.kafka.max_request_size
         if size > limit:
             return [self._dead_letter(topic, original, f"record of {size} bytes (key, value and overhead) exceeds "
                                       f"max_request_size {limit}", key=key.decode(), envelope=envelope, size=size)]
@@ -428,7 +417,7 @@ class ChangeStreamListener:
         self.stats.dead_lettered += 1
         if key is None and isinstance(original, Mapping):
             key = events.doc_id_text(original.get("documentKey") or {"_id": original.get("_id")})
-        key = bounded_key(key or "unknown").decode()
+        key = events.bounded_key(key or "unknown").decode()
         identity = {name: (envelope or {}).get(name) for name in ("collection", "doc_id", "change_id", "op")}
         log.error("dead-lettering %s for key %s on %s: %s", describe(envelope) if envelope else "an event", key[:80],
                   topic, reason)
@@ -439,57 +428,30 @@ class ChangeStreamListener:
 
     # -- publish and persist ---------------------------------------------------------------------
     def _publish(self, batch: list[Outgoing]) -> None:
-        """Send and wait for every ack. A retriable failure retries the whole batch (same change_ids) with
-        backoff, and gives way to a stop request; a record the broker refuses as too large goes to the
+        """Send and wait for every ack. A transient failure retries the rest of the batch (same change_ids)
+        with backoff, and gives way to a stop request; a record the broker refuses as too large goes to the
         dead-letter topic; any other refusal stops the producer with an error naming the event."""
         backoff = 0.5
         while batch:
-            futures, failure = [], None
-            try:
-                for o in batch:
-                    try:
-                        futures.append(self.kafka.send(o.topic, key=o.key, value=o.value))
-                    except (MessageSizeTooLargeError, RecordListTooLargeError) as exc:
-                        futures.append(_Refused(exc))
-                self.kafka.flush(timeout=60)
-            except KafkaError as exc:
-                failure = exc
-            acked, refused, failed_on = [], [], None
-            for outgoing, future in zip(batch, futures, strict=False):
-                if not future.is_done:
-                    continue
-                if future.succeeded():
-                    acked.append((outgoing, future.value))
-                elif isinstance(future.exception, MessageSizeTooLargeError | RecordListTooLargeError):
-                    refused.append((outgoing, future.exception))
-                elif failure is None or not isinstance(future.exception, type(failure)):
-                    failure, failed_on = future.exception, outgoing
-            if failure is None and len(acked) + len(refused) < len(batch):
-                failure = KafkaError("not every record was acknowledged")
-            self._record_acks(acked)  # may find that the broker lost records: rewinds
-            done = {id(o) for o, _ in acked}
-            if refused:
-                done |= {id(o) for o, _ in refused}
+            sent = self.kafka.send_all(batch, lambda o: (o.topic, o.key, o.value))
+            self._record_acks(sent.acked)  # may find that the broker lost records: rewinds
+            done = {id(o) for o, _ in sent.acked} | {id(o) for o, _ in sent.refused}
             rest = [o for o in batch if id(o) not in done]
-            rest += [self._dead_letter(o.topic, o.value[:100_000], f"the broker refused the record: {exc}",
-                                       key=o.key.decode(errors="replace")) for o, exc in refused]
-            if failure is None:
-                batch = rest
-                continue
-            self._on_failure(failure, failed_on, len(rest), backoff)
-            backoff = min(backoff * 2, 30)
+            rest += [self._dead_letter(o.topic, o.value[:100_000], f"the broker refused the record: {reason}",
+                                       key=o.key.decode(errors="replace")) for o, reason in sent.refused]
+            if sent.failure is not None:
+                self._on_failure(sent.failure, sent.failed_on, len(rest), backoff)
+                backoff = min(backoff * 2, 30)
             batch = rest
 
-    def _on_failure(self, failure: BaseException, failed_on: Outgoing | None, pending: int, backoff: float) -> None:
-        if isinstance(failure, BROKER_FORGOT):
-            log.error("Kafka forgot this producer's sequence (%s): the broker may have lost acknowledged records; "
-                      "checking what it holds, then sending %d records again with a new producer",
-                      type(failure).__name__, pending)
-            self.kafka.close(timeout=5)
-            self.kafka = idempotent_producer(self.settings)
-        elif isinstance(failure, KafkaError) and not failure.retriable and failed_on is not None:
+    def _on_failure(self, failure: Exception, failed_on: Outgoing | None, pending: int, backoff: float) -> None:
+        if isinstance(failure, BrokerForgot):
+            log.error("%s: the broker may have lost acknowledged records; checking what it holds, then sending "
+                      "%d records again with a new producer", failure, pending)
+            self.kafka.renew()
+        elif isinstance(failure, KafkaRefused) and failed_on is not None:
             raise PublishFailed(
-                f"Kafka refused {failed_on.what or 'a record'} for {failed_on.topic}: {failure!r}. Retrying cannot "
+                f"Kafka refused {failed_on.what or 'a record'} for {failed_on.topic}: {failure}. Retrying cannot "
                 "fix this: check the topic's configuration and this client's permissions on the broker, then "
                 "start the producer again (it resumes from its last saved token)"
             ) from failure
@@ -517,27 +479,10 @@ class ChangeStreamListener:
         self._saved_at = time.monotonic()
         if token is None or token == self._saved_token:
             return
-        self.store.save(Checkpoint(dict(token), self._position, self.stats.published, dict(self._acked)))
+        self.store.save(Checkpoint(dict(token), self._position, self.stats.published, dict(self._acked),
+                                   tuple(self.settings.collections)))
         self._saved_token = token
 
-
-
-class _Refused:
-    """A send the client refused before it reached the broker, shaped like its future."""
-
-    is_done = True
-
-    def __init__(self, exception: BaseException) -> None:
-        self.exception = exception
-
-    def succeeded(self) -> bool:
-        return False
-
-
-def bounded_key(key: str) -> bytes:
-    """The Kafka key: the text itself, or for a huge one a hash of it (same key -> same partition)."""
-    raw = key.encode()
-    return raw if len(raw) <= MAX_KEY_BYTES else b"sha256:" + hashlib.sha256(raw).hexdigest().encode()
 
 
 def describe(envelope: Mapping[str, Any] | None) -> str:
@@ -547,3 +492,25 @@ def describe(envelope: Mapping[str, Any] | None) -> str:
     doc_id = str(envelope.get("doc_id"))
     return (f"the {envelope.get('op')} of {envelope.get('db')}.{envelope.get('collection')} _id "
             f"{doc_id[:80]}{'...' if len(doc_id) > 80 else ''} (change_id {envelope.get('change_id')})")
+
+
+def republish(settings: Settings, resume_token: Mapping[str, Any] | None = None, start_at: Any = None,
+              snapshot: bool = False) -> ListenerStats:
+    """Publish again, with their change_ids, every change after `resume_token` or since cluster time
+    `start_at` (a bson Timestamp), or with `snapshot` a fresh copy of every document then the changes
+    made meanwhile, until caught up. Runs on a scratch token file: the producer's own is left alone."""
+    import tempfile
+    from pathlib import Path
+
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="replay-kafka-", dir=settings.state_dir) as scratch:
+        replay_settings = settings.replace(state_dir=Path(scratch))
+        if resume_token is not None:
+            FileCheckpointStore(replay_settings.producer_checkpoint).save(
+                Checkpoint(dict(resume_token), None, 0, collections=tuple(settings.collections)))
+        listener = ChangeStreamListener(replay_settings, snapshot_mode="initial" if snapshot else "never",
+                                        start_at=start_at)
+        try:
+            return listener.run(until_idle=True)
+        finally:
+            listener.close()

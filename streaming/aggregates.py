@@ -7,6 +7,7 @@ Kafka read per pipeline, and the aggregates see exactly the parsed, typed rows s
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -14,9 +15,11 @@ import pyarrow as pa
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from lakehouse import tables
-from lakehouse.config import Settings
-from streaming.delta_sink import append_once, conform, writer_app_id
+from lakehouse.adapters.delta import append_once, conform, writer_app_id
+from lakehouse.contracts import tables, types
+from lakehouse.core.config import Settings
+
+log = logging.getLogger(__name__)
 
 # Changes that carry an order's state; deletes and snapshot_end markers carry no amount.
 ORDER_STATES = ("insert", "update", "replace", "snapshot")
@@ -27,7 +30,7 @@ class AggregateWriter:
         self.table = settings.table_path(tables.AGGREGATES)
         self.granularity = granularity
         self.app_id = writer_app_id(settings.aggregates_checkpoint / granularity)
-        self.schema = tables.lake_schemas()[tables.AGGREGATES]
+        self.schema = types.arrow_schema(tables.AGGREGATES_COLUMNS)
 
     def __call__(self, batch_df: Any, batch_id: int) -> None:
         rows = batch_df.toArrow()  # materialise always (see BatchWriter)
@@ -39,19 +42,25 @@ class AggregateWriter:
         append_once(self.table, conform(rows, self.schema), self.app_id, batch_id)
 
 
-def start_aggregates(spark: SparkSession, settings: Settings, envelope_ddl: str, available_now: bool) -> list[Any]:
+def start_aggregates(spark: SparkSession, settings: Settings, available_now: bool) -> list[Any]:
+    """Windowed revenue by status of the collections with money (orders); none when no collection has both."""
     settings.parquet_silver_path.mkdir(parents=True, exist_ok=True)
     # event_date is the Parquet copy's partition column: Spark puts partition columns last, and whether it
     # finds the partitions at all depends on what the folder holds when the query starts. Declared last,
     # it lands in the same place either way, so every other column is read by its own name (declared in
     # the middle on an empty folder, the columns after it were read shifted by one).
-    silver_ddl = ", ".join(f"{name} {kind}" for name, kind in tables.SILVER_COLUMNS if name != "event_date")
+    columns = tables.silver_columns(tables.attribute_columns(settings))
+    silver_ddl = types.spark_ddl(tuple((n, k) for n, k in columns if n != "event_date"))
+    with_money = [c for c in settings.collections if settings.collection(c).money]
+    if not with_money or "status" not in {name for name, _ in columns}:
+        log.info("no captured collection has money and a status column: no windowed aggregates")
+        return []
     silver = (
-        spark.readStream.schema(f"{envelope_ddl}, {silver_ddl}, event_date DATE")
+        spark.readStream.schema(f"{silver_ddl}, event_date DATE")
         .option("basePath", str(settings.parquet_silver_path))
         .option("maxFilesPerTrigger", "200")
         .parquet(str(settings.parquet_silver_path))
-        .where(F.col("collection") == "orders")
+        .where(F.col("collection").isin(*with_money))
         .where(F.col("op").isin(*ORDER_STATES))
         .withWatermark("event_time", settings.watermark_delay)
     )

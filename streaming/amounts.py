@@ -66,7 +66,18 @@ def _extended_number(value: dict[str, Any]) -> Decimal | str:
     return f"unparseable amount {_dump(value)[:60]!r}"
 
 
-def money_from_document(document: str | None) -> tuple[str | None, str | None, Amount]:
+def _field(document: dict[str, Any], path: str) -> Any:
+    """The value at a dotted path of a parsed document (None where any step is missing)."""
+    value: Any = document
+    for step in path.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(step)
+    return value
+
+
+def money_from_document(document: str | None, amount_field: str = "amount",
+                        currency_field: str = "currency") -> tuple[str | None, str | None, Amount]:
     """(the amount's source text, the currency field's text, the parsed amount) of a document in
     Extended JSON; the amount is parsed from the document's own digits."""
     if document is None:
@@ -77,7 +88,7 @@ def money_from_document(document: str | None) -> tuple[str | None, str | None, A
         return None, None, Amount(None, None, "document is not JSON")
     if not isinstance(parsed, dict):
         return None, None, Amount(None, None, "document is not a JSON object")
-    raw, currency = parsed.get("amount"), parsed.get("currency")
+    raw, currency = _field(parsed, amount_field), _field(parsed, currency_field)
     raw_text = None if raw is None else raw if isinstance(raw, str) else _dump(raw)
     currency_text = None if currency is None else currency if isinstance(currency, str) else _dump(currency)
     if currency is not None and not isinstance(currency, str):

@@ -2,7 +2,7 @@
 
 One streaming query; each micro-batch is parsed once and split: rows that fail parsing go to the
 quarantine table with a reason (the stream never stops for them), the rest to silver. Every table is
-written idempotently per batch (see delta_sink), so a restart after a kill -9 reflects every Kafka
+written idempotently per batch (see lakehouse/adapters/delta.py), so a restart after a kill -9 reflects every Kafka
 offset exactly once.
 """
 
@@ -20,25 +20,32 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import DeltaTable
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from lakehouse import tables
-from lakehouse.config import Settings
-from lakehouse.events import ENVELOPE_FIELD_NAMES, ENVELOPE_FIELDS, OPERATIONS, REQUIRED_FIELDS, SCHEMA_VERSION
-from lakehouse.kafka_io import require_broker
-from lakehouse.stopping import StopSignals
+from lakehouse.adapters.delta import LakeTable, append_once, conform, ensure_table, write_parquet_once, writer_app_id
+from lakehouse.adapters.kafka import require_broker
+from lakehouse.contracts import batches, tables, types
+from lakehouse.contracts.batches import BatchRecord
+from lakehouse.contracts.events import (
+    ENVELOPE_FIELD_NAMES,
+    ENVELOPE_FIELDS,
+    OPERATIONS,
+    REQUIRED_FIELDS,
+    SCHEMA_VERSION,
+)
+from lakehouse.core.collections import MONEY_COLUMNS
+from lakehouse.core.config import Settings
+from lakehouse.core.errors import ConfigError, LakehouseError
+from lakehouse.core.stopping import StopSignals
 from streaming.aggregates import start_aggregates
-from streaming.delta_sink import append_once, conform, ensure_table, write_parquet_once, writer_app_id
 from streaming.kafka_source import KafkaPyDataSource
 from streaming.udfs import money_columns
 from streaming.watermark import WatermarkTracker
 
 log = logging.getLogger(__name__)
 
-_SPARK_TYPES = {"string": "STRING", "long": "BIGINT", "int": "INT"}
-ENVELOPE_DDL = ", ".join(f"`{name}` {_SPARK_TYPES[kind]}" for name, kind in ENVELOPE_FIELDS)
+ENVELOPE_DDL = types.spark_ddl(ENVELOPE_FIELDS)
 
 
 def build_session(settings: Settings) -> SparkSession:
@@ -131,7 +138,7 @@ def _event_time(settings: Settings, document: Column) -> Column:
         return cluster_time
     if settings.event_time_source == "order_updated_at":
         return F.coalesce(F.to_timestamp(F.get_json_object(document, "$.updated_at['$date']")), cluster_time)
-    raise ValueError(f"EVENT_TIME must be cluster_time or order_updated_at, not {settings.event_time_source!r}")
+    raise ConfigError(f"EVENT_TIME must be cluster_time or order_updated_at, not {settings.event_time_source!r}")
 
 
 def parse(raw: DataFrame, settings: Settings) -> DataFrame:
@@ -156,13 +163,52 @@ def parse(raw: DataFrame, settings: Settings) -> DataFrame:
         _quarantine_reason(F.col("event"), F.col("fields"), F.col("raw_value")).alias("quarantine_reason"),
         F.when(F.size(unknown) > 0, F.to_json(unknown)).alias("extra"),
         _event_time(settings, document).alias("event_time"),
-        *[F.get_json_object(document, f"$.{attr}").alias(attr) for attr in ("customer_id", "status")],
+        *attribute_columns(settings, F.col("event.collection"), document),
         document.alias("document"),
     ).drop("fields")
     # The money columns are read from the document's own JSON text (exact digits, Decimal128).
+    collection = F.col("event.collection")
+    money = [settings.collection(c) for c in settings.collections if settings.collection(c).money]
+    amount_field = _by_collection(collection, {m.name: F.lit(m.money.amount) for m in money if m.money})
+    currency_field = _by_collection(collection, {m.name: F.lit(m.money.currency) for m in money if m.money})
     return attributes.select(
-        "*", *money_columns(F.col("document"), settings.high_value_thresholds)
+        "*", *money_columns(F.col("document"), amount_field, currency_field, settings.high_value_thresholds)
     ).drop("document")
+
+
+def _by_collection(collection: Column, values: dict[str, Column]) -> Column:
+    """values[the row's collection], null for a collection not in `values`."""
+    chosen = F.lit(None)
+    for name, value in values.items():
+        chosen = F.when(collection == name, value).otherwise(chosen)
+    return chosen
+
+
+def _lifted(document: Column, field: str, kind: str) -> Column:
+    """A document field (relaxed Extended JSON) as a typed column; null when it does not convert."""
+    path = "$" + "".join(f".{step}" if step.isidentifier() else f"['{step}']" for step in field.split("."))
+    text = F.get_json_object(document, path)
+    if kind == "timestamp":
+        return F.coalesce(F.try_to_timestamp(F.get_json_object(document, path + "['$date']")),
+                          F.try_to_timestamp(text))
+    if kind.startswith("decimal") or kind in ("long", "int", "double"):
+        number = F.coalesce(*(F.get_json_object(document, f"{path}['{wrapper}']") for wrapper in
+                              ("$numberDecimal", "$numberLong", "$numberInt", "$numberDouble")), text)
+        return number.try_cast(types.spark(kind))
+    if kind == "date":
+        return F.coalesce(F.get_json_object(document, path + "['$date']"), text).substr(1, 10).try_cast("date")
+    return text if kind == "string" else text.try_cast(types.spark(kind))
+
+
+def attribute_columns(settings: Settings, collection: Column, document: Column) -> list[Column]:
+    """The typed columns the spec lifts out of each collection's documents (money aside: a UDF does those)."""
+    lifted: dict[str, dict[str, Column]] = {}
+    money_names = {name for name, _ in MONEY_COLUMNS}
+    for name in settings.collections:
+        for attribute in settings.collection(name).attributes:
+            lifted.setdefault(attribute.name, {})[name] = _lifted(document, attribute.field, attribute.type)
+    return [_by_collection(collection, lifted.get(column, {})).cast(types.spark(kind)).alias(column)
+            for column, kind in tables.attribute_columns(settings) if column not in money_names]
 
 
 class BatchWriter:
@@ -188,7 +234,7 @@ class BatchWriter:
         batch = batch.append_column("batch_id", pa.array([batch_id] * batch.num_rows, pa.int64()))
         batch = batch.append_column("ingested_at", pa.array([now] * batch.num_rows))
         bad = pc.is_valid(batch["quarantine_reason"])
-        schemas = tables.lake_schemas()
+        schemas = tables.lake_schemas(tables.attribute_columns(self.settings))
         bronze = conform(batch, schemas[tables.BRONZE])
         quarantine = conform(batch.filter(bad), schemas[tables.QUARANTINE])
         silver = conform(self._silver(batch.filter(pc.invert(bad))), schemas[tables.SILVER])
@@ -205,19 +251,19 @@ class BatchWriter:
         if new_fields:
             log.warning("batch %d: fields the envelope schema v%d does not know: %s (kept in silver.extra)",
                         batch_id, SCHEMA_VERSION, ", ".join(new_fields))
-        self._record(batch_id, started, spark_ms=round((evaluated - started) * 1000),
-                     input_rows=input_rows, already_in_lake=input_rows - batch.num_rows, silver_rows=silver.num_rows,
-                     quarantined=quarantine.num_rows, late=late.num_rows, new_fields=new_fields,
-                     watermark=None if watermark is None else _iso(watermark))
+        self._record(BatchRecord(
+            batch_id, input_rows=input_rows, already_in_lake=input_rows - batch.num_rows, silver_rows=silver.num_rows,
+            quarantined=quarantine.num_rows, late=late.num_rows, new_fields=new_fields,
+            watermark=None if watermark is None else _iso(watermark), spark_ms=round((evaluated - started) * 1000),
+            duration_ms=round((time.monotonic() - started) * 1000)))
 
     def _seen_coordinates(self) -> pa.Array:
         """Kafka coordinates bronze already holds: a replay into an existing lake adds only the rest."""
         if self._seen is None:
             bronze = self.settings.table_path(tables.BRONZE)
-            if DeltaTable.is_deltatable(str(bronze)):
-                self._seen = _coordinates(DeltaTable(str(bronze)).to_pyarrow_table(columns=list(tables.KAFKA_COLUMNS)))
-            else:
-                self._seen = pa.array([], pa.string())
+            table = LakeTable.open(bronze)
+            self._seen = (pa.array([], pa.string()) if table is None
+                          else _coordinates(table.read(list(tables.KAFKA_COLUMNS))))
             log.info("replay: %d Kafka messages already in the lake will be skipped", len(self._seen))
         return self._seen
 
@@ -232,8 +278,7 @@ class BatchWriter:
         return watermark, late.append_column(
             "watermark", pa.array([watermark] * late.num_rows, pa.timestamp("us", tz="UTC")))
 
-    @staticmethod
-    def _silver(rows: pa.Table) -> pa.Table:
+    def _silver(self, rows: pa.Table) -> pa.Table:
         event = rows["event"].combine_chunks() if rows.num_rows else None
         columns: dict[str, Any] = {}
         for name, _ in ENVELOPE_FIELDS:
@@ -241,26 +286,23 @@ class BatchWriter:
                 pc.struct_field(event, name) if event is not None
                 else pa.array([], rows.schema.field("event").type.field(name).type)
             )
-        for name, _ in tables.SILVER_COLUMNS:
-            columns[name] = pc.cast(rows["event_time"], pa.date32()) if name == "event_date" else rows[name]
+        for name, _ in tables.silver_columns(tables.attribute_columns(self.settings))[len(ENVELOPE_FIELDS):]:
+            if name in ("batch_id", "ingested_at") or name in tables.KAFKA_COLUMNS or name == "extra":
+                columns[name] = rows[name]
+            elif name == "event_date":
+                columns[name] = pc.cast(rows["event_time"], pa.date32())
+            else:
+                columns[name] = rows[name] if name in rows.column_names else pa.nulls(rows.num_rows)
         return pa.table(columns)
 
-    def _record(self, batch_id: int, started: float, **figures: Any) -> None:
-        """One JSON line per batch in data/state/spark/batches.jsonl; a batch Spark replays after a
-        crash writes its line again, so readers take the last line per batch_id."""
-        line = {
-            "batch_id": batch_id,
-            **figures,
-            "duration_ms": round((time.monotonic() - started) * 1000),
-            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.metrics_path.open("a") as handle:
-            handle.write(json.dumps(line) + "\n")
-        if figures["input_rows"]:
-            log.info("batch %d: %d rows, %d to silver, %d quarantined, %d late, watermark %s, %d ms", batch_id,
-                     figures["input_rows"], figures["silver_rows"], figures["quarantined"], figures["late"],
-                     figures["watermark"], line["duration_ms"])
+    def _record(self, record: BatchRecord) -> None:
+        """One line per batch in data/state/spark/batches.jsonl (contracts/batches.py); a batch Spark replays
+        after a crash writes its line again, so readers take the last line per batch_id."""
+        batches.append(self.metrics_path, record)
+        if record.input_rows:
+            log.info("batch %d: %d rows, %d to silver, %d quarantined, %d late, watermark %s, %d ms", record.batch_id,
+                     record.input_rows, record.silver_rows, record.quarantined, record.late, record.watermark,
+                     record.duration_ms)
 
 
 def _coordinates(rows: pa.Table) -> pa.Array:
@@ -295,13 +337,13 @@ def start(spark: SparkSession, settings: Settings, available_now: bool = False, 
 MAX_FAILURES = 5  # failures in a row without a committed batch before the job gives up
 
 
-class QueryFailed(RuntimeError):
+class QueryFailed(LakehouseError, RuntimeError):
     pass
 
 
 def ensure_lake_tables(settings: Settings) -> None:
     """Every Delta table of the lake, empty with its schema, from the job's first start."""
-    for name, schema in tables.lake_schemas().items():
+    for name, schema in tables.lake_schemas(tables.attribute_columns(settings)).items():
         if ensure_table(settings.table_path(name), schema):
             log.info("created the empty Delta table %s", settings.table_path(name))
 
@@ -351,13 +393,13 @@ def run(settings: Settings, available_now: bool = False, max_failures: int = MAX
                         _await(queries, signals)
                         if signals.requested.is_set():
                             return
-                    queries += start_aggregates(spark, settings, ENVELOPE_DDL, available_now)
+                    queries += start_aggregates(spark, settings, available_now)
                     _await(queries, signals)
                     return
                 except QueryFailed as exc:
                     failures = 1 if committed_batches(settings) > committed else failures + 1
                     if failures >= max_failures or spark.sparkContext._jsc is None:
-                        raise RuntimeError(f"the streaming job gave up after {failures} failures in a row without "
+                        raise QueryFailed(f"the streaming job gave up after {failures} failures in a row without "
                                            f"a committed batch; the last: {exc}") from exc
                     delay = min(2.0 ** failures, 60.0)
                     log.error("%s; restarting the queries in %.0fs (failure %d of %d in a row without a committed "

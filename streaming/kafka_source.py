@@ -36,7 +36,11 @@ from pyspark.sql.streaming.datasource import (
 )
 from pyspark.sql.types import StructType
 
-from lakehouse.positions import fingerprint, fingerprint_time, next_offset, position
+from lakehouse.adapters.kafka import OffsetReader, read_partition
+from lakehouse.adapters.kafka import partition_key as _key
+from lakehouse.adapters.kafka import split_key as _split
+from lakehouse.contracts.positions import fingerprint, fingerprint_time, next_offset, position
+from lakehouse.core.errors import Permanent
 
 SOURCE_NAME = "kafka_py"
 KAFKA_SCHEMA = (
@@ -47,7 +51,7 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 log = logging.getLogger(__name__)
 
 
-class KafkaDataLoss(RuntimeError):
+class KafkaDataLoss(Permanent, RuntimeError):
     """The broker no longer holds records the query has read or planned (failOnDataLoss=true)."""
 
 
@@ -81,15 +85,6 @@ def find_losses(start: dict[str, Any], begins: dict[str, int], ends: dict[str, i
         else:
             current[key] = offset
     return current, losses
-
-
-def _key(topic: str, partition: int) -> str:
-    return f"{topic}:{partition}"
-
-
-def _split(key: str) -> tuple[str, int]:
-    topic, _, partition = key.rpartition(":")
-    return topic, int(partition)
 
 
 def share_budget(current: dict[str, int], ends: dict[str, int], budget: int) -> dict[str, int]:
@@ -149,65 +144,51 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             raise ValueError(f"failOnDataLoss must be true or false, not {fail!r}")
         self.fail_on_data_loss = fail == "true"
         self.loss_log = Path(options["datalosslog"]) if options.get("datalosslog") else None
-        self._consumer: Any = None
-        self._probe: Any = None
+        self._kafka: OffsetReader | None = None
         self._available_now_end: dict[str, int] | None = None
 
-    # The driver keeps one metadata consumer for offsets; executors make their own in read().
-    def _meta(self) -> Any:
-        if self._consumer is None:
-            from kafka import KafkaConsumer
+    # The driver keeps one reader for offsets; executors read their ranges with their own consumers.
+    def _reader(self) -> OffsetReader:
+        if self._kafka is None:
+            self._kafka = OffsetReader(self.bootstrap)
+        return self._kafka
 
-            self._consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
-        return self._consumer
-
-    def _partitions(self) -> list[Any]:
-        from kafka import TopicPartition
-
-        consumer = self._meta()
-        found = []
-        for topic in self.topics:
-            parts = consumer.partitions_for_topic(topic) or set()
-            found.extend(TopicPartition(topic, p) for p in sorted(parts))
-        return found
+    def _partitions(self) -> list[str]:
+        return self._reader().partitions(self.topics)
 
     def initialOffset(self) -> dict[str, Any]:
-        tps = self._partitions()
-        if not tps:
+        keys = self._partitions()
+        if not keys:
             return {}
-        consumer = self._meta()
+        reader = self._reader()
         if self.starting_at is not None:
             # As Spark's Kafka source: -2 is the beginning, -1 the end; partitions not named start at
             # their end (nothing is read from them).
-            begins, ends = consumer.beginning_offsets(tps), consumer.end_offsets(tps)
-            chosen = {}
-            for tp in tps:
-                wanted = self.starting_at.get(_key(tp.topic, tp.partition), -1)
-                chosen[tp] = begins[tp] if wanted == -2 else ends[tp] if wanted == -1 else wanted
-            offsets = chosen
+            begins, ends = reader.begin_offsets(keys), reader.end_offsets(keys)
+            offsets = {}
+            for key in keys:
+                wanted = self.starting_at.get(key, -1)
+                offsets[key] = begins[key] if wanted == -2 else ends[key] if wanted == -1 else wanted
         else:
-            offsets = consumer.end_offsets(tps) if self.starting == "latest" else consumer.beginning_offsets(tps)
-        return self._positions({_key(tp.topic, tp.partition): int(o) for tp, o in offsets.items()})
+            offsets = reader.end_offsets(keys) if self.starting == "latest" else reader.begin_offsets(keys)
+        return self._positions(offsets)
 
     def getDefaultReadLimit(self) -> ReadLimit:
         return ReadMaxRows(self.max_rows) if self.max_rows else ReadAllAvailable()
 
-    def _end_offsets(self, tps: list[Any] | None = None) -> dict[str, int]:
-        tps = self._partitions() if tps is None else tps
-        return {_key(tp.topic, tp.partition): int(o) for tp, o in self._meta().end_offsets(tps).items()}
+    def _end_offsets(self, keys: list[str] | None = None) -> dict[str, int]:
+        return self._reader().end_offsets(self._partitions() if keys is None else keys)
 
     def prepareForTriggerAvailableNow(self) -> None:
         """Available-now reads up to the end offsets of this moment, in batches of the read limit."""
         self._available_now_end = self._end_offsets()
 
-    def _begin_offsets(self, tps: list[Any]) -> dict[str, int]:
-        if not tps:
-            return {}
-        return {_key(tp.topic, tp.partition): int(o) for tp, o in self._meta().beginning_offsets(tps).items()}
+    def _begin_offsets(self, keys: list[str]) -> dict[str, int]:
+        return self._reader().begin_offsets(keys)
 
     def latestOffset(self, start: dict[str, Any], limit: ReadLimit) -> dict[str, Any]:
-        tps = self._partitions()  # one metadata look per trigger
-        ends_now, begins = self._end_offsets(tps), self._begin_offsets(tps)
+        keys = self._partitions()  # one metadata look per trigger
+        ends_now, begins = self._end_offsets(keys), self._begin_offsets(keys)
         # Is the record before each position still the one the query read?
         checkable = {k: next_offset(v) - 1 for k, v in start.items()
                      if position(v)[1] is not None and begins.get(k, 0) < next_offset(v) <= ends_now.get(k, 0)}
@@ -247,42 +228,15 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
 
     def _fingerprints(self, wanted: dict[str, int]) -> dict[str, str | None]:
         """The fingerprint of the record at each wanted offset (None when there is none, e.g. a gap)."""
-        if not wanted:
-            return {}
-        from kafka import KafkaConsumer, TopicPartition
-
-        if self._probe is None:
-            self._probe = KafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                                        max_partition_fetch_bytes=65536, fetch_max_wait_ms=50)
-        probe = self._probe
-        tps = {k: TopicPartition(*_split(k)) for k in wanted}
-        probe.assign(list(tps.values()))
-        for key, tp in tps.items():
-            probe.seek(tp, wanted[key])
-        found: dict[str, str | None] = {}
-        deadline = time.monotonic() + 10
-        while len(found) < len(wanted) and time.monotonic() < deadline:
-            for tp, batch in probe.poll(timeout_ms=200).items():
-                key = _key(tp.topic, tp.partition)
-                if key in found:
-                    continue
-                record = next((r for r in batch if r.offset >= wanted[key]), None)
-                if record is not None:
-                    found[key] = (fingerprint(record.offset, record.timestamp, record.value)
-                                  if record.offset == wanted[key] else None)
-                    probe.pause(tp)
-        probe.resume(*probe.paused())
-        return found
+        return {key: None if record is None else fingerprint(record.offset, record.timestamp, record.value)
+                for key, record in self._reader().records_at(wanted).items()}
 
     def _first_offset_at(self, key: str, timestamp_ms: int, floor: int, ceiling: int) -> int:
         """Where records written at or after `timestamp_ms` (the time of the last record read) begin, at
         most `ceiling`: with the broker's offsets re-used, the records from there on were not read before
         (a record written in the same millisecond and kept is read again: the warehouse keeps it once)."""
-        from kafka import TopicPartition
-
-        tp = TopicPartition(*_split(key))
-        found = self._meta().offsets_for_times({tp: timestamp_ms}).get(tp)
-        at = found.offset if found is not None else ceiling
+        found = self._reader().first_offset_at(key, timestamp_ms)
+        at = found if found is not None else ceiling
         return max(floor, min(at, ceiling))
 
     def _report(self, losses: list[dict[str, Any]]) -> None:
@@ -315,64 +269,18 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         return ranges
 
     def read(self, partition: KafkaRange) -> Iterator[tuple[Any, ...]]:
-        from kafka import KafkaConsumer, TopicPartition
-
-        consumer = KafkaConsumer(
-            bootstrap_servers=self.bootstrap,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_records=5000,
-        )
-        try:
-            tp = TopicPartition(partition.topic, partition.partition)
-            consumer.assign([tp])
-            consumer.seek(tp, partition.start)
-            position = partition.start
-            empty_polls = 0
-            while position < partition.end:
-                records = consumer.poll(timeout_ms=1000).get(tp, [])
-                if not records:
-                    empty_polls += 1
-                    held = consumer.end_offsets([tp])[tp]
-                    if held <= position:
-                        # The broker lost records of this planned range (the next trigger records the loss
-                        # and goes on from what the broker holds); the batch keeps what is there.
-                        log.error("KAFKA DATA LOSS: %s[%d] ends at %d now, below the planned %d; reading no "
-                                  "further in this batch", partition.topic, partition.partition, held, partition.end)
-                        return
-                    if empty_polls > 60:
-                        raise RuntimeError(
-                            f"Kafka returned nothing for {partition.topic}[{partition.partition}] at "
-                            f"offset {position} (planned up to {partition.end}) for 60s; is the broker up?"
-                        )
-                    continue
-                empty_polls = 0
-                for record in records:
-                    if record.offset >= partition.end:
-                        break
-                    yield (
-                        record.key,
-                        record.value,
-                        record.topic,
-                        record.partition,
-                        record.offset,
-                        _EPOCH + dt.timedelta(milliseconds=record.timestamp),
-                        record.timestamp_type,
-                        [(k, v) for k, v in (record.headers or [])],
-                    )
-                # Position, not count: compacted offsets and transaction markers leave gaps.
-                position = consumer.position(tp)
-        finally:
-            consumer.close()
+        for record in read_partition(self.bootstrap, partition.topic, partition.partition, partition.start,
+                                     partition.end):
+            yield (record.key, record.value, record.topic, record.partition, record.offset,
+                   _EPOCH + dt.timedelta(milliseconds=record.timestamp), record.timestamp_type, record.headers)
 
     def commit(self, end: dict[str, int]) -> None:
         """Nothing to do: Spark's checkpoint, not Kafka's group offsets, is the source of truth."""
 
     def stop(self) -> None:
-        for consumer in (self._consumer, self._probe):
-            if consumer is not None:
-                consumer.close()
-        self._consumer = self._probe = None
+        if self._kafka is not None:
+            self._kafka.close()
+        self._kafka = None
 
 
 class KafkaPyDataSource(DataSource):

@@ -18,11 +18,15 @@ MONEY_TYPE = ("amount_raw STRING, currency STRING, amount DECIMAL(18, 2), amount
               "amount_error STRING")
 
 
-def parse_money(document: pd.Series) -> pd.DataFrame:
-    """The document's JSON text -> (amount's source text, currency field, amount, its currency, error)."""
+def parse_money(document: pd.Series, amount_field: pd.Series, currency_field: pd.Series) -> pd.DataFrame:
+    """The document's JSON text and the collection's amount and currency fields -> (amount's source text,
+    currency field, amount, its currency, error); all null for a collection without money (no fields)."""
     rows = []
-    for text in document:
-        raw, currency, parsed = money_from_document(text)
+    for text, amount_at, currency_at in zip(document, amount_field, currency_field, strict=True):
+        if amount_at is None:
+            rows.append((None, None, None, None, None))
+            continue
+        raw, currency, parsed = money_from_document(text, amount_at, currency_at)
         rows.append((raw, currency, parsed.value, parsed.currency, parsed.error))
     return pd.DataFrame(rows, columns=list(MONEY_FIELDS))
 
@@ -37,9 +41,10 @@ def high_values(thresholds_spec: str):  # noqa: ANN201 - returns the pandas func
     return flags
 
 
-def money_columns(document: Column, thresholds_spec: str) -> list[Column]:
-    """amount_raw, currency, amount, amount_currency, amount_error, is_high_value from a document's JSON."""
-    money = pandas_udf(parse_money, MONEY_TYPE)(document)  # type: ignore[call-overload]
+def money_columns(document: Column, amount_field: Column, currency_field: Column, thresholds_spec: str) -> list[Column]:
+    """amount_raw, currency, amount, amount_currency, amount_error, is_high_value from a document's JSON
+    (null where amount_field is null: the collection has no money)."""
+    money = pandas_udf(parse_money, MONEY_TYPE)(document, amount_field, currency_field)  # type: ignore[call-overload]
     high_value = pandas_udf(high_values(thresholds_spec), "boolean")  # type: ignore[call-overload]
     return [
         *(money[name].alias(name) for name in MONEY_FIELDS),

@@ -11,7 +11,7 @@ import json
 import re
 from pathlib import Path
 
-from lakehouse.files import write_json_atomically
+from lakehouse.core.files import write_json_atomically
 
 _UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 MICROS = 1_000_000

@@ -32,8 +32,8 @@ from pathlib import Path
 from pymongo.errors import PyMongoError
 
 from infra import servers
-from lakehouse.config import Settings
-from lakehouse.mongo import connect as connect_mongo
+from lakehouse.adapters.mongo import connect as connect_mongo
+from lakehouse.core.config import Settings
 from producer.generator import OrderGenerator
 from tests.helpers import witness_change_ids
 
@@ -108,7 +108,7 @@ class Chaos:
     def start(self, stage: Stage) -> None:
         env = {**os.environ, **self.settings.to_env(), "PYTHONUNBUFFERED": "1"}
         with (self.logs / f"{stage.name}.log").open("ab") as out:
-            stage.process = subprocess.Popen([sys.executable, "-m", "lakehouse.cli", *stage.args], env=env,
+            stage.process = subprocess.Popen([sys.executable, "-m", "lakehouse.app.cli", *stage.args], env=env,
                                              stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                              process_group=0)
 
@@ -244,8 +244,8 @@ class Chaos:
         self.note("Kafka SIGKILLed and started again")
 
     def drain(self, began: object, timeout: float = 900) -> tuple[bool, list[str]]:
+        from lakehouse.app.reconcile import reconcile
         from warehouse.loader import WarehouseError, connect
-        from warehouse.reconcile import reconcile
 
         s = self.settings
         drain_started = time.monotonic()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from lakehouse.config import Settings
+from lakehouse.core.config import Settings
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

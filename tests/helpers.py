@@ -11,10 +11,10 @@ from typing import Any
 
 from kafka import KafkaConsumer
 
-from lakehouse.config import Settings
-from lakehouse.events import STREAMED_OPERATIONS, SourcePosition, canonical_document, doc_id_text, from_change
-from lakehouse.kafka_io import end_offsets
-from lakehouse.mongo import connect as connect_mongo
+from lakehouse.adapters.kafka import end_offsets
+from lakehouse.adapters.mongo import connect as connect_mongo
+from lakehouse.contracts.events import STREAMED_OPERATIONS, SourcePosition, canonical_document, doc_id_text, from_change
+from lakehouse.core.config import Settings
 from producer.listener import ChangeStreamListener
 
 
@@ -85,7 +85,7 @@ def start_cli(settings: Settings, log: Path, *args: str) -> subprocess.Popen[byt
     """Run `lakehouse <args>` as its own process (group, so a kill can take Spark's JVM with it)."""
     env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
     with log.open("ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "lakehouse.cli", *args], env=env, stdout=out,
+        return subprocess.Popen([sys.executable, "-m", "lakehouse.app.cli", *args], env=env, stdout=out,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
 
 

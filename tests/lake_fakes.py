@@ -10,10 +10,10 @@ from pathlib import Path
 import pyarrow as pa
 from deltalake import write_deltalake
 
-from lakehouse import tables
-from lakehouse.config import Settings
+from lakehouse.contracts import tables
+from lakehouse.core.config import Settings
 
-SCHEMA = tables.silver_arrow_schema()  # explicit: a batch of deletes only must not infer null types
+SCHEMA = tables.silver_schema(Settings())  # explicit: a batch of deletes only must not infer null types
 
 
 def silver_row(seq: int, doc: int, op: str, status: str | None, amount: str | None = None,

@@ -1,10 +1,12 @@
 """Silver Delta table -> DuckDB, incrementally, deduplicated by change_id, applied in source order.
 
-Each load reads only the Delta files added since the version it loaded last, and runs in one DuckDB
-transaction: a crash mid-load leaves the previous state. `orders` is re-derived for every touched
-document from all its changes by source order, so a late or repeated change never overwrites a
-newer one, and loading the same data twice changes nothing. Replays (warehouse/replay.py) use the
-same apply with a predicate: the changes it matches are deleted and loaded again from the lake.
+Each captured collection (collections.toml) has its own table of changes and current-state table.
+Each load reads only the Delta files added since the version each collection was loaded up to, and
+runs in one DuckDB transaction: a crash mid-load leaves the previous state. A collection's current
+state is re-derived for every touched document from all its changes by source order, so a late or
+repeated change never overwrites a newer one, and loading the same data twice changes nothing.
+Replays (warehouse/replace.py) use the same apply with a range: the changes in it are deleted and
+loaded again from the lake. A collection new to the spec is loaded from the whole lake.
 """
 
 from __future__ import annotations
@@ -14,38 +16,41 @@ import logging
 import os
 import re
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
-from deltalake import DeltaTable
 
-from lakehouse import events, tables
-from lakehouse.config import Settings
-from lakehouse.progress import Progress
+from lakehouse.adapters.delta import LakeTable
+from lakehouse.contracts import events, tables
+from lakehouse.core.collections import CollectionSpec
+from lakehouse.core.config import Settings
+from lakehouse.core.errors import LakehouseError, Permanent, Transient
+from lakehouse.core.progress import Progress
 from warehouse.schema import (
     AGGREGATES_EMPTY,
     AGGREGATES_VIEW,
-    DDL,
-    FACT_COLUMNS,
-    ORDERS_COLUMNS,
     SCHEMA_VERSION,
     SOURCE_ORDER,
-    TABLES,
-    view_ddl,
+    WarehouseSchema,
+    cutoff,
+    load_source,
 )
 
 log = logging.getLogger(__name__)
 
 SOURCE = tables.SILVER
 REBUILD = "lakehouse replay --into warehouse --from-beginning"
-# fact column -> the silver column it is loaded from (the rest have the same name, or are set on load)
+# change-table column -> the silver column it is loaded from (the rest have the same name, or are set on load)
 _FROM_SILVER = {"document": "full_document"}
-SILVER_COLUMNS_NEEDED = (*(_FROM_SILVER.get(c, c) for c, _ in FACT_COLUMNS if c != "loaded_at"), "schema_version",
-                         "document_key")
+# Silver columns every load needs (collection columns missing from an older lake are read as nulls).
+SILVER_COLUMNS_NEEDED = (*(_FROM_SILVER.get(c, c) for c, _ in tables.CHANGE_COLUMNS), "kafka_topic",
+                         "kafka_partition", "kafka_offset", "schema_version", "document_key")
+UPGRADABLE_FROM = 3  # a v3 file is upgraded in place; older ones are rebuilt
 
 
 @dataclass(frozen=True)
@@ -53,35 +58,43 @@ class LoadResult:
     delta_version: int | None
     rows_read: int
     new_changes: int
-    orders: int
+    current: dict[str, int] = field(default_factory=dict)  # collection -> documents in its current state
+
+    @property
+    def orders(self) -> int:
+        return self.current.get("orders", 0)
 
 
-class WarehouseError(RuntimeError):
+class WarehouseError(LakehouseError, RuntimeError):
     """Bad input the operator has to act on; the message names the file and the next step."""
 
 
-class LakeMissing(WarehouseError):
+class LakeMissing(WarehouseError, Transient):
     pass
 
 
-class OtherSchemaVersion(WarehouseError):
+class OtherSchemaVersion(WarehouseError, Permanent):
     """The file is this pipeline's warehouse, of another schema version: what a rebuild replaces."""
 
 
-class WarehouseLocked(WarehouseError):
+class WarehouseLocked(WarehouseError, Transient):
     """Another process holds the file (DuckDB: one writer, or several readers, at a time)."""
 
 
 LOCK_WAIT_S = 60.0  # how long a one-off command waits for another process to let go of the file
 
 
-def connect(path: Path, read_only: bool = False, wait: float = LOCK_WAIT_S) -> duckdb.DuckDBPyConnection:
-    """Open the warehouse, creating it when the file is new or empty; refuse a file that is not a
-    warehouse of this schema version rather than write into it. While another process holds the file
-    (a reader holds it against the writer and the writer against readers) wait up to `wait` seconds
-    with backoff, then raise WarehouseLocked."""
+def connect(path: Path, read_only: bool = False, wait: float = LOCK_WAIT_S,
+            schema: WarehouseSchema | None = None) -> duckdb.DuckDBPyConnection:
+    """Open the warehouse; a writer (not read_only) creates what `schema` (the captured collections)
+    needs when the file is new, a v3 file is upgraded in place, and a collection new to the spec gets
+    its tables. A file that is not a warehouse of this schema version is refused rather than written
+    into. While another process holds the file (a reader holds it against the writer and the writer
+    against readers) wait up to `wait` seconds with backoff, then raise WarehouseLocked."""
     if read_only:
         require_warehouse(path)
+    elif schema is None:
+        raise ValueError("a writer opens the warehouse with the schema of the captured collections")
     deadline, pause, said = time.monotonic() + wait, 0.05, False
     while True:
         try:
@@ -110,11 +123,16 @@ def connect(path: Path, read_only: bool = False, wait: float = LOCK_WAIT_S) -> d
         except duckdb.Error as exc:
             raise _unopenable(path, exc) from exc
     try:
-        _check_or_create(con, path, read_only)
+        _check_or_create(con, path, schema)
     except BaseException:
         con.close()
         raise
     return con
+
+
+def open_warehouse(settings: Settings, read_only: bool = False, wait: float = LOCK_WAIT_S) -> duckdb.DuckDBPyConnection:
+    """The configured warehouse, with the tables of the captured collections."""
+    return connect(settings.warehouse_path, read_only, wait, None if read_only else WarehouseSchema.of(settings))
 
 
 def require_warehouse(path: Path) -> None:
@@ -131,8 +149,8 @@ def _unopenable(path: Path, exc: BaseException) -> WarehouseError:
     )
 
 
-def _check_or_create(con: duckdb.DuckDBPyConnection, path: Path, read_only: bool) -> None:
-    present = {
+def _present(con: duckdb.DuckDBPyConnection) -> dict[str, set[str]]:
+    return {
         name: {col for (col,) in con.execute(
             "SELECT column_name FROM information_schema.columns WHERE table_schema = 'main' AND table_name = ?",
             [name]).fetchall()}
@@ -140,44 +158,87 @@ def _check_or_create(con: duckdb.DuckDBPyConnection, path: Path, read_only: bool
             "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main' AND table_type = 'BASE TABLE'"
         ).fetchall()
     }
+
+
+def _check_or_create(con: duckdb.DuckDBPyConnection, path: Path, schema: WarehouseSchema | None) -> None:
+    present = _present(con)
     if present and "warehouse_meta" not in present:
         raise WarehouseError(
             f"{path} is a DuckDB database but not this pipeline's warehouse (it has tables "
             f"{', '.join(sorted(present))} and no warehouse_meta). Point WAREHOUSE_PATH/--warehouse-path at "
             f"another file, or move this one away and run `{REBUILD}`"
         )
+    version = None
     if present:
         found = con.execute("SELECT value FROM warehouse_meta WHERE key = 'schema_version'").fetchall()
         version = found[0][0] if found else "?"
-        if version != str(SCHEMA_VERSION):
+        upgradable = version == str(UPGRADABLE_FROM) and schema is not None
+        if version != str(SCHEMA_VERSION) and not upgradable:
             raise OtherSchemaVersion(
-                f"{path} holds warehouse schema v{version}; this code needs v{SCHEMA_VERSION}. Rebuild it from the "
-                f"lake with `{REBUILD}` (the file is replaced only once the rebuild is complete)"
+                f"{path} holds warehouse schema v{version}; this code needs v{SCHEMA_VERSION}"
+                + (" (a writer such as `lakehouse load` upgrades it in place)" if version == str(UPGRADABLE_FROM)
+                   else f". Rebuild it from the lake with `{REBUILD}` (the file is replaced only once the rebuild "
+                        "is complete)")
             )
-        for name, columns in TABLES.items():
-            missing = [c for c, _ in columns if c not in present.get(name, set())]
-            if missing:
-                raise WarehouseError(
-                    f"{path}: table {name} lacks column(s) {', '.join(missing)} of schema v{SCHEMA_VERSION}; "
-                    f"the file was changed by hand or by another program. Rebuild it with `{REBUILD}`"
-                )
-    if read_only:
+        for name in ("load_state", "warehouse_meta"):
+            if name not in present:
+                raise WarehouseError(f"{path}: table {name} is missing; the file was changed by hand or by another "
+                                     f"program. Rebuild it with `{REBUILD}`")
+    if schema is None:
         if not present:
             raise WarehouseError(f"{path} is not a warehouse yet: run `lakehouse load` first")
         return
     con.execute("BEGIN TRANSACTION")
-    for statement in DDL:
-        con.execute(statement)
-    con.execute("INSERT INTO warehouse_meta VALUES ('schema_version', ?) ON CONFLICT DO NOTHING",
-                [str(SCHEMA_VERSION)])
-    for statement in view_ddl():
-        con.execute(statement)
-    if not con.execute("SELECT 1 FROM information_schema.tables WHERE table_name = ?", [AGGREGATES_VIEW]).fetchall():
-        con.execute(f"CREATE VIEW {AGGREGATES_VIEW} AS {AGGREGATES_EMPTY}")
-    con.execute("COMMIT")
+    try:
+        if version == str(UPGRADABLE_FROM):
+            _upgrade_from_v3(con, path, schema)
+        for statement in schema.ddl():
+            con.execute(statement)
+        _add_new_columns(con, path, schema, _present(con))
+        con.execute("INSERT INTO warehouse_meta VALUES ('schema_version', ?) ON CONFLICT DO NOTHING",
+                    [str(SCHEMA_VERSION)])
+        for statement in schema.view_ddl():
+            con.execute(statement)
+        if not con.execute("SELECT 1 FROM information_schema.tables WHERE table_name = ?",
+                           [AGGREGATES_VIEW]).fetchall():
+            con.execute(f"CREATE VIEW {AGGREGATES_VIEW} AS {AGGREGATES_EMPTY}")
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
 
 
-def silver_table(settings: Settings) -> DeltaTable | None:
+def _upgrade_from_v3(con: duckdb.DuckDBPyConnection, path: Path, schema: WarehouseSchema) -> None:
+    """v3 held orders only, in fact_order_changes and orders, loaded up to one silver version: those
+    become the orders collection's tables and load state; the other collections load from the lake."""
+    orders = schema.owner("orders")
+    if orders is not None:
+        for old, new in (("fact_order_changes", orders.changes), ("orders", orders.table)):
+            if old != new:
+                con.execute(f"ALTER TABLE {old} RENAME TO {new}")
+        con.execute("UPDATE load_state SET source = ? WHERE source = ?", [load_source(orders), SOURCE])
+    con.execute("DELETE FROM load_state WHERE source = ?", [SOURCE])
+    con.execute("DROP VIEW IF EXISTS orders_history")
+    con.execute("UPDATE warehouse_meta SET value = ? WHERE key = 'schema_version'", [str(SCHEMA_VERSION)])
+    log.warning("upgraded the warehouse %s from schema v3 to v%d in place: orders keep their tables; %s load from "
+                "the lake", path, SCHEMA_VERSION,
+                ", ".join(s.name for s in schema.collections if s.name != "orders") or "no other collection")
+
+
+def _add_new_columns(con: duckdb.DuckDBPyConnection, path: Path, schema: WarehouseSchema,
+                     present: dict[str, set[str]]) -> None:
+    """Columns the spec gained since the tables were made are added (null for rows loaded before)."""
+    from lakehouse.contracts import types
+
+    for name, columns in schema.tables.items():
+        for column, kind in columns:
+            if column not in present.get(name, set()):
+                con.execute(f"ALTER TABLE {name} ADD COLUMN {column} {types.duckdb(kind)}")
+                log.warning("%s: added column %s to %s (collections.toml); rows loaded before have it null until "
+                            "the lake is reprocessed and the warehouse rebuilt (`%s`)", path, column, name, REBUILD)
+
+
+def silver_table(settings: Settings) -> LakeTable | None:
     """The lake's silver table; None while the streaming job has not written it yet."""
     if not settings.lake_path.exists():
         raise LakeMissing(
@@ -185,10 +246,10 @@ def silver_table(settings: Settings) -> DeltaTable | None:
             "`make run-all`) to create it, or point LAKE_PATH/--lake-path at an existing lake"
         )
     path = settings.table_path(SOURCE)
-    if not DeltaTable.is_deltatable(str(path)):
+    table = LakeTable.open(path)
+    if table is None:
         return None
-    table = DeltaTable(str(path))
-    have = set(table.to_pyarrow_dataset().schema.names)
+    have = set(table.arrow_schema().names)
     missing = [c for c in SILVER_COLUMNS_NEEDED if c not in have]
     if missing:
         raise WarehouseError(
@@ -199,25 +260,28 @@ def silver_table(settings: Settings) -> DeltaTable | None:
     return table
 
 
-def _new_files(silver: DeltaTable, since_version: int | None) -> list[str]:
+def _new_files(silver: LakeTable, since_version: int | None) -> list[str]:
     current = set(silver.file_uris())
     if since_version is None:
         return sorted(current)
-    before = set(DeltaTable(silver.table_uri, version=since_version).file_uris())
+    before = set(silver.files_at(since_version))
     return sorted(current - before)
 
 
-def read_silver(silver: DeltaTable, files: list[str] | None = None, where: pads.Expression | None = None,
-                what: str = "read silver") -> pa.Table:
-    """Order changes from silver (all live files, or the given ones), optionally filtered (pushed down
-    to the Parquet scan); progress is in rows of the files read, as the Delta log counts them."""
+def read_silver(silver: LakeTable, collections: tuple[CollectionSpec, ...], files: list[str] | None = None,
+                where: pads.Expression | None = None, what: str = "read silver") -> pa.Table:
+    """The collections' changes from silver (all live files, or the given ones), optionally filtered
+    (pushed down to the Parquet scan), with every column their tables load (nulls for a column an older
+    lake lacks); progress is in rows of the files read, as the Delta log counts them."""
     files = files if files is not None else silver.file_uris()
-    dataset = pads.dataset(files, schema=silver.to_pyarrow_dataset().schema, format="parquet")
-    actions = pa.table(silver.get_add_actions(flatten=True))
-    rows_in = dict(zip((os.path.basename(p) for p in actions.column("path").to_pylist()),
-                       actions.column("num_records").to_pylist(), strict=True))
-    condition = pads.field("collection") == "orders"
-    scanner = dataset.scanner(columns=list(SILVER_COLUMNS_NEEDED),
+    schema = silver.arrow_schema()
+    dataset = pads.dataset(files, schema=schema, format="parquet")
+    rows_in = silver.rows_per_file()
+    wanted: dict[str, str] = dict.fromkeys(SILVER_COLUMNS_NEEDED, "")
+    for spec in collections:
+        wanted.update(dict.fromkeys(name for name, _ in spec.columns))
+    condition = pads.field("collection").isin([spec.name for spec in collections])
+    scanner = dataset.scanner(columns=[c for c in wanted if c in schema.names],
                               filter=condition if where is None else condition & where)
     batches, seen = [], set()
     total = sum(int(rows_in.get(os.path.basename(f)) or 0) for f in files)
@@ -228,27 +292,66 @@ def read_silver(silver: DeltaTable, files: list[str] | None = None, where: pads.
             if name not in seen:
                 seen.add(name)
                 progress.advance(int(rows_in.get(name) or 0))
-    return pa.Table.from_batches(batches, schema=scanner.projected_schema)
+    table = pa.Table.from_batches(batches, schema=scanner.projected_schema)
+    for spec in collections:
+        for name, kind in spec.columns:
+            if name not in table.column_names:
+                from lakehouse.contracts import types
+
+                table = table.append_column(name, pa.nulls(table.num_rows, types.arrow(kind)))
+    return table
+
+
+def loaded_versions(con: duckdb.DuckDBPyConnection, schema: WarehouseSchema) -> dict[str, int | None]:
+    """Per collection, the silver version its tables are loaded up to (None: never loaded)."""
+    rows = dict(con.execute("SELECT source, delta_version FROM load_state").fetchall())
+    return {spec.name: rows.get(load_source(spec)) for spec in schema.collections}
+
+
+def current_counts(con: duckdb.DuckDBPyConnection, schema: WarehouseSchema) -> dict[str, int]:
+    return {spec.name: count(con, spec.table) for spec in schema.collections}
 
 
 def load(settings: Settings) -> LoadResult:
     silver = silver_table(settings)
-    con = connect(settings.warehouse_path)
+    schema = WarehouseSchema.of(settings)
+    con = connect(settings.warehouse_path, schema=schema)
     try:
         if silver is None:
             log.info("no silver table at %s yet; nothing to load", settings.table_path(SOURCE))
-            return LoadResult(None, 0, 0, count(con, "orders"))
+            return LoadResult(None, 0, 0, current_counts(con, schema))
         version = silver.version()
-        rows = con.execute("SELECT delta_version FROM load_state WHERE source = ?", [SOURCE]).fetchall()
-        loaded_version = rows[0][0] if rows else None
-        if loaded_version == version:
-            return LoadResult(version, 0, 0, count(con, "orders"))
-        incoming = read_silver(silver, _new_files(silver, loaded_version), what=f"load: read silver v{version}")
-        started = time.monotonic()
-        new_changes = apply(con, incoming, version, aggregates=settings.table_path(tables.AGGREGATES))
-        log.info("loaded silver v%s: %d rows read, %d new changes, applied in %.1fs", version, incoming.num_rows,
+        behind: dict[int | None, list[CollectionSpec]] = {}
+        for spec in schema.collections:
+            loaded = loaded_versions(con, schema)[spec.name]
+            if loaded != version:
+                behind.setdefault(loaded, []).append(spec)
+        if not behind:
+            return LoadResult(version, 0, 0, current_counts(con, schema))
+        started, rows_read, new_changes = time.monotonic(), 0, 0
+
+        def apply_all() -> None:
+            nonlocal rows_read, new_changes
+            for since, specs in behind.items():
+                incoming = read_silver(silver, tuple(specs), _new_files(silver, since),
+                                       what=f"load: read silver v{version}")
+                rows_read += incoming.num_rows
+                for spec in specs:
+                    mine = incoming.filter(pc.equal(incoming["collection"], spec.name))
+                    added = apply_collection(con, spec, mine)
+                    new_changes += added
+                    con.execute(
+                        "INSERT INTO load_state VALUES (?, ?, ?, now()) ON CONFLICT (source) DO UPDATE SET "
+                        "delta_version = excluded.delta_version, "
+                        "rows_loaded = load_state.rows_loaded + excluded.rows_loaded, loaded_at = excluded.loaded_at",
+                        [load_source(spec), version, added],
+                    )
+            refresh_aggregates(con, settings.table_path(tables.AGGREGATES))
+
+        in_transaction(con, apply_all, "loading silver")
+        log.info("loaded silver v%s: %d rows read, %d new changes, applied in %.1fs", version, rows_read,
                  new_changes, time.monotonic() - started)
-        return LoadResult(version, incoming.num_rows, new_changes, count(con, "orders"))
+        return LoadResult(version, rows_read, new_changes, current_counts(con, schema))
     finally:
         con.close()
 
@@ -262,84 +365,82 @@ def load_if_possible(settings: Settings) -> LoadResult | None:
         return None
 
 
-def apply(con: duckdb.DuckDBPyConnection, incoming: pa.Table, version: int | None,
-          replace: str | None = None, aggregates: Path | None = None) -> int:
-    """Insert new changes and re-derive `orders` for the documents they touch, in one transaction.
-    `replace` (SQL over fact_order_changes) first deletes the changes it matches, for replays;
-    `version` (None for replays) becomes the load's high-water mark. Returns changes inserted."""
-    fact_cols = [c for c, _ in FACT_COLUMNS]
+def in_transaction(con: duckdb.DuckDBPyConnection, work: Callable[[], object], what: str) -> None:
+    """`work` in one transaction: all of it, or (on any error) none of it."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        work()
+        con.execute("COMMIT")
+    except duckdb.Error as exc:
+        con.execute("ROLLBACK")
+        raise WarehouseError(
+            f"{what} failed and nothing was written: {exc}. If the lake was written by another version of the "
+            "streaming job, reprocess it into a new LAKE_PATH "
+            "(`lakehouse --lake-path NEW_FOLDER replay --into lake --from-beginning`)"
+        ) from exc
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+
+
+def refresh_aggregates(con: duckdb.DuckDBPyConnection, aggregates: Path) -> None:
+    con.execute(f"CREATE OR REPLACE VIEW {AGGREGATES_VIEW} AS {_aggregates_select(aggregates)}")
+
+
+def apply_collection(con: duckdb.DuckDBPyConnection, spec: CollectionSpec, incoming: pa.Table,
+                     replace: str | None = None) -> int:
+    """Insert a collection's new changes and re-derive its current state for the documents they touch
+    (the caller holds the transaction). `replace` (SQL over its changes, warehouse/replace.py) first
+    deletes the changes it matches, for replays. Returns changes inserted."""
+    changes, current = spec.changes, spec.table
+    change_cols = [c for c, _ in tables.changes_columns(spec)]
     select_incoming = ", ".join(
         "now() AS loaded_at" if c == "loaded_at" else f"{_FROM_SILVER[c]} AS {c}" if c in _FROM_SILVER else c
-        for c in fact_cols
+        for c in change_cols
     )
     order_by = ", ".join(f"{c} DESC" for c in SOURCE_ORDER)
-    orders_cols = [c for c, _ in ORDERS_COLUMNS]
-    orders_select = ", ".join(
-        {"last_change_id": "change_id AS last_change_id",
-         "updated_at": "event_time AS updated_at"}.get(c, c)
-        for c in orders_cols
+    current_cols = [c for c, _ in tables.current_columns(spec)]
+    current_select = ", ".join(
+        {"last_change_id": "v.change_id AS last_change_id", "updated_at": "v.event_time AS updated_at"}.get(c, f"v.{c}")
+        for c in current_cols
     )
     con.register("incoming_arrow", with_v2_identity(incoming))
-    con.execute("BEGIN TRANSACTION")
     try:
         everything = bool(con.execute(
             "SELECT count(*) FROM incoming_arrow WHERE op = 'snapshot_end'").fetchall()[0][0])
         con.execute("CREATE OR REPLACE TEMP TABLE touched (doc_id VARCHAR)")
         if replace:
             everything |= bool(con.execute(
-                f"SELECT count(*) FROM fact_order_changes WHERE op = 'snapshot_end' AND ({replace})").fetchall()[0][0])
-            con.execute(f"INSERT INTO touched SELECT DISTINCT doc_id FROM fact_order_changes WHERE {replace}")
-            con.execute(f"DELETE FROM fact_order_changes WHERE {replace}")
-        before = count(con, "fact_order_changes")
+                f"SELECT count(*) FROM {changes} WHERE op = 'snapshot_end' AND ({replace})").fetchall()[0][0])
+            con.execute(f"INSERT INTO touched SELECT DISTINCT doc_id FROM {changes} WHERE {replace}")
+            con.execute(f"DELETE FROM {changes} WHERE {replace}")
+        before = count(con, changes)
         con.execute(
-            f"INSERT INTO fact_order_changes ({', '.join(fact_cols)}) "
+            f"INSERT INTO {changes} ({', '.join(change_cols)}) "
             f"SELECT {select_incoming} FROM incoming_arrow "
             "QUALIFY row_number() OVER (PARTITION BY change_id ORDER BY kafka_offset) = 1 "
             "ON CONFLICT DO NOTHING"
         )
-        new_changes = count(con, "fact_order_changes") - before
+        new_changes = count(con, changes) - before
         # A complete snapshot (snapshot_end) is news for every document; other changes for their own.
         if everything:
-            con.execute("INSERT INTO touched SELECT doc_id FROM fact_order_changes UNION SELECT doc_id FROM orders")
+            con.execute(f"INSERT INTO touched SELECT doc_id FROM {changes} UNION SELECT doc_id FROM {current}")
         else:
             con.execute("INSERT INTO touched SELECT DISTINCT doc_id FROM incoming_arrow")
-        con.execute("DELETE FROM touched WHERE doc_id = '*'")
-        con.execute("DELETE FROM orders WHERE doc_id IN (SELECT doc_id FROM touched)")
-        cut_s, cut_inc = con.execute(
-            "SELECT cluster_time_s, cluster_time_inc FROM fact_order_changes WHERE op = 'snapshot_end' "
-            "UNION ALL SELECT 0, 0 ORDER BY 1 DESC, 2 DESC LIMIT 1").fetchall()[0]
+        con.execute("DELETE FROM touched WHERE doc_id = ?", [events.WHOLE_COLLECTION])
+        con.execute(f"DELETE FROM {current} WHERE doc_id IN (SELECT doc_id FROM touched)")
         # An update whose document was deleted before lookup carries no state: it cannot be the
         # current version, and the delete that follows it will arrive. A document whose latest change
         # is older than the newest complete snapshot was deleted while history was unavailable.
         con.execute(
-            f"INSERT INTO orders ({', '.join(orders_cols)}) SELECT {orders_select} FROM ("
-            "  SELECT * FROM fact_order_changes"
+            f"INSERT INTO {current} ({', '.join(current_cols)}) SELECT {current_select} FROM ("
+            f"  SELECT * FROM {changes}"
             "  WHERE doc_id IN (SELECT DISTINCT doc_id FROM touched) AND op <> 'snapshot_end'"
             "    AND (op = 'delete' OR document IS NOT NULL)"
             f"  QUALIFY row_number() OVER (PARTITION BY doc_id ORDER BY {order_by}) = 1"
-            ") WHERE op <> 'delete' AND (cluster_time_s > $s OR (cluster_time_s = $s AND cluster_time_inc >= $i))",
-            {"s": cut_s, "i": cut_inc},
+            f") v, {cutoff(changes)} c WHERE v.op <> 'delete' "
+            "AND (v.cluster_time_s, v.cluster_time_inc) >= (c.cluster_time_s, c.cluster_time_inc)"
         )
-        if version is not None:
-            con.execute(
-                "INSERT INTO load_state VALUES (?, ?, ?, now()) ON CONFLICT (source) DO UPDATE SET "
-                "delta_version = excluded.delta_version, "
-                "rows_loaded = load_state.rows_loaded + excluded.rows_loaded, loaded_at = excluded.loaded_at",
-                [SOURCE, version, new_changes],
-            )
-        if aggregates is not None:
-            con.execute(f"CREATE OR REPLACE VIEW {AGGREGATES_VIEW} AS {_aggregates_select(aggregates)}")
-        con.execute("COMMIT")
-    except duckdb.Error as exc:
-        con.execute("ROLLBACK")
-        raise WarehouseError(
-            f"loading {incoming.num_rows} silver rows failed and nothing was written: {exc}. If the lake was "
-            "written by another version of the streaming job, reprocess it into a new LAKE_PATH "
-            "(`lakehouse --lake-path NEW_FOLDER replay --into lake --from-beginning`)"
-        ) from exc
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
     finally:
         con.unregister("incoming_arrow")
     return new_changes
@@ -363,9 +464,10 @@ def with_v2_identity(rows: pa.Table) -> pa.Table:
 
 def _aggregates_select(path: Path) -> str:
     """The streaming aggregates' live Parquet files, as the Delta log lists them now."""
-    if not DeltaTable.is_deltatable(str(path)):
+    table = LakeTable.open(path)
+    if table is None:
         return AGGREGATES_EMPTY
-    files = DeltaTable(str(path)).file_uris()
+    files = table.file_uris()
     if not files:
         return AGGREGATES_EMPTY
     quoted = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
@@ -382,7 +484,7 @@ def rebuild(settings: Settings) -> LoadResult:
     target = settings.warehouse_path
     if target.exists():
         with contextlib.suppress(OtherSchemaVersion):
-            connect(target).close()
+            connect(target, schema=WarehouseSchema.of(settings)).close()
     scratch = target.with_name(f".{target.name}.rebuild-{os.getpid()}")
     for leftover in (scratch, scratch.with_name(scratch.name + ".wal")):
         leftover.unlink(missing_ok=True)
@@ -394,3 +496,38 @@ def rebuild(settings: Settings) -> LoadResult:
         for leftover in (scratch, scratch.with_name(scratch.name + ".wal")):
             leftover.unlink(missing_ok=True)
     return result
+
+
+def summary(settings: Settings) -> dict[str, object]:
+    """What the warehouse holds, for `status`: per captured collection the silver version loaded last,
+    when, its changes and current documents. One short read-only look; a WarehouseError when it cannot
+    be read now."""
+    schema = WarehouseSchema.of(settings)
+    con = connect(settings.warehouse_path, read_only=True)
+    try:
+        present = _present(con)
+        state = {source: (version, at) for source, version, at in
+                 con.execute("SELECT source, delta_version, loaded_at FROM load_state").fetchall()}
+        collections: dict[str, dict[str, object]] = {}
+        for spec in schema.collections:
+            version, at = state.get(load_source(spec), (None, None))
+            if spec.changes not in present or spec.table not in present:
+                collections[spec.name] = {"loaded_version": None, "loaded_at": None, "changes": 0, "current": 0,
+                                          "newest_cluster_time_s": None, "table": spec.table}
+                continue
+            changes, current, newest = con.execute(
+                f"SELECT (SELECT count(*) FROM {spec.changes}), (SELECT count(*) FROM {spec.table}), "
+                f"(SELECT max(cluster_time_s) FROM {spec.changes} WHERE op <> 'snapshot_end')").fetchall()[0]
+            collections[spec.name] = {"loaded_version": version, "loaded_at": at, "changes": changes,
+                                      "current": current, "newest_cluster_time_s": newest, "table": spec.table}
+    except duckdb.Error as exc:
+        raise WarehouseError(str(exc)) from exc
+    finally:
+        con.close()
+    versions = [c["loaded_version"] for c in collections.values()]
+    loaded = [c["loaded_at"] for c in collections.values() if c["loaded_at"] is not None]
+    newest = [c["newest_cluster_time_s"] for c in collections.values() if c["newest_cluster_time_s"] is not None]
+    return {"loaded_version": None if None in versions or not versions else min(versions),  # type: ignore[type-var]
+            "loaded_at": max(loaded) if loaded else None,  # type: ignore[type-var]
+            "newest_cluster_time_s": max(newest) if newest else None,  # type: ignore[type-var]
+            "collections": collections}

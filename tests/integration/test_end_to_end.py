@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from lakehouse.config import Settings
-from lakehouse.run_all import run_all
+from lakehouse.app.run_all import run_all
+from lakehouse.core.config import Settings
 from tests.conftest import wait_for
 from tests.helpers import start_cli
 
@@ -18,6 +18,12 @@ def test_run_all_reconciles_with_mongodb(settings: Settings, capsys: pytest.Capt
     assert code == 0, out
     match = re.fullmatch(r"reconciled: source=(\d+) warehouse=(\d+) missing=0 extra=0 mismatched=0", last)
     assert match and match.group(1) == match.group(2) and int(match.group(1)) > 0, last
+    # One line per captured collection (collections.toml: orders, customers, products) before the total.
+    per = {m.group(1): (int(m.group(2)), int(m.group(3))) for m in re.finditer(
+        r"^reconciled: collection=(\w+) source=(\d+) warehouse=(\d+) missing=0 extra=0 mismatched=0$", out, re.M)}
+    assert set(per) == {"orders", "customers", "products"}, out
+    assert all(source == warehouse > 0 for source, warehouse in per.values()), per
+    assert sum(source for source, _ in per.values()) == int(match.group(1))
     # Every process run-all started is gone, and the servers are still up for the next command.
     assert not list((settings.state_dir / "run").glob("*.pid"))
     from infra.servers import status

@@ -11,12 +11,12 @@ from bson import Binary, Decimal128, Int64, ObjectId
 from bson.son import SON
 from deltalake import DeltaTable
 
-from lakehouse import events, tables
-from lakehouse.config import Settings
-from lakehouse.mongo import connect as connect_mongo
+from lakehouse.adapters.mongo import connect as connect_mongo
+from lakehouse.app.reconcile import reconcile
+from lakehouse.contracts import events, tables
+from lakehouse.core.config import Settings
 from tests.helpers import drain, read_topic, stream_lake
 from warehouse.loader import connect, load
-from warehouse.reconcile import reconcile
 
 OID = ObjectId("6b038060dfb53f1723db4377")
 IDS = [1001, "1001", OID, str(OID), SON([("a", 1), ("b", 2)]), SON([("b", 2), ("a", 1)]), '{"a": 1, "b": 2}',

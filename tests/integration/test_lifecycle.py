@@ -7,13 +7,13 @@ import json
 
 from click.testing import CliRunner
 
-from lakehouse.cli import cli
-from lakehouse.config import Settings
-from lakehouse.mongo import connect as connect_mongo
+from lakehouse.adapters.mongo import connect as connect_mongo
+from lakehouse.app.cli import cli
+from lakehouse.app.reconcile import reconcile
+from lakehouse.core.config import Settings
 from producer.generator import OrderGenerator
 from tests.helpers import drain, stream_lake
 from warehouse.loader import connect, load
-from warehouse.reconcile import reconcile
 
 
 def warehouse_orders(settings: Settings) -> int:

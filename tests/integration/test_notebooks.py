@@ -8,8 +8,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from lakehouse.config import Settings
-from lakehouse.mongo import connect as connect_mongo
+from lakehouse.adapters.mongo import connect as connect_mongo
+from lakehouse.core.config import Settings
 from producer.generator import OrderGenerator
 from tests.helpers import drain, stream_lake
 from warehouse.loader import load

@@ -2,8 +2,8 @@ import json
 
 from pymongo import MongoClient
 
-from lakehouse.config import Settings
-from lakehouse.events import STREAMED_OPERATIONS
+from lakehouse.contracts.events import STREAMED_OPERATIONS
+from lakehouse.core.config import Settings
 from producer.generator import OrderGenerator
 from tests.helpers import drain, read_topic
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from infra import servers
-from lakehouse import events
-from lakehouse.config import Settings
-from lakehouse.mongo import connect as connect_mongo
+from lakehouse.adapters.mongo import connect as connect_mongo
+from lakehouse.contracts import events
+from lakehouse.core.config import Settings
 from producer.checkpoint import FileCheckpointStore
 from producer.generator import OrderGenerator
 from producer.listener import ChangeStreamListener

@@ -8,18 +8,18 @@ from datetime import UTC, datetime
 from click.testing import CliRunner
 from deltalake import DeltaTable
 
-from lakehouse import tables
-from lakehouse.cli import cli
-from lakehouse.config import Settings
-from lakehouse.kafka_io import end_offsets
-from lakehouse.mongo import connect as connect_mongo
-from lakehouse.replay import StartPoint, parse_offsets, replay
+from lakehouse.adapters.kafka import end_offsets
+from lakehouse.adapters.mongo import connect as connect_mongo
+from lakehouse.app.cli import cli
+from lakehouse.app.reconcile import reconcile
+from lakehouse.app.replay import StartPoint, parse_offsets, replay
+from lakehouse.contracts import tables
+from lakehouse.core.config import Settings
 from producer.checkpoint import FileCheckpointStore
 from producer.generator import OrderGenerator
 from tests.conftest import wait_for
 from tests.helpers import drain, stream_lake
 from warehouse.loader import connect, load
-from warehouse.reconcile import reconcile
 
 
 def change_ids(settings: Settings) -> set[str]:

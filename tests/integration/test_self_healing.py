@@ -16,17 +16,17 @@ from deltalake import DeltaTable
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
 
-from lakehouse import tables
-from lakehouse.cli import cli
-from lakehouse.config import Settings
-from lakehouse.kafka_io import end_offsets, ensure_topics
-from lakehouse.mongo import connect as connect_mongo
+from lakehouse.adapters.kafka import end_offsets, ensure_topics
+from lakehouse.adapters.mongo import connect as connect_mongo
+from lakehouse.app.cli import cli
+from lakehouse.app.reconcile import reconcile
+from lakehouse.contracts import tables
+from lakehouse.core.config import Settings
 from producer.checkpoint import FileCheckpointStore, shortfall
 from producer.generator import OrderGenerator
 from tests.conftest import wait_for
 from tests.helpers import drain, mongo_state, read_topic, replay, start_cli, stream_lake
 from warehouse.loader import load
-from warehouse.reconcile import reconcile
 
 
 def bronze(settings: Settings) -> list[dict]:

@@ -8,9 +8,9 @@ import urllib.request
 
 from click.testing import CliRunner
 
-from lakehouse.cli import cli
-from lakehouse.config import Settings
-from lakehouse.mongo import connect as connect_mongo
+from lakehouse.adapters.mongo import connect as connect_mongo
+from lakehouse.app.cli import cli
+from lakehouse.core.config import Settings
 from producer.generator import OrderGenerator
 from tests.conftest import _free_port, wait_for
 from tests.helpers import drain, start_cli, stream_lake

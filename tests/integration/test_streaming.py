@@ -4,10 +4,10 @@ from deltalake import DeltaTable
 from kafka import KafkaProducer
 from pymongo import MongoClient
 
-from lakehouse import tables
-from lakehouse.config import Settings
-from lakehouse.events import SCHEMA_VERSION
-from lakehouse.kafka_io import ensure_topics
+from lakehouse.adapters.kafka import ensure_topics
+from lakehouse.contracts import tables
+from lakehouse.contracts.events import SCHEMA_VERSION
+from lakehouse.core.config import Settings
 from producer.generator import OrderGenerator
 from producer.listener import ChangeStreamListener
 from streaming.amounts import is_high_value, parse_amount, parse_thresholds
@@ -109,7 +109,6 @@ def test_late_events_are_recorded_and_left_out_of_the_windowed_aggregates(spark:
     from decimal import Decimal
 
     from streaming.aggregates import ORDER_STATES, start_aggregates
-    from streaming.job import ENVELOPE_DDL
 
     settings = settings.replace(watermark_delay="1 minute")
     orders = MongoClient(settings.mongo_uri, tz_aware=True)[settings.mongo_db]["orders"]
@@ -120,7 +119,7 @@ def test_late_events_are_recorded_and_left_out_of_the_windowed_aggregates(spark:
     listener.close()
 
     def aggregate() -> None:
-        for query in start_aggregates(spark, settings, ENVELOPE_DDL, available_now=True):  # type: ignore[arg-type]
+        for query in start_aggregates(spark, settings, available_now=True):  # type: ignore[arg-type]
             query.awaitTermination(300)
             assert query.exception() is None, query.exception()
 

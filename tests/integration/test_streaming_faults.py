@@ -15,10 +15,10 @@ from pathlib import Path
 from deltalake import DeltaTable
 from kafka import KafkaProducer
 
-from lakehouse import tables
-from lakehouse.config import Settings
-from lakehouse.kafka_io import end_offsets, ensure_topics
-from lakehouse.mongo import connect as connect_mongo
+from lakehouse.adapters.kafka import end_offsets, ensure_topics
+from lakehouse.adapters.mongo import connect as connect_mongo
+from lakehouse.contracts import tables
+from lakehouse.core.config import Settings
 from producer.generator import OrderGenerator
 from tests.conftest import wait_for
 from tests.helpers import drain, start_cli, stream_lake
@@ -59,16 +59,16 @@ def expected_windows(silver: list[dict], granularity: str) -> dict[tuple, tuple[
 def test_on_an_empty_lake_every_table_exists_and_the_aggregates_read_the_right_columns(
         spark: object, settings: Settings) -> None:
     from streaming.aggregates import start_aggregates
-    from streaming.job import ENVELOPE_DDL, ensure_lake_tables
+    from streaming.job import ensure_lake_tables
 
     settings = settings.replace(watermark_delay="1 second")
     ensure_lake_tables(settings)
-    for name, schema in tables.lake_schemas().items():
+    for name, schema in tables.lake_schemas(tables.attribute_columns(settings)).items():
         table = DeltaTable(str(settings.table_path(name)))
         assert table.to_pyarrow_table().num_rows == 0 and table.schema().to_arrow().names == schema.names, name
 
     # The aggregates start while silver's Parquet folder is still empty, as on a fresh lake.
-    queries = start_aggregates(spark, settings, ENVELOPE_DDL, available_now=False)  # type: ignore[arg-type]
+    queries = start_aggregates(spark, settings, available_now=False)  # type: ignore[arg-type]
     try:
         OrderGenerator(connect_mongo(settings)[settings.mongo_db]["orders"], seed=21).run(120)
         drain(settings)
@@ -88,7 +88,7 @@ def test_on_an_empty_lake_every_table_exists_and_the_aggregates_read_the_right_c
         for query in queries:
             query.stop()
     aggregates = rows(settings, tables.AGGREGATES)
-    assert list(aggregates[0]) == tables.lake_schemas()[tables.AGGREGATES].names
+    assert list(aggregates[0]) == [name for name, _ in tables.AGGREGATES_COLUMNS]
     for granularity, windows in want.items():
         got = {(int(a["window_start"].timestamp()), a["status"]): (a["order_count"], a["revenue"] or Decimal(0))
                for a in aggregates if a["granularity"] == granularity}

@@ -10,10 +10,10 @@ from pathlib import Path
 
 from deltalake import DeltaTable
 
-from lakehouse import tables
-from lakehouse.config import Settings
-from lakehouse.kafka_io import end_offsets
-from lakehouse.mongo import connect as connect_mongo
+from lakehouse.adapters.kafka import end_offsets
+from lakehouse.adapters.mongo import connect as connect_mongo
+from lakehouse.contracts import tables
+from lakehouse.core.config import Settings
 from producer.generator import OrderGenerator
 from producer.listener import ChangeStreamListener
 from tests.conftest import wait_for

@@ -13,8 +13,8 @@ import pytest
 from click.testing import CliRunner
 from pymongo import MongoClient
 
-from lakehouse.cli import cli
-from lakehouse.config import Settings
+from lakehouse.app.cli import cli
+from lakehouse.core.config import Settings
 from tests.conftest import wait_for
 
 PASSWORD = "S3cretPW"

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from lakehouse.events import SourcePosition
+from lakehouse.contracts.events import SourcePosition
 from producer.checkpoint import Checkpoint, FileCheckpointStore
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from lakehouse.cli import cli
+from lakehouse.app.cli import cli
 
 
 @pytest.fixture
@@ -42,6 +42,8 @@ def env(tmp_path: Path) -> dict[str, str]:
     ({}, ["replay", "--into", "lake", "--from-offsets", "t:0:99999999999999999999999"], "offset below 2^63"),
     ({}, ["replay", "--into", "lake", "--from-offsets", "t:-1:5"], "partition and offset must be whole"),
     ({}, ["replay", "--into", "kafka", "--from-offsets", "t:0:5"], "not a position in MongoDB"),
+    ({}, ["reconcile", "--collection", "nope"], "--collection 'nope' is not a captured collection"),
+    ({}, ["reconcile", "--settle", "-1"], "'--settle': -1.0 is not in the range"),
 ])
 def test_bad_values_are_one_line_with_exit_code_2_and_create_nothing(env: dict[str, str], tmp_path: Path,
                                                                      variables: dict, args: list[str],

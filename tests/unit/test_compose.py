@@ -8,8 +8,8 @@ from pathlib import Path
 
 import yaml
 
-from lakehouse.cli import cli
-from lakehouse.config import ENV_NAMES
+from lakehouse.app.cli import cli
+from lakehouse.core.config import ENV_NAMES
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "infra" / "docker-compose.yml").read_text())

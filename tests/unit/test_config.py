@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from lakehouse.config import Settings
+from lakehouse.core.config import Settings
 
 
 def test_env_overrides_defaults_and_cli_overrides_env(monkeypatch: pytest.MonkeyPatch) -> None:

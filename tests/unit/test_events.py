@@ -2,8 +2,8 @@ from datetime import UTC, datetime
 
 from bson import ObjectId, Timestamp
 
-from lakehouse import events
-from lakehouse.events import ENVELOPE_FIELD_NAMES, SourcePosition
+from lakehouse.contracts import events
+from lakehouse.contracts.events import ENVELOPE_FIELD_NAMES, SourcePosition
 
 
 def change(op: str = "update", token: str = "82ABC", full: dict | None = None, before: dict | None = None) -> dict:

@@ -55,7 +55,7 @@ def test_losses_found_when_the_end_goes_back_records_are_deleted_or_offsets_are_
 
 
 def test_positions_read_old_and_new_checkpoints() -> None:
-    from lakehouse.positions import next_offset, position
+    from lakehouse.contracts.positions import next_offset, position
 
     assert position(12) == (12, None, None) and next_offset([30, "29:1:2"]) == 30
     assert position([30, "29:1:2", 7]) == (30, "29:1:2", 7)

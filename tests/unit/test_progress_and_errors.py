@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from lakehouse import logs
-from lakehouse.cli import cli
-from lakehouse.progress import Progress
+from lakehouse.app.cli import cli
+from lakehouse.core import logs
+from lakehouse.core.progress import Progress
 
 
 def _closed_port() -> int:
@@ -31,7 +31,7 @@ def captured() -> list[logging.LogRecord]:
             records.append(record)
 
     handler = Keep()
-    logger = logging.getLogger("lakehouse.progress")
+    logger = logging.getLogger("lakehouse.core.progress")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     yield records
@@ -94,9 +94,11 @@ def test_a_stopped_kafka_is_one_line_naming_it_and_what_to_do(tmp_path: Path, co
 def test_a_stopped_mongodb_is_one_line_naming_it_with_the_password_hidden(tmp_path: Path) -> None:
     port = _closed_port()
     uri = f"mongodb://reader:s3cret@127.0.0.1:{port}/?directConnection=true&serverSelectionTimeoutMS=300"
-    from warehouse.loader import connect
+    from lakehouse.core.config import Settings
+    from warehouse.loader import open_warehouse
 
-    connect(tmp_path / "w.duckdb").close()  # a warehouse to reconcile: MongoDB is what is missing
+    # a warehouse to reconcile: MongoDB is what is missing
+    open_warehouse(Settings.from_env(warehouse_path=tmp_path / "w.duckdb", state_dir=tmp_path)).close()
     result = CliRunner().invoke(cli, ["reconcile"], env={"MONGO_URI": uri, "STATE_DIR": str(tmp_path),
                                                          "WAREHOUSE_PATH": str(tmp_path / "w.duckdb")})
     assert result.exit_code == 1
@@ -126,7 +128,7 @@ def test_status_reports_each_unreachable_server_by_address_and_goes_on(tmp_path:
     ("mongodb://user@h/ and http://127.0.0.1:9090/metrics", "mongodb://user@h/ and http://127.0.0.1:9090/metrics"),
 ])
 def test_redact_masks_passwords_and_leaves_the_rest(text: str, masked: str) -> None:
-    from lakehouse.errors import redact
+    from lakehouse.core.errors import redact
 
     assert redact(text) == masked
 
@@ -148,7 +150,7 @@ def test_every_log_line_masks_passwords_whoever_logs_it(fmt: str, capsys: pytest
 
 
 def test_an_unexpected_traceback_is_printed_with_passwords_masked(capsys: pytest.CaptureFixture[str]) -> None:
-    from lakehouse.cli import _redacting_excepthook
+    from lakehouse.app.cli import _redacting_excepthook
 
     try:
         raise KeyError("mongodb://admin:S3cretPW@h/")

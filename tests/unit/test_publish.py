@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from kafka.errors import KafkaConnectionError, MessageSizeTooLargeError, TopicAuthorizationFailedError
 
-from lakehouse.config import Settings
+from lakehouse.adapters.kafka import Publisher
+from lakehouse.core.config import Settings
 from producer.checkpoint import FileCheckpointStore
 from producer.listener import ChangeStreamListener, KafkaDataLost, ListenerStats, Outgoing, PublishFailed, Stopped
 
@@ -52,7 +53,9 @@ class ScriptedKafka:
 def listener(tmp_path: Path, kafka: ScriptedKafka) -> ChangeStreamListener:
     made = ChangeStreamListener.__new__(ChangeStreamListener)
     made.settings = Settings.from_env(state_dir=tmp_path)
-    made.kafka, made.stats, made._stopping, made._acked = kafka, ListenerStats(), False, {}
+    made.kafka = Publisher.__new__(Publisher)
+    made.kafka.settings, made.kafka._producer = made.settings, kafka
+    made.stats, made._stopping, made._acked = ListenerStats(), False, {}
     made.store = FileCheckpointStore(tmp_path / "token.json")
     made.store.load()
     made._broker_holds = lambda: {"cdc.shop.orders:0": kafka.offsets.get("cdc.shop.orders", 0)}  # type: ignore[method-assign]

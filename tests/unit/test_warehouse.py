@@ -12,11 +12,19 @@ import pyarrow as pa
 import pytest
 from deltalake import write_deltalake
 
-from lakehouse import tables
-from lakehouse.replay import ReplayError, StartPoint, check_supported, parse_offsets, parse_token, replay, start_point
+from lakehouse.app.replay import (
+    ReplayError,
+    StartPoint,
+    check_supported,
+    parse_offsets,
+    parse_token,
+    replay,
+    start_point,
+)
+from lakehouse.contracts import tables
 from tests.lake_fakes import SCHEMA, append_silver, lake_settings, silver_row
-from warehouse.loader import LakeMissing, WarehouseError, connect, load, rebuild
-from warehouse.schema import SCHEMA_VERSION, VIEWS
+from warehouse.loader import LakeMissing, WarehouseError, connect, load, open_warehouse, rebuild
+from warehouse.schema import SCHEMA_VERSION, WarehouseSchema
 
 
 def query(settings, sql: str) -> list[tuple]:  # noqa: ANN001
@@ -63,7 +71,7 @@ def test_orders_history_keeps_every_version_with_validity_and_tombstones(lake) -
 
 
 def test_analytics_views_answer_from_the_current_state(lake) -> None:  # noqa: ANN001
-    for name in (*VIEWS, "streaming_aggregates"):
+    for name in (*WarehouseSchema.of(lake).views(), "streaming_aggregates"):
         query(lake, f"SELECT * FROM {name}")  # every view is queryable
     assert query(lake, "SELECT day, currency, orders, revenue, high_value_orders FROM revenue_daily") == [
         (datetime(2026, 11, 20, tzinfo=UTC), "USD", 2, Decimal("1620.00"), 1)]
@@ -93,7 +101,7 @@ def test_streaming_aggregates_view_reads_the_lakes_aggregates_table(tmp_path: Pa
 
 def test_warehouse_replays_from_time_offsets_and_token_are_idempotent(lake, monkeypatch) -> None:  # noqa: ANN001
     # MongoDB says which change follows a token; here, change 3 (cluster time 1001, inc 0).
-    monkeypatch.setattr("lakehouse.replay._first_change_after", lambda settings, token: (1001, 0))
+    monkeypatch.setattr("lakehouse.app.replay._first_change_after", lambda settings, token: (1001, 0))
     before = query(lake, "SELECT * EXCLUDE (loaded_at) FROM fact_order_changes ORDER BY change_id")
     orders = query(lake, "SELECT * FROM orders ORDER BY doc_id")
     starts = [StartPoint("time", time=datetime.fromtimestamp(1001, UTC)),
@@ -146,7 +154,7 @@ def test_a_file_that_is_not_duckdb_is_named_and_left_alone(tmp_path: Path) -> No
     settings = lake_settings(tmp_path)
     settings.warehouse_path.write_text("these are my notes, not a database\n")
     with pytest.raises(WarehouseError, match=f"cannot open the warehouse {settings.warehouse_path}.*move it away"):
-        connect(settings.warehouse_path)
+        open_warehouse(settings)
     with pytest.raises(WarehouseError):
         rebuild(settings)
     assert settings.warehouse_path.read_text() == "these are my notes, not a database\n"
@@ -193,7 +201,7 @@ def test_a_silver_table_without_the_columns_the_warehouse_needs(tmp_path: Path) 
     row = silver_row(0, 1, "insert", "created")
     old = pa.Table.from_pylist([{k: v for k, v in row.items() if k not in ("amount", "resume_token")}])
     write_deltalake(str(settings.table_path(tables.SILVER)), old)
-    with pytest.raises(WarehouseError, match="lacks column.*resume_token.*amount.*replay --into lake"):
+    with pytest.raises(WarehouseError, match="lacks column.*resume_token.*replay --into lake"):
         load(settings)
 
 
@@ -226,3 +234,47 @@ def test_reading_a_warehouse_that_is_not_there_says_how_to_make_one(tmp_path: Pa
 def test_a_warehouse_replay_from_offsets_nothing_came_from_is_refused(lake) -> None:  # noqa: ANN001
     with pytest.raises(ReplayError, match=r"nope\[0\], t\[1\], which neither the warehouse nor the lake"):
         replay(lake, "warehouse", StartPoint("offsets", offsets={("nope", 0): 0, ("t", 1): 0, ("t", 0): 0}))
+
+
+def _customer_row(seq: int, doc: str, name: str) -> dict:
+    row = silver_row(seq, 0, "insert", None)
+    document = json.dumps({"_id": doc, "name": name, "score": seq})
+    return {**row, "collection": "customers", "doc_id": json.dumps(doc), "order_id": json.dumps(doc),
+            "full_document": document, "customer_id": None, "name": name, "score": seq, "kafka_offset": 100 + seq}
+
+
+def test_a_v3_warehouse_is_upgraded_in_place_and_the_other_collections_load_from_the_lake(tmp_path: Path) -> None:
+    settings = lake_settings(tmp_path).replace(collections=("orders",))
+    append_silver(settings, [silver_row(0, 1, "insert", "created", "10.00"),
+                             _customer_row(1, "cust-1", "Ada"), _customer_row(2, "cust-2", "Bob")])
+    load(settings)
+    con = duckdb.connect(str(settings.warehouse_path))  # what schema v3 looked like: orders only
+    con.execute("UPDATE load_state SET source = 'silver_changes'")
+    con.execute("UPDATE warehouse_meta SET value = '3' WHERE key = 'schema_version'")
+    con.close()
+    with pytest.raises(WarehouseError, match="schema v3; this code needs v4 .a writer such as `lakehouse load` "
+                                             "upgrades it in place"):
+        query(settings, "SELECT 1")
+    everything = settings.replace(collections=("orders", "customers"))
+    result = load(everything)
+    assert result.current == {"orders": 1, "customers": 2}
+    assert query(everything, "SELECT value FROM warehouse_meta") == [(str(SCHEMA_VERSION),)]
+    assert sorted(query(everything, "SELECT source, delta_version FROM load_state")) == [
+        ("silver_changes:customers", 0), ("silver_changes:orders", 0)]
+    assert query(everything, "SELECT name, score FROM customers ORDER BY name") == [("Ada", 1), ("Bob", 2)]
+    assert query(everything, "SELECT count(*) FROM customers_history WHERE is_current") == [(2,)]
+    assert load(everything).new_changes == 0  # loaded once
+
+
+def test_a_collection_added_to_the_spec_later_loads_from_the_whole_lake(tmp_path: Path) -> None:
+    settings = lake_settings(tmp_path).replace(collections=("orders",))
+    append_silver(settings, [silver_row(0, 1, "insert", "created", "10.00"), _customer_row(1, "cust-1", "Ada")])
+    load(settings)
+    append_silver(settings, [_customer_row(2, "cust-2", "Bob")])
+    load(settings)
+    both = settings.replace(collections=("orders", "customers"))
+    assert load(both).current == {"orders": 1, "customers": 2}
+    tombstone = {**_customer_row(3, "cust-1", "Ada"), "op": "delete", "full_document": None, "change_id": "gone"}
+    append_silver(both, [tombstone])
+    assert load(both).current == {"orders": 1, "customers": 1}
+    assert query(both, "SELECT count(*) FROM fact_order_changes") == [(1,)]  # each collection its own changes

@@ -43,7 +43,7 @@ def load_in_batches(tmp: Path, batches: list[list[dict]]) -> dict[str, str]:
             append_silver(settings, batch)
             load(settings)
     load(settings)  # a second load with nothing new changes nothing
-    con = connect(settings.warehouse_path)
+    con = connect(settings.warehouse_path, read_only=True)
     try:
         return dict(con.execute("SELECT doc_id, document FROM orders").fetchall())
     finally:

@@ -14,11 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from lakehouse.core.collections import DEFAULT_SPEC, CollectionSpec, CollectionsSpec, load_spec
+from lakehouse.core.errors import ConfigError, redact
+
 # Each setting's environment variable: the one place that names them.
 ENV_NAMES = {
     "mongo_uri": "MONGO_URI",
     "mongo_db": "MONGO_DB",
     "collections": "COLLECTIONS",
+    "collections_spec": "COLLECTIONS_SPEC",
     "kafka_bootstrap_servers": "KAFKA_BOOTSTRAP_SERVERS",
     "topic_prefix": "TOPIC_PREFIX",
     "kafka_partitions": "KAFKA_PARTITIONS",
@@ -36,7 +40,7 @@ ENV_NAMES = {
     "event_time_source": "EVENT_TIME",
     "kafka_fail_on_data_loss": "KAFKA_FAIL_ON_DATA_LOSS",
 }
-_PATHS = {"lake_path", "warehouse_path", "state_dir", "stack_dir"}
+_PATHS = {"lake_path", "warehouse_path", "state_dir", "stack_dir", "collections_spec"}
 _INTS = {"kafka_partitions", "kafka_replication_factor", "max_rows_per_batch"}
 _BOOLS = {"kafka_fail_on_data_loss"}
 _MONGO_DB_NAME = re.compile(r"[^/\\. \"$*<>:|?]{1,63}")
@@ -46,22 +50,26 @@ _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
 def _parse(name: str, raw: str) -> object:
     if name == "collections":
-        return tuple(part.strip() for part in raw.split(",") if part.strip())
+        names = tuple(part.strip() for part in raw.split(",") if part.strip())
+        if not names:
+            raise ConfigError("COLLECTIONS names no collection; give e.g. COLLECTIONS=orders,customers (or leave it "
+                              "unset to capture every collection collections.toml describes)")
+        return names
     if name in _PATHS:
         return Path(raw).resolve()
     if name in _INTS:
         try:
             return int(raw)
         except ValueError:
-            raise ValueError(f"{ENV_NAMES[name]}={raw!r} is not a whole number") from None
+            raise ConfigError(f"{ENV_NAMES[name]}={raw!r} is not a whole number") from None
     if name == "trigger_seconds":
         try:
             return float(raw)
         except ValueError:
-            raise ValueError(f"{ENV_NAMES[name]}={raw!r} is not a number of seconds") from None
+            raise ConfigError(f"{ENV_NAMES[name]}={raw!r} is not a number of seconds") from None
     if name in _BOOLS:
         if raw.strip().lower() not in ("true", "false", "1", "0", "yes", "no"):
-            raise ValueError(f"{ENV_NAMES[name]}={raw!r} is not true or false")
+            raise ConfigError(f"{ENV_NAMES[name]}={raw!r} is not true or false")
         return raw.strip().lower() in ("true", "1", "yes")
     return raw
 
@@ -70,7 +78,9 @@ def _parse(name: str, raw: str) -> object:
 class Settings:
     mongo_uri: str = "mongodb://127.0.0.1:27017/"
     mongo_db: str = "shop"
-    collections: tuple[str, ...] = ("orders",)
+    # The captured collections: every one collections.toml describes, unless COLLECTIONS names some.
+    collections: tuple[str, ...] = ()
+    collections_spec: Path = DEFAULT_SPEC
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     topic_prefix: str = "cdc"
     kafka_partitions: int = 3
@@ -107,10 +117,12 @@ class Settings:
 
     def __post_init__(self) -> None:
         """Refuse, where they enter, values a server or Spark would refuse later with a traceback."""
+        if not self.collections:
+            object.__setattr__(self, "collections", tuple(self.spec.collections))  # may raise SpecError
         problems = [p for p in (self._uri_problem(), *self._name_problems(), *self._number_problems(),
                                 *self._path_problems()) if p]
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ConfigError("; ".join(problems))
 
     def _uri_problem(self) -> str | None:
         from pymongo.errors import ConfigurationError
@@ -120,8 +132,6 @@ class Settings:
             if not self.mongo_uri.startswith("mongodb+srv://"):  # an SRV URI is resolved in DNS: left to the driver
                 parse_uri(self.mongo_uri, validate=True)
         except (ConfigurationError, ValueError) as exc:
-            from lakehouse.errors import redact
-
             return f"MONGO_URI={redact(self.mongo_uri)!r} is not a MongoDB URI ({exc}); e.g. mongodb://127.0.0.1:27017/"
         for server in self.kafka_bootstrap_servers.split(","):
             host, _, port = server.strip().rpartition(":")
@@ -136,7 +146,7 @@ class Settings:
             problems.append(f"MONGO_DB={self.mongo_db!r} is not a database name MongoDB accepts (1-63 characters, "
                             "none of / \\ . \" $ * < > : | ? or spaces)")
         if not self.collections:
-            problems.append("COLLECTIONS names no collection; give e.g. COLLECTIONS=orders,customers")
+            problems.append(f"{self.collections_spec} describes no collection, and COLLECTIONS names none")
         for name in self.collections:
             if not _COLLECTION_NAME.fullmatch(name) or name.startswith("system."):
                 problems.append(f"COLLECTIONS: {name!r} is not a collection this pipeline can capture (letters, "
@@ -165,6 +175,18 @@ class Settings:
         if self.warehouse_path.is_dir():
             problems.append(f"WAREHOUSE_PATH={self.warehouse_path} is a folder; give the DuckDB file's path")
         return problems
+
+    @property
+    def spec(self) -> CollectionsSpec:
+        """collections.toml, read (again when it changed) and checked."""
+        try:
+            mtime = self.collections_spec.stat().st_mtime_ns
+        except OSError:
+            mtime = 0
+        return load_spec(self.collections_spec, mtime)
+
+    def collection(self, name: str) -> CollectionSpec:
+        return self.spec.get(name)
 
     def to_env(self) -> dict[str, str]:
         """The same settings as environment variables, for the processes run-all starts."""
@@ -218,7 +240,7 @@ class Settings:
 
     @property
     def reconcile_state(self) -> Path:
-        """The last reconcile's outcome (warehouse/reconcile.py writes, status and metrics read)."""
+        """The last reconcile's outcome (lakehouse/app/reconcile.py writes, status and metrics read)."""
         return self.state_dir / "reconcile" / "last.json"
 
     @property

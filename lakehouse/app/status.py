@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
-from lakehouse import tables
-from lakehouse.config import Settings
-from lakehouse.errors import explain
-from lakehouse.positions import committed_offsets
+from lakehouse.adapters import explain
+from lakehouse.contracts import batches, tables
+from lakehouse.contracts.positions import committed_offsets
+from lakehouse.core.config import Settings
 
 
 def _iso(seconds: float | None) -> str | None:
@@ -42,7 +43,7 @@ def producer_status(settings: Settings) -> dict[str, Any]:
 
 
 def kafka_status(settings: Settings) -> dict[str, Any]:
-    from lakehouse.kafka_io import end_offsets
+    from lakehouse.adapters.kafka import end_offsets
 
     every = end_offsets(settings, [*settings.topics, settings.dead_letter_topic])
     ends = {tp: end for tp, end in every.items() if tp[0] != settings.dead_letter_topic}
@@ -66,7 +67,7 @@ def dead_letters(settings: Settings, ends: dict[tuple[str, int], int]) -> dict[s
     each partition's newest DEAD_LETTERS_READ) why."""
     import re
 
-    from lakehouse.kafka_io import read_values
+    from lakehouse.adapters.kafka import read_values
 
     reasons: dict[str, int] = {}
     for value in read_values(settings, ends, newest=DEAD_LETTERS_READ):
@@ -97,80 +98,70 @@ def reconcile_status(settings: Settings) -> dict[str, Any]:
 
 
 def batch_metrics(settings: Settings) -> list[dict[str, Any]]:
-    """The lake query's batches in order; a batch Spark replayed after a crash counts once, as it ended."""
-    path = settings.batch_metrics
-    last: dict[int, dict[str, Any]] = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            entry = json.loads(line)
-            last[entry["batch_id"]] = entry
-    return [last[k] for k in sorted(last)]
+    """The lake query's batches in order (contracts/batches.py), as dicts for tables and notebooks."""
+    return [asdict(record) for record in batches.read(settings.batch_metrics)]
 
 
 def spark_status(settings: Settings) -> dict[str, Any]:
-    batches = batch_metrics(settings)
-    if not batches:
+    records = batches.read(settings.batch_metrics)
+    if not records:
         return {"state": f"no batches yet ({settings.batch_metrics})"}
-    newest = batches[-1]
+    newest = records[-1]
     return {
         "state": "ok",
-        "batches": len(batches),
-        "input_rows": sum(b["input_rows"] for b in batches),
-        "silver_rows": sum(b["silver_rows"] for b in batches),
-        "quarantined": sum(b["quarantined"] for b in batches),
-        "late": sum(b["late"] for b in batches),
-        "watermark": next((b["watermark"] for b in reversed(batches) if b.get("watermark")), None),
-        "last_batch_at": newest["at"],
-        "last_batch_ms": newest["duration_ms"],
+        "batches": len(records),
+        **{k: v for k, v in batches.totals(records).items() if k != "already_in_lake"},
+        "watermark": next((r.watermark for r in reversed(records) if r.watermark), None),
+        "last_batch_at": newest.at,
+        "last_batch_ms": newest.duration_ms,
     }
 
 
 def warehouse_status(settings: Settings) -> dict[str, Any]:
-    import duckdb
-    from deltalake import DeltaTable
+    from lakehouse.adapters.delta import version_of
+    from warehouse.loader import WarehouseError, summary
 
-    from warehouse.loader import WarehouseError, connect
-
-    silver = settings.table_path(tables.SILVER)
-    silver_version = DeltaTable(str(silver)).version() if DeltaTable.is_deltatable(str(silver)) else None
+    silver_version = version_of(settings.table_path(tables.SILVER))
     if not settings.warehouse_path.exists():
         return {"state": f"no warehouse yet at {settings.warehouse_path}", "silver_version": silver_version}
     try:
-        con = connect(settings.warehouse_path, read_only=True)
+        held = summary(settings)
     except WarehouseError as exc:
         return {"state": f"unreadable now: {exc}", "silver_version": silver_version}
-    try:
-        loaded = con.execute("SELECT delta_version, rows_loaded, loaded_at FROM load_state").fetchall()
-        facts, orders, newest = con.execute(
-            "SELECT (SELECT count(*) FROM fact_order_changes), (SELECT count(*) FROM orders), "
-            "(SELECT max(cluster_time_s) FROM fact_order_changes WHERE op <> 'snapshot_end')").fetchall()[0]
-    except duckdb.Error as exc:
-        return {"state": f"unreadable now: {exc}", "silver_version": silver_version}
-    finally:
-        con.close()
-    version = loaded[0][0] if loaded else None
+    version = held["loaded_version"]
+    loaded_at = held["loaded_at"]
     return {
         "state": "ok",
         "loaded_version": version,
         "silver_version": silver_version,
         "versions_behind": None if silver_version is None else silver_version - (version if version is not None
                                                                                  else -1),
-        "loaded_at": loaded[0][2].isoformat() if loaded else None,
-        "fact_order_changes": facts,
-        "orders": orders,
-        "newest_change": _iso(newest),
+        "loaded_at": loaded_at.isoformat() if loaded_at is not None else None,
+        "fact_order_changes": held["collections"].get("orders", {}).get("changes"),
+        "orders": held["collections"].get("orders", {}).get("current"),
+        "collections": {name: {k: v for k, v in c.items() if k != "loaded_at"}
+                        for name, c in held["collections"].items()},
+        "newest_change": _iso(held["newest_cluster_time_s"]),
     }
 
 
 def mongo_status(settings: Settings) -> dict[str, Any]:
-    from lakehouse.mongo import connect as connect_mongo
+    """Documents per captured collection, and the newest change (orders' updated_at, else any collection's)."""
+    from lakehouse.adapters.mongo import connect as connect_mongo
 
     client = connect_mongo(settings, "lakehouse-status", timeout_ms=5000)
     try:
-        orders = client[settings.mongo_db]["orders"]
-        newest = next(iter(orders.find({}, {"updated_at": 1}).sort("updated_at", -1).limit(1)), None)
-        updated = newest.get("updated_at") if newest else None
-        return {"state": "ok", "orders": orders.estimated_document_count(), "newest_change": _iso(_epoch(updated))}
+        db = client[settings.mongo_db]
+        counts = {name: db[name].estimated_document_count() for name in settings.collections}
+        newest: list[float] = []
+        for name in sorted(settings.collections, key=lambda n: n != "orders"):
+            found = next(iter(db[name].find({}, {"updated_at": 1}).sort("updated_at", -1).limit(1)), None)
+            seconds = _epoch(found.get("updated_at")) if found else None
+            if seconds is not None:
+                newest.append(seconds)
+                break
+        return {"state": "ok", "orders": counts.get("orders"), "collections": counts,
+                "newest_change": _iso(newest[0] if newest else None)}
     finally:
         client.close()
 
@@ -216,7 +207,8 @@ def render(report: dict[str, Any]) -> list[str]:
     m, p, k, s, w = (report[n] for n in ("mongodb", "producer", "kafka", "spark", "warehouse"))
     lines = [f"status at {report['at']}"]
     lines.append(f"  mongodb    {m['state']}" if m["state"] != "ok" else
-                 f"  mongodb    {m['orders']} orders, newest change {m['newest_change']}")
+                 f"  mongodb    {', '.join(f'{n} {c}' for n, c in m['collections'].items())}, newest change "
+                 f"{m['newest_change']}")
     lines.append(f"  producer   {p['state']}" if p["state"] != "ok" else
                  f"  producer   {p['events_published']} events published, last change {p['last_change_time']}, "
                  f"token saved {p['token_saved_at']}")
@@ -248,8 +240,13 @@ def render(report: dict[str, Any]) -> list[str]:
                  f"last batch {s['last_batch_at']} ({s['last_batch_ms']} ms)")
     lines.append(f"  warehouse  {w['state']}" if w["state"] != "ok" else
                  f"  warehouse  silver v{w['loaded_version']} loaded (lake at v{w['silver_version']}, "
-                 f"{w['versions_behind']} behind), {w['fact_order_changes']} changes, {w['orders']} orders, "
-                 f"newest change {w['newest_change']}")
+                 f"{w['versions_behind']} behind), newest change {w['newest_change']}")
+    for name in dict.fromkeys([*(m.get("collections") or {}), *(w.get("collections") or {})]):
+        in_mongo = (m.get("collections") or {}).get(name)
+        held = (w.get("collections") or {}).get(name) or {}
+        lines.append(f"             {name:<12} mongodb {'?' if in_mongo is None else in_mongo}, warehouse "
+                     f"{held.get('table', name)} {held.get('current', '?')} current ({held.get('changes', '?')} "
+                     f"changes, silver v{held.get('loaded_version')})")
     r = report.get("reconcile", {"state": "unknown"})
     lines.append(f"  reconcile  {r['state']}" if r["state"] != "ok" else
                  f"  reconcile  {r['at']} {r['collection']}: source={r['source']} warehouse={r['warehouse']} "
@@ -264,11 +261,11 @@ def one_line(report: dict[str, Any]) -> str:
     """The report in one line, for a live view (`run-all --follow`)."""
     m, k, s, w = (report[n] for n in ("mongodb", "kafka", "spark", "warehouse"))
     parts = [
-        f"mongodb {m['orders']:,} orders" if m["state"] == "ok" else "mongodb unavailable",
+        f"mongodb {m['orders'] or 0:,} orders" if m["state"] == "ok" else "mongodb unavailable",
         f"kafka lag {k['total_lag']:,}" if k["state"] == "ok" else "kafka unavailable",
         f"spark {s['batches']:,} batches, {s['silver_rows']:,} silver rows, {s['quarantined']:,} quarantined"
         if s["state"] == "ok" else "spark no batches yet",
-        f"warehouse {w['orders']:,} orders ({w['versions_behind']} versions behind)"
+        f"warehouse {w['orders'] or 0:,} orders ({w['versions_behind']} versions behind)"
         if w["state"] == "ok" and w["loaded_version"] is not None else "warehouse not loaded yet",
     ]
     fresh = report["freshness_seconds"]
@@ -309,6 +306,10 @@ def prometheus(report: dict[str, Any]) -> str:
     gauge("warehouse_versions_behind", "Silver versions not yet loaded", [({}, w.get("versions_behind"))])
     gauge("warehouse_orders", "Current orders in the warehouse", [({}, w.get("orders"))])
     gauge("warehouse_changes", "Rows of fact_order_changes", [({}, w.get("fact_order_changes"))])
+    gauge("warehouse_documents", "Documents in each collection's current-state table",
+          [({"collection": n}, c.get("current")) for n, c in (w.get("collections") or {}).items()])
+    gauge("mongodb_documents", "Documents in each captured collection (estimated count)",
+          [({"collection": n}, c) for n, c in ((report["mongodb"].get("collections") or {}).items())])
     gauge("kafka_data_loss_records", "Kafka records the streaming job had read or planned that the broker lost",
           [({}, sum(d["to"] - d["from"] for d in k.get("data_loss", [])) if k.get("state") == "ok" else None)])
     letters = k.get("dead_letters") or {}
@@ -319,6 +320,8 @@ def prometheus(report: dict[str, Any]) -> str:
     r = report.get("reconcile", {})
     for key in ("missing", "extra", "mismatched", "repaired"):
         gauge(f"reconcile_{key}", f"Documents {key} at the last reconcile", [({}, r.get(key))])
+        gauge(f"reconcile_collection_{key}", f"Documents {key} per collection at the last reconcile",
+              [({"collection": c["collection"]}, c.get(key)) for c in r.get("collections") or []])
     gauge("freshness_seconds", "Newest change in MongoDB minus newest in the warehouse",
           [({}, report.get("freshness_seconds"))])
     return "\n".join(out) + "\n"

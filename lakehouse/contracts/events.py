@@ -105,15 +105,23 @@ class SourcePosition:
         return SourcePosition(seconds, inc, self.txn_op_index + 1 if same else 0)
 
 
-def order_id_of(*documents: Mapping[str, Any] | None) -> str | None:
+def order_id_of(*documents: Mapping[str, Any] | None, key_field: str = "order_id") -> str | None:
+    """The Kafka key's text: the first document's `key_field` (a dotted path for a nested one), or None
+    (the caller keys by doc_id) when the field is _id or no document has it."""
+    if key_field == "_id":
+        return None
     for document in documents:
-        if document and document.get("order_id") is not None:
-            return str(document["order_id"])
+        value: Any = document
+        for step in key_field.split("."):
+            value = value.get(step) if isinstance(value, Mapping) else None
+        if value is not None:
+            return str(value)
     return None
 
 
-def from_change(change: Mapping[str, Any], position: SourcePosition) -> dict[str, Any]:
-    """Envelope for one change-stream event; `position` orders it among same-time events."""
+def from_change(change: Mapping[str, Any], position: SourcePosition, key_field: str = "order_id") -> dict[str, Any]:
+    """Envelope for one change-stream event; `position` orders it among same-time events; the Kafka key
+    (envelope field order_id) is the document's `key_field` (collections.toml), else its doc_id."""
     ns = change["ns"]
     token = change["_id"]["_data"]
     document_key = change.get("documentKey") or {}
@@ -129,7 +137,7 @@ def from_change(change: Mapping[str, Any], position: SourcePosition) -> dict[str
         "collection": ns["coll"],
         "doc_id": doc_id,
         "document_key": key_json(document_key),
-        "order_id": order_id_of(full, before) or doc_id,
+        "order_id": order_id_of(full, before, key_field=key_field) or doc_id,
         "full_document": to_extended_json(full),
         "before_document": to_extended_json(before),
         "update_description": to_extended_json(change.get("updateDescription")),
@@ -144,7 +152,7 @@ def from_change(change: Mapping[str, Any], position: SourcePosition) -> dict[str
 
 
 def from_snapshot(
-    db: str, collection: str, document: Mapping[str, Any], cluster_time: tuple[int, int]
+    db: str, collection: str, document: Mapping[str, Any], cluster_time: tuple[int, int], key_field: str = "order_id"
 ) -> dict[str, Any]:
     """Envelope for a copied document. It sorts before any streamed change at the same time
     (txn_op_index -1); copying the same content in the same snapshot again gives the same change_id."""
@@ -160,7 +168,7 @@ def from_snapshot(
         "collection": collection,
         "doc_id": doc_id,
         "document_key": key_json(document_key),
-        "order_id": order_id_of(document) or doc_id,
+        "order_id": order_id_of(document, key_field=key_field) or doc_id,
         "full_document": full,
         "before_document": None,
         "update_description": None,
@@ -227,3 +235,19 @@ def repair_tombstone(db: str, collection: str, doc_id: str, document_key: str | 
 
 def encode(envelope: Mapping[str, Any]) -> bytes:
     return json.dumps(envelope, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+# A key longer than this is replaced by a hash of it (the original stays in the event's order_id), so
+# one document's changes still share a partition and the record still fits.
+MAX_KEY_BYTES = 1024
+
+
+def bounded_key(key: str) -> bytes:
+    """A Kafka key: the text itself, or for a huge one a hash of it (same key -> same partition)."""
+    raw = key.encode()
+    return raw if len(raw) <= MAX_KEY_BYTES else b"sha256:" + hashlib.sha256(raw).hexdigest().encode()
+
+
+def kafka_key(envelope: Mapping[str, Any]) -> bytes:
+    """The Kafka key of an event: its order_id (the document's identity when it has none), bounded."""
+    return bounded_key(str(envelope["order_id"]))

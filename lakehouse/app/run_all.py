@@ -23,22 +23,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from infra import servers
-from lakehouse.config import Settings
-from lakehouse.errors import redact
-from lakehouse.logs import cli_options as logging_options
-from lakehouse.mongo import connect as connect_mongo
-from lakehouse.progress import Progress
-from lakehouse.status import collect, one_line
-from lakehouse.stopping import Interrupted, StopSignals
+from lakehouse.adapters.mongo import connect as connect_mongo
+from lakehouse.app.reconcile import Reconciliation, combined, lines, reconcile_each, record, round_of
+from lakehouse.app.status import collect, one_line
+from lakehouse.core.config import Settings
+from lakehouse.core.errors import LakehouseError, redact
+from lakehouse.core.logs import cli_options as logging_options
+from lakehouse.core.progress import Progress
+from lakehouse.core.stopping import Interrupted, StopSignals
 from producer.generator import OrderGenerator
 from warehouse.loader import LakeMissing, load, load_if_possible
-from warehouse.reconcile import Reconciliation, reconcile, round_of
 
 FOLLOW_RATE = 20.0  # changes/s in --follow when no rate is given: lively, and the disk fills slowly
 
 
 def say(message: str) -> None:
     print(redact(message), flush=True)
+
+
+class ChildFailed(LakehouseError, RuntimeError):
+    """A process run-all started kept dying; the message names it and its log."""
 
 
 MAX_RESTARTS = 5  # a child that dies this many times in a row, each within RESTART_WINDOW_S of its start
@@ -67,7 +71,7 @@ class Child:
         quick = time.monotonic() - self.started < RESTART_WINDOW_S
         self.quick_deaths = self.quick_deaths + 1 if quick else 1
         if self.quick_deaths > MAX_RESTARTS:
-            raise RuntimeError(f"the {self.name} process exited with code {code}"
+            raise ChildFailed(f"the {self.name} process exited with code {code}"
                                f"{f' {self.quick_deaths} times in a row' if self.quick_deaths > 1 else ''}; "
                                f"its log {self.log} ends:\n{tail}")
         cause = next((line for line in reversed(tail.splitlines()) if line.strip()), "no output")
@@ -121,7 +125,7 @@ def spawn(settings: Settings, name: str, *args: str) -> Child:
     log = logs / f"{name}.log"
     env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
     with log.open("ab") as out:
-        process = subprocess.Popen([sys.executable, "-m", "lakehouse.cli", *logging_options(), *args], stdout=out,
+        process = subprocess.Popen([sys.executable, "-m", "lakehouse.app.cli", *logging_options(), *args], stdout=out,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, process_group=0,
                                    preexec_fn=_stop_with_parent)
     pid_file = run / f"{name}.pid"
@@ -131,10 +135,10 @@ def spawn(settings: Settings, name: str, *args: str) -> Child:
 
 
 def wait_until_reconciled(settings: Settings, children: list[Child], timeout: float,
-                          signals: StopSignals) -> Reconciliation:
+                          signals: StopSignals) -> list[Reconciliation]:
     """Load and reconcile until the warehouse equals MongoDB or the deadline passes (at least once)."""
     deadline = time.monotonic() + timeout
-    with Progress("warehouse catching up", unit="orders") as progress:
+    with Progress("warehouse catching up", unit="documents") as progress:
         while True:
             for child in children:
                 child.check()
@@ -143,14 +147,15 @@ def wait_until_reconciled(settings: Settings, children: list[Child], timeout: fl
             if not settings.warehouse_path.exists():  # nothing loaded yet: the lake is still being made
                 signals.wait(1)
                 continue
-            result = reconcile(settings)
+            results = reconcile_each(settings)
+            result = combined(results)
             progress.update_to(result.source - len(result.missing) - len(result.mismatched), total=result.source)
             if result.ok:
-                return result
+                return results
             if time.monotonic() >= deadline:
                 say(f"the warehouse did not catch up within {timeout:.0f}s; see the logs in "
                     f"{settings.state_dir / 'logs'}")
-                return result
+                return results
             signals.wait(1)
 
 
@@ -201,7 +206,7 @@ def run_all(settings: Settings, events: int, rate: float | None, timeout: float,
     stopped by Ctrl-C or SIGTERM and everything it started has stopped)."""
     started = time.monotonic()
     children: list[Child] = []
-    result: Reconciliation | None = None
+    results: list[Reconciliation] | None = None
     try:
         with StopSignals() as signals:
             try:
@@ -219,7 +224,7 @@ def run_all(settings: Settings, events: int, rate: float | None, timeout: float,
                     generate(generator, events, rate, children, signals)
                 finally:
                     client.close()
-                result = wait_until_reconciled(settings, children, timeout, signals)
+                results = wait_until_reconciled(settings, children, timeout, signals)
             except Interrupted:
                 say("interrupted: stopping the processes run-all started (Ctrl-C again kills them)")
     finally:
@@ -229,16 +234,19 @@ def run_all(settings: Settings, events: int, rate: float | None, timeout: float,
             if stop_servers:
                 for line in servers.stop(settings):
                     say(line)
-    if result is None:
+    if results is None:
         with contextlib.suppress(LakeMissing):
             load(settings)  # what the lake got before the stop
         say(one_line(collect(settings)))
         say(f"stopped after {time.monotonic() - started:.0f}s; warehouse {settings.warehouse_path}, "
             f"lake {settings.lake_path}; `lakehouse status` says more")
         return 0 if follow_every is not None else 130
-    for line in result.examples():
+    total = combined(results)
+    for line in total.examples():
         say(line)
+    record(settings, results)
     say(f"run-all took {time.monotonic() - started:.0f}s; warehouse {settings.warehouse_path}, "
         f"lake {settings.lake_path}")
-    say(result.line())
-    return 0 if result.ok else 1
+    for line in lines(results):
+        say(line)
+    return 0 if total.ok else 1

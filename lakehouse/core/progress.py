@@ -13,9 +13,9 @@ import time
 from types import TracebackType
 from typing import Any, TextIO
 
-from lakehouse import logs
+from lakehouse.core import logs
 
-log = logging.getLogger("lakehouse.progress")
+log = logging.getLogger("lakehouse.core.progress")
 
 
 def on_terminal(stream: TextIO | None = None) -> bool:

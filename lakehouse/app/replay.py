@@ -16,19 +16,17 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-import pyarrow.dataset as pads
-
-from lakehouse import tables
-from lakehouse.config import Settings
-from lakehouse.progress import Progress
+from lakehouse.contracts import tables
+from lakehouse.core.config import Settings
+from lakehouse.core.errors import ConfigError
+from lakehouse.core.progress import Progress
+from warehouse.replace import Changes
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +43,7 @@ _WHY_NOT = {
 }
 
 
-class ReplayError(ValueError):
+class ReplayError(ConfigError):
     """The replay cannot start as asked; the message says what to give instead."""
 
 
@@ -149,12 +147,10 @@ def replay(settings: Settings, into: str, start: StartPoint, dry_run: bool = Fal
 # -- into kafka -------------------------------------------------------------------------------------
 def _into_kafka(settings: Settings, start: StartPoint, dry_run: bool, say: Callable[[str], None]) -> None:
     from bson import Timestamp
-    from pymongo.errors import OperationFailure
 
-    from lakehouse.mongo import connect as connect_mongo
-    from lakehouse.mongo import require_replica_set
-    from producer.checkpoint import Checkpoint, FileCheckpointStore
-    from producer.listener import ChangeStreamListener
+    from lakehouse.adapters.mongo import HistoryLost, MongoFailed, require_replica_set
+    from lakehouse.adapters.mongo import connect as connect_mongo
+    from producer.listener import CannotResume, republish
 
     what = {
         "token": f"every change after {start.describe()}",
@@ -175,24 +171,16 @@ def _into_kafka(settings: Settings, start: StartPoint, dry_run: bool, say: Calla
         say(f"dry run: would re-publish {what} from {collections}{detail} into "
             f"{', '.join(settings.topics)}, until caught up; the producer's own resume token is left alone")
         return
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="replay-kafka-", dir=settings.state_dir) as scratch:
-        replay_settings = settings.replace(state_dir=Path(scratch))
-        if start.kind == "token":
-            FileCheckpointStore(replay_settings.producer_checkpoint).save(Checkpoint(start.token or {}, None, 0))
-        start_at = Timestamp(int(start.time.timestamp()), 0) if start.time else None
-        listener = ChangeStreamListener(replay_settings, snapshot_mode="initial" if start.kind == "beginning"
-                                        else "never", start_at=start_at)
-        say(f"replaying {what} from {collections} into Kafka ...")
-        try:
-            stats = listener.run(until_idle=True)
-        except (OperationFailure, RuntimeError) as exc:
-            raise ReplayError(
-                f"cannot replay from {start.describe()}: {exc}. MongoDB's history may no longer reach back that "
-                "far; replay with --from-beginning instead"
-            ) from exc
-        finally:
-            listener.close()
+    start_at = Timestamp(int(start.time.timestamp()), 0) if start.time else None
+    say(f"replaying {what} from {collections} into Kafka ...")
+    try:
+        stats = republish(settings, resume_token=start.token if start.kind == "token" else None, start_at=start_at,
+                          snapshot=start.kind == "beginning")
+    except (HistoryLost, MongoFailed, CannotResume) as exc:
+        raise ReplayError(
+            f"cannot replay from {start.describe()}: {exc}. MongoDB's history may no longer reach back that "
+            "far; replay with --from-beginning instead"
+        ) from exc
     say(f"replayed into Kafka: {stats.published} change events, {stats.snapshots} snapshot copies")
 
 
@@ -201,37 +189,35 @@ def kafka_starting_offsets(settings: Settings, start: StartPoint) -> tuple[dict[
                                                                           dict[tuple[str, int], int]]:
     """Per topic and partition, where the replay starts (Spark's JSON form; -2 = the beginning), and
     the end offsets now."""
-    from kafka import TopicPartition
+    from lakehouse.adapters.kafka import OffsetReader, split_key
 
-    from lakehouse.kafka_io import consumer as kafka_consumer
-    from lakehouse.kafka_io import partitions_of
-
-    consumer = kafka_consumer(settings)
+    reader = OffsetReader.of(settings)
     try:
-        partitions = [tp for topic in settings.topics for tp in partitions_of(consumer, topic)]
-        ends = consumer.end_offsets(partitions) if partitions else {}
-        end_offsets = {(tp.topic, tp.partition): int(o) for tp, o in ends.items()}
+        keys = reader.partitions(settings.topics)
+        ends = reader.end_offsets(keys)
+        end_offsets = {split_key(k): o for k, o in ends.items()}
         if start.kind == "beginning":
-            return ({t: {str(tp.partition): -2 for tp in partitions if tp.topic == t} for t in settings.topics},
+            return ({t: {str(p): -2 for (topic, p) in end_offsets if topic == t} for t in settings.topics},
                     end_offsets)
         if start.kind == "offsets":
-            unknown = sorted(f"{t}[{p}]" for t, p in start.offsets if TopicPartition(t, p) not in partitions)
+            unknown = sorted(f"{t}[{p}]" for t, p in start.offsets if (t, p) not in end_offsets)
             if unknown:
                 raise ReplayError(f"--from-offsets names {', '.join(unknown)}, not among this pipeline's topic "
-                                  f"partitions ({', '.join(f'{tp.topic}[{tp.partition}]' for tp in partitions)})")
+                                  f"partitions ({', '.join(f'{t}[{p}]' for t, p in end_offsets)})")
             chosen: dict[str, dict[str, int]] = {}
             for (topic, partition), offset in start.offsets.items():
                 chosen.setdefault(topic, {})[str(partition)] = offset
             return chosen, end_offsets
         assert start.time is not None
-        found = consumer.offsets_for_times({tp: int(start.time.timestamp() * 1000) for tp in partitions})
+        found = reader.first_offsets_at(keys, int(start.time.timestamp() * 1000))
         result: dict[str, dict[str, int]] = {}
-        for tp in partitions:
-            at = found.get(tp)
-            result.setdefault(tp.topic, {})[str(tp.partition)] = at.offset if at is not None else ends[tp]
+        for key in keys:
+            topic, partition = split_key(key)
+            at = found.get(key)
+            result.setdefault(topic, {})[str(partition)] = at if at is not None else ends[key]
         return result, end_offsets
     finally:
-        consumer.close()
+        reader.close()
 
 
 def _into_lake(settings: Settings, start: StartPoint, dry_run: bool, say: Callable[[str], None],
@@ -249,7 +235,7 @@ def _into_lake(settings: Settings, start: StartPoint, dry_run: bool, say: Callab
     if dry_run:
         say(f"dry run: would {plan}")
         return
-    from streaming.job import build_session
+    from streaming.job import QueryFailed, build_session
     from streaming.job import start as start_lake
 
     say(f"replay: {plan} ...")
@@ -263,7 +249,7 @@ def _into_lake(settings: Settings, start: StartPoint, dry_run: bool, say: Callab
                 progress.update_to(_batch_totals(replay_settings).get("input_rows", 0))
             progress.update_to(_batch_totals(replay_settings).get("input_rows", 0))
         if query.exception():
-            raise RuntimeError(f"the replay query failed: {query.exception()}")
+            raise QueryFailed(f"the replay query failed: {query.exception()}")
     finally:
         if spark is None:
             session.stop()
@@ -274,74 +260,55 @@ def _into_lake(settings: Settings, start: StartPoint, dry_run: bool, say: Callab
 
 
 def _batch_totals(settings: Settings) -> dict[str, int]:
-    from lakehouse.status import batch_metrics
+    from lakehouse.contracts import batches
 
-    totals: dict[str, int] = {}
-    for entry in batch_metrics(settings):
-        for key in ("input_rows", "already_in_lake", "silver_rows", "quarantined"):
-            totals[key] = totals.get(key, 0) + int(entry.get(key, 0))
-    return totals
+    return batches.totals(batches.read(settings.batch_metrics))
 
 
 # -- into warehouse ---------------------------------------------------------------------------------
 def _first_change_after(settings: Settings, token: dict[str, str]) -> tuple[int, int] | None:
     """Cluster time of the first change after a resume token, asking MongoDB (a token's encoding is
     the server's business). None when nothing has happened since."""
-    from pymongo.errors import PyMongoError
-
-    from lakehouse.mongo import connect as connect_mongo
-    from lakehouse.mongo import require_replica_set
+    from lakehouse.adapters.mongo import ChangeStream, HistoryLost, MongoFailed, require_replica_set
+    from lakehouse.adapters.mongo import connect as connect_mongo
     from producer.listener import watch_pipeline
 
     client = connect_mongo(settings, "lakehouse-replay")
     try:
         require_replica_set(client, settings)
-        with client[settings.mongo_db].watch(watch_pipeline(settings), start_after=token,
-                                             max_await_time_ms=500) as stream:
+        with ChangeStream(client[settings.mongo_db], watch_pipeline(settings), resume_token=token,
+                          max_await_time_ms=500) as stream:
             for _ in range(3):  # an empty batch does not yet mean the stream is at its end
                 change = stream.try_next()
                 if change is not None:
                     return int(change["clusterTime"].time), int(change["clusterTime"].inc)
         return None
-    except PyMongoError as exc:
+    except (HistoryLost, MongoFailed) as exc:
         raise ReplayError(f"MongoDB cannot resume from {token.get('_data', '')[:24]}... ({exc}); replay the warehouse "
                           "with --from-time or --from-offsets instead") from exc
     finally:
         client.close()
 
 
-def _warehouse_selection(settings: Settings, start: StartPoint) -> tuple[str, pads.Expression]:
-    """The same set of changes as SQL over fact_order_changes and as a filter over silver."""
-    s, inc = pads.field("cluster_time_s"), pads.field("cluster_time_inc")
+def _warehouse_changes(settings: Settings, start: StartPoint) -> Changes:
+    """The warehouse's changes a start point means: from a cluster time, or from Kafka offsets."""
     if start.kind == "time":
         assert start.time is not None
-        second = int(start.time.timestamp())
-        return f"cluster_time_s >= {second}", s >= second
+        return Changes(since_cluster_time=(int(start.time.timestamp()), 0))
     if start.kind == "token":
         after = _first_change_after(settings, start.token or {})
-        if after is None:
-            return "false", s < 0  # nothing happened after that token
-        second, increment = after
-        return (f"(cluster_time_s, cluster_time_inc) >= ({second}, {increment})",
-                (s > second) | ((s == second) & (inc >= increment)))
-    sql, expression = [], None
-    for (topic, partition), offset in sorted(start.offsets.items()):
-        sql.append(f"(kafka_topic = '{topic.replace(chr(39), chr(39) * 2)}' AND kafka_partition = {partition} "
-                   f"AND kafka_offset >= {offset})")
-        part = ((pads.field("kafka_topic") == topic) & (pads.field("kafka_partition") == partition)
-                & (pads.field("kafka_offset") >= offset))
-        expression = part if expression is None else expression | part
-    assert expression is not None
-    return " OR ".join(sql), expression
+        return Changes(since_cluster_time=after)  # None: nothing happened after that token
+    return Changes(since_offsets=tuple((t, p, o) for (t, p), o in sorted(start.offsets.items())))
 
 
 def _into_warehouse(settings: Settings, start: StartPoint, dry_run: bool, say: Callable[[str], None]) -> None:
-    from warehouse.loader import WarehouseError, apply, connect, count, read_silver, rebuild, silver_table
+    from warehouse.loader import rebuild, silver_table
+    from warehouse.replace import UnknownPartitions, replace_changes
 
     if start.kind == "beginning":
         if dry_run:
             silver = silver_table(settings)
-            rows = 0 if silver is None else silver.to_pyarrow_dataset().count_rows()
+            rows = 0 if silver is None else silver.count_rows()
             say(f"dry run: would build a new warehouse from all {rows} silver rows at "
                 f"{settings.table_path(tables.SILVER)}, then replace {settings.warehouse_path} with it")
             return
@@ -349,30 +316,16 @@ def _into_warehouse(settings: Settings, start: StartPoint, dry_run: bool, say: C
         say(f"rebuilt {settings.warehouse_path} from silver v{result.delta_version}: {result.new_changes} changes, "
             f"{result.orders} current orders")
         return
-    where_sql, where_arrow = _warehouse_selection(settings, start)
-    silver = silver_table(settings)
-    if silver is None:
-        raise WarehouseError(f"no silver table at {settings.table_path(tables.SILVER)} to replay from")
-    incoming = read_silver(silver, where=where_arrow, what="replay: read silver")
-    con = connect(settings.warehouse_path)
+    changes = _warehouse_changes(settings, start)
+    if start.kind == "token" and changes.since_cluster_time is None:
+        changes = Changes()  # nothing happened after that token: an empty range
     try:
-        if start.kind == "offsets":
-            known = {(t, p) for t, p in con.execute(
-                "SELECT DISTINCT kafka_topic, kafka_partition FROM fact_order_changes").fetchall()}
-            known |= {(r["kafka_topic"], r["kafka_partition"]) for r in incoming.select(
-                ["kafka_topic", "kafka_partition"]).to_pylist()}
-            unknown = sorted(f"{t}[{p}]" for t, p in start.offsets if (t, p) not in known)
-            if unknown:
-                have = ", ".join(sorted(f"{t}[{p}]" for t, p in known)) or "nothing"
-                raise ReplayError(f"--from-offsets names {', '.join(unknown)}, which neither the warehouse nor the "
-                                  f"lake has changes from (they have {have})")
-        replaced = int(con.execute(f"SELECT count(*) FROM fact_order_changes WHERE {where_sql}").fetchall()[0][0])
-        if dry_run:
-            say(f"dry run: would replace {replaced} warehouse changes from {start.describe()} with the "
-                f"{incoming.num_rows} silver rows that match, and re-derive the orders they touch")
-            return
-        inserted = apply(con, incoming, None, replace=where_sql, aggregates=settings.table_path(tables.AGGREGATES))
-        say(f"replayed into the warehouse from {start.describe()}: {replaced} changes replaced by {inserted} from "
-            f"the lake; {count(con, 'orders')} current orders")
-    finally:
-        con.close()
+        done = replace_changes(settings, changes, dry_run=dry_run)
+    except UnknownPartitions as exc:
+        raise ReplayError(str(exc)) from exc
+    if dry_run:
+        say(f"dry run: would replace {done.replaced} warehouse changes from {start.describe()} with the "
+            f"{done.matching} silver rows that match, and re-derive the orders they touch")
+        return
+    say(f"replayed into the warehouse from {start.describe()}: {done.replaced} changes replaced by {done.inserted} "
+        f"from the lake; {done.orders} current orders")

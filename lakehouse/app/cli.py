@@ -8,11 +8,11 @@ from typing import Any
 
 import click
 
-from lakehouse.config import Settings
-from lakehouse.logs import configure
-from lakehouse.mongo import connect as connect_mongo
+from lakehouse.adapters.mongo import connect as connect_mongo
+from lakehouse.core.config import Settings
+from lakehouse.core.logs import configure
 
-log = logging.getLogger("lakehouse.cli")
+log = logging.getLogger("lakehouse.app.cli")
 
 
 def _finite(param: click.Parameter, value: float | None) -> float | None:
@@ -22,21 +22,26 @@ def _finite(param: click.Parameter, value: float | None) -> float | None:
 
 
 class LakehouseGroup(click.Group):
-    """Turns a client library's "cannot connect" into one line naming the server and what to do."""
+    """Every error of the project's hierarchy (lakehouse/core/errors.py) is one line: a ConfigError is a
+    usage error (exit code 2), the rest exit 1; a client library's "cannot connect" or "refused" becomes
+    the line naming the server and what to do. An unexpected error keeps its traceback (a bug)."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        from lakehouse.errors import explain, redact
+        from lakehouse.adapters import explain
+        from lakehouse.core.errors import ConfigError, redact
 
         try:
             return super().invoke(ctx)
         except click.ClickException as exc:  # a usage or one-line error may quote a URI the user gave
             exc.message = redact(exc.message)
             raise
+        except ConfigError as exc:
+            raise click.UsageError(redact(str(exc)), ctx=ctx) from exc
         except Exception as exc:
             known = explain(ctx.obj, exc) if isinstance(ctx.obj, Settings) else None
             if known is None:
                 raise
-            raise click.ClickException(str(known)) from exc
+            raise click.ClickException(redact(str(known))) from exc
 
 
 @click.group(cls=LakehouseGroup)
@@ -46,6 +51,8 @@ class LakehouseGroup(click.Group):
 @click.option("--master", "spark_master", envvar="SPARK_MASTER", help="Spark master, e.g. local[2], spark://host:7077.")
 @click.option("--lake-path", envvar="LAKE_PATH", help="Root folder (or URI) of the Delta/Parquet lake.")
 @click.option("--warehouse-path", envvar="WAREHOUSE_PATH", help="DuckDB file of the warehouse.")
+@click.option("--collections-spec", envvar="COLLECTIONS_SPEC",
+              help="The collections spec (TOML); default: the repository's collections.toml.")
 @click.option("--log-level", default="INFO", show_default=True)
 @click.option("--log-format", type=click.Choice(["plain", "json"]), default="plain", show_default=True)
 @click.pass_context
@@ -85,8 +92,6 @@ def produce(settings: Settings, snapshot: str, until_idle: bool) -> None:
     listener.install_signal_handlers()
     try:
         stats = listener.run(until_idle=until_idle)
-    except RuntimeError as exc:
-        raise click.ClickException(str(exc)) from exc
     finally:
         listener.close()
     click.echo(f"producer stopped: {stats.published} events published, {stats.snapshots} snapshot copies, "
@@ -137,9 +142,9 @@ def load_command(settings: Settings, every: float | None, reconcile_every: float
     """Load what is new in the lake into the DuckDB warehouse."""
     import time
 
-    from lakehouse.stopping import Interrupted, StopSignals
+    from lakehouse.app.reconcile import round_of
+    from lakehouse.core.stopping import Interrupted, StopSignals
     from warehouse.loader import LakeMissing, WarehouseError, WarehouseLocked, load, load_if_possible
-    from warehouse.reconcile import round_of
 
     ready = False
 
@@ -147,8 +152,9 @@ def load_command(settings: Settings, every: float | None, reconcile_every: float
         nonlocal ready
         result = load(settings)
         if every is None or result.rows_read:
+            current = ", ".join(f"{n} {c}" for n, c in result.current.items())
             click.echo(f"loaded delta version {result.delta_version}: {result.rows_read} rows read, "
-                       f"{result.new_changes} new changes, {result.orders} current orders")
+                       f"{result.new_changes} new changes; current documents: {current}")
         if every is not None and not ready:
             ready = True
             click.echo(f"loader ready: the warehouse has silver v{result.delta_version}")
@@ -178,7 +184,7 @@ def load_command(settings: Settings, every: float | None, reconcile_every: float
                     except Interrupted:
                         raise
                     except Exception as exc:  # noqa: BLE001 - a service logs a failed round and goes on
-                        from lakehouse.errors import explain
+                        from lakehouse.adapters import explain
 
                         log.error("load or reconcile failed, trying again in %gs: %s", every,
                                   explain(settings, exc) or f"{type(exc).__name__}: {exc}")
@@ -190,31 +196,45 @@ def load_command(settings: Settings, every: float | None, reconcile_every: float
 
 
 @cli.command("reconcile")
+@click.option("--collection", "collections", multiple=True,
+              help="Reconcile this captured collection (repeatable); default: every captured collection.")
 @click.option("--repair", "do_repair", is_flag=True,
               help="Publish every difference as a repair event (MongoDB's state, or a delete) through Kafka.")
-@click.option("--settle", type=float, default=0.0, show_default=True,
+@click.option("--settle", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Look again after this many seconds of loading; only what still differs counts.")
 @click.pass_obj
-def reconcile_command(settings: Settings, do_repair: bool, settle: float) -> None:
-    """Compare the warehouse's current orders with MongoDB; exit 1 when they differ (with --repair: when a
-    difference could not be sent for repair)."""
+def reconcile_command(settings: Settings, collections: tuple[str, ...], do_repair: bool, settle: float) -> None:
+    """Compare each collection's current state in the warehouse with MongoDB: one `reconciled:` line per
+    collection, then the total. Exit 1 when they differ (with --repair: when a difference could not be
+    sent for repair)."""
+    from lakehouse.app.reconcile import combined, confirmed, lines, reconcile, record, repair
     from warehouse.loader import WarehouseError, load_if_possible
-    from warehouse.reconcile import confirmed, reconcile, record, repair
 
+    unknown = [c for c in collections if c not in settings.collections]
+    if unknown:
+        raise click.UsageError(f"--collection {unknown[0]!r} is not a captured collection (captured: "
+                               f"{', '.join(settings.collections)}; see collections.toml and COLLECTIONS)")
+    results = []
     try:
-        result = reconcile(settings)
-        if settle:
-            result = confirmed(settings, result, settle, lambda: load_if_possible(settings))
+        for name in collections or settings.collections:
+            result = reconcile(settings, name)
+            if settle:
+                result = confirmed(settings, result, settle, lambda: load_if_possible(settings))
+            results.append(result)
     except WarehouseError as exc:
         raise click.ClickException(str(exc)) from exc
-    for line in result.examples():
+    total = combined(results)
+    for line in total.examples():
         click.echo(line)
     if do_repair:
-        repair(settings, result, say=click.echo)
+        for result in results:
+            repair(settings, result, say=click.echo)
+        total = combined(results)
     if settings.state_dir.exists():
-        record(settings, result, settle or None)
-    click.echo(result.line())
-    sys.exit(0 if result.ok or (do_repair and result.repaired) else 1)
+        record(settings, results, settle or None)
+    for line in lines(results):
+        click.echo(line)
+    sys.exit(0 if total.ok or (do_repair and total.repaired) else 1)
 
 
 @cli.command("replay")
@@ -237,7 +257,7 @@ def replay_command(settings: Settings, target: str, from_token: str | None, from
     lakehouse replay --into lake --from-offsets cdc.shop.orders:0:1200,cdc.shop.orders:1:1180
     lakehouse replay --into warehouse --from-beginning --dry-run
     """
-    from lakehouse.replay import ReplayError, replay, start_point
+    from lakehouse.app.replay import ReplayError, replay, start_point
     from warehouse.loader import WarehouseError
 
     try:
@@ -256,7 +276,7 @@ def status_command(settings: Settings, as_json: bool) -> None:
     """Per stage: what it has done and how far behind it is, and end-to-end freshness."""
     import json
 
-    from lakehouse.status import collect, render
+    from lakehouse.app.status import collect, render
 
     report = collect(settings)
     click.echo(json.dumps(report, indent=2) if as_json else "\n".join(render(report)))
@@ -268,7 +288,7 @@ def status_command(settings: Settings, as_json: bool) -> None:
 @click.pass_obj
 def metrics_command(settings: Settings, port: int | None) -> None:
     """The status figures in Prometheus text format (for Grafana and friends)."""
-    from lakehouse.status import collect, prometheus
+    from lakehouse.app.status import collect, prometheus
 
     if port is None:
         click.echo(prometheus(collect(settings)), nl=False)
@@ -314,14 +334,10 @@ def run_all_command(settings: Settings, events: int, rate: float | None, timeout
     """Servers, producer, streaming and warehouse end to end; ends with a `reconciled:` line.
 
     With --follow it keeps going until Ctrl-C, which stops every process it started."""
-    from infra.servers import StackError
-    from lakehouse.run_all import run_all
+    from lakehouse.app.run_all import run_all
 
-    try:
-        code = run_all(settings, events, rate, timeout, stop_servers, follow_every=every if follow else None,
-                       reconcile_every=reconcile_every)
-    except (StackError, RuntimeError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    code = run_all(settings, events, rate, timeout, stop_servers, follow_every=every if follow else None,
+                   reconcile_every=reconcile_every)
     sys.exit(code)
 
 
@@ -329,7 +345,7 @@ def _redacting_excepthook(kind: type[BaseException], value: BaseException, tb: A
     """An unexpected error still prints its traceback (it is a bug to report), with passwords masked."""
     import traceback
 
-    from lakehouse.errors import redact
+    from lakehouse.core.errors import redact
 
     sys.stderr.write(redact("".join(traceback.format_exception(kind, value, tb))))
 

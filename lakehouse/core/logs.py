@@ -46,7 +46,7 @@ class Redacting(logging.Formatter):
         self.inner = inner
 
     def format(self, record: logging.LogRecord) -> str:
-        from lakehouse.errors import redact
+        from lakehouse.core.errors import redact
 
         return redact(self.inner.format(record))
 

@@ -7,7 +7,7 @@ import threading
 from typing import Any
 
 
-class Interrupted(Exception):
+class Interrupted(Exception):  # noqa: N818 - a stop request, not an error: outside LakehouseError
     """Ctrl-C or SIGTERM arrived."""
 
 

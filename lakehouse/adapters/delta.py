@@ -79,3 +79,48 @@ def write_parquet_once(root: Path, data: pa.Table, app_id: str, batch_id: int, p
         tmp = folder / f".{name}.tmp"
         pq.write_table(part.drop_columns([partition_by]), tmp)
         os.replace(tmp, folder / name)
+
+
+class LakeTable:
+    """A Delta table of the lake as the readers see it (delta-rs): its version, live files and schema."""
+
+    def __init__(self, path: Path, version: int | None = None) -> None:
+        self.path = path
+        self._table = DeltaTable(str(path), version=version)
+
+    @classmethod
+    def open(cls, path: Path) -> LakeTable | None:
+        """The table at `path`, or None while nobody has written it."""
+        return cls(path) if DeltaTable.is_deltatable(str(path)) else None
+
+    def version(self) -> int:
+        return int(self._table.version())
+
+    def file_uris(self) -> list[str]:
+        return list(self._table.file_uris())
+
+    def files_at(self, version: int) -> list[str]:
+        """The live files of an earlier version (what a reader that stopped there had seen)."""
+        return list(DeltaTable(self._table.table_uri, version=version).file_uris())
+
+    def arrow_schema(self) -> pa.Schema:
+        return self._table.to_pyarrow_dataset().schema
+
+    def count_rows(self) -> int:
+        return int(self._table.to_pyarrow_dataset().count_rows())
+
+    def rows_per_file(self) -> dict[str, int]:
+        """Rows of each live file, by file name, as the Delta log counts them."""
+        actions = pa.table(self._table.get_add_actions(flatten=True))
+        return {os.path.basename(p): int(n or 0) for p, n in zip(actions.column("path").to_pylist(),
+                                                                 actions.column("num_records").to_pylist(),
+                                                                 strict=True)}
+
+    def read(self, columns: list[str]) -> pa.Table:
+        return self._table.to_pyarrow_table(columns=columns)
+
+
+def version_of(path: Path) -> int | None:
+    """The table's current version, or None when there is no table."""
+    table = LakeTable.open(path)
+    return None if table is None else table.version()

@@ -1,0 +1,443 @@
+"""The one module that talks to Kafka (kafka-python), so the client can be swapped in one place.
+
+Partitions are named "topic:partition" above this module, records are `Record`s, and kafka-python's
+errors are translated: a send the broker refuses as too large is `refused`, one that may succeed
+later is `KafkaTransient`, one where the broker forgot this producer's sequence is `BrokerForgot`,
+and any other refusal is `KafkaRefused`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+from kafka.errors import (
+    InvalidProducerEpochError,
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    OutOfOrderSequenceNumberError,
+    RecordListTooLargeError,
+    TopicAlreadyExistsError,
+    UnknownProducerIdError,
+)
+from kafka.record.default_records import DefaultRecordBatchBuilder
+
+from lakehouse.core.config import Settings
+from lakehouse.core.errors import START_HINT, LakehouseError, Permanent, ServerUnreachable, Transient
+
+log = logging.getLogger(__name__)
+
+# What a record adds to its key, value and headers inside a request (batch and request headers).
+REQUEST_OVERHEAD_BYTES = 512
+
+
+class KafkaTransient(Transient):
+    """Kafka did not acknowledge (a broker away, a timeout): sending again may succeed."""
+
+
+class BrokerForgot(Transient):
+    """The idempotent producer's sequence was refused: the broker lost records it had acknowledged, or
+    forgot this producer. A new producer (`Publisher.renew`) and a look at the end offsets repair it."""
+
+
+class KafkaRefused(Permanent):
+    """The broker refused a record for a reason retrying cannot fix (permissions, topic configuration)."""
+
+
+def partition_key(topic: str, partition: int) -> str:
+    return f"{topic}:{partition}"
+
+
+def split_key(key: str) -> tuple[str, int]:
+    topic, _, partition = key.rpartition(":")
+    return topic, int(partition)
+
+
+def kafka_unreachable(settings: Settings, cause: BaseException | str) -> ServerUnreachable:
+    return ServerUnreachable(
+        f"Kafka at {settings.kafka_bootstrap_servers} is not reachable ({cause}); {START_HINT}, "
+        "or point KAFKA_BOOTSTRAP_SERVERS / --kafka at a running broker"
+    )
+
+
+def explain(settings: Settings, exc: BaseException) -> LakehouseError | None:
+    """The one-line form of a kafka-python connection error, or None for other errors."""
+    if isinstance(exc, KafkaConnectionError) or (isinstance(exc, KafkaTimeoutError) and "bootstrap" in str(exc)):
+        return kafka_unreachable(settings, exc)
+    return None
+
+
+def is_ready(settings: Settings) -> bool:
+    """The broker at KAFKA_BOOTSTRAP_SERVERS answers a metadata request (for server start-up)."""
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, request_timeout_ms=2000)
+    except KafkaError:
+        return False
+    try:
+        admin.list_topics()
+        return True
+    except KafkaError:
+        return False
+    finally:
+        admin.close()
+
+
+def require_broker(settings: Settings, timeout: float = 5.0) -> None:
+    """Fail at once, naming the address, when no bootstrap server accepts a connection; kafka-python
+    would otherwise retry for a minute and end in a generic timeout."""
+    failures = []
+    for server in settings.kafka_bootstrap_servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout).close()
+            return
+        except (OSError, ValueError) as exc:
+            failures.append(f"{server.strip()}: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}")
+    raise kafka_unreachable(settings, "; ".join(failures))
+
+
+def consumer(settings: Settings, **options: object) -> KafkaConsumer:
+    """A consumer for metadata and offsets (no group, no commits)."""
+    require_broker(settings)
+    return KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False, **options)
+
+
+def ensure_topics(settings: Settings, topics: Iterable[str]) -> None:
+    """Create the pipeline's topics; the broker's auto-creation is never relied on."""
+    require_broker(settings)
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, client_id="lakehouse-admin")
+    try:
+        existing = set(admin.list_topics())
+        wanted = [
+            NewTopic(t, settings.kafka_partitions, settings.kafka_replication_factor)
+            for t in topics
+            if t not in existing
+        ]
+        if wanted:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another process won the race
+                admin.create_topics(wanted)
+            log.info("created topics %s", [t.name for t in wanted])
+    finally:
+        admin.close()
+
+
+def idempotent_producer(settings: Settings, **overrides: object) -> KafkaProducer:
+    """acks=all + idempotence + bounded in-flight keeps per-partition order across retries."""
+    options: dict[str, object] = {
+        "bootstrap_servers": settings.kafka_bootstrap_servers,
+        "acks": "all",
+        "enable_idempotence": True,
+        "max_in_flight_requests_per_connection": 5,
+        "linger_ms": 5,
+        "retries": 2**31 - 1,
+        "retry_backoff_ms": 200,
+        "request_timeout_ms": 30_000,
+        "client_id": "lakehouse-producer",
+    }
+    options.update(overrides)
+    require_broker(settings)
+    return KafkaProducer(**options)
+
+
+def partitions_of(consumer: KafkaConsumer, topic: str) -> list[TopicPartition]:
+    parts = consumer.partitions_for_topic(topic) or set()
+    return [TopicPartition(topic, p) for p in sorted(parts)]
+
+
+def end_offsets(settings: Settings, topics: Iterable[str]) -> dict[tuple[str, int], int]:
+    with _translated(settings):
+        reader = consumer(settings)
+        try:
+            tps = [tp for topic in topics for tp in partitions_of(reader, topic)]
+            return {(tp.topic, tp.partition): off for tp, off in reader.end_offsets(tps).items()} if tps else {}
+        finally:
+            reader.close()
+
+
+def read_values(settings: Settings, ends: dict[tuple[str, int], int], newest: int | None = None) -> Iterator[bytes]:
+    """The values of the records of the given partitions up to their end offsets (`ends`, from
+    end_offsets): all of them, or each partition's `newest` ones. For small topics such as the
+    dead-letter topic."""
+    if not sum(ends.values()):
+        return
+    with _translated(settings):
+        reader = consumer(settings, consumer_timeout_ms=3000)
+        try:
+            parts = [TopicPartition(topic, partition) for topic, partition in ends]
+            reader.assign(parts)
+            begins = reader.beginning_offsets(parts)
+            for tp in parts:
+                end = ends[(tp.topic, tp.partition)]
+                reader.seek(tp, begins[tp] if newest is None else max(begins[tp], end - newest))
+            for record in reader:
+                if record.offset < ends[(record.topic, record.partition)]:
+                    yield record.value
+                if all(reader.position(tp) >= ends[(tp.topic, tp.partition)] for tp in parts):
+                    break
+        finally:
+            reader.close()
+
+
+class _translated:  # noqa: N801 - a context manager, like contextlib's
+    """kafka-python's errors raised inside become ServerUnreachable or KafkaTransient (ask again later)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _tb: object) -> bool:
+        if isinstance(exc, KafkaError):
+            raise explain(self.settings, exc) or KafkaTransient(f"Kafka did not answer: {exc!r}") from exc
+        return False
+
+
+# -- publishing ------------------------------------------------------------------------------------
+Item = TypeVar("Item")
+
+
+@dataclass(frozen=True)
+class Ack:
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass
+class Sent(Generic[Item]):
+    """What became of a batch: acknowledged, refused as too large (for the dead-letter topic), and the
+    first other failure (with the item it happened on), for the caller to retry or stop on."""
+
+    acked: list[tuple[Item, Ack]] = field(default_factory=list)
+    refused: list[tuple[Item, str]] = field(default_factory=list)
+    failure: LakehouseError | None = None
+    failed_on: Item | None = None
+
+
+class _Refused:
+    """A send the client refused before it reached the broker, shaped like its future."""
+
+    is_done = True
+
+    def __init__(self, exception: BaseException) -> None:
+        self.exception = exception
+
+    def succeeded(self) -> bool:
+        return False
+
+
+_TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
+# Errors of the idempotent producer's state that mean the broker lost what it had acknowledged (or
+# forgot this producer).
+_BROKER_FORGOT = (OutOfOrderSequenceNumberError, UnknownProducerIdError, InvalidProducerEpochError)
+
+
+def _as_ours(exc: BaseException) -> LakehouseError:
+    if isinstance(exc, LakehouseError):
+        return exc
+    if isinstance(exc, _BROKER_FORGOT):
+        return BrokerForgot(f"Kafka forgot this producer's sequence ({type(exc).__name__})")
+    if isinstance(exc, KafkaError) and not exc.retriable:
+        return KafkaRefused(repr(exc))
+    return KafkaTransient(repr(exc) if isinstance(exc, KafkaError) else f"{type(exc).__name__}: {exc}")
+
+
+class Publisher:
+    """An idempotent producer (acks=all) that sends a batch and waits for every acknowledgement."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._producer: Any = idempotent_producer(settings)
+
+    @property
+    def max_request_size(self) -> int:
+        return int(self._producer.config["max_request_size"])
+
+    @staticmethod
+    def record_size(key: bytes, value: bytes) -> int:
+        """A record's size in a request: key, value, record and batch headers."""
+        return DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, []) + REQUEST_OVERHEAD_BYTES
+
+    def send_all(self, batch: Sequence[Item], record: Callable[[Item], tuple[str, bytes, bytes]],
+                 flush_timeout: float = 60) -> Sent[Item]:
+        """Send every item (`record` gives its topic, key and value) and wait for the acknowledgements."""
+        futures: list[Any] = []
+        outcome: Sent[Item] = Sent()
+        try:
+            for item in batch:
+                topic, key, value = record(item)
+                try:
+                    futures.append(self._producer.send(topic, key=key, value=value))
+                except _TOO_LARGE as exc:
+                    futures.append(_Refused(exc))
+            self._producer.flush(timeout=flush_timeout)
+        except KafkaError as exc:
+            outcome.failure = _as_ours(exc)
+        for item, future in zip(batch, futures, strict=False):
+            if not future.is_done:
+                continue
+            if future.succeeded():
+                meta = future.value
+                outcome.acked.append((item, Ack(meta.topic, meta.partition, meta.offset)))
+            elif isinstance(future.exception, _TOO_LARGE):
+                outcome.refused.append((item, str(future.exception)))
+            elif outcome.failure is None or outcome.failed_on is None:
+                outcome.failure, outcome.failed_on = _as_ours(future.exception), item
+        if outcome.failure is None and len(outcome.acked) + len(outcome.refused) < len(batch):
+            outcome.failure = KafkaTransient("not every record was acknowledged")
+        return outcome
+
+    def renew(self) -> None:
+        """A new producer (a new producer id and sequence), after the broker forgot the old one."""
+        self._producer.close(timeout=5)
+        self._producer = idempotent_producer(self.settings)
+
+    def close(self, timeout: float = 10) -> None:
+        self._producer.close(timeout=timeout)
+
+
+# -- reading partitions by offset (the streaming job's source; runs in Spark's Python workers) -------
+@dataclass(frozen=True)
+class Record:
+    key: bytes | None
+    value: bytes | None
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int  # milliseconds since the epoch
+    timestamp_type: int
+    headers: list[tuple[str, bytes]]
+
+
+def _record(raw: Any) -> Record:
+    return Record(raw.key, raw.value, raw.topic, raw.partition, raw.offset, raw.timestamp, raw.timestamp_type,
+                  [(k, v) for k, v in (raw.headers or [])])
+
+
+class OffsetReader:
+    """Offsets and single records of partitions named "topic:partition". Takes the bootstrap servers
+    only (no Settings): Spark hands its sources plain string options."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.bootstrap = bootstrap
+        self._meta: Any = None
+        self._probe: Any = None
+
+    @classmethod
+    def of(cls, settings: Settings) -> OffsetReader:
+        """A reader of the configured brokers, after checking one answers (one line if none does)."""
+        require_broker(settings)
+        return cls(settings.kafka_bootstrap_servers)
+
+    def _consumer(self) -> Any:
+        if self._meta is None:
+            self._meta = KafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+        return self._meta
+
+    def partitions(self, topics: Iterable[str]) -> list[str]:
+        consumer = self._consumer()
+        return [partition_key(topic, p) for topic in topics for p in sorted(consumer.partitions_for_topic(topic)
+                                                                            or set())]
+
+    def begin_offsets(self, keys: Iterable[str]) -> dict[str, int]:
+        tps = [TopicPartition(*split_key(k)) for k in keys]
+        if not tps:
+            return {}
+        return {partition_key(tp.topic, tp.partition): int(o)
+                for tp, o in self._consumer().beginning_offsets(tps).items()}
+
+    def end_offsets(self, keys: Iterable[str]) -> dict[str, int]:
+        tps = [TopicPartition(*split_key(k)) for k in keys]
+        if not tps:
+            return {}
+        return {partition_key(tp.topic, tp.partition): int(o) for tp, o in self._consumer().end_offsets(tps).items()}
+
+    def first_offset_at(self, key: str, timestamp_ms: int) -> int | None:
+        """The first offset of a record written at or after `timestamp_ms` (None: none is)."""
+        return self.first_offsets_at([key], timestamp_ms)[key]
+
+    def first_offsets_at(self, keys: Iterable[str], timestamp_ms: int) -> dict[str, int | None]:
+        """Per partition, the first offset of a record written at or after `timestamp_ms` (None: none is)."""
+        tps = {k: TopicPartition(*split_key(k)) for k in keys}
+        if not tps:
+            return {}
+        found = self._consumer().offsets_for_times({tp: timestamp_ms for tp in tps.values()})
+        return {k: None if found.get(tp) is None else int(found[tp].offset) for k, tp in tps.items()}
+
+    def records_at(self, wanted: dict[str, int], timeout: float = 10) -> dict[str, Record | None]:
+        """The record at each wanted offset (None where there is none, e.g. a gap); partitions that do
+        not answer within `timeout` are left out."""
+        if not wanted:
+            return {}
+        if self._probe is None:
+            self._probe = KafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
+                                        max_partition_fetch_bytes=65536, fetch_max_wait_ms=50)
+        probe = self._probe
+        tps = {k: TopicPartition(*split_key(k)) for k in wanted}
+        probe.assign(list(tps.values()))
+        for key, tp in tps.items():
+            probe.seek(tp, wanted[key])
+        found: dict[str, Record | None] = {}
+        deadline = time.monotonic() + timeout
+        while len(found) < len(wanted) and time.monotonic() < deadline:
+            for tp, batch in probe.poll(timeout_ms=200).items():
+                key = partition_key(tp.topic, tp.partition)
+                if key in found:
+                    continue
+                record = next((r for r in batch if r.offset >= wanted[key]), None)
+                if record is not None:
+                    found[key] = _record(record) if record.offset == wanted[key] else None
+                    probe.pause(tp)
+        probe.resume(*probe.paused())
+        return found
+
+    def close(self) -> None:
+        for consumer in (self._meta, self._probe):
+            if consumer is not None:
+                consumer.close()
+        self._meta = self._probe = None
+
+
+def read_partition(bootstrap: str, topic: str, partition: int, start: int, end: int) -> Iterator[Record]:
+    """The records of one partition from offset `start` to before `end`. Stops early (after logging it)
+    when the broker now ends below the planned range: it lost records, which the next plan records."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
+                             max_poll_records=5000)
+    try:
+        tp = TopicPartition(topic, partition)
+        consumer.assign([tp])
+        consumer.seek(tp, start)
+        position = start
+        empty_polls = 0
+        while position < end:
+            records = consumer.poll(timeout_ms=1000).get(tp, [])
+            if not records:
+                empty_polls += 1
+                held = consumer.end_offsets([tp])[tp]
+                if held <= position:
+                    log.error("KAFKA DATA LOSS: %s[%d] ends at %d now, below the planned %d; reading no further in "
+                              "this batch", topic, partition, held, end)
+                    return
+                if empty_polls > 60:
+                    raise KafkaTransient(f"Kafka returned nothing for {topic}[{partition}] at offset {position} "
+                                         f"(planned up to {end}) for 60s; is the broker up?")
+                continue
+            empty_polls = 0
+            for record in records:
+                if record.offset >= end:
+                    break
+                yield _record(record)
+            # Position, not count: compacted offsets and transaction markers leave gaps.
+            position = consumer.position(tp)
+    finally:
+        consumer.close()

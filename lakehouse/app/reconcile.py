@@ -1,0 +1,298 @@
+"""Is the warehouse's current state equal to MongoDB's? Per document, by a hash of its content; and
+repair what is not, through the pipeline's own path.
+
+MongoDB's documents are hashed as they arrive (the same Extended JSON the producer writes) and streamed
+to the warehouse's side of the comparison (warehouse/reconcile.py), which joins them with the
+warehouse's current rows. Only identities and hashes are held, never the documents.
+
+A repair publishes, for each missing or mismatched document, its state as read from MongoDB after the
+reconcile began, as a `snapshot` event at the cluster time the reconcile began (any later change has a
+later cluster time, so it still wins); and for each document MongoDB no longer has, a `delete` at that
+time. They flow through Kafka, Spark and the loader like every change; the warehouse converges without
+a rebuild.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+from bson import json_util
+
+from lakehouse.adapters.kafka import KafkaTransient, Publisher, end_offsets, read_values
+from lakehouse.adapters.mongo import cluster_time
+from lakehouse.adapters.mongo import connect as connect_mongo
+from lakehouse.contracts import events
+from lakehouse.contracts.positions import committed_offsets
+from lakehouse.core.config import Settings
+from lakehouse.core.errors import ServerUnreachable
+from lakehouse.core.files import write_json_atomically
+from lakehouse.core.progress import Progress
+from warehouse.loader import require_warehouse
+from warehouse.reconcile import SOURCE_COLUMNS, compare, current_documents, current_keys
+
+log = logging.getLogger(__name__)
+
+CHUNK = 10_000
+ALL = "all"  # the collection of a result that sums several
+
+
+@dataclass
+class Reconciliation:
+    source: int
+    warehouse: int
+    missing: list[str] = field(default_factory=list)  # in MongoDB, not in the warehouse
+    extra: list[str] = field(default_factory=list)  # in the warehouse, not in MongoDB
+    mismatched: list[str] = field(default_factory=list)  # in both, different content
+    collection: str = "orders"
+    cluster_time: tuple[int, int] = (0, 0)  # MongoDB's cluster time when the reconcile began
+    ids: dict[str, str] = field(default_factory=dict)  # doc_id -> _id as Extended JSON (missing, mismatched)
+    repaired: int = 0
+    # In MongoDB, not in the warehouse, because the producer dead-lettered their change (e.g. too large):
+    # accounted for, not missing, and not repaired (the repair would be refused the same way).
+    dead_lettered: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.extra or self.mismatched)
+
+    def line(self) -> str:
+        """`reconciled: collection=NAME source=...` for one collection; the total has no collection."""
+        named = "" if self.collection == ALL else f"collection={self.collection} "
+        return (
+            f"reconciled: {named}source={self.source} warehouse={self.warehouse} missing={len(self.missing)} "
+            f"extra={len(self.extra)} mismatched={len(self.mismatched)}"
+            + (f" (dead-lettered, not loaded: {len(self.dead_lettered)})" if self.dead_lettered else "")
+        )
+
+    def examples(self, limit: int = 5) -> list[str]:
+        out = []
+        for label, keys in (("missing", self.missing), ("extra", self.extra), ("mismatched", self.mismatched),
+                            ("dead-lettered", self.dead_lettered)):
+            if keys:
+                out.append(f"  {label}: {', '.join(sorted(keys)[:limit])}{' ...' if len(keys) > limit else ''}")
+        return out
+
+
+def _digest(text: str | None) -> str:
+    return hashlib.sha256((text or "").encode()).hexdigest()
+
+
+def _source_chunks(collection: Any, query: dict[str, Any] | None = None) -> Iterator[pa.RecordBatch]:
+    """MongoDB's documents as (doc_id, id_json, digest) batches."""
+    doc_ids: list[str] = []
+    id_jsons: list[str] = []
+    digests: list[str] = []
+    for document in collection.find(query or {}, batch_size=CHUNK):
+        key = {"_id": document["_id"]}
+        doc_ids.append(events.doc_id_text(key))
+        id_jsons.append(events.key_json(key))
+        digests.append(_digest(events.to_extended_json(document)))
+        if len(doc_ids) >= CHUNK:
+            yield pa.record_batch([doc_ids, id_jsons, digests], names=list(SOURCE_COLUMNS))
+            doc_ids, id_jsons, digests = [], [], []
+    if doc_ids:
+        yield pa.record_batch([doc_ids, id_jsons, digests], names=list(SOURCE_COLUMNS))
+
+
+def reconcile(settings: Settings, collection: str = "orders", keys: Reconciliation | None = None) -> Reconciliation:
+    """Compare MongoDB's `collection` with the warehouse; with `keys` (an earlier result), only the
+    documents that differed then (a second look: what is still different after the chain caught up)."""
+    require_warehouse(settings.warehouse_path)  # no warehouse: say so before asking MongoDB
+    client = connect_mongo(settings, "lakehouse-reconcile")
+    try:
+        db = client[settings.mongo_db]
+        began = cluster_time(db)
+        if keys is None:
+            query, only = None, None
+            total = db[collection].estimated_document_count()
+        else:
+            ids = [json_util.loads(keys.ids[k])["_id"] for k in (*keys.missing, *keys.mismatched)]
+            query, only, total = {"_id": {"$in": ids}}, [*keys.missing, *keys.extra, *keys.mismatched], len(ids)
+        with Progress(f"reconcile {collection}: read MongoDB", total=total, unit="documents") as progress:
+            found = compare(settings, collection, _source_chunks(db[collection], query), only, progress.advance)
+        result = Reconciliation(found.source, found.warehouse, found.missing, found.extra, found.mismatched,
+                                collection=collection, cluster_time=(began.time, began.inc), ids=found.ids)
+        if result.mismatched:
+            result.mismatched = _really_different(settings, db[collection], result)
+        if result.missing:
+            refused = dead_lettered(settings, collection)
+            result.dead_lettered = [k for k in result.missing if k in refused]
+            result.missing = [k for k in result.missing if k not in refused]
+        return result
+    finally:
+        client.close()
+
+
+def dead_lettered(settings: Settings, collection: str) -> set[str]:
+    """Identities of `collection`'s documents whose change the producer sent to the dead-letter topic."""
+    try:
+        ends = end_offsets(settings, [settings.dead_letter_topic])
+    except (ServerUnreachable, KafkaTransient) as exc:
+        log.warning("cannot read the dead-letter topic (%s): documents it holds are counted as missing", exc)
+        return set()
+    found: set[str] = set()
+    for value in read_values(settings, ends):
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            body = json.loads(value)
+            if body.get("collection") == collection and body.get("doc_id") is not None:
+                found.add(body["doc_id"])
+    return found
+
+
+def _really_different(settings: Settings, collection: Any, result: Reconciliation) -> list[str]:
+    """Of documents whose text differs, those whose content differs too (one canonical spelling each
+    side), so a change in how documents are spelled is not taken for a change of content."""
+    different = []
+    for start in range(0, len(result.mismatched), CHUNK):
+        chunk = result.mismatched[start:start + CHUNK]
+        ids = [json_util.loads(result.ids[k])["_id"] for k in chunk]
+        source = {events.doc_id_text({"_id": d["_id"]}): events.canonical_document(d)
+                  for d in collection.find({"_id": {"$in": ids}})}
+        warehouse = current_documents(settings, result.collection, chunk)
+        different += [k for k in chunk if k not in source or k not in warehouse
+                      or events.canonical_document(warehouse[k]) != source[k]]
+    return different
+
+
+def confirmed(settings: Settings, first: Reconciliation, settle: float, meanwhile: Callable[[], object],
+              wait: Callable[[float], object] = time.sleep, catch_up_limit: float = 300.0) -> Reconciliation:
+    """The differences of `first` that are still there once the chain has caught up: after `settle`
+    seconds (the producer publishes what was in flight), the streaming job has committed everything
+    Kafka held then (at most `catch_up_limit` more seconds) and `meanwhile` (a load) has run. Changes
+    in flight when `first` looked are then no longer differences."""
+    if first.ok:
+        return first
+    deadline = time.monotonic() + settle
+    while time.monotonic() < deadline:
+        meanwhile()
+        wait(min(1.0, max(0.0, deadline - time.monotonic())))
+    deadline = time.monotonic() + catch_up_limit
+    target: dict[str, int] | None = None
+    while target is None:
+        try:
+            target = {f"{t}:{p}": o
+                      for (t, p), o in end_offsets(settings, [settings.topic_for(first.collection)]).items()}
+        except Exception as exc:  # noqa: BLE001 - Kafka away for a moment (a restart): ask again
+            if time.monotonic() > deadline:
+                log.warning("cannot read Kafka's end offsets (%s); looking again without waiting for the "
+                            "streaming job", exc)
+                target = {}
+            else:
+                meanwhile()
+                wait(2.0)
+    while time.monotonic() < deadline:
+        committed = committed_offsets(settings.spark_checkpoint)
+        if all(committed.get(k, 0) >= o for k, o in target.items()):
+            break
+        meanwhile()
+        wait(1.0)
+    else:
+        log.warning("the streaming job did not catch up with Kafka within %.0fs; looking again anyway",
+                    catch_up_limit)
+    meanwhile()
+    second = reconcile(settings, first.collection, keys=first)
+    second.source, second.warehouse = first.source, first.warehouse
+    return second
+
+
+def repair(settings: Settings, result: Reconciliation, say: Callable[[str], None] = log.info) -> int:
+    """Publish repair events for every difference in `result`; returns how many documents it repaired."""
+    if result.ok:
+        return 0
+    client = connect_mongo(settings, "lakehouse-repair")
+    publisher = Publisher(settings)
+    topic = settings.topic_for(result.collection)
+    at = result.cluster_time
+
+    def publish(repairs: list[dict[str, Any]]) -> None:
+        sent = publisher.send_all(repairs, lambda e: (topic, events.kafka_key(e), events.encode(e)),
+                                  flush_timeout=120)
+        if sent.failure is not None or sent.refused:
+            raise sent.failure or KafkaTransient(f"Kafka refused {len(sent.refused)} repair events: "
+                                                 f"{sent.refused[0][1]}")
+        result.repaired += len(sent.acked)
+
+    try:
+        collection = client[settings.mongo_db][result.collection]
+        wanted = [json_util.loads(result.ids[k])["_id"] for k in (*result.missing, *result.mismatched)]
+        for start in range(0, len(wanted), CHUNK):
+            publish([events.from_snapshot(settings.mongo_db, result.collection, document, at,
+                                          settings.collection(result.collection).key)
+                     for document in collection.find({"_id": {"$in": wanted[start:start + CHUNK]}})])
+        tombstones = current_keys(settings, result.collection, result.extra)
+        for start in range(0, len(tombstones), CHUNK):
+            publish([events.repair_tombstone(settings.mongo_db, result.collection, doc_id, document_key, order_id, at)
+                     for doc_id, document_key, order_id in tombstones[start:start + CHUNK]])
+    finally:
+        publisher.close()
+        client.close()
+    say(f"repair: published {result.repaired} repair events to {topic} ({len(result.missing)} missing, "
+        f"{len(result.mismatched)} mismatched from MongoDB as of cluster time {at[0]}.{at[1]}, {len(result.extra)} "
+        "deleted); the warehouse has them once the streaming job and the loader have caught up")
+    return result.repaired
+
+
+def reconcile_each(settings: Settings, names: tuple[str, ...] | None = None) -> list[Reconciliation]:
+    """Every captured collection (or the named ones) compared with its warehouse table."""
+    return [reconcile(settings, name) for name in (names or settings.collections)]
+
+
+def combined(results: list[Reconciliation]) -> Reconciliation:
+    """The sum of several collections' results (differences named collection/doc_id)."""
+    if len(results) == 1 and results[0].collection == ALL:
+        return results[0]
+    total = Reconciliation(sum(r.source for r in results), sum(r.warehouse for r in results), collection=ALL,
+                           repaired=sum(r.repaired for r in results))
+    for r in results:
+        for mine, theirs in ((total.missing, r.missing), (total.extra, r.extra), (total.mismatched, r.mismatched),
+                             (total.dead_lettered, r.dead_lettered)):
+            mine.extend(f"{r.collection}/{k}" for k in theirs)
+    return total
+
+
+def _summary(result: Reconciliation) -> dict[str, Any]:
+    return {"collection": result.collection, "source": result.source, "warehouse": result.warehouse,
+            "missing": len(result.missing), "extra": len(result.extra), "mismatched": len(result.mismatched),
+            "dead_lettered": len(result.dead_lettered), "repaired": result.repaired}
+
+
+def record(settings: Settings, results: list[Reconciliation], confirmed_after: float | None = None) -> None:
+    """The last reconcile's outcome, in total and per collection, for `status` and the metrics."""
+    total = combined(results)
+    write_json_atomically(settings.reconcile_state, {
+        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **_summary(total),
+        "confirmed_after_s": confirmed_after, "examples": total.examples(),
+        "collections": [_summary(r) for r in results],
+    })
+
+
+def lines(results: list[Reconciliation]) -> list[str]:
+    """One `reconciled:` line per collection, then the total line (the last line, in the format of one)."""
+    return [*(r.line() for r in results), combined(results).line()]
+
+
+def round_of(settings: Settings, do_repair: bool, settle: float, meanwhile: Callable[[], object],
+             wait: Callable[[float], object] = time.sleep,
+             say: Callable[[str], None] = log.info) -> list[Reconciliation]:
+    """One periodic reconcile (the loader service, `run-all --follow`): look at every collection, look again
+    after `settle` seconds of loading at what differed, repair what is still different (or only report
+    it), record."""
+    results = []
+    for first in reconcile_each(settings):
+        result = confirmed(settings, first, settle, meanwhile, wait)
+        if do_repair:
+            repair(settings, result, say)
+        results.append(result)
+    record(settings, results, settle)
+    for line in lines(results):
+        say(f"{line}{f' repaired={combined(results).repaired}' if do_repair and 'collection=' not in line else ''}"
+            f" (differences confirmed after {settle:g}s)")
+    return results

@@ -1,0 +1,126 @@
+"""Every table of the lake and the warehouse, defined once in the type vocabulary (contracts/types.py):
+the streaming job writes the lake's from these, the warehouse creates its own from these, and the docs
+name this module. Collection-specific columns come from the collections spec (collections.toml)."""
+
+from __future__ import annotations
+
+from functools import cache
+
+import pyarrow as pa
+
+from lakehouse.contracts import types
+from lakehouse.contracts.events import ENVELOPE_FIELDS
+from lakehouse.contracts.types import Columns
+from lakehouse.core.collections import CollectionSpec
+from lakehouse.core.config import Settings
+
+BRONZE = "bronze_events"
+SILVER = "silver_changes"
+QUARANTINE = "quarantine"
+LATE_EVENTS = "late_events"
+AGGREGATES = "aggregates"
+WINDOWS = {"1m": "1 minute", "1h": "1 hour"}  # granularity label -> Spark window duration
+
+# -- the lake --------------------------------------------------------------------------------------
+# Kafka coordinates kept on every lake row, so any row can be traced to its message.
+KAFKA_TYPES: Columns = (("kafka_topic", "string"), ("kafka_partition", "int"), ("kafka_offset", "long"),
+                        ("kafka_timestamp", "timestamp"))
+KAFKA_COLUMNS = tuple(name for name, _ in KAFKA_TYPES)
+_WRITTEN: Columns = (("batch_id", "long"), ("ingested_at", "timestamp"))
+
+BRONZE_COLUMNS: Columns = (*KAFKA_TYPES, ("kafka_key", "string"), ("raw_value", "string"), *_WRITTEN)
+QUARANTINE_COLUMNS: Columns = (*KAFKA_TYPES, ("kafka_key", "string"), ("raw_value", "string"),
+                               ("quarantine_reason", "string"), *_WRITTEN)
+LATE_EVENTS_COLUMNS: Columns = (("change_id", "string"), ("op", "string"), ("doc_id", "string"),
+                                ("event_time", "timestamp"), *KAFKA_TYPES, *_WRITTEN, ("watermark", "timestamp"))
+# The windowed aggregates of orders' money (streaming/aggregates.py); event_date is the partition column.
+AGGREGATES_COLUMNS: Columns = (
+    ("window_start", "timestamp"), ("window_end", "timestamp"), ("status", "string"), ("order_count", "long"),
+    ("revenue", "decimal(28,2)"), ("average_amount", "decimal(18,2)"), ("high_value_changes", "long"),
+    ("granularity", "string"), ("computed_at", "timestamp"))
+
+
+def silver_columns(attributes: Columns) -> Columns:
+    """Silver: the envelope, the event time, every collection's typed columns (`attributes`, from the
+    spec), unknown fields, Kafka coordinates and the batch."""
+    return (*ENVELOPE_FIELDS, ("event_time", "timestamp"), ("event_date", "date"), *attributes,
+            ("extra", "string"), *KAFKA_TYPES, *_WRITTEN)
+
+
+def attribute_columns(settings: Settings) -> Columns:
+    """The typed columns silver carries: those of every collection the spec describes or COLLECTIONS names."""
+    spec = settings.spec
+    return spec.silver_columns(tuple(dict.fromkeys((*spec.collections, *settings.collections))))
+
+
+def silver_schema(settings: Settings) -> pa.Schema:
+    """Silver as Arrow types (what the streaming job writes), for the configured collections."""
+    return lake_schemas(attribute_columns(settings))[SILVER]
+
+
+@cache
+def lake_schemas(attributes: Columns) -> dict[str, pa.Schema]:
+    """Every Delta table of the lake and its Arrow schema; the streaming job creates them all, empty, at its
+    first start, so another engine can read each from the beginning."""
+    return {
+        BRONZE: types.arrow_schema(BRONZE_COLUMNS), SILVER: types.arrow_schema(silver_columns(attributes)),
+        QUARANTINE: types.arrow_schema(QUARANTINE_COLUMNS), LATE_EVENTS: types.arrow_schema(LATE_EVENTS_COLUMNS),
+        AGGREGATES: types.arrow_schema(AGGREGATES_COLUMNS),
+    }
+
+
+# -- the warehouse ---------------------------------------------------------------------------------
+# Source order of a change: cluster time, then position among changes at that cluster time.
+SOURCE_ORDER = ("cluster_time_s", "cluster_time_inc", "txn_op_index")
+# Envelope/silver columns every collection's table of changes keeps (then its own columns, then loaded_at).
+CHANGE_COLUMNS: Columns = (
+    ("change_id", "string"), ("op", "string"), ("collection", "string"), ("doc_id", "string"),
+    ("order_id", "string"), ("cluster_time_s", "long"), ("cluster_time_inc", "long"), ("txn_op_index", "long"),
+    ("event_time", "timestamp"), ("wall_time_ms", "long"), ("resume_token", "string"), ("document", "string"),
+)
+# NOT NULL / PRIMARY KEY per column of the warehouse's tables (the rest may be null).
+_CONSTRAINTS = {"change_id": "PRIMARY KEY", "op": "NOT NULL", "collection": "NOT NULL", "doc_id": "NOT NULL",
+                "cluster_time_s": "NOT NULL", "cluster_time_inc": "NOT NULL", "txn_op_index": "NOT NULL",
+                "loaded_at": "NOT NULL"}
+_CURRENT_CONSTRAINTS = {"doc_id": "PRIMARY KEY", "document": "NOT NULL", "last_change_id": "NOT NULL",
+                        "cluster_time_s": "NOT NULL", "cluster_time_inc": "NOT NULL", "txn_op_index": "NOT NULL"}
+
+
+def changes_columns(spec: CollectionSpec) -> Columns:
+    """A collection's table of every change it had (fact_<...>_changes)."""
+    return (*CHANGE_COLUMNS, *spec.columns, ("kafka_topic", "string"), ("kafka_partition", "int"),
+            ("kafka_offset", "long"), ("loaded_at", "timestamp"))
+
+
+def current_columns(spec: CollectionSpec) -> Columns:
+    """A collection's current state: one row per live document, the newest version in source order."""
+    return (("doc_id", "string"), ("order_id", "string"), *spec.columns, ("document", "string"),
+            ("last_change_id", "string"), ("cluster_time_s", "long"), ("cluster_time_inc", "long"),
+            ("txn_op_index", "long"), ("updated_at", "timestamp"))
+
+
+LOAD_STATE_COLUMNS: Columns = (("source", "string"), ("delta_version", "long"), ("rows_loaded", "long"),
+                               ("loaded_at", "timestamp"))
+META_COLUMNS: Columns = (("key", "string"), ("value", "string"))
+
+
+def duckdb_table(name: str, columns: Columns, constraints: dict[str, str] | None = None) -> str:
+    """CREATE TABLE IF NOT EXISTS in DuckDB's types."""
+    constraints = constraints or {}
+    body = ",\n  ".join(f"{col} {types.duckdb(kind)}{' ' + constraints[col] if col in constraints else ''}"
+                        for col, kind in columns)
+    return f"CREATE TABLE IF NOT EXISTS {name} (\n  {body}\n)"
+
+
+def warehouse_tables_of(collections: tuple[CollectionSpec, ...]) -> dict[str, str]:
+    """Table name -> DDL for the warehouse of these collections."""
+    ddl = {
+        "load_state": duckdb_table("load_state", LOAD_STATE_COLUMNS,
+                                   {"source": "PRIMARY KEY", "delta_version": "NOT NULL", "rows_loaded": "NOT NULL",
+                                    "loaded_at": "NOT NULL"}),
+        "warehouse_meta": duckdb_table("warehouse_meta", META_COLUMNS, {"key": "PRIMARY KEY", "value": "NOT NULL"}),
+    }
+    for collection in collections:
+        ddl[collection.changes] = duckdb_table(collection.changes, changes_columns(collection), _CONSTRAINTS)
+        ddl[collection.table] = duckdb_table(collection.table, current_columns(collection), _CURRENT_CONSTRAINTS)
+    return ddl
