@@ -52,11 +52,11 @@ class Stopped(Exception):
     """A stop was asked while a batch was not yet acknowledged: its token is not saved."""
 
 
-class PublishFailed(Permanent):
+class PublishFailed(Permanent, RuntimeError):
     """Kafka refused a batch for a reason retrying cannot fix; the message names the event and what to do."""
 
 
-class CannotResume(Permanent):
+class CannotResume(Permanent, RuntimeError):
     """The change stream cannot resume where Kafka has it, and re-snapshotting was not allowed."""
 
 

@@ -244,16 +244,18 @@ class Chaos:
         self.note("Kafka SIGKILLed and started again")
 
     def drain(self, began: object, timeout: float = 900) -> tuple[bool, list[str]]:
-        from lakehouse.app.reconcile import reconcile
+        from lakehouse.app.reconcile import combined, lines, reconcile_each
+        from lakehouse.contracts.types import ident
         from warehouse.loader import WarehouseError, connect
 
         s = self.settings
         drain_started = time.monotonic()
-        result = None
+        result, results = None, []
         while time.monotonic() - drain_started < timeout:
             self.supervise()
             with contextlib.suppress(WarehouseError, PyMongoError):
-                result = reconcile(s)
+                results = reconcile_each(s)  # every captured collection
+                result = combined(results)
                 if result.ok:
                     break
             time.sleep(5)
@@ -261,7 +263,8 @@ class Chaos:
         witness = witness_change_ids(s, began)
         con = connect(s.warehouse_path, read_only=True)
         try:
-            facts = [r[0] for r in con.execute("SELECT change_id FROM fact_order_changes").fetchall()]
+            facts = [r[0] for name in s.collections for r in con.execute(
+                f"SELECT change_id FROM {ident(s.collection(name).changes)}").fetchall()]
         finally:
             con.close()
         missing_changes = witness - set(facts)
@@ -283,7 +286,7 @@ class Chaos:
             f"by the streaming source {losses}x; documents repaired by reconcile {repaired}",
             f"  drained in {drained_in:.0f}s; facts {len(facts)}, duplicate change_ids {len(facts) - len(set(facts))}, "
             f"witnessed changes missing from the facts {len(missing_changes)}",
-            f"  {result.line() if result else 'reconcile never ran'}",
+            *(f"  {line}" for line in (lines(results) if result else ["reconcile never ran"])),
             f"  {'PASSED' if ok else 'FAILED'}; logs in {self.logs}",
         ]
         return ok, report

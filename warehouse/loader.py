@@ -27,6 +27,7 @@ import pyarrow.dataset as pads
 
 from lakehouse.adapters.delta import LakeTable
 from lakehouse.contracts import events, tables
+from lakehouse.contracts.types import ident
 from lakehouse.core.collections import CollectionSpec
 from lakehouse.core.config import Settings
 from lakehouse.core.errors import LakehouseError, Permanent, Transient
@@ -215,7 +216,7 @@ def _upgrade_from_v3(con: duckdb.DuckDBPyConnection, path: Path, schema: Warehou
     if orders is not None:
         for old, new in (("fact_order_changes", orders.changes), ("orders", orders.table)):
             if old != new:
-                con.execute(f"ALTER TABLE {old} RENAME TO {new}")
+                con.execute(f"ALTER TABLE {old} RENAME TO {ident(new)}")
         con.execute("UPDATE load_state SET source = ? WHERE source = ?", [load_source(orders), SOURCE])
     con.execute("DELETE FROM load_state WHERE source = ?", [SOURCE])
     con.execute("DROP VIEW IF EXISTS orders_history")
@@ -233,7 +234,7 @@ def _add_new_columns(con: duckdb.DuckDBPyConnection, path: Path, schema: Warehou
     for name, columns in schema.tables.items():
         for column, kind in columns:
             if column not in present.get(name, set()):
-                con.execute(f"ALTER TABLE {name} ADD COLUMN {column} {types.duckdb(kind)}")
+                con.execute(f"ALTER TABLE {types.ident(name)} ADD COLUMN {types.ident(column)} {types.duckdb(kind)}")
                 log.warning("%s: added column %s to %s (collections.toml); rows loaded before have it null until "
                             "the lake is reprocessed and the warehouse rebuilt (`%s`)", path, column, name, REBUILD)
 
@@ -392,16 +393,17 @@ def apply_collection(con: duckdb.DuckDBPyConnection, spec: CollectionSpec, incom
     """Insert a collection's new changes and re-derive its current state for the documents they touch
     (the caller holds the transaction). `replace` (SQL over its changes, warehouse/replace.py) first
     deletes the changes it matches, for replays. Returns changes inserted."""
-    changes, current = spec.changes, spec.table
+    changes, current = ident(spec.changes), ident(spec.table)
     change_cols = [c for c, _ in tables.changes_columns(spec)]
     select_incoming = ", ".join(
-        "now() AS loaded_at" if c == "loaded_at" else f"{_FROM_SILVER[c]} AS {c}" if c in _FROM_SILVER else c
-        for c in change_cols
+        "now() AS loaded_at" if c == "loaded_at" else f"{_FROM_SILVER[c]} AS {c}" if c in _FROM_SILVER
+        else ident(c) for c in change_cols
     )
     order_by = ", ".join(f"{c} DESC" for c in SOURCE_ORDER)
     current_cols = [c for c, _ in tables.current_columns(spec)]
     current_select = ", ".join(
-        {"last_change_id": "v.change_id AS last_change_id", "updated_at": "v.event_time AS updated_at"}.get(c, f"v.{c}")
+        {"last_change_id": "v.change_id AS last_change_id",
+         "updated_at": "v.event_time AS updated_at"}.get(c, f"v.{ident(c)}")
         for c in current_cols
     )
     con.register("incoming_arrow", with_v2_identity(incoming))
@@ -416,7 +418,7 @@ def apply_collection(con: duckdb.DuckDBPyConnection, spec: CollectionSpec, incom
             con.execute(f"DELETE FROM {changes} WHERE {replace}")
         before = count(con, changes)
         con.execute(
-            f"INSERT INTO {changes} ({', '.join(change_cols)}) "
+            f"INSERT INTO {changes} ({', '.join(ident(c) for c in change_cols)}) "
             f"SELECT {select_incoming} FROM incoming_arrow "
             "QUALIFY row_number() OVER (PARTITION BY change_id ORDER BY kafka_offset) = 1 "
             "ON CONFLICT DO NOTHING"
@@ -433,12 +435,12 @@ def apply_collection(con: duckdb.DuckDBPyConnection, spec: CollectionSpec, incom
         # current version, and the delete that follows it will arrive. A document whose latest change
         # is older than the newest complete snapshot was deleted while history was unavailable.
         con.execute(
-            f"INSERT INTO {current} ({', '.join(current_cols)}) SELECT {current_select} FROM ("
+            f"INSERT INTO {current} ({', '.join(ident(c) for c in current_cols)}) SELECT {current_select} FROM ("
             f"  SELECT * FROM {changes}"
             "  WHERE doc_id IN (SELECT DISTINCT doc_id FROM touched) AND op <> 'snapshot_end'"
             "    AND (op = 'delete' OR document IS NOT NULL)"
             f"  QUALIFY row_number() OVER (PARTITION BY doc_id ORDER BY {order_by}) = 1"
-            f") v, {cutoff(changes)} c WHERE v.op <> 'delete' "
+            f") v, {cutoff(spec.changes)} c WHERE v.op <> 'delete' "
             "AND (v.cluster_time_s, v.cluster_time_inc) >= (c.cluster_time_s, c.cluster_time_inc)"
         )
     finally:
@@ -475,7 +477,9 @@ def _aggregates_select(path: Path) -> str:
 
 
 def count(con: duckdb.DuckDBPyConnection, table: str) -> int:
-    return int(con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0])
+    """Rows of a table, by its name (quoted here) or an already quoted name."""
+    quoted = table if table.startswith('"') else ident(table)
+    return int(con.execute(f"SELECT count(*) FROM {quoted}").fetchall()[0][0])
 
 
 def rebuild(settings: Settings) -> LoadResult:
@@ -516,8 +520,8 @@ def summary(settings: Settings) -> dict[str, object]:
                                           "newest_cluster_time_s": None, "table": spec.table}
                 continue
             changes, current, newest = con.execute(
-                f"SELECT (SELECT count(*) FROM {spec.changes}), (SELECT count(*) FROM {spec.table}), "
-                f"(SELECT max(cluster_time_s) FROM {spec.changes} WHERE op <> 'snapshot_end')").fetchall()[0]
+                f"SELECT (SELECT count(*) FROM {ident(spec.changes)}), (SELECT count(*) FROM {ident(spec.table)}), "
+                f"(SELECT max(cluster_time_s) FROM {ident(spec.changes)} WHERE op <> 'snapshot_end')").fetchall()[0]
             collections[spec.name] = {"loaded_version": version, "loaded_at": at, "changes": changes,
                                       "current": current, "newest_cluster_time_s": newest, "table": spec.table}
     except duckdb.Error as exc:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import duckdb
 import pyarrow as pa
 
+from lakehouse.contracts.types import ident
 from lakehouse.core.config import Settings
 from warehouse.loader import connect
 
@@ -75,9 +76,9 @@ def _warehouse_digests(settings: Settings, table: str, only: list[str] | None) -
         if not con.execute("SELECT 1 FROM information_schema.tables WHERE table_name = ?", [table]).fetchall():
             return pa.table({"doc_id": pa.array([], pa.string()), "digest": pa.array([], pa.string())})
         if only is None:
-            return con.sql(f"SELECT doc_id, sha256(document) AS digest FROM {table}").to_arrow_table()
+            return con.sql(f"SELECT doc_id, sha256(document) AS digest FROM {ident(table)}").to_arrow_table()
         con.register("wanted", pa.table({"doc_id": pa.array(only, pa.string())}))
-        return con.sql(f"SELECT doc_id, sha256(document) AS digest FROM {table} "
+        return con.sql(f"SELECT doc_id, sha256(document) AS digest FROM {ident(table)} "
                        "WHERE doc_id IN (SELECT doc_id FROM wanted)").to_arrow_table()
     finally:
         con.close()
@@ -90,7 +91,7 @@ def current_documents(settings: Settings, collection: str, doc_ids: list[str]) -
     con = connect(settings.warehouse_path, read_only=True)
     try:
         con.register("wanted", pa.table({"doc_id": pa.array(doc_ids, pa.string())}))
-        return dict(con.execute(f"SELECT doc_id, document FROM {_table(settings, collection)} WHERE doc_id IN "
+        return dict(con.execute(f"SELECT doc_id, document FROM {ident(_table(settings, collection))} WHERE doc_id IN "
                                 "(SELECT doc_id FROM wanted)").fetchall())
     finally:
         con.close()
@@ -104,7 +105,7 @@ def current_keys(settings: Settings, collection: str,
     con = connect(settings.warehouse_path, read_only=True)
     try:
         con.register("wanted", pa.table({"doc_id": pa.array(doc_ids, pa.string())}))
-        rows = con.execute(f"SELECT doc_id, document, order_id FROM {_table(settings, collection)} "
+        rows = con.execute(f"SELECT doc_id, document, order_id FROM {ident(_table(settings, collection))} "
                            "WHERE doc_id IN (SELECT doc_id FROM wanted)").fetchall()
     finally:
         con.close()

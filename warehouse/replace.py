@@ -9,6 +9,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from lakehouse.contracts import tables
+from lakehouse.contracts.types import ident
 from lakehouse.core.config import Settings
 from lakehouse.core.errors import ConfigError
 from warehouse.loader import (
@@ -88,7 +89,7 @@ def replace_changes(settings: Settings, changes: Changes, dry_run: bool = False)
         where = changes.sql()
         if changes.since_offsets:
             known = {(t, p) for spec in schema.collections for t, p in con.execute(
-                f"SELECT DISTINCT kafka_topic, kafka_partition FROM {spec.changes}").fetchall()}
+                f"SELECT DISTINCT kafka_topic, kafka_partition FROM {ident(spec.changes)}").fetchall()}
             known |= {(r["kafka_topic"], r["kafka_partition"]) for r in incoming.select(
                 ["kafka_topic", "kafka_partition"]).to_pylist()}
             unknown = sorted(f"{t}[{p}]" for t, p, _ in changes.since_offsets if (t, p) not in known)
@@ -96,7 +97,7 @@ def replace_changes(settings: Settings, changes: Changes, dry_run: bool = False)
                 have = ", ".join(sorted(f"{t}[{p}]" for t, p in known)) or "nothing"
                 raise UnknownPartitions(f"--from-offsets names {', '.join(unknown)}, which neither the warehouse nor "
                                         f"the lake has changes from (they have {have})")
-        replaced = sum(int(con.execute(f"SELECT count(*) FROM {spec.changes} WHERE {where}").fetchall()[0][0])
+        replaced = sum(int(con.execute(f"SELECT count(*) FROM {ident(spec.changes)} WHERE {where}").fetchall()[0][0])
                        for spec in schema.collections)
         inserted = 0
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from lakehouse.contracts import tables, types
 from lakehouse.contracts.tables import SOURCE_ORDER
+from lakehouse.contracts.types import ident
 from lakehouse.core.collections import CollectionSpec
 from lakehouse.core.config import Settings
 
@@ -26,18 +27,18 @@ _CREATED = "try_cast(json_extract_string(document, '$.created_at.$date') AS TIME
 def cutoff(changes: str) -> str:
     """The newest complete snapshot of a collection (snapshot_end): a document whose latest change is
     older was deleted meanwhile. One row (cluster_time_s, cluster_time_inc); (0, 0) when there is none."""
-    return (f"(SELECT cluster_time_s, cluster_time_inc FROM {changes} WHERE op = 'snapshot_end' "
+    return (f"(SELECT cluster_time_s, cluster_time_inc FROM {ident(changes)} WHERE op = 'snapshot_end' "
             "UNION ALL SELECT 0, 0 ORDER BY 1 DESC, 2 DESC LIMIT 1)")
 
 
 def history_view(spec: CollectionSpec) -> str:
-    own = "".join(f"v.{name}, " for name, _ in spec.columns)
+    own = "".join(f"v.{ident(name)}, " for name, _ in spec.columns)
     return f"""
 WITH cutoff AS {cutoff(spec.changes)},
 versions AS (
   SELECT *, lead(to_timestamp(cluster_time_s)) OVER w AS next_version_at,
          lead(change_id) OVER w IS NULL AS is_latest
-  FROM {spec.changes}
+  FROM {ident(spec.changes)}
   WHERE op <> 'snapshot_end' AND (op = 'delete' OR document IS NOT NULL)
   WINDOW w AS (PARTITION BY doc_id ORDER BY {_ORDER})
 )
@@ -62,7 +63,7 @@ def analytics_views(spec: CollectionSpec) -> dict[str, str]:
     """Revenue and order analytics over a collection with money, customer_id and status. Revenue counts
     current orders that are not cancelled, per currency (amounts in different currencies are never added
     together); orders with an unreadable amount count as orders but add no revenue."""
-    table, history = spec.table, spec.history
+    table, history = ident(spec.table), ident(spec.history)
 
     def revenue_per(unit: str) -> str:
         return f"""
@@ -139,7 +140,7 @@ class WarehouseSchema:
         return views
 
     def view_ddl(self) -> list[str]:
-        return [f"CREATE OR REPLACE VIEW {name} AS {body.strip()}" for name, body in self.views().items()]
+        return [f"CREATE OR REPLACE VIEW {ident(name)} AS {body.strip()}" for name, body in self.views().items()]
 
     def owner(self, name: str) -> CollectionSpec | None:
         return next((s for s in self.collections if s.name == name), None)

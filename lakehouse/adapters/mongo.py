@@ -125,10 +125,17 @@ class translated:  # noqa: N801 - used as a context manager, like contextlib's
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _tb: object) -> bool:
         if isinstance(exc, OperationFailure) and exc.code in HISTORY_LOST_CODES:
-            raise HistoryLost(f"MongoDB cannot resume the change stream there ({exc.details or exc})") from exc
+            raise HistoryLost(f"MongoDB cannot resume the change stream there: {_answer(exc)}") from exc
         if isinstance(exc, OperationFailure) and exc.code not in REFUSED_CODES:
-            raise MongoFailed(f"MongoDB refused a command: {exc}") from exc
+            raise MongoFailed(f"MongoDB refused a command: {_answer(exc)}") from exc
         return False
+
+
+def _answer(exc: OperationFailure) -> str:
+    """The server's message and code, without the full reply (cluster time, signature)."""
+    details = exc.details or {}
+    name = f", {details['codeName']}" if "codeName" in details else ""
+    return f"{details.get('errmsg', str(exc))} (code {exc.code}{name})"
 
 
 def mongo_unreachable(settings: Settings, cause: BaseException) -> ServerUnreachable:

@@ -107,9 +107,9 @@ META_COLUMNS: Columns = (("key", "string"), ("value", "string"))
 def duckdb_table(name: str, columns: Columns, constraints: dict[str, str] | None = None) -> str:
     """CREATE TABLE IF NOT EXISTS in DuckDB's types."""
     constraints = constraints or {}
-    body = ",\n  ".join(f"{col} {types.duckdb(kind)}{' ' + constraints[col] if col in constraints else ''}"
+    body = ",\n  ".join(f"{types.ident(col)} {types.duckdb(kind)}{' ' + constraints[col] if col in constraints else ''}"
                         for col, kind in columns)
-    return f"CREATE TABLE IF NOT EXISTS {name} (\n  {body}\n)"
+    return f"CREATE TABLE IF NOT EXISTS {types.ident(name)} (\n  {body}\n)"
 
 
 def warehouse_tables_of(collections: tuple[CollectionSpec, ...]) -> dict[str, str]:

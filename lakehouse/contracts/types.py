@@ -50,3 +50,9 @@ def arrow_schema(columns: Columns) -> pa.Schema:
 def spark_ddl(columns: Columns) -> str:
     """Spark's DDL form of the columns, e.g. for from_json."""
     return ", ".join(f"`{name}` {spark(kind)}" for name, kind in columns)
+
+
+def ident(name: str) -> str:
+    """A table or column name quoted for DuckDB (and standard SQL): names from the collections spec may
+    be keywords (`order`, `group`) or start with a digit."""
+    return '"' + name.replace('"', '""') + '"'

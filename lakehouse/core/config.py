@@ -151,6 +151,15 @@ class Settings:
             if not _COLLECTION_NAME.fullmatch(name) or name.startswith("system."):
                 problems.append(f"COLLECTIONS: {name!r} is not a collection this pipeline can capture (letters, "
                                 "digits, _ . - only; not system.*)")
+        if not problems:
+            owners: dict[str, str] = {}
+            for name in self.collections:
+                spec = self.collection(name)
+                for table in (spec.table, spec.changes, spec.history):
+                    if owners.setdefault(table, name) != name:
+                        problems.append(f"COLLECTIONS: {owners[table]!r} and {name!r} would both be the warehouse "
+                                        f"table {table!r}; describe one of them in {self.collections_spec.name} with "
+                                        "its own table name")
         for topic in () if problems else (*self.topics, self.dead_letter_topic):
             if not _TOPIC_NAME.fullmatch(topic) or topic in (".", ".."):
                 problems.append(f"the Kafka topic {topic!r} (TOPIC_PREFIX.MONGO_DB.collection) is not a name Kafka "

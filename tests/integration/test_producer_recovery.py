@@ -144,7 +144,7 @@ def test_sigterm_flushes_and_exits_zero(settings: Settings, tmp_path: Path) -> N
     producer = start_cli(settings, log, "produce")
     wait_for(lambda: published(settings) >= 0, 60, "the producer's first checkpoint")
     OrderGenerator(db["orders"], seed=1).run(300)
-    expected = 300 + 1  # the changes, after the (empty) snapshot's snapshot_end marker
+    expected = 300 + len(settings.collections)  # the changes, after the (empty) snapshot's snapshot_end markers
     wait_for(lambda: published(settings) >= expected, 60, "every change acknowledged")
     producer.send_signal(signal.SIGTERM)
     assert producer.wait(60) == 0, log.read_text()[-3000:]

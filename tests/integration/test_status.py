@@ -40,6 +40,13 @@ def test_status_and_metrics_follow_the_pipeline(spark: object, settings: Setting
         p["end_offset"] for p in caught_up["kafka"]["partitions"])
     assert caught_up["warehouse"]["orders"] == orders and caught_up["warehouse"]["versions_behind"] == 0
     assert caught_up["freshness_seconds"] == 0
+    # A row per captured collection (collections.toml): MongoDB's count and the warehouse's current state.
+    db = client[settings.mongo_db]
+    assert set(caught_up["warehouse"]["collections"]) == set(settings.collections) == {"orders", "customers",
+                                                                                         "products"}
+    for name in settings.collections:
+        assert caught_up["mongodb"]["collections"][name] == db[name].count_documents({}), name
+        assert caught_up["warehouse"]["collections"][name]["current"] == db[name].count_documents({}), name
 
     generator.run(60)
     drain(settings)  # in Kafka, not yet in the lake
@@ -49,10 +56,12 @@ def test_status_and_metrics_follow_the_pipeline(spark: object, settings: Setting
 
     text = CliRunner().invoke(cli, ["status"], env=settings.to_env()).output
     assert re.search(r"kafka +lag \d+ messages", text) and "warehouse  silver v" in text, text
+    assert re.search(r"^ +customers +mongodb \d+, warehouse customers \d+ current", text, re.M), text
     metrics = CliRunner().invoke(cli, ["metrics"], env=settings.to_env()).output
     lag = sum(float(v) for v in re.findall(r"^lakehouse_kafka_lag_messages\{.*\} (\S+)$", metrics, re.M))
     assert lag == behind["kafka"]["total_lag"], metrics
     assert f"lakehouse_warehouse_orders {orders}" in metrics
+    assert re.search(r'^lakehouse_warehouse_documents\{collection="products"\} \d+$', metrics, re.M), metrics
 
     port = _free_port()
     server = start_cli(settings, settings.state_dir / "metrics.log", "metrics", "--serve", str(port))

@@ -23,6 +23,7 @@ def env(tmp_path: Path) -> dict[str, str]:
     ({"COLLECTIONS": "../x"}, ["status"], "COLLECTIONS: '../x'"),
     ({"COLLECTIONS": "x y,$cmd"}, ["status"], "'x y' is not a collection"),
     ({"COLLECTIONS": ", ,"}, ["status"], "COLLECTIONS names no collection"),
+    ({"COLLECTIONS": "a.b,a_b"}, ["status"], "'a.b' and 'a_b' would both be the warehouse table 'a_b'"),
     ({"MONGO_DB": "a/b"}, ["status"], "MONGO_DB='a/b'"),
     ({"KAFKA_PARTITIONS": "0"}, ["status"], "KAFKA_PARTITIONS=0 must be a positive number"),
     ({"KAFKA_PARTITIONS": "three"}, ["status"], "KAFKA_PARTITIONS='three' is not a whole number"),

@@ -22,6 +22,7 @@ from lakehouse.app.replay import (
     start_point,
 )
 from lakehouse.contracts import tables
+from lakehouse.core.config import Settings
 from tests.lake_fakes import SCHEMA, append_silver, lake_settings, silver_row
 from warehouse.loader import LakeMissing, WarehouseError, connect, load, open_warehouse, rebuild
 from warehouse.schema import SCHEMA_VERSION, WarehouseSchema
@@ -278,3 +279,19 @@ def test_a_collection_added_to_the_spec_later_loads_from_the_whole_lake(tmp_path
     append_silver(both, [tombstone])
     assert load(both).current == {"orders": 1, "customers": 1}
     assert query(both, "SELECT count(*) FROM fact_order_changes") == [(1,)]  # each collection its own changes
+
+
+def test_names_from_the_spec_that_are_sql_keywords_work(tmp_path: Path) -> None:
+    spec = tmp_path / "collections.toml"
+    spec.write_text('[orders]\nkey = "order_id"\nmoney = true\n[orders.columns]\ncustomer_id = "string"\n'
+                    'status = "string"\n[customers]\ntable = "select"\nchanges = "group"\n'
+                    '[customers.columns]\norder = { field = "name", type = "string" }\n')
+    settings = Settings.from_env(lake_path=tmp_path / "lake", warehouse_path=tmp_path / "wh.duckdb",
+                                 state_dir=tmp_path / "state", collections_spec=spec, collections="orders,customers")
+    row = {**_customer_row(1, "cust-1", "Ada"), "order": "Ada"}
+    write_deltalake(str(settings.table_path(tables.SILVER)),
+                    pa.Table.from_pylist([silver_row(0, 1, "insert", "created", "10.00"), row],
+                                         schema=tables.silver_schema(settings)), mode="append")
+    assert load(settings).current == {"orders": 1, "customers": 1}
+    assert query(settings, 'SELECT "order" FROM "select"') == [("Ada",)]
+    assert query(settings, 'SELECT count(*) FROM "select_history" WHERE is_current') == [(1,)]
