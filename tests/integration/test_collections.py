@@ -65,3 +65,28 @@ def test_customers_and_products_are_tables_with_their_columns_history_and_reconc
     assert lines[-1].startswith("reconciled: source=") and lines[-1].endswith("missing=0 extra=0 mismatched=0")
     state = json.loads(settings.reconcile_state.read_text())
     assert [c["collection"] for c in state["collections"]] == list(settings.collections)
+
+
+def test_a_collection_captured_later_is_copied_first_then_streamed(settings: Settings) -> None:
+    """A collection added to collections.toml (or COLLECTIONS) after the producer has a token: the
+    producer copies it once, as of its next start, then streams its changes; the others just resume."""
+    from tests.helpers import mongo_state, read_topic, replay
+
+    db = connect_mongo(settings)[settings.mongo_db]
+    db["customers"].insert_many([{"_id": f"c{n}", "name": f"customer {n}"} for n in range(20)])
+    only_orders = settings.replace(collections=("orders",))
+    OrderGenerator(db["orders"], seed=3).run(30)
+    drain(only_orders)
+    assert read_topic(settings, settings.topic_for("customers")) == []
+    db["customers"].update_one({"_id": "c0"}, {"$set": {"name": "renamed before capture"}})
+    orders_before = len(read_topic(settings, settings.topic_for("orders")))
+
+    listener = drain(settings)  # now all three
+    assert listener.stats.snapshots == 20
+    db["customers"].delete_one({"_id": "c1"})
+    drain(settings)
+    customers = read_topic(settings, settings.topic_for("customers"))
+    assert replay(customers) == mongo_state(settings, "customers")
+    assert len(read_topic(settings, settings.topic_for("orders"))) == orders_before  # orders were not copied again
+    again = drain(settings)
+    assert again.stats.snapshots == 0
