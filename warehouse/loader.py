@@ -151,17 +151,29 @@ def _unopenable(path: Path, exc: BaseException) -> WarehouseError:
 
 
 def _present(con: duckdb.DuckDBPyConnection) -> dict[str, set[str]]:
-    return {
-        name: {col for (col,) in con.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_schema = 'main' AND table_name = ?",
-            [name]).fetchall()}
-        for (name,) in con.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main' AND table_type = 'BASE TABLE'"
-        ).fetchall()
-    }
+    """Base table -> its columns, in one query."""
+    present: dict[str, set[str]] = {}
+    for table, column in con.execute(
+            "SELECT c.table_name, c.column_name FROM information_schema.columns c JOIN information_schema.tables t "
+            "USING (table_schema, table_name) WHERE t.table_schema = 'main' AND t.table_type = 'BASE TABLE'"
+    ).fetchall():
+        present.setdefault(table, set()).add(column)
+    return present
+
+
+def _meta(con: duckdb.DuckDBPyConnection) -> dict[str, str] | None:
+    """warehouse_meta's keys and values; None when the file has no such table."""
+    try:
+        return dict(con.execute("SELECT key, value FROM warehouse_meta").fetchall())
+    except duckdb.CatalogException:
+        return None
 
 
 def _check_or_create(con: duckdb.DuckDBPyConnection, path: Path, schema: WarehouseSchema | None) -> None:
+    meta = _meta(con)
+    if meta is not None and meta.get("schema_version") == str(SCHEMA_VERSION) and (
+            schema is None or meta.get("schema_fingerprint") == schema.fingerprint()):
+        return  # this version, made by these very statements: nothing to check or create (milliseconds)
     present = _present(con)
     if present and "warehouse_meta" not in present:
         raise WarehouseError(
@@ -189,6 +201,7 @@ def _check_or_create(con: duckdb.DuckDBPyConnection, path: Path, schema: Warehou
         if not present:
             raise WarehouseError(f"{path} is not a warehouse yet: run `lakehouse load` first")
         return
+    fingerprint = schema.fingerprint()
     con.execute("BEGIN TRANSACTION")
     try:
         if version == str(UPGRADABLE_FROM):
@@ -203,6 +216,8 @@ def _check_or_create(con: duckdb.DuckDBPyConnection, path: Path, schema: Warehou
         if not con.execute("SELECT 1 FROM information_schema.tables WHERE table_name = ?",
                            [AGGREGATES_VIEW]).fetchall():
             con.execute(f"CREATE VIEW {AGGREGATES_VIEW} AS {AGGREGATES_EMPTY}")
+        con.execute("INSERT INTO warehouse_meta VALUES ('schema_fingerprint', ?) ON CONFLICT (key) DO UPDATE SET "
+                    "value = excluded.value", [fingerprint])
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")

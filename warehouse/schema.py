@@ -142,6 +142,13 @@ class WarehouseSchema:
     def view_ddl(self) -> list[str]:
         return [f"CREATE OR REPLACE VIEW {ident(name)} AS {body.strip()}" for name, body in self.views().items()]
 
+    def fingerprint(self) -> str:
+        """Of every statement that makes this schema: a file stamped with it needs none of them again."""
+        import hashlib
+
+        text = "\n".join([str(SCHEMA_VERSION), *self.ddl(), *self.view_ddl(), AGGREGATES_EMPTY])
+        return hashlib.sha256(text.encode()).hexdigest()
+
     def owner(self, name: str) -> CollectionSpec | None:
         return next((s for s in self.collections if s.name == name), None)
 

@@ -45,7 +45,7 @@ def test_every_table_is_derived_once_from_the_vocabulary() -> None:
     assert set(schema.tables) == {"load_state", "warehouse_meta", "fact_order_changes", "orders",
                                   "fact_customers_changes", "customers", "fact_products_changes", "products"}
     assert {"orders_history", "customers_history", "products_history", "revenue_daily"} <= set(schema.views())
-    assert "score BIGINT" in next(d for d in schema.ddl() if "TABLE IF NOT EXISTS customers " in d)
+    assert '"score" BIGINT' in next(d for d in schema.ddl() if 'TABLE IF NOT EXISTS "customers" ' in d)
 
 
 @pytest.mark.parametrize(("text", "says"), [

@@ -185,7 +185,7 @@ def test_an_older_warehouse_schema_asks_for_a_rebuild_which_replaces_it(lake) ->
                                              "warehouse --from-beginning"):
         load(lake)
     rebuild(lake)
-    assert query(lake, "SELECT value FROM warehouse_meta") == [(str(SCHEMA_VERSION),)]
+    assert query(lake, "SELECT value FROM warehouse_meta WHERE key = 'schema_version'") == [(str(SCHEMA_VERSION),)]
     assert query(lake, "SELECT count(*) FROM orders") == [(2,)]
     assert not [p for p in lake.warehouse_path.parent.iterdir() if "rebuild" in p.name]
 
@@ -259,7 +259,8 @@ def test_a_v3_warehouse_is_upgraded_in_place_and_the_other_collections_load_from
     everything = settings.replace(collections=("orders", "customers"))
     result = load(everything)
     assert result.current == {"orders": 1, "customers": 2}
-    assert query(everything, "SELECT value FROM warehouse_meta") == [(str(SCHEMA_VERSION),)]
+    version = query(everything, "SELECT value FROM warehouse_meta WHERE key = 'schema_version'")
+    assert version == [(str(SCHEMA_VERSION),)]
     assert sorted(query(everything, "SELECT source, delta_version FROM load_state")) == [
         ("silver_changes:customers", 0), ("silver_changes:orders", 0)]
     assert query(everything, "SELECT name, score FROM customers ORDER BY name") == [("Ada", 1), ("Bob", 2)]
@@ -295,3 +296,22 @@ def test_names_from_the_spec_that_are_sql_keywords_work(tmp_path: Path) -> None:
     assert load(settings).current == {"orders": 1, "customers": 1}
     assert query(settings, 'SELECT "order" FROM "select"') == [("Ada",)]
     assert query(settings, 'SELECT count(*) FROM "select_history" WHERE is_current') == [(1,)]
+
+
+def test_a_column_added_to_the_spec_is_added_to_the_tables_on_the_next_load(tmp_path: Path) -> None:
+    spec = tmp_path / "collections.toml"
+    spec.write_text('[orders]\nkey = "order_id"\nmoney = true\n[orders.columns]\ncustomer_id = "string"\n'
+                    'status = "string"\n')
+    settings = Settings.from_env(lake_path=tmp_path / "lake", warehouse_path=tmp_path / "wh.duckdb",
+                                 state_dir=tmp_path / "state", collections_spec=spec)
+    append_silver(settings, [silver_row(0, 1, "insert", "created", "10.00")])
+    load(settings)
+    spec.write_text(spec.read_text() + 'note = "string"\n')
+    import os
+
+    os.utime(spec, ns=(1, spec.stat().st_mtime_ns + 1_000_000))
+    edited = Settings.from_env(**{k: getattr(settings, k) for k in ("lake_path", "warehouse_path", "state_dir")},
+                               collections_spec=spec)
+    load(edited)
+    assert query(edited, "SELECT note FROM orders") == [(None,)]
+    assert query(edited, "SELECT count(*) FROM orders_history WHERE note IS NULL") == [(1,)]
