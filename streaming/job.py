@@ -274,7 +274,7 @@ class BatchWriter:
         micros = pc.cast(silver["event_time"], pa.int64())
         self.watermark.advance(batch_id, watermark, pc.max(micros).as_py())
         late = silver.filter(pc.less(micros, watermark)) if watermark is not None else silver.slice(0, 0)
-        # The caller keeps late_events' columns (lakehouse/tables.LATE_EVENTS_COLUMNS).
+        # The caller keeps late_events' columns (lakehouse/contracts/tables.LATE_EVENTS_COLUMNS).
         return watermark, late.append_column(
             "watermark", pa.array([watermark] * late.num_rows, pa.timestamp("us", tz="UTC")))
 

@@ -465,7 +465,7 @@ def apply_collection(con: duckdb.DuckDBPyConnection, spec: CollectionSpec, incom
 
 def with_v2_identity(rows: pa.Table) -> pa.Table:
     """Envelope v1 events carry the _id as text (1001 and "1001" collided); their identity is derived
-    again from their document_key, as v2 events carry it (lakehouse/events.py)."""
+    again from their document_key, as v2 events carry it (lakehouse/contracts/events.py)."""
     if rows.num_rows == 0 or "schema_version" not in rows.column_names:
         return rows
     v1 = pc.fill_null(pc.less(rows["schema_version"], 2), True)

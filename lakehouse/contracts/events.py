@@ -23,7 +23,7 @@ SCHEMA_VERSION = 2
 # v2: `doc_id` is the _id as relaxed Extended JSON in its own key order, so it is type-exact: 1001 and
 #     "1001", an ObjectId and its hex string, {a, b} and {b, a}, null and "null" are distinct documents,
 #     as they are in MongoDB. v1's doc_id was the _id as text, where those collided; the warehouse
-#     derives v1 events' identity from their document_key (lakehouse/events.identity_of_v1).
+#     derives v1 events' identity from their document_key (lakehouse/contracts/events.identity_of_v1).
 
 # name -> type, in a small vocabulary every consumer maps: string, long, int.
 ENVELOPE_FIELDS: tuple[tuple[str, str], ...] = (
