@@ -153,8 +153,10 @@ class Chaos:
         while not self.stop_generating.is_set():
             try:
                 if generator is None:
-                    generator = OrderGenerator(connect_mongo(self.settings)[self.settings.mongo_db]["orders"],
-                                               seed=self.rng.randrange(1 << 30))
+                    # Orders, and customers and products (every captured collection) now and then.
+                    generator = OrderGenerator.for_database(connect_mongo(self.settings)[self.settings.mongo_db],
+                                                            self.settings.collections,
+                                                            seed=self.rng.randrange(1 << 30))
                 generator.step()
                 self.generated += 1
             except PyMongoError:
