@@ -21,12 +21,12 @@ from lakehouse.adapters.kafka import (
     Publisher,
     end_offsets,
     ensure_topics,
-    partition_key,
 )
 from lakehouse.adapters.mongo import ChangeStream, HistoryLost, cluster_time, enable_pre_images, require_replica_set
 from lakehouse.adapters.mongo import connect as connect_mongo
 from lakehouse.contracts import events
 from lakehouse.contracts.events import SourcePosition
+from lakehouse.contracts.positions import partition_key
 from lakehouse.core.config import Settings
 from lakehouse.core.errors import ConfigError, Permanent, Transient
 from lakehouse.core.files import write_json_atomically

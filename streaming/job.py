@@ -158,19 +158,19 @@ def parse(raw: DataFrame, settings: Settings) -> DataFrame:
     known = F.array(*[F.lit(name) for name in ENVELOPE_FIELD_NAMES])
     unknown = F.map_filter("fields", lambda k, _: ~F.array_contains(known, k))
     document = F.coalesce(F.col("event.full_document"), F.col("event.before_document"))
+    collection = F.col("event.collection")
     attributes = parsed.select(
         "*",
         _quarantine_reason(F.col("event"), F.col("fields"), F.col("raw_value")).alias("quarantine_reason"),
         F.when(F.size(unknown) > 0, F.to_json(unknown)).alias("extra"),
         _event_time(settings, document).alias("event_time"),
-        *attribute_columns(settings, F.col("event.collection"), document),
+        *attribute_columns(settings, collection, document),
         document.alias("document"),
     ).drop("fields")
     # The money columns are read from the document's own JSON text (exact digits, Decimal128).
-    collection = F.col("event.collection")
-    money = [settings.collection(c) for c in settings.collections if settings.collection(c).money]
-    amount_field = _by_collection(collection, {m.name: F.lit(m.money.amount) for m in money if m.money})
-    currency_field = _by_collection(collection, {m.name: F.lit(m.money.currency) for m in money if m.money})
+    money = {spec.name: spec.money for spec in map(settings.collection, settings.collections) if spec.money}
+    amount_field = _by_collection(collection, {name: F.lit(m.amount) for name, m in money.items()})
+    currency_field = _by_collection(collection, {name: F.lit(m.currency) for name, m in money.items()})
     return attributes.select(
         "*", *money_columns(F.col("document"), amount_field, currency_field, settings.high_value_thresholds)
     ).drop("document")
@@ -221,6 +221,8 @@ class BatchWriter:
         self.app_id = writer_app_id(settings.spark_checkpoint)
         self.metrics_path = settings.batch_metrics
         self.watermark = WatermarkTracker(settings.state_dir / "spark" / "watermark.json", settings.watermark_delay)
+        # The lake's schemas for the spec the query was built with (parse), fixed for the query's life.
+        self.schemas = tables.lake_schemas(tables.attribute_columns(settings))
 
     def __call__(self, batch_df: DataFrame, batch_id: int) -> None:
         started = time.monotonic()
@@ -234,7 +236,7 @@ class BatchWriter:
         batch = batch.append_column("batch_id", pa.array([batch_id] * batch.num_rows, pa.int64()))
         batch = batch.append_column("ingested_at", pa.array([now] * batch.num_rows))
         bad = pc.is_valid(batch["quarantine_reason"])
-        schemas = tables.lake_schemas(tables.attribute_columns(self.settings))
+        schemas = self.schemas
         bronze = conform(batch, schemas[tables.BRONZE])
         quarantine = conform(batch.filter(bad), schemas[tables.QUARANTINE])
         silver = conform(self._silver(batch.filter(pc.invert(bad))), schemas[tables.SILVER])
@@ -286,13 +288,8 @@ class BatchWriter:
                 pc.struct_field(event, name) if event is not None
                 else pa.array([], rows.schema.field("event").type.field(name).type)
             )
-        for name, _ in tables.silver_columns(tables.attribute_columns(self.settings))[len(ENVELOPE_FIELDS):]:
-            if name in ("batch_id", "ingested_at") or name in tables.KAFKA_COLUMNS or name == "extra":
-                columns[name] = rows[name]
-            elif name == "event_date":
-                columns[name] = pc.cast(rows["event_time"], pa.date32())
-            else:
-                columns[name] = rows[name] if name in rows.column_names else pa.nulls(rows.num_rows)
+        for name in self.schemas[tables.SILVER].names[len(ENVELOPE_FIELDS):]:
+            columns[name] = pc.cast(rows["event_time"], pa.date32()) if name == "event_date" else rows[name]
         return pa.table(columns)
 
     def _record(self, record: BatchRecord) -> None:

@@ -37,9 +37,9 @@ from pyspark.sql.streaming.datasource import (
 from pyspark.sql.types import StructType
 
 from lakehouse.adapters.kafka import OffsetReader, read_partition
-from lakehouse.adapters.kafka import partition_key as _key
-from lakehouse.adapters.kafka import split_key as _split
 from lakehouse.contracts.positions import fingerprint, fingerprint_time, next_offset, position
+from lakehouse.contracts.positions import partition_key as _key
+from lakehouse.contracts.positions import split_key as _split
 from lakehouse.core.errors import Permanent
 
 SOURCE_NAME = "kafka_py"

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from lakehouse.adapters.delta import LakeTable
-from lakehouse.contracts import events, tables
+from lakehouse.contracts import events, tables, types
 from lakehouse.contracts.types import ident
 from lakehouse.core.collections import CollectionSpec
 from lakehouse.core.config import Settings
@@ -244,12 +244,10 @@ def _upgrade_from_v3(con: duckdb.DuckDBPyConnection, path: Path, schema: Warehou
 def _add_new_columns(con: duckdb.DuckDBPyConnection, path: Path, schema: WarehouseSchema,
                      present: dict[str, set[str]]) -> None:
     """Columns the spec gained since the tables were made are added (null for rows loaded before)."""
-    from lakehouse.contracts import types
-
     for name, columns in schema.tables.items():
         for column, kind in columns:
             if column not in present.get(name, set()):
-                con.execute(f"ALTER TABLE {types.ident(name)} ADD COLUMN {types.ident(column)} {types.duckdb(kind)}")
+                con.execute(f"ALTER TABLE {ident(name)} ADD COLUMN {ident(column)} {types.duckdb(kind)}")
                 log.warning("%s: added column %s to %s (collections.toml); rows loaded before have it null until "
                             "the lake is reprocessed and the warehouse rebuilt (`%s`)", path, column, name, REBUILD)
 
@@ -312,8 +310,6 @@ def read_silver(silver: LakeTable, collections: tuple[CollectionSpec, ...], file
     for spec in collections:
         for name, kind in spec.columns:
             if name not in table.column_names:
-                from lakehouse.contracts import types
-
                 table = table.append_column(name, pa.nulls(table.num_rows, types.arrow(kind)))
     return table
 
@@ -337,11 +333,11 @@ def load(settings: Settings) -> LoadResult:
             log.info("no silver table at %s yet; nothing to load", settings.table_path(SOURCE))
             return LoadResult(None, 0, 0, current_counts(con, schema))
         version = silver.version()
+        loaded = loaded_versions(con, schema)
         behind: dict[int | None, list[CollectionSpec]] = {}
         for spec in schema.collections:
-            loaded = loaded_versions(con, schema)[spec.name]
-            if loaded != version:
-                behind.setdefault(loaded, []).append(spec)
+            if loaded[spec.name] != version:
+                behind.setdefault(loaded[spec.name], []).append(spec)
         if not behind:
             return LoadResult(version, 0, 0, current_counts(con, schema))
         started, rows_read, new_changes = time.monotonic(), 0, 0
@@ -431,14 +427,14 @@ def apply_collection(con: duckdb.DuckDBPyConnection, spec: CollectionSpec, incom
                 f"SELECT count(*) FROM {changes} WHERE op = 'snapshot_end' AND ({replace})").fetchall()[0][0])
             con.execute(f"INSERT INTO touched SELECT DISTINCT doc_id FROM {changes} WHERE {replace}")
             con.execute(f"DELETE FROM {changes} WHERE {replace}")
-        before = count(con, changes)
+        before = count(con, spec.changes)
         con.execute(
             f"INSERT INTO {changes} ({', '.join(ident(c) for c in change_cols)}) "
             f"SELECT {select_incoming} FROM incoming_arrow "
             "QUALIFY row_number() OVER (PARTITION BY change_id ORDER BY kafka_offset) = 1 "
             "ON CONFLICT DO NOTHING"
         )
-        new_changes = count(con, changes) - before
+        new_changes = count(con, spec.changes) - before
         # A complete snapshot (snapshot_end) is news for every document; other changes for their own.
         if everything:
             con.execute(f"INSERT INTO touched SELECT doc_id FROM {changes} UNION SELECT doc_id FROM {current}")
@@ -492,9 +488,7 @@ def _aggregates_select(path: Path) -> str:
 
 
 def count(con: duckdb.DuckDBPyConnection, table: str) -> int:
-    """Rows of a table, by its name (quoted here) or an already quoted name."""
-    quoted = table if table.startswith('"') else ident(table)
-    return int(con.execute(f"SELECT count(*) FROM {quoted}").fetchall()[0][0])
+    return int(con.execute(f"SELECT count(*) FROM {ident(table)}").fetchall()[0][0])
 
 
 def rebuild(settings: Settings) -> LoadResult:

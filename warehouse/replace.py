@@ -16,7 +16,7 @@ from warehouse.loader import (
     WarehouseError,
     apply_collection,
     connect,
-    count,
+    current_counts,
     in_transaction,
     read_silver,
     refresh_aggregates,
@@ -110,7 +110,6 @@ def replace_changes(settings: Settings, changes: Changes, dry_run: bool = False)
 
         if not dry_run:
             in_transaction(con, apply_all, "replacing changes")
-        return Replaced(replaced, inserted, incoming.num_rows,
-                        {spec.name: count(con, spec.table) for spec in schema.collections})
+        return Replaced(replaced, inserted, incoming.num_rows, current_counts(con, schema))
     finally:
         con.close()

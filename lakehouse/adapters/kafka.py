@@ -31,6 +31,7 @@ from kafka.errors import (
 )
 from kafka.record.default_records import DefaultRecordBatchBuilder
 
+from lakehouse.contracts.positions import partition_key, split_key
 from lakehouse.core.config import Settings
 from lakehouse.core.errors import START_HINT, LakehouseError, Permanent, ServerUnreachable, Transient
 
@@ -51,15 +52,6 @@ class BrokerForgot(Transient):
 
 class KafkaRefused(Permanent):
     """The broker refused a record for a reason retrying cannot fix (permissions, topic configuration)."""
-
-
-def partition_key(topic: str, partition: int) -> str:
-    return f"{topic}:{partition}"
-
-
-def split_key(key: str) -> tuple[str, int]:
-    topic, _, partition = key.rpartition(":")
-    return topic, int(partition)
 
 
 def kafka_unreachable(settings: Settings, cause: BaseException | str) -> ServerUnreachable:
@@ -148,17 +140,12 @@ def idempotent_producer(settings: Settings, **overrides: object) -> KafkaProduce
     return KafkaProducer(**options)
 
 
-def partitions_of(consumer: KafkaConsumer, topic: str) -> list[TopicPartition]:
-    parts = consumer.partitions_for_topic(topic) or set()
-    return [TopicPartition(topic, p) for p in sorted(parts)]
-
-
 def end_offsets(settings: Settings, topics: Iterable[str]) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> end offset, for every partition of the topics."""
     with _translated(settings):
-        reader = consumer(settings)
+        reader = OffsetReader.of(settings)
         try:
-            tps = [tp for topic in topics for tp in partitions_of(reader, topic)]
-            return {(tp.topic, tp.partition): off for tp, off in reader.end_offsets(tps).items()} if tps else {}
+            return {split_key(k): o for k, o in reader.end_offsets(reader.partitions(topics)).items()}
         finally:
             reader.close()
 
@@ -187,19 +174,13 @@ def read_values(settings: Settings, ends: dict[tuple[str, int], int], newest: in
             reader.close()
 
 
-class _translated:  # noqa: N801 - a context manager, like contextlib's
+@contextlib.contextmanager
+def _translated(settings: Settings) -> Iterator[None]:
     """kafka-python's errors raised inside become ServerUnreachable or KafkaTransient (ask again later)."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _tb: object) -> bool:
-        if isinstance(exc, KafkaError):
-            raise explain(self.settings, exc) or KafkaTransient(f"Kafka did not answer: {exc!r}") from exc
-        return False
+    try:
+        yield
+    except KafkaError as exc:
+        raise explain(settings, exc) or KafkaTransient(f"Kafka did not answer: {exc!r}") from exc
 
 
 # -- publishing ------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@ streams and cluster time, and the translation of pymongo's errors into the proje
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from pymongo import MongoClient
@@ -117,18 +118,18 @@ class ChangeStream:
         self.close()
 
 
-class translated:  # noqa: N801 - used as a context manager, like contextlib's
-    """Turn pymongo's errors raised inside into the project's."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _tb: object) -> bool:
-        if isinstance(exc, OperationFailure) and exc.code in HISTORY_LOST_CODES:
+@contextlib.contextmanager
+def translated() -> Iterator[None]:
+    """pymongo's errors raised inside become the project's: HistoryLost, MongoFailed (refusals of the
+    credentials stay pymongo's, for explain() to name the URI)."""
+    try:
+        yield
+    except OperationFailure as exc:
+        if exc.code in HISTORY_LOST_CODES:
             raise HistoryLost(f"MongoDB cannot resume the change stream there: {_answer(exc)}") from exc
-        if isinstance(exc, OperationFailure) and exc.code not in REFUSED_CODES:
+        if exc.code not in REFUSED_CODES:
             raise MongoFailed(f"MongoDB refused a command: {_answer(exc)}") from exc
-        return False
+        raise
 
 
 def _answer(exc: OperationFailure) -> str:

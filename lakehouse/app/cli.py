@@ -207,20 +207,17 @@ def reconcile_command(settings: Settings, collections: tuple[str, ...], do_repai
     """Compare each collection's current state in the warehouse with MongoDB: one `reconciled:` line per
     collection, then the total. Exit 1 when they differ (with --repair: when a difference could not be
     sent for repair)."""
-    from lakehouse.app.reconcile import combined, confirmed, lines, reconcile, record, repair
+    from lakehouse.app.reconcile import combined, confirmed, lines, reconcile_each, record, repair
     from warehouse.loader import WarehouseError, load_if_possible
 
     unknown = [c for c in collections if c not in settings.collections]
     if unknown:
         raise click.UsageError(f"--collection {unknown[0]!r} is not a captured collection (captured: "
                                f"{', '.join(settings.collections)}; see collections.toml and COLLECTIONS)")
-    results = []
     try:
-        for name in collections or settings.collections:
-            result = reconcile(settings, name)
-            if settle:
-                result = confirmed(settings, result, settle, lambda: load_if_possible(settings))
-            results.append(result)
+        results = reconcile_each(settings, collections or None)
+        if settle:
+            results = confirmed(settings, results, settle, lambda: load_if_possible(settings))
     except WarehouseError as exc:
         raise click.ClickException(str(exc)) from exc
     total = combined(results)

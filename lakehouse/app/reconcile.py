@@ -30,7 +30,7 @@ from lakehouse.adapters.kafka import KafkaTransient, Publisher, end_offsets, rea
 from lakehouse.adapters.mongo import cluster_time
 from lakehouse.adapters.mongo import connect as connect_mongo
 from lakehouse.contracts import events
-from lakehouse.contracts.positions import committed_offsets
+from lakehouse.contracts.positions import committed_offsets, partition_key
 from lakehouse.core.config import Settings
 from lakehouse.core.errors import ServerUnreachable
 from lakehouse.core.files import write_json_atomically
@@ -162,24 +162,26 @@ def _really_different(settings: Settings, collection: Any, result: Reconciliatio
     return different
 
 
-def confirmed(settings: Settings, first: Reconciliation, settle: float, meanwhile: Callable[[], object],
-              wait: Callable[[float], object] = time.sleep, catch_up_limit: float = 300.0) -> Reconciliation:
-    """The differences of `first` that are still there once the chain has caught up: after `settle`
-    seconds (the producer publishes what was in flight), the streaming job has committed everything
-    Kafka held then (at most `catch_up_limit` more seconds) and `meanwhile` (a load) has run. Changes
-    in flight when `first` looked are then no longer differences."""
-    if first.ok:
-        return first
+def confirmed(settings: Settings, firsts: list[Reconciliation], settle: float, meanwhile: Callable[[], object],
+              wait: Callable[[float], object] = time.sleep, catch_up_limit: float = 300.0) -> list[Reconciliation]:
+    """The differences of `firsts` (one result per collection) that are still there once the chain has
+    caught up: after `settle` seconds (the producer publishes what was in flight), the streaming job has
+    committed everything Kafka held then of the collections that differed (at most `catch_up_limit`
+    more seconds) and `meanwhile` (a load) has run. Changes in flight when `firsts` looked are then no
+    longer differences. The wait is shared: it does not grow with the number of collections."""
+    differing = [first for first in firsts if not first.ok]
+    if not differing:
+        return firsts
     deadline = time.monotonic() + settle
     while time.monotonic() < deadline:
         meanwhile()
         wait(min(1.0, max(0.0, deadline - time.monotonic())))
     deadline = time.monotonic() + catch_up_limit
+    topics = [settings.topic_for(first.collection) for first in differing]
     target: dict[str, int] | None = None
     while target is None:
         try:
-            target = {f"{t}:{p}": o
-                      for (t, p), o in end_offsets(settings, [settings.topic_for(first.collection)]).items()}
+            target = {partition_key(t, p): o for (t, p), o in end_offsets(settings, topics).items()}
         except Exception as exc:  # noqa: BLE001 - Kafka away for a moment (a restart): ask again
             if time.monotonic() > deadline:
                 log.warning("cannot read Kafka's end offsets (%s); looking again without waiting for the "
@@ -198,9 +200,15 @@ def confirmed(settings: Settings, first: Reconciliation, settle: float, meanwhil
         log.warning("the streaming job did not catch up with Kafka within %.0fs; looking again anyway",
                     catch_up_limit)
     meanwhile()
-    second = reconcile(settings, first.collection, keys=first)
-    second.source, second.warehouse = first.source, first.warehouse
-    return second
+    results = []
+    for first in firsts:
+        if first.ok:
+            results.append(first)
+            continue
+        second = reconcile(settings, first.collection, keys=first)
+        second.source, second.warehouse = first.source, first.warehouse
+        results.append(second)
+    return results
 
 
 def repair(settings: Settings, result: Reconciliation, say: Callable[[str], None] = log.info) -> int:
@@ -247,8 +255,6 @@ def reconcile_each(settings: Settings, names: tuple[str, ...] | None = None) -> 
 
 def combined(results: list[Reconciliation]) -> Reconciliation:
     """The sum of several collections' results (differences named collection/doc_id)."""
-    if len(results) == 1 and results[0].collection == ALL:
-        return results[0]
     total = Reconciliation(sum(r.source for r in results), sum(r.warehouse for r in results), collection=ALL,
                            repaired=sum(r.repaired for r in results))
     for r in results:
@@ -285,14 +291,14 @@ def round_of(settings: Settings, do_repair: bool, settle: float, meanwhile: Call
     """One periodic reconcile (the loader service, `run-all --follow`): look at every collection, look again
     after `settle` seconds of loading at what differed, repair what is still different (or only report
     it), record."""
-    results = []
-    for first in reconcile_each(settings):
-        result = confirmed(settings, first, settle, meanwhile, wait)
-        if do_repair:
+    results = confirmed(settings, reconcile_each(settings), settle, meanwhile, wait)
+    if do_repair:
+        for result in results:
             repair(settings, result, say)
-        results.append(result)
     record(settings, results, settle)
-    for line in lines(results):
-        say(f"{line}{f' repaired={combined(results).repaired}' if do_repair and 'collection=' not in line else ''}"
-            f" (differences confirmed after {settle:g}s)")
+    *each, total = lines(results)
+    for line in each:
+        say(f"{line} (differences confirmed after {settle:g}s)")
+    say(f"{total}{f' repaired={combined(results).repaired}' if do_repair else ''} (differences confirmed after "
+        f"{settle:g}s)")
     return results

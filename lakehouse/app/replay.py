@@ -161,13 +161,12 @@ def _into_kafka(settings: Settings, start: StartPoint, dry_run: bool, say: Calla
     client = connect_mongo(settings, "lakehouse-replay")
     try:
         require_replica_set(client, settings)  # before anything else: no replay can work without one
-        counts = {c: client[settings.mongo_db][c].estimated_document_count() for c in settings.collections}
+        counts = ({c: client[settings.mongo_db][c].estimated_document_count() for c in settings.collections}
+                  if dry_run and start.kind == "beginning" else {})
     finally:
         client.close()
     if dry_run:
-        detail = ""
-        if start.kind == "beginning":
-            detail = " (" + ", ".join(f"{c}: ~{n} documents" for c, n in counts.items()) + ")"
+        detail = " (" + ", ".join(f"{c}: ~{n} documents" for c, n in counts.items()) + ")" if counts else ""
         say(f"dry run: would re-publish {what} from {collections}{detail} into "
             f"{', '.join(settings.topics)}, until caught up; the producer's own resume token is left alone")
         return
@@ -189,7 +188,8 @@ def kafka_starting_offsets(settings: Settings, start: StartPoint) -> tuple[dict[
                                                                           dict[tuple[str, int], int]]:
     """Per topic and partition, where the replay starts (Spark's JSON form; -2 = the beginning), and
     the end offsets now."""
-    from lakehouse.adapters.kafka import OffsetReader, split_key
+    from lakehouse.adapters.kafka import OffsetReader
+    from lakehouse.contracts.positions import split_key
 
     reader = OffsetReader.of(settings)
     try:
@@ -316,11 +316,8 @@ def _into_warehouse(settings: Settings, start: StartPoint, dry_run: bool, say: C
         say(f"rebuilt {settings.warehouse_path} from silver v{result.delta_version}: {result.new_changes} changes, "
             f"{result.orders} current orders")
         return
-    changes = _warehouse_changes(settings, start)
-    if start.kind == "token" and changes.since_cluster_time is None:
-        changes = Changes()  # nothing happened after that token: an empty range
     try:
-        done = replace_changes(settings, changes, dry_run=dry_run)
+        done = replace_changes(settings, _warehouse_changes(settings, start), dry_run=dry_run)
     except UnknownPartitions as exc:
         raise ReplayError(str(exc)) from exc
     if dry_run:

@@ -17,7 +17,7 @@ from typing import Any
 
 from lakehouse.adapters import explain
 from lakehouse.contracts import batches, tables
-from lakehouse.contracts.positions import committed_offsets
+from lakehouse.contracts.positions import committed_offsets, partition_key
 from lakehouse.core.config import Settings
 
 
@@ -50,8 +50,8 @@ def kafka_status(settings: Settings) -> dict[str, Any]:
     committed = committed_offsets(settings.spark_checkpoint)
     partitions = [
         {"topic": topic, "partition": partition, "end_offset": end,
-         "committed_offset": committed.get(f"{topic}:{partition}", 0),
-         "lag": end - committed.get(f"{topic}:{partition}", 0)}
+         "committed_offset": committed.get(partition_key(topic, partition), 0),
+         "lag": end - committed.get(partition_key(topic, partition), 0)}
         for (topic, partition), end in sorted(ends.items())
     ]
     return {"state": "ok", "partitions": partitions, "total_lag": sum(p["lag"] for p in partitions),
@@ -153,15 +153,13 @@ def mongo_status(settings: Settings) -> dict[str, Any]:
     try:
         db = client[settings.mongo_db]
         counts = {name: db[name].estimated_document_count() for name in settings.collections}
-        newest: list[float] = []
+        newest = None
         for name in sorted(settings.collections, key=lambda n: n != "orders"):
             found = next(iter(db[name].find({}, {"updated_at": 1}).sort("updated_at", -1).limit(1)), None)
-            seconds = _epoch(found.get("updated_at")) if found else None
-            if seconds is not None:
-                newest.append(seconds)
+            newest = _epoch(found.get("updated_at")) if found else None
+            if newest is not None:
                 break
-        return {"state": "ok", "orders": counts.get("orders"), "collections": counts,
-                "newest_change": _iso(newest[0] if newest else None)}
+        return {"state": "ok", "orders": counts.get("orders"), "collections": counts, "newest_change": _iso(newest)}
     finally:
         client.close()
 

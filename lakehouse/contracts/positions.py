@@ -14,6 +14,16 @@ from pathlib import Path
 from typing import Any
 
 
+def partition_key(topic: str, partition: int) -> str:
+    """How a topic partition is named in positions and everywhere above the Kafka adapter."""
+    return f"{topic}:{partition}"
+
+
+def split_key(key: str) -> tuple[str, int]:
+    topic, _, partition = key.rpartition(":")
+    return topic, int(partition)
+
+
 def position(value: Any) -> tuple[int, str | None, int | None]:
     """(next offset, fingerprint of the record before it, read-from override)."""
     if isinstance(value, list):
