@@ -101,24 +101,29 @@ def main() -> None:
                                      state_dir=Path(tmp) / "state")
         silver = str(settings.table_path(tables.SILVER))
         size = -(-delivered.num_rows // args.batches)
-        loading = 0.0
+        loading, rates = 0.0, []
         for i in range(args.batches):
             write_deltalake(silver, delivered.slice(i * size, size), mode="append")
             started = time.perf_counter()
             result = load(settings)
-            loading += time.perf_counter() - started
+            took = time.perf_counter() - started
+            loading += took
+            rates.append(result.rows_read / took)
             print(f"  load {i + 1}/{args.batches}: {result.rows_read:,} rows, {result.new_changes:,} new changes, "
-                  f"{result.orders:,} orders; {delivered.num_rows * (i + 1) / args.batches / loading:,.0f} rows/s "
-                  "so far", flush=True)
+                  f"{result.orders:,} orders in {took:.2f} s = {rates[-1]:,.0f} rows/s", flush=True)
         con = connect(settings.warehouse_path, read_only=True)
         state = dict(con.execute("SELECT doc_id, status FROM orders").fetchall())
         facts = con.execute("SELECT count(*) FROM fact_order_changes").fetchall()[0][0]
+        history_current = con.execute("SELECT count(*) FROM orders_history WHERE is_current").fetchall()[0][0]
         con.close()
-    correct = state == {str(k): v for k, v in expected.items()}
+    correct = state == {str(k): v for k, v in expected.items()} and history_current == len(state)
     print(f"merged {delivered.num_rows:,} rows ({args.changes:,} changes + {len(duplicates):,} duplicates, "
           f"shuffled) in {loading:.1f} s of loading = {delivered.num_rows / loading:,.0f} rows/s, "
           f"{args.changes / loading:,.0f} distinct changes/s; {facts:,} facts, {len(state):,} current orders; "
           f"equal to in-order apply: {correct}")
+    print(f"per load: first {rates[0]:,.0f} rows/s, last {rates[-1]:,.0f} rows/s "
+          f"(last/first {rates[-1] / rates[0]:.2f}), "
+          f"median {sorted(rates)[len(rates) // 2]:,.0f} rows/s")
 
 
 if __name__ == "__main__":

@@ -2,9 +2,10 @@
 
 Each captured collection (collections.toml) has its own table of changes and current-state table.
 Each load reads only the Delta files added since the version each collection was loaded up to, and
-runs in one DuckDB transaction: a crash mid-load leaves the previous state. A collection's current
-state is re-derived for every touched document from all its changes by source order, so a late or
-repeated change never overwrites a newer one, and loading the same data twice changes nothing.
+runs in one DuckDB transaction: a crash mid-load leaves the previous state. A document's current row
+is rewritten only when its newest change in source order is among the new ones, so a late or repeated
+change never overwrites a newer one, a load costs what it brings (not what the warehouse holds), and
+loading the same data twice changes nothing.
 Replays (warehouse/replace.py) use the same apply with a range: the changes in it are deleted and
 loaded again from the lake. A collection new to the spec is loaded from the whole lake.
 """
@@ -51,7 +52,7 @@ _FROM_SILVER = {"document": "full_document"}
 # Silver columns every load needs (collection columns missing from an older lake are read as nulls).
 SILVER_COLUMNS_NEEDED = (*(_FROM_SILVER.get(c, c) for c, _ in tables.CHANGE_COLUMNS), "kafka_topic",
                          "kafka_partition", "kafka_offset", "schema_version", "document_key")
-UPGRADABLE_FROM = 3  # a v3 file is upgraded in place; older ones are rebuilt
+UPGRADABLE_FROM = ("3", "4")  # such a file is upgraded in place; older ones are rebuilt
 
 
 @dataclass(frozen=True)
@@ -185,11 +186,11 @@ def _check_or_create(con: duckdb.DuckDBPyConnection, path: Path, schema: Warehou
     if present:
         found = con.execute("SELECT value FROM warehouse_meta WHERE key = 'schema_version'").fetchall()
         version = found[0][0] if found else "?"
-        upgradable = version == str(UPGRADABLE_FROM) and schema is not None
+        upgradable = version in UPGRADABLE_FROM and schema is not None
         if version != str(SCHEMA_VERSION) and not upgradable:
             raise OtherSchemaVersion(
                 f"{path} holds warehouse schema v{version}; this code needs v{SCHEMA_VERSION}"
-                + (" (a writer such as `lakehouse load` upgrades it in place)" if version == str(UPGRADABLE_FROM)
+                + (" (a writer such as `lakehouse load` upgrades it in place)" if version in UPGRADABLE_FROM
                    else f". Rebuild it from the lake with `{REBUILD}` (the file is replaced only once the rebuild "
                         "is complete)")
             )
@@ -204,8 +205,10 @@ def _check_or_create(con: duckdb.DuckDBPyConnection, path: Path, schema: Warehou
     fingerprint = schema.fingerprint()
     con.execute("BEGIN TRANSACTION")
     try:
-        if version == str(UPGRADABLE_FROM):
+        if version == "3":
             _upgrade_from_v3(con, path, schema)
+        if version in UPGRADABLE_FROM:
+            _upgrade_from_v4(con, path, schema)
         for statement in schema.ddl():
             con.execute(statement)
         _add_new_columns(con, path, schema, _present(con))
@@ -235,10 +238,32 @@ def _upgrade_from_v3(con: duckdb.DuckDBPyConnection, path: Path, schema: Warehou
         con.execute("UPDATE load_state SET source = ? WHERE source = ?", [load_source(orders), SOURCE])
     con.execute("DELETE FROM load_state WHERE source = ?", [SOURCE])
     con.execute("DROP VIEW IF EXISTS orders_history")
-    con.execute("UPDATE warehouse_meta SET value = ? WHERE key = 'schema_version'", [str(SCHEMA_VERSION)])
-    log.warning("upgraded the warehouse %s from schema v3 to v%d in place: orders keep their tables; %s load from "
-                "the lake", path, SCHEMA_VERSION,
+    log.warning("upgrading the warehouse %s from schema v3 in place: orders keep their tables; %s load from "
+                "the lake", path,
                 ", ".join(s.name for s in schema.collections if s.name != "orders") or "no other collection")
+
+
+def _upgrade_from_v4(con: duckdb.DuckDBPyConnection, path: Path, schema: WarehouseSchema) -> None:
+    """v4's tables had PRIMARY KEYs (change_id, doc_id); v5's have none: their indexes doubled a load's
+    cost and grew the commit with the warehouse, and the apply keeps both unique itself. DuckDB cannot
+    drop a constraint, so each such table is copied into one made by v5's DDL."""
+    ddl = tables.warehouse_tables_of(schema.collections)
+    keyed = {name for (name,) in con.execute(
+        "SELECT DISTINCT table_name FROM duckdb_constraints() WHERE constraint_type = 'PRIMARY KEY'").fetchall()}
+    present = _present(con)
+    for spec in schema.collections:
+        for name in (spec.changes, spec.table):
+            if name not in keyed:
+                continue
+            kept = [c for c, _ in schema.tables[name] if c in present[name]]
+            con.execute(f"ALTER TABLE {ident(name)} RENAME TO {ident(name + '__v4')}")
+            con.execute(ddl[name])
+            columns = ", ".join(ident(c) for c in kept)
+            con.execute(f"INSERT INTO {ident(name)} ({columns}) SELECT {columns} FROM {ident(name + '__v4')}")
+            con.execute(f"DROP TABLE {ident(name + '__v4')}")
+    con.execute("UPDATE warehouse_meta SET value = ? WHERE key = 'schema_version'", [str(SCHEMA_VERSION)])
+    log.warning("upgraded the warehouse %s to schema v%d in place (tables without primary-key indexes)", path,
+                SCHEMA_VERSION)
 
 
 def _add_new_columns(con: duckdb.DuckDBPyConnection, path: Path, schema: WarehouseSchema,
@@ -401,62 +426,108 @@ def refresh_aggregates(con: duckdb.DuckDBPyConnection, aggregates: Path) -> None
 
 def apply_collection(con: duckdb.DuckDBPyConnection, spec: CollectionSpec, incoming: pa.Table,
                      replace: str | None = None) -> int:
-    """Insert a collection's new changes and re-derive its current state for the documents they touch
-    (the caller holds the transaction). `replace` (SQL over its changes, warehouse/replace.py) first
-    deletes the changes it matches, for replays. Returns changes inserted."""
-    changes, current = ident(spec.changes), ident(spec.table)
+    """Insert a collection's new changes and bring its current state up to date (the caller holds the
+    transaction). A load costs what it brings: only documents whose newest change (source order) is
+    among the new ones are rewritten. A complete snapshot (snapshot_end) or a replay's `replace` (SQL over
+    its changes, warehouse/replace.py, whose matches are deleted first) re-derives from all changes.
+    Returns changes inserted."""
+    changes = ident(spec.changes)
     change_cols = [c for c, _ in tables.changes_columns(spec)]
     select_incoming = ", ".join(
-        "now() AS loaded_at" if c == "loaded_at" else f"{_FROM_SILVER[c]} AS {c}" if c in _FROM_SILVER
-        else ident(c) for c in change_cols
+        "now() AS loaded_at" if c == "loaded_at" else f"i.{_FROM_SILVER[c]} AS {c}" if c in _FROM_SILVER
+        else f"i.{ident(c)}" for c in change_cols
     )
-    order_by = ", ".join(f"{c} DESC" for c in SOURCE_ORDER)
-    current_cols = [c for c, _ in tables.current_columns(spec)]
-    current_select = ", ".join(
-        {"last_change_id": "v.change_id AS last_change_id",
-         "updated_at": "v.event_time AS updated_at"}.get(c, f"v.{ident(c)}")
-        for c in current_cols
-    )
-    con.register("incoming_arrow", with_v2_identity(incoming))
+    rows = with_v2_identity(incoming)
+    con.register("incoming_arrow", rows.append_column("_row", pa.array(range(rows.num_rows), pa.int64())))
     try:
         everything = bool(con.execute(
             "SELECT count(*) FROM incoming_arrow WHERE op = 'snapshot_end'").fetchall()[0][0])
-        con.execute("CREATE OR REPLACE TEMP TABLE touched (doc_id VARCHAR)")
         if replace:
             everything |= bool(con.execute(
                 f"SELECT count(*) FROM {changes} WHERE op = 'snapshot_end' AND ({replace})").fetchall()[0][0])
-            con.execute(f"INSERT INTO touched SELECT DISTINCT doc_id FROM {changes} WHERE {replace}")
+            con.execute(f"CREATE OR REPLACE TEMP TABLE replaced AS SELECT DISTINCT doc_id FROM {changes} "
+                        f"WHERE {replace}")
             con.execute(f"DELETE FROM {changes} WHERE {replace}")
-        before = count(con, spec.changes)
+        # New: the first delivery (lowest Kafka offset) of each change_id the table does not hold yet.
+        # Picked on the narrow key columns, then copied whole (a window over the wide rows costs 5x).
         con.execute(
-            f"INSERT INTO {changes} ({', '.join(ident(c) for c in change_cols)}) "
-            f"SELECT {select_incoming} FROM incoming_arrow "
-            "QUALIFY row_number() OVER (PARTITION BY change_id ORDER BY kafka_offset) = 1 "
-            "ON CONFLICT DO NOTHING"
+            f"CREATE OR REPLACE TEMP TABLE fresh AS SELECT {select_incoming} FROM incoming_arrow i SEMI JOIN ("
+            "  SELECT arg_min(n._row, n.kafka_offset) AS _row FROM incoming_arrow n"
+            f"  ANTI JOIN {changes} c ON c.change_id = n.change_id GROUP BY n.change_id"
+            ") k ON k._row = i._row"
         )
-        new_changes = count(con, spec.changes) - before
-        # A complete snapshot (snapshot_end) is news for every document; other changes for their own.
-        if everything:
-            con.execute(f"INSERT INTO touched SELECT doc_id FROM {changes} UNION SELECT doc_id FROM {current}")
+        new_changes = count(con, "fresh")
+        con.execute(f"INSERT INTO {changes} ({', '.join(ident(c) for c in change_cols)}) "
+                    f"SELECT {', '.join(ident(c) for c in change_cols)} FROM fresh")
+        if everything or replace:
+            # A complete snapshot is news for every document; a replay for the documents of its range.
+            touched = (f"SELECT doc_id FROM {changes} UNION SELECT doc_id FROM {ident(spec.table)}" if everything
+                       else "SELECT doc_id FROM replaced UNION SELECT doc_id FROM fresh")
+            con.execute(f"CREATE OR REPLACE TEMP TABLE touched AS {touched}")
+            _rederive(con, spec)
+            con.execute("DROP TABLE touched")
+            con.execute("DROP TABLE IF EXISTS replaced")
         else:
-            con.execute("INSERT INTO touched SELECT DISTINCT doc_id FROM incoming_arrow")
-        con.execute("DELETE FROM touched WHERE doc_id = ?", [events.WHOLE_COLLECTION])
-        con.execute(f"DELETE FROM {current} WHERE doc_id IN (SELECT doc_id FROM touched)")
-        # An update whose document was deleted before lookup carries no state: it cannot be the
-        # current version, and the delete that follows it will arrive. A document whose latest change
-        # is older than the newest complete snapshot was deleted while history was unavailable.
-        con.execute(
-            f"INSERT INTO {current} ({', '.join(ident(c) for c in current_cols)}) SELECT {current_select} FROM ("
-            f"  SELECT * FROM {changes}"
-            "  WHERE doc_id IN (SELECT DISTINCT doc_id FROM touched) AND op <> 'snapshot_end'"
-            "    AND (op = 'delete' OR document IS NOT NULL)"
-            f"  QUALIFY row_number() OVER (PARTITION BY doc_id ORDER BY {order_by}) = 1"
-            f") v, {cutoff(spec.changes)} c WHERE v.op <> 'delete' "
-            "AND (v.cluster_time_s, v.cluster_time_inc) >= (c.cluster_time_s, c.cluster_time_inc)"
-        )
+            _apply_newest(con, spec)
+        con.execute("DROP TABLE fresh")
     finally:
         con.unregister("incoming_arrow")
     return new_changes
+
+
+def _is_version(alias: str) -> str:
+    """A change that can be a document's version: an update whose document was deleted before lookup
+    carries no state (the delete that follows it will arrive), a snapshot_end is no document's."""
+    a = f"{alias}."
+    return (f"{a}op <> 'snapshot_end' AND ({a}op = 'delete' OR {a}document IS NOT NULL) "
+            f"AND {a}doc_id <> '{events.WHOLE_COLLECTION}'")
+
+
+_ORDER = ", ".join(SOURCE_ORDER)
+_NEWEST_FIRST = ", ".join(f"{c} DESC" for c in SOURCE_ORDER)
+
+
+def _write_current(con: duckdb.DuckDBPyConnection, spec: CollectionSpec, rows: str, versions: str) -> None:
+    """Replace the current rows of the documents in `versions` (doc_id, change_id of each one's newest
+    change; `rows` holds those changes): a document whose newest change is a delete, or is older than
+    the newest complete snapshot (it was deleted while history was unavailable), has none."""
+    current = ident(spec.table)
+    current_cols = [c for c, _ in tables.current_columns(spec)]
+    select = ", ".join({"last_change_id": "v.change_id AS last_change_id",
+                        "updated_at": "v.event_time AS updated_at"}.get(c, f"v.{ident(c)}") for c in current_cols)
+    con.execute(f"DELETE FROM {current} WHERE doc_id IN (SELECT doc_id FROM {versions})")
+    con.execute(
+        f"INSERT INTO {current} ({', '.join(ident(c) for c in current_cols)}) SELECT {select} "
+        f"FROM {rows} v SEMI JOIN {versions} n ON n.change_id = v.change_id, {cutoff(spec.changes)} c "
+        "WHERE v.op <> 'delete' AND (v.cluster_time_s, v.cluster_time_inc) >= (c.cluster_time_s, c.cluster_time_inc)"
+    )
+
+
+def _apply_newest(con: duckdb.DuckDBPyConnection, spec: CollectionSpec) -> None:
+    """Each document's newest new change, unless the table already holds a newer change of it, becomes
+    its version: a late or repeated change never overwrites a newer one, and a deleted document stays
+    deleted when an older change of it arrives late."""
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE newest AS SELECT doc_id, change_id, {_ORDER} FROM fresh n "
+        f"WHERE {_is_version('n')} QUALIFY row_number() OVER (PARTITION BY doc_id ORDER BY {_NEWEST_FIRST}) = 1")
+    con.execute(
+        f"DELETE FROM newest n WHERE EXISTS (SELECT 1 FROM {ident(spec.changes)} c "
+        f"WHERE c.doc_id = n.doc_id AND {_is_version('c')} AND ({', '.join(f'c.{o}' for o in SOURCE_ORDER)}) > "
+        f"({', '.join(f'n.{o}' for o in SOURCE_ORDER)}))"
+    )
+    _write_current(con, spec, "fresh", "newest")
+    con.execute("DROP TABLE newest")
+
+
+def _rederive(con: duckdb.DuckDBPyConnection, spec: CollectionSpec) -> None:
+    """The current state of the documents in `touched`, from all their changes by source order."""
+    con.execute(f"DELETE FROM {ident(spec.table)} WHERE doc_id IN (SELECT doc_id FROM touched)")
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE newest AS SELECT doc_id, change_id FROM {ident(spec.changes)} c "
+        f"WHERE doc_id IN (SELECT doc_id FROM touched) AND {_is_version('c')} "
+        f"QUALIFY row_number() OVER (PARTITION BY doc_id ORDER BY {_NEWEST_FIRST}) = 1")
+    _write_current(con, spec, ident(spec.changes), "newest")
+    con.execute("DROP TABLE newest")
 
 
 def with_v2_identity(rows: pa.Table) -> pa.Table:

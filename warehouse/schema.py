@@ -17,7 +17,8 @@ from lakehouse.contracts.types import ident
 from lakehouse.core.collections import CollectionSpec
 from lakehouse.core.config import Settings
 
-SCHEMA_VERSION = 4  # v4: one pair of tables per collection (collections.toml); load_state per collection
+SCHEMA_VERSION = 5  # v5: no PRIMARY KEY indexes on the collections' tables (the apply keeps keys unique).
+# v4: one pair of tables per collection (collections.toml); load_state per collection. Upgraded in place.
 # v3: doc_id is the _id's type-exact identity (envelope v2); orders only. Upgraded in place (loader).
 
 _ORDER = ", ".join(SOURCE_ORDER)

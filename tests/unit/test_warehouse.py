@@ -253,8 +253,8 @@ def test_a_v3_warehouse_is_upgraded_in_place_and_the_other_collections_load_from
     con.execute("UPDATE load_state SET source = 'silver_changes'")
     con.execute("UPDATE warehouse_meta SET value = '3' WHERE key = 'schema_version'")
     con.close()
-    with pytest.raises(WarehouseError, match="schema v3; this code needs v4 .a writer such as `lakehouse load` "
-                                             "upgrades it in place"):
+    with pytest.raises(WarehouseError, match=f"schema v3; this code needs v{SCHEMA_VERSION} .a writer such as "
+                                             "`lakehouse load` upgrades it in place"):
         query(settings, "SELECT 1")
     everything = settings.replace(collections=("orders", "customers"))
     result = load(everything)
@@ -266,6 +266,26 @@ def test_a_v3_warehouse_is_upgraded_in_place_and_the_other_collections_load_from
     assert query(everything, "SELECT name, score FROM customers ORDER BY name") == [("Ada", 1), ("Bob", 2)]
     assert query(everything, "SELECT count(*) FROM customers_history WHERE is_current") == [(2,)]
     assert load(everything).new_changes == 0  # loaded once
+
+
+def test_a_v4_warehouse_loses_its_primary_keys_in_place_and_keeps_loading(tmp_path: Path) -> None:
+    settings = lake_settings(tmp_path)
+    append_silver(settings, [silver_row(0, 1, "insert", "created", "10.00"), silver_row(1, 2, "insert", "created"),
+                             silver_row(2, 1, "update", "paid", "12.00")])
+    load(settings)
+    con = duckdb.connect(str(settings.warehouse_path))  # what schema v4 looked like: primary keys
+    con.execute("ALTER TABLE fact_order_changes ADD PRIMARY KEY (change_id)")
+    con.execute("ALTER TABLE orders ADD PRIMARY KEY (doc_id)")
+    con.execute("UPDATE warehouse_meta SET value = '4' WHERE key = 'schema_version'")
+    con.close()
+    append_silver(settings, [silver_row(3, 2, "delete", None), silver_row(2, 1, "update", "paid", "12.00")])
+    result = load(settings)
+    assert (result.new_changes, result.orders) == (1, 1)
+    assert query(settings, "SELECT count(*) FROM duckdb_constraints() WHERE constraint_type = 'PRIMARY KEY' "
+                           "AND table_name IN ('orders', 'fact_order_changes')") == [(0,)]
+    assert query(settings, "SELECT value FROM warehouse_meta WHERE key = 'schema_version'") == [(str(SCHEMA_VERSION),)]
+    assert query(settings, "SELECT status, amount FROM orders") == [("paid", Decimal("12.00"))]
+    assert query(settings, "SELECT count(*), count(DISTINCT change_id) FROM fact_order_changes") == [(4, 4)]
 
 
 def test_a_collection_added_to_the_spec_later_loads_from_the_whole_lake(tmp_path: Path) -> None:

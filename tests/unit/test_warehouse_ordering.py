@@ -44,7 +44,9 @@ def load_in_batches(tmp: Path, batches: list[list[dict]]) -> dict[str, str]:
             load(settings)
     load(settings)  # a second load with nothing new changes nothing
     con = connect(settings.warehouse_path, read_only=True)
-    try:
+    try:  # no primary keys (schema v5): the apply itself keeps change_id and doc_id unique
+        for key, table in (("change_id", "fact_order_changes"), ("doc_id", "orders")):
+            assert con.execute(f"SELECT count(*) = count(DISTINCT {key}) FROM {table}").fetchall() == [(True,)]
         return dict(con.execute("SELECT doc_id, document FROM orders").fetchall())
     finally:
         con.close()
