@@ -21,6 +21,7 @@ from lakehouse.adapters.kafka import (
     Publisher,
     end_offsets,
     ensure_topics,
+    publisher,
 )
 from lakehouse.adapters.mongo import ChangeStream, HistoryLost, cluster_time, enable_pre_images, require_replica_set
 from lakehouse.adapters.mongo import connect as connect_mongo
@@ -111,7 +112,9 @@ class ChangeStreamListener:
         self.store = FileCheckpointStore(settings.producer_checkpoint)
         self.client = connect_mongo(settings, "lakehouse-producer")
         self.db = self.client[settings.mongo_db]
-        self.kafka = Publisher(settings)
+        self.kafka = publisher(settings)
+        # Each captured collection's key field, read from the spec once (not per event: a file stat each).
+        self._keys = {name: settings.collection(name).key for name in settings.collections}
         self.stats = ListenerStats()
         self._stopping = False
         self._position: SourcePosition | None = None
@@ -236,7 +239,8 @@ class ChangeStreamListener:
                                                  "acknowledged before")
 
     def _open_stream(self, resume_token: Mapping[str, Any] | None, start_at: Any = None) -> ChangeStream:
-        return ChangeStream(self.db, watch_pipeline(self.settings), resume_token, start_at)
+        return ChangeStream(self.db, watch_pipeline(self.settings), resume_token, start_at,
+                            prefetch=2 * self.batch_size)
 
     def _snapshot_then_stream(self, until_idle: bool) -> None:
         """Open the stream first, copy, then stream from the opening point: nothing is missed, and
@@ -271,7 +275,7 @@ class ChangeStreamListener:
                 batch: list[Outgoing] = []
                 for document in self.db[name].find().sort("_id", 1):
                     envelope = events.from_snapshot(self.settings.mongo_db, name, document, at,
-                                                     self.settings.collection(name).key)
+                                                     self._keys[name])
                     batch.extend(self._outgoing(topic, envelope, document))
                     if len(batch) >= self.batch_size:
                         self._publish(batch)
@@ -396,7 +400,7 @@ class ChangeStreamListener:
         assert self._position is not None
         try:
             envelope = events.from_change(change, self._position,
-                                          self.settings.collection(change["ns"]["coll"]).key)
+                                          self._keys[change["ns"]["coll"]])
         except Exception as exc:  # an unserialisable document must not stop the stream
             return [self._dead_letter(topic, change, f"cannot serialise change: {exc!r}")]
         return self._outgoing(topic, envelope, change)

@@ -1,9 +1,12 @@
-"""The one module that talks to Kafka (kafka-python), so the client can be swapped in one place.
+"""The one module that talks to Kafka, so the client can be swapped in one place.
 
-Partitions are named "topic:partition" above this module, records are `Record`s, and kafka-python's
-errors are translated: a send the broker refuses as too large is `refused`, one that may succeed
-later is `KafkaTransient`, one where the broker forgot this producer's sequence is `BrokerForgot`,
-and any other refusal is `KafkaRefused`.
+The producer's client is chosen by KAFKA_CLIENT: confluent-kafka (librdkafka: its batching and I/O run
+in native threads, off the GIL that the change stream's decoding and encoding need) or kafka-python;
+both partition keys as Java's default partitioner (murmur2), so a switch keeps every key's partition.
+Reading (admin, offsets, partitions) uses kafka-python. Partitions are named "topic:partition" above
+this module, records are `Record`s, and the clients' errors are translated: a send the broker
+refuses as too large is `refused`, one that may succeed later is `KafkaTransient`, one where the
+broker forgot this producer's sequence is `BrokerForgot`, and any other refusal is `KafkaRefused`.
 """
 
 from __future__ import annotations
@@ -234,7 +237,8 @@ def _as_ours(exc: BaseException) -> LakehouseError:
 
 
 class Publisher:
-    """An idempotent producer (acks=all) that sends a batch and waits for every acknowledgement."""
+    """An idempotent producer (acks=all) that sends a batch and waits for every acknowledgement
+    (kafka-python; `publisher()` gives the configured client's)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -285,6 +289,103 @@ class Publisher:
 
     def close(self, timeout: float = 10) -> None:
         self._producer.close(timeout=timeout)
+
+
+MAX_REQUEST_SIZE = 1_048_576  # kafka-python's default max_request_size; the confluent client is given the same
+
+
+class ConfluentPublisher(Publisher):
+    """The same contract on confluent-kafka (librdkafka)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._producer = self._new()
+
+    def _new(self) -> Any:
+        from confluent_kafka import Producer
+
+        require_broker(self.settings)
+        return Producer({
+            "bootstrap.servers": self.settings.kafka_bootstrap_servers,
+            "client.id": "lakehouse-producer",
+            "enable.idempotence": True,  # implies acks=all, bounded in-flight, retries
+            "acks": "all",
+            "linger.ms": 5,
+            "partitioner": "murmur2_random",  # Java's (and kafka-python's) partition for a key
+            "message.max.bytes": MAX_REQUEST_SIZE,
+            "retry.backoff.ms": 200,
+            "message.timeout.ms": 60_000,  # a record not acknowledged by then fails (and is sent again by us)
+            "logger": log,
+        })
+
+    @property
+    def max_request_size(self) -> int:
+        return MAX_REQUEST_SIZE
+
+    def send_all(self, batch: Sequence[Item], record: Callable[[Item], tuple[str, bytes, bytes]],
+                 flush_timeout: float = 60) -> Sent[Item]:
+        from confluent_kafka import KafkaException
+
+        results: list[Any] = [None] * len(batch)
+
+        def delivered(index: int) -> Callable[[Any, Any], None]:
+            return lambda err, msg: results.__setitem__(index, (err, msg))
+
+        for index, item in enumerate(batch):
+            topic, key, value = record(item)
+            while True:
+                try:
+                    self._producer.produce(topic, value=value, key=key, on_delivery=delivered(index))
+                    break
+                except BufferError:  # librdkafka's queue is full: let it deliver some
+                    self._producer.poll(0.05)
+                except KafkaException as exc:
+                    results[index] = (exc.args[0], None)
+                    break
+        self._producer.flush(max(flush_timeout, 65))  # message.timeout.ms ends every record by then
+        outcome: Sent[Item] = Sent()
+        for item, result in zip(batch, results, strict=True):
+            if result is None:
+                continue
+            err, msg = result
+            if err is None:
+                outcome.acked.append((item, Ack(msg.topic(), msg.partition(), msg.offset())))
+            elif _confluent_too_large(err):
+                outcome.refused.append((item, err.str()))
+            elif outcome.failure is None or outcome.failed_on is None:
+                outcome.failure, outcome.failed_on = _confluent_as_ours(err), item
+        if outcome.failure is None and len(outcome.acked) + len(outcome.refused) < len(batch):
+            outcome.failure = KafkaTransient("not every record was acknowledged")
+        return outcome
+
+    def renew(self) -> None:
+        self._producer.flush(5)
+        self._producer = self._new()
+
+    def close(self, timeout: float = 10) -> None:
+        self._producer.flush(timeout)
+
+
+def _confluent_too_large(err: Any) -> bool:
+    from confluent_kafka import KafkaError
+
+    return err.code() in (KafkaError.MSG_SIZE_TOO_LARGE, KafkaError._MSG_SIZE_TOO_LARGE)
+
+
+def _confluent_as_ours(err: Any) -> LakehouseError:
+    from confluent_kafka import KafkaError
+
+    if err.fatal() or err.code() in (KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER, KafkaError.UNKNOWN_PRODUCER_ID,
+                                     KafkaError.INVALID_PRODUCER_EPOCH):
+        return BrokerForgot(f"Kafka forgot this producer's sequence ({err.name()}: {err.str()})")
+    if err.retriable() or err.code() < 0:  # librdkafka's own (timeouts, transport): the broker is away
+        return KafkaTransient(f"{err.name()}: {err.str()}")
+    return KafkaRefused(f"{err.name()}: {err.str()}")
+
+
+def publisher(settings: Settings) -> Publisher:
+    """The producer of the configured client (KAFKA_CLIENT)."""
+    return ConfluentPublisher(settings) if settings.kafka_client == "confluent" else Publisher(settings)
 
 
 # -- reading partitions by offset (the streaming job's source; runs in Spark's Python workers) -------

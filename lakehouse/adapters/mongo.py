@@ -4,6 +4,8 @@ streams and cluster time, and the translation of pymongo's errors into the proje
 from __future__ import annotations
 
 import contextlib
+import queue
+import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -86,10 +88,15 @@ def enable_pre_images(db: Database, name: str) -> str | None:
 
 class ChangeStream:
     """A database's change stream whose errors are the project's: a token MongoDB's history no longer
-    reaches is `HistoryLost`, other server answers `MongoFailed`."""
+    reaches is `HistoryLost`, other server answers `MongoFailed`.
+
+    With `prefetch`, a thread reads ahead (up to that many events) while the caller encodes and
+    publishes what it has: MongoDB's next batch is fetched during the work on the last one. The caller
+    sees the same sequence, and `resume_token` is still the token of the last event it was given (or the
+    post-batch token of the idle stream it was told about), never one of an event read ahead."""
 
     def __init__(self, db: Database, pipeline: list[dict[str, Any]], resume_token: Mapping[str, Any] | None = None,
-                 start_at: Any = None, max_await_time_ms: int | None = None) -> None:
+                 start_at: Any = None, max_await_time_ms: int | None = None, prefetch: int = 0) -> None:
         options: dict[str, Any] = {"full_document": "updateLookup", "full_document_before_change": "whenAvailable"}
         if resume_token is not None:
             options["start_after"] = resume_token
@@ -99,23 +106,75 @@ class ChangeStream:
             options["max_await_time_ms"] = max_await_time_ms
         with translated():
             self._stream = db.watch(pipeline, **options)
+        self._token = self._stream.resume_token
+        self._closed = threading.Event()
+        self._ahead: queue.Queue[tuple[Any, Any]] | None = None
+        self._reader: threading.Thread | None = None
+        if prefetch > 0:
+            self._ahead = queue.Queue(maxsize=prefetch)
+            self._reader = threading.Thread(target=self._read_ahead, name="change-stream-prefetch", daemon=True)
+            self._reader.start()
+
+    def _read_ahead(self) -> None:
+        """Owns the pymongo stream: every event (or None when idle) with the token after it, in order;
+        an error is handed over in its place and ends the reading."""
+        assert self._ahead is not None
+        try:
+            while not self._closed.is_set():
+                try:
+                    with translated():
+                        change = self._stream.try_next()
+                    item: tuple[Any, Any] = (change, self._stream.resume_token)
+                except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+                    item = (_FAILED, exc)
+                while not self._closed.is_set():
+                    try:
+                        self._ahead.put(item, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if item[0] is _FAILED or (item[0] is not None and item[0].get("operationType") == "invalidate"):
+                    return  # nothing follows an error or an invalidate on this stream
+        finally:
+            self._stream.close()
 
     def try_next(self) -> Mapping[str, Any] | None:
-        with translated():
-            return self._stream.try_next()
+        if self._ahead is None:
+            with translated():
+                change = self._stream.try_next()
+            self._token = self._stream.resume_token
+            return change
+        while True:
+            try:
+                change, token = self._ahead.get(timeout=0.2)
+                break
+            except queue.Empty:
+                if self._reader is not None and not self._reader.is_alive() and self._ahead.empty():
+                    raise MongoFailed("the change stream's reader stopped") from None
+        if change is _FAILED:
+            raise token
+        self._token = token
+        return change
 
     @property
     def resume_token(self) -> Mapping[str, Any] | None:
-        return self._stream.resume_token
+        return self._token
 
     def close(self) -> None:
-        self._stream.close()
+        self._closed.set()
+        if self._reader is None:
+            self._stream.close()
+            return
+        self._reader.join(timeout=10)  # it finishes its getMore (at most the server's await time), then closes
 
     def __enter__(self) -> ChangeStream:
         return self
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+_FAILED = object()  # in place of an event: the reader's error follows
 
 
 @contextlib.contextmanager

@@ -26,7 +26,7 @@ from typing import Any
 import pyarrow as pa
 from bson import json_util
 
-from lakehouse.adapters.kafka import KafkaTransient, Publisher, end_offsets, read_values
+from lakehouse.adapters.kafka import KafkaTransient, end_offsets, publisher, read_values
 from lakehouse.adapters.mongo import cluster_time
 from lakehouse.adapters.mongo import connect as connect_mongo
 from lakehouse.contracts import events
@@ -216,12 +216,12 @@ def repair(settings: Settings, result: Reconciliation, say: Callable[[str], None
     if result.ok:
         return 0
     client = connect_mongo(settings, "lakehouse-repair")
-    publisher = Publisher(settings)
+    sender = publisher(settings)
     topic = settings.topic_for(result.collection)
     at = result.cluster_time
 
     def publish(repairs: list[dict[str, Any]]) -> None:
-        sent = publisher.send_all(repairs, lambda e: (topic, events.kafka_key(e), events.encode(e)),
+        sent = sender.send_all(repairs, lambda e: (topic, events.kafka_key(e), events.encode(e)),
                                   flush_timeout=120)
         if sent.failure is not None or sent.refused:
             raise sent.failure or KafkaTransient(f"Kafka refused {len(sent.refused)} repair events: "
@@ -240,7 +240,7 @@ def repair(settings: Settings, result: Reconciliation, say: Callable[[str], None
             publish([events.repair_tombstone(settings.mongo_db, result.collection, doc_id, document_key, order_id, at)
                      for doc_id, document_key, order_id in tombstones[start:start + CHUNK]])
     finally:
-        publisher.close()
+        sender.close()
         client.close()
     say(f"repair: published {result.repaired} repair events to {topic} ({len(result.missing)} missing, "
         f"{len(result.mismatched)} mismatched from MongoDB as of cluster time {at[0]}.{at[1]}, {len(result.extra)} "

@@ -39,10 +39,12 @@ ENV_NAMES = {
     "watermark_delay": "WATERMARK_DELAY",
     "event_time_source": "EVENT_TIME",
     "kafka_fail_on_data_loss": "KAFKA_FAIL_ON_DATA_LOSS",
+    "kafka_client": "KAFKA_CLIENT",
 }
 _PATHS = {"lake_path", "warehouse_path", "state_dir", "stack_dir", "collections_spec"}
 _INTS = {"kafka_partitions", "kafka_replication_factor", "max_rows_per_batch"}
 _BOOLS = {"kafka_fail_on_data_loss"}
+KAFKA_CLIENTS = ("confluent", "kafka-python")
 _MONGO_DB_NAME = re.compile(r"[^/\\. \"$*<>:|?]{1,63}")
 _COLLECTION_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,119}")
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
@@ -103,6 +105,10 @@ class Settings:
     # When Kafka no longer holds records the streaming job read (or planned to), stop the job (true, as
     # Spark's failOnDataLoss) or record the loss and go on, leaving the repair to reconcile (false).
     kafka_fail_on_data_loss: bool = False
+    # The producer's Kafka client: "kafka-python" (pure Python) or "confluent" (librdkafka, its I/O off the
+    # GIL). Both are tested against the broker; with the change stream read ahead they capture at the same
+    # rate here (bench/producer_bench.py, README), so the default is the one the fault runs have proven.
+    kafka_client: str = "kafka-python"
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -120,9 +126,15 @@ class Settings:
         if not self.collections:
             object.__setattr__(self, "collections", tuple(self.spec.collections))  # may raise SpecError
         problems = [p for p in (self._uri_problem(), *self._name_problems(), *self._number_problems(),
-                                *self._path_problems()) if p]
+                                *self._path_problems(), self._client_problem()) if p]
         if problems:
             raise ConfigError("; ".join(problems))
+
+    def _client_problem(self) -> str | None:
+        if self.kafka_client in KAFKA_CLIENTS:
+            return None
+        return f"KAFKA_CLIENT={self.kafka_client!r} is not a Kafka client this pipeline has; give one of " + \
+            ", ".join(KAFKA_CLIENTS)
 
     def _uri_problem(self) -> str | None:
         from pymongo.errors import ConfigurationError

@@ -14,7 +14,7 @@ import pytest
 from infra import servers
 from lakehouse.adapters.mongo import connect as connect_mongo
 from lakehouse.contracts import events
-from lakehouse.core.config import Settings
+from lakehouse.core.config import KAFKA_CLIENTS, Settings
 from producer.checkpoint import FileCheckpointStore
 from producer.generator import OrderGenerator
 from producer.listener import ChangeStreamListener
@@ -30,7 +30,9 @@ def published(settings: Settings) -> int:
 CHANGES = 10_000
 
 
-def test_kill_9_five_times_during_10k_changes_loses_nothing(settings: Settings, tmp_path: Path) -> None:
+@pytest.mark.parametrize("client", KAFKA_CLIENTS)
+def test_kill_9_five_times_during_10k_changes_loses_nothing(settings: Settings, tmp_path: Path, client: str) -> None:
+    settings = settings.replace(kafka_client=client)
     db = connect_mongo(settings)[settings.mongo_db]
     start_at = db.command("ping")["operationTime"]
     log = tmp_path / "producer.log"

@@ -32,6 +32,8 @@ def env(tmp_path: Path) -> dict[str, str]:
     ({"MONGO_URI": "mongodb://admin:S3cretPW@[::1"}, ["status"], "admin:***@"),
     ({"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:notaport"}, ["status"], "is not host:port"),
     ({"KAFKA_FAIL_ON_DATA_LOSS": "maybe"}, ["status"], "KAFKA_FAIL_ON_DATA_LOSS='maybe' is not true or false"),
+    ({"KAFKA_CLIENT": "librdkafka"}, ["status"],
+     "KAFKA_CLIENT='librdkafka' is not a Kafka client this pipeline has; give one of confluent, kafka-python"),
     ({}, ["generate", "--events", "-5"], "'--events': -5 is not in the range"),
     ({}, ["generate", "--events", "0"], "'--events': 0 is not in the range"),
     ({}, ["generate", "--rate", "0"], "'--rate'"),
