@@ -13,6 +13,7 @@ loaded again from the lake. A collection new to the spec is loaded from the whol
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -32,6 +33,7 @@ from lakehouse.contracts.types import ident
 from lakehouse.core.collections import CollectionSpec
 from lakehouse.core.config import Settings
 from lakehouse.core.errors import LakehouseError, Permanent, Transient
+from lakehouse.core.files import write_text_atomically
 from lakehouse.core.progress import Progress
 from warehouse.schema import (
     AGGREGATES_EMPTY,
@@ -365,10 +367,12 @@ def load(settings: Settings) -> LoadResult:
                 behind.setdefault(loaded[spec.name], []).append(spec)
         if not behind:
             return LoadResult(version, 0, 0, current_counts(con, schema))
-        started, rows_read, new_changes = time.monotonic(), 0, 0
+        started, rows_read, new_changes, began_us = time.monotonic(), 0, 0, 0
 
         def apply_all() -> None:
-            nonlocal rows_read, new_changes
+            nonlocal rows_read, new_changes, began_us
+            # now() in a transaction is its start, the loaded_at of every change it inserts.
+            began_us = int(con.execute("SELECT epoch_us(now())").fetchall()[0][0])
             for since, specs in behind.items():
                 incoming = read_silver(silver, tuple(specs), _new_files(silver, since),
                                        what=f"load: read silver v{version}")
@@ -386,11 +390,42 @@ def load(settings: Settings) -> LoadResult:
             refresh_aggregates(con, settings.table_path(tables.AGGREGATES))
 
         in_transaction(con, apply_all, "loading silver")
+        _record_load(settings.load_metrics, {"silver_version": version, "rows_read": rows_read,
+                                             "new_changes": new_changes, "began_us": began_us,
+                                             "committed_us": time.time_ns() // 1000,
+                                             "seconds": round(time.monotonic() - started, 3)})
         log.info("loaded silver v%s: %d rows read, %d new changes, applied in %.1fs", version, rows_read,
                  new_changes, time.monotonic() - started)
         return LoadResult(version, rows_read, new_changes, current_counts(con, schema))
     finally:
         con.close()
+
+
+LOAD_METRICS_KEPT = 10_000  # lines of the load log kept (the newest); older ones are dropped when it doubles
+
+
+def _record_load(path: Path, record: dict[str, object]) -> None:
+    """One line per load (for freshness and status); the file is cut back to its newest lines when it
+    has grown to twice what is kept, so a long-running loader does not fill the disk."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if path.stat().st_size > LOAD_METRICS_KEPT * 2 * 200:
+            lines = path.read_text().splitlines()
+            if len(lines) > 2 * LOAD_METRICS_KEPT:
+                write_text_atomically(path, "\n".join(lines[-LOAD_METRICS_KEPT:]) + "\n")
+    except OSError as exc:  # the load itself is committed: a metrics line is not worth failing it
+        log.warning("could not record the load in %s: %s", path, exc)
+
+
+def silver_version(settings: Settings) -> int | None:
+    """The lake's silver version now (None: no lake or table yet), without opening the warehouse: a
+    loader that polls often opens DuckDB only when there is something new."""
+    if not settings.lake_path.exists():
+        return None
+    table = LakeTable.open(settings.table_path(SOURCE))
+    return None if table is None else table.version()
 
 
 def load_if_possible(settings: Settings) -> LoadResult | None:

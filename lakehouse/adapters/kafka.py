@@ -463,7 +463,8 @@ class OffsetReader:
             return {}
         if self._probe is None:
             self._probe = KafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                                        max_partition_fetch_bytes=65536, fetch_max_wait_ms=50)
+                                        max_partition_fetch_bytes=65536, fetch_max_wait_ms=50,
+                                        retry_backoff_ms=10)  # its idle sleeps, 100 ms each by default
         probe = self._probe
         tps = {k: TopicPartition(*split_key(k)) for k in wanted}
         probe.assign(list(tps.values()))

@@ -128,7 +128,8 @@ def stream(settings: Settings, available_now: bool) -> None:
 
 @cli.command("load")
 @click.option("--every", type=float, default=None,
-              help="Keep loading every this many seconds until Ctrl-C/SIGTERM (a loader service).")
+              help="Keep loading until Ctrl-C/SIGTERM (a loader service): look for a new silver version every "
+                   "this many seconds (cheap: the warehouse is opened only when there is one).")
 @click.option("--reconcile-every", type=float, default=None,
               help="With --every: reconcile with MongoDB every this many seconds.")
 @click.option("--repair/--report-only", default=True, show_default=True,
@@ -144,13 +145,21 @@ def load_command(settings: Settings, every: float | None, reconcile_every: float
 
     from lakehouse.app.reconcile import round_of
     from lakehouse.core.stopping import Interrupted, StopSignals
-    from warehouse.loader import LakeMissing, WarehouseError, WarehouseLocked, load, load_if_possible
+    from warehouse.loader import (
+        LakeMissing,
+        WarehouseError,
+        WarehouseLocked,
+        load,
+        load_if_possible,
+        silver_version,
+    )
 
-    ready = False
+    ready, loaded_version = False, None
 
     def once() -> None:
-        nonlocal ready
+        nonlocal ready, loaded_version
         result = load(settings)
+        loaded_version = result.delta_version
         if every is None or result.rows_read:
             current = ", ".join(f"{n} {c}" for n, c in result.current.items())
             click.echo(f"loaded delta version {result.delta_version}: {result.rows_read} rows read, "
@@ -170,7 +179,10 @@ def load_command(settings: Settings, every: float | None, reconcile_every: float
             try:
                 while True:
                     try:
-                        once()
+                        # DuckDB is opened only when silver has a new version: polling often is cheap,
+                        # and a change is loaded within `every` of the streaming job's commit.
+                        if not ready or silver_version(settings) != loaded_version:
+                            once()
                         if reconcile_every is not None and time.monotonic() - reconciled_at >= reconcile_every:
                             round_of(settings, repair, settle, lambda: load_if_possible(settings), signals.wait,
                                      say=click.echo)

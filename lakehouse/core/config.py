@@ -255,6 +255,11 @@ class Settings:
         return self.state_dir / "spark" / "batches.jsonl"
 
     @property
+    def load_metrics(self) -> Path:
+        """The loader's per-load JSON lines: when each load's transaction began and committed (freshness)."""
+        return self.state_dir / "warehouse" / "loads.jsonl"
+
+    @property
     def data_loss_log(self) -> Path:
         """Losses of Kafka data the streaming source found (JSON lines; status and metrics read it)."""
         return self.state_dir / "spark" / "data_loss.jsonl"

@@ -12,11 +12,16 @@ from typing import Any
 def write_json_atomically(path: Path, body: Any) -> None:
     """Write to a temporary file, fsync it, rename it over `path`, fsync the folder: after a crash
     the file holds either the old or the new content, never a part."""
+    write_text_atomically(path, json.dumps(body))
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """As write_json_atomically, for text."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as handle:
-            json.dump(body, handle)
+            handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

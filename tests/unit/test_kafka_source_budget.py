@@ -59,3 +59,4 @@ def test_positions_read_old_and_new_checkpoints() -> None:
 
     assert position(12) == (12, None, None) and next_offset([30, "29:1:2"]) == 30
     assert position([30, "29:1:2", 7]) == (30, "29:1:2", 7)
+

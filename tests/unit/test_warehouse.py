@@ -335,3 +335,18 @@ def test_a_column_added_to_the_spec_is_added_to_the_tables_on_the_next_load(tmp_
     load(edited)
     assert query(edited, "SELECT note FROM orders") == [(None,)]
     assert query(edited, "SELECT count(*) FROM orders_history WHERE note IS NULL") == [(1,)]
+
+
+def test_each_load_records_when_its_transaction_began_and_committed(tmp_path: Path) -> None:
+    from warehouse.loader import silver_version
+
+    settings = lake_settings(tmp_path)
+    assert silver_version(settings) is None  # no lake yet: nothing to load, and no warehouse opened
+    append_silver(settings, [silver_row(0, 1, "insert", "created", "10.00")])
+    load(settings)
+    assert silver_version(settings) == 0
+    (record,) = [json.loads(line) for line in settings.load_metrics.read_text().splitlines()]
+    assert (record["silver_version"], record["rows_read"], record["new_changes"]) == (0, 1, 1)
+    assert record["committed_us"] >= record["began_us"]
+    # loaded_at of the changes it inserted is the start of its transaction: a change's load is found
+    assert query(settings, "SELECT epoch_us(loaded_at) FROM fact_order_changes") == [(record["began_us"],)]

@@ -1,0 +1,148 @@
+"""End-to-end freshness: from a change's MongoDB commit to its row in the DuckDB warehouse.
+
+The real chain, each stage its own process as run-all starts them: the producer (`lakehouse produce`),
+the streaming job (`lakehouse stream`) and the loader service (`lakehouse load --every POLL`), against
+the servers of `make servers`, with this run's own database, topics, lake and warehouse. After a
+warm-up change has gone all the way through, orders change at --rate per second for --seconds; once
+the warehouse holds every one of them, each change's times are read back:
+
+  MongoDB commit   the change's wallTime (wall_time_ms)
+  in Kafka         the record's timestamp (silver kafka_timestamp)            -> capture
+  in silver        the batch's time (silver ingested_at)                      -> Kafka -> silver
+  in DuckDB        the commit of the load that inserted it (loaded_at is its
+                   transaction's start; the loader's load log has the commit) -> silver -> DuckDB
+
+    make servers && .venv/bin/python bench/freshness_bench.py --rate 500 --seconds 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import duckdb
+from deltalake import DeltaTable
+
+from lakehouse.adapters.mongo import connect as connect_mongo
+from lakehouse.app.run_all import spawn, stop_all
+from lakehouse.contracts import tables
+from lakehouse.core.config import Settings
+from lakehouse.core.logs import configure
+from producer.generator import OrderGenerator
+
+
+def pct(values: list[float], q: int) -> float:
+    return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else values[0]
+
+
+def warehouse_changes(settings: Settings, since_ms: int | None) -> list[tuple[str, int, int]]:
+    """(change_id, wall_time_ms, loaded_at in µs) of the orders' changes since `since_ms` (None: all, a
+    snapshot's too, which have no wall time); [] while the loader holds the file or there is none yet (a
+    brief read-only look, as readers must)."""
+    try:
+        con = duckdb.connect(str(settings.warehouse_path), read_only=True)
+    except duckdb.Error:
+        return []
+    try:
+        return [tuple(r) for r in con.execute(  # type: ignore[misc]
+            "SELECT change_id, wall_time_ms, epoch_us(loaded_at) FROM fact_order_changes "
+            "WHERE (? IS NULL OR wall_time_ms >= ?) AND op <> 'snapshot_end'", [since_ms, since_ms]).fetchall()]
+    except duckdb.Error:
+        return []
+    finally:
+        con.close()
+
+
+def wait_for(what: str, condition, timeout: float, children) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while not condition():
+        for child in children:
+            child.check()
+        if time.monotonic() > deadline:
+            raise SystemExit(f"gave up waiting for {what} after {timeout:.0f}s; see the logs in the state folder")
+        time.sleep(0.5)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=float, default=500.0, help="changes per second made in MongoDB")
+    parser.add_argument("--seconds", type=float, default=60.0, help="how long changes are made")
+    parser.add_argument("--trigger", type=float, default=None, help="the streaming job's trigger (TRIGGER_SECONDS)")
+    parser.add_argument("--poll", type=float, default=0.2, help="the loader's look for a new silver version (s)")
+    parser.add_argument("--keep", type=Path, default=None, help="keep the run's state (logs) in this folder")
+    args = parser.parse_args()
+    configure("WARNING")
+    name = f"fresh{int(time.time())}"
+    with tempfile.TemporaryDirectory() as scratch:
+        root = args.keep or Path(scratch)
+        overrides: dict[str, object] = {"mongo_db": name, "topic_prefix": name, "collections": ("orders",),
+                                        "lake_path": root / "lake", "warehouse_path": root / "warehouse.duckdb",
+                                        "state_dir": root / "state"}
+        if args.trigger is not None:
+            overrides["trigger_seconds"] = args.trigger
+        settings = Settings.from_env(**overrides)
+        client = connect_mongo(settings, "freshness-bench")
+        orders = client[name]["orders"]
+        children = []
+        try:
+            children.append(spawn(settings, "producer", "produce", "--snapshot", "when_needed"))
+            children.append(spawn(settings, "streaming", "stream"))
+            children.append(spawn(settings, "loader", "load", "--every", str(args.poll)))
+            orders.insert_one({"order_id": "warm-up", "status": "created", "amount": "1.00"})
+            print("waiting for a warm-up change to reach the warehouse (Spark starts in 10-60 s) ...", flush=True)
+            wait_for("the warm-up change", lambda: warehouse_changes(settings, None), 600, children)
+
+            generator = OrderGenerator(orders, seed=3)
+            total = int(args.rate * args.seconds)
+            started_ms = int(time.time() * 1000)
+            print(f"making {total:,} changes at {args.rate:g}/s for {args.seconds:g} s ...", flush=True)
+            t0 = time.monotonic()
+            stats = generator.run(total, rate=args.rate)
+            made_in = time.monotonic() - t0
+            print(f"made {stats.total:,} changes in {made_in:.1f} s ({stats.total / made_in:,.0f}/s); waiting for the "
+                  "warehouse to hold them all ...", flush=True)
+            wait_for("every change in the warehouse", lambda: len(warehouse_changes(settings, started_ms)) >= total,
+                     300, children)
+        finally:
+            stop_all(children)
+            client.drop_database(name)
+            client.close()
+
+        loaded = {c: (wall, at) for c, wall, at in warehouse_changes(settings, started_ms)}
+        loads = [json.loads(line) for line in settings.load_metrics.read_text().splitlines() if line.strip()]
+        committed = {load["began_us"]: load["committed_us"] for load in loads}
+        silver = DeltaTable(str(settings.table_path(tables.SILVER))).to_pyarrow_table(
+            columns=["change_id", "kafka_timestamp", "ingested_at"]).to_pylist()
+        seen = {r["change_id"]: (r["kafka_timestamp"].timestamp(), r["ingested_at"].timestamp()) for r in silver}
+        batches = [json.loads(line) for line in settings.batch_metrics.read_text().splitlines() if line.strip()]
+    rows = []
+    for change_id, (wall_ms, loaded_us) in loaded.items():
+        if change_id not in seen or loaded_us not in committed:
+            continue
+        commit, kafka, ingested = wall_ms / 1000, *seen[change_id]
+        rows.append((committed[loaded_us] / 1e6 - commit, kafka - commit, ingested - kafka,
+                     committed[loaded_us] / 1e6 - ingested))
+    if not rows:
+        raise SystemExit("no change could be followed through every stage")
+    e2e = [r[0] for r in rows]
+    print(f"freshness, MongoDB commit -> row in DuckDB, {len(rows):,} changes at {args.rate:g}/s "
+          f"(trigger {settings.trigger_seconds:g} s, loader poll {args.poll:g} s): p50 {pct(e2e, 50):.2f} s, "
+          f"p95 {pct(e2e, 95):.2f} s, max {max(e2e):.2f} s")
+    for index, stage in enumerate(("capture (MongoDB -> Kafka)", "Kafka -> silver", "silver -> DuckDB"), start=1):
+        values = [r[index] for r in rows]
+        share = sum(values) / sum(e2e)
+        print(f"  {stage:<27} p50 {pct(values, 50):5.2f} s  p95 {pct(values, 95):5.2f} s  "
+              f"{share:4.0%} of the mean")
+    busy = [b["duration_ms"] / 1000 for b in batches if b.get("input_rows")]
+    steady = [load["seconds"] for load in loads if load["rows_read"]]
+    if busy:
+        print(f"  streaming batches: {len(busy)}, p50 {pct(busy, 50):.2f} s each; loads: {len(steady)}, "
+              f"p50 {pct(steady, 50):.2f} s each")
+
+
+if __name__ == "__main__":
+    main()
