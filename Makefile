@@ -34,7 +34,7 @@ test: setup
 	@$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: setup
-	@$(PY) -m pytest -m unit $(PYTEST_ARGS)
+	@$(PY) -m pytest -m unit tests/unit $(PYTEST_ARGS)
 
 # Several minutes of kills and server restarts against the whole pipeline, then reconcile 0/0/0
 # (own servers on free ports; not part of `make test`). CHAOS_ARGS="--minutes 8 --seed 7".

@@ -39,8 +39,10 @@ class MongoFailed(LakehouseError):
 
 def connect(settings: Settings, app: str = "lakehouse", timeout_ms: int | None = None) -> MongoClient:
     """`timeout_ms` bounds server selection (pymongo waits 30 s, to ride out an election) for
-    commands that should rather report MongoDB as down, like `status`."""
-    options = {} if timeout_ms is None else {"serverSelectionTimeoutMS": timeout_ms}
+    commands that should rather report MongoDB as down, like `status`; a serverSelectionTimeoutMS
+    the URI sets itself wins."""
+    in_uri = "serverselectiontimeoutms=" in settings.mongo_uri.partition("?")[2].lower()
+    options = {} if timeout_ms is None or in_uri else {"serverSelectionTimeoutMS": timeout_ms}
     # tz_aware: dates are UTC instants. DATETIME_AUTO: a date outside Python's range (legal in BSON)
     # decodes as DatetimeMS instead of failing the whole change-stream batch.
     return MongoClient(settings.mongo_uri, tz_aware=True, datetime_conversion="DATETIME_AUTO", appname=app,

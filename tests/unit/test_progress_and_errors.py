@@ -158,3 +158,17 @@ def test_an_unexpected_traceback_is_printed_with_passwords_masked(capsys: pytest
         _redacting_excepthook(type(exc), exc, exc.__traceback__)
     err = capsys.readouterr().err
     assert "Traceback" in err and "admin:***@h/" in err and "S3cretPW" not in err
+
+
+@pytest.mark.parametrize(("query", "expected"), [("", 5.0), ("&serverSelectionTimeoutMS=300", 0.3),
+                                                 ("&SERVERSELECTIONTIMEOUTMS=700", 0.7)])
+def test_a_server_selection_timeout_in_the_uri_wins_over_the_commands_default(query: str, expected: float) -> None:
+    from lakehouse.adapters.mongo import connect
+    from lakehouse.core.config import Settings
+
+    settings = Settings(mongo_uri=f"mongodb://127.0.0.1:{_closed_port()}/?directConnection=true{query}")
+    client = connect(settings, "test", timeout_ms=5000)
+    try:
+        assert client.options.server_selection_timeout == expected
+    finally:
+        client.close()
