@@ -27,6 +27,7 @@ from pathlib import Path
 import duckdb
 from deltalake import DeltaTable
 
+from lakehouse.adapters.kafka import delete_topics
 from lakehouse.adapters.mongo import connect as connect_mongo
 from lakehouse.app.run_all import spawn, stop_all
 from lakehouse.contracts import tables
@@ -110,6 +111,7 @@ def main() -> None:
         finally:
             stop_all(children)
             client.drop_database(name)
+            delete_topics(settings, [*settings.topics, settings.dead_letter_topic])
             client.close()
 
         loaded = {c: (wall, at) for c, wall, at in warehouse_changes(settings, started_ms)}

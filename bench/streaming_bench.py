@@ -21,7 +21,7 @@ from pathlib import Path
 
 from deltalake import DeltaTable
 
-from lakehouse.adapters.kafka import ensure_topics, idempotent_producer
+from lakehouse.adapters.kafka import delete_topics, ensure_topics, idempotent_producer
 from lakehouse.contracts import events, tables
 from lakehouse.core.config import Settings
 from lakehouse.core.logs import configure
@@ -105,6 +105,7 @@ def main() -> None:
             time.sleep(1)
         query.stop()
         spark.stop()
+        delete_topics(settings, [*settings.topics, settings.dead_letter_topic])
         rows = [r for r in table.to_pylist() if int(r["change_id"].split("-")[1]) >= args.rows]  # latency phase
         latencies = [(r["ingested_at"] - r["kafka_timestamp"]).total_seconds() for r in rows]
         batches = [json.loads(line) for line in metrics.read_text().splitlines()[before:]]

@@ -56,17 +56,48 @@ _counter = iter(range(10_000))
 
 
 @pytest.fixture
-def settings(stack: Settings, tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
-    """The session's servers with this test's own database, topics and folders."""
+def settings(stack: Settings, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Settings]:
+    """The session's servers with this test's own database, topics and folders; the topics and the
+    database are removed after the test (the embedded broker re-writes all it holds to disk, so what
+    earlier tests left made later ones several times slower)."""
     name = re.sub(r"\W+", "_", request.node.name)[:30].strip("_")
     n = next(_counter)
-    return stack.replace(
+    yield stack.replace(
         mongo_db=f"t{n}_{name}",
         topic_prefix=f"t{n}",
         lake_path=tmp_path / "lake",
         warehouse_path=tmp_path / "warehouse.duckdb",
         state_dir=tmp_path / "state",
     )
+    _remove_test_data(stack, f"t{n}.", f"t{n}_{name}")
+
+
+def _remove_test_data(stack: Settings, topic_prefix: str, database: str) -> None:
+    """Best effort: a test that left a server stopped or slow must not fail in its clean-up."""
+    from kafka.admin import KafkaAdminClient
+    from pymongo import MongoClient
+
+    from lakehouse.adapters.kafka import require_broker
+
+    try:
+        require_broker(stack, timeout=2)
+        admin = KafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap_servers, request_timeout_ms=10_000)
+        try:
+            mine = [t for t in admin.list_topics() if t.startswith(topic_prefix)]
+            if mine:
+                admin.delete_topics(mine)
+        finally:
+            admin.close()
+    except Exception as exc:  # noqa: BLE001
+        print(f"clean-up: topics {topic_prefix}* not deleted: {exc}")
+    try:
+        client: MongoClient = MongoClient(stack.mongo_uri, serverSelectionTimeoutMS=2000)
+        try:
+            client.drop_database(database)
+        finally:
+            client.close()
+    except Exception as exc:  # noqa: BLE001
+        print(f"clean-up: database {database} not dropped: {exc}")
 
 
 def wait_for(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.5) -> object:

@@ -125,6 +125,18 @@ def ensure_topics(settings: Settings, topics: Iterable[str]) -> None:
         admin.close()
 
 
+def delete_topics(settings: Settings, topics: Iterable[str]) -> None:
+    """Delete topics that exist (a bench's own, at its end): a broker's work grows with what it holds,
+    and the embedded one re-writes all it holds to disk, so leftovers slow every later run."""
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, client_id="lakehouse-admin")
+    try:
+        doomed = sorted(set(topics) & set(admin.list_topics()))
+        if doomed:
+            admin.delete_topics(doomed)
+    finally:
+        admin.close()
+
+
 def idempotent_producer(settings: Settings, **overrides: object) -> KafkaProducer:
     """acks=all + idempotence + bounded in-flight keeps per-partition order across retries."""
     options: dict[str, object] = {
