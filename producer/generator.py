@@ -1,7 +1,11 @@
 """Synthetic order traffic: inserts, status updates, replaces and deletes at a chosen rate.
 
 Amounts come in the messy shapes real systems send ("$1,234.50", "1.234,50 EUR", 12.5, "") so the
-streaming stage has something real to parse. Seeded, so a run can be repeated.
+streaming stage has something real to parse. With customers and products captured too, every order
+references a customer and products that exist (made first when new). `violations` is the share of
+changes that break a business rule of collections.toml on purpose (a missing customer, a negative
+amount, an unknown status or currency, a status moving backwards, a customer or product that does not
+exist), so the quality checks have something to find. Seeded, so a run can be repeated.
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ STATUS_FLOW = {
     "cancelled": "cancelled",
 }
 CURRENCIES = ("USD", "EUR", "GBP")
+CUSTOMERS, PRODUCTS = "customers", "products"
+VIOLATIONS = ("missing_customer", "negative_amount", "unknown_status", "unknown_currency", "backwards_status",
+              "unknown_customer", "unknown_product")
 
 
 def messy_amount(rng: random.Random) -> Any:
@@ -51,6 +58,7 @@ class GeneratorStats:
     replaces: int = 0
     deletes: int = 0
     references: int = 0  # customer / product upserts
+    violations: int = 0  # of the changes above, those made to break a business rule
 
     @property
     def total(self) -> int:
@@ -60,9 +68,16 @@ class GeneratorStats:
 class OrderGenerator:
     """Order changes; with `references` (e.g. customers, products) one change in ten touches those."""
 
-    def __init__(self, orders: Collection, seed: int = 42, references: tuple[Collection, ...] = ()) -> None:
+    def __init__(self, orders: Collection, seed: int = 42, references: tuple[Collection, ...] = (),
+                 violations: float = 0.0) -> None:
+        if not 0.0 <= violations <= 1.0:
+            raise ValueError(f"violations must be a share between 0 and 1, not {violations}")
         self.orders = orders
         self.references = references
+        self.violations = violations
+        self._by_name = {c.name: c for c in references}
+        # Ids that exist in the reference collections, so orders only reference those (unless told not to).
+        self._known: dict[str, set[str]] = {c.name: {d["_id"] for d in c.find({}, {"_id": 1})} for c in references}
         orders.create_index("order_id", unique=True)
         self.rng = random.Random(seed)
         # Live order ids, so updates and deletes hit documents that exist.
@@ -71,9 +86,10 @@ class OrderGenerator:
         self.stats = GeneratorStats()
 
     @classmethod
-    def for_database(cls, db: Database, collections: tuple[str, ...], seed: int = 42) -> OrderGenerator:
+    def for_database(cls, db: Database, collections: tuple[str, ...], seed: int = 42,
+                     violations: float = 0.0) -> OrderGenerator:
         """Orders, plus every other configured collection as a reference collection."""
-        return cls(db["orders"], seed, tuple(db[name] for name in collections if name != "orders"))
+        return cls(db["orders"], seed, tuple(db[name] for name in collections if name != "orders"), violations)
 
     def _first_free_number(self) -> int:
         numbers = [int(o.split("-")[1]) for o in self.live if o.startswith("ord-") and o[4:].isdigit()]
@@ -83,35 +99,84 @@ class OrderGenerator:
         now = datetime.now(UTC)
         order_id = f"ord-{self._next:08d}"
         self._next += 1
-        return {
+        order = {
             "order_id": order_id,
-            "customer_id": f"cust-{self.rng.randrange(1, 200):04d}",
+            "customer_id": self._reference_id(CUSTOMERS),
             "status": "created",
             "amount": messy_amount(self.rng),
             "currency": self.rng.choice(CURRENCIES),
             "items": [
-                {"sku": f"sku-{self.rng.randrange(1, 500):04d}", "qty": self.rng.randrange(1, 5)}
+                {"sku": self._reference_id(PRODUCTS), "qty": self.rng.randrange(1, 5)}
                 for _ in range(self.rng.randrange(1, 4))
             ],
             "created_at": now,
             "updated_at": now,
         }
+        return order
 
-    def _touch_reference(self) -> None:
-        """Upsert a customer or product: documents without an order_id (keyed by _id in Kafka)."""
-        collection = self.rng.choice(self.references)
-        key = f"{collection.name}-{self.rng.randrange(1, 200):04d}"
+    def _reference_id(self, name: str) -> str:
+        """A customer (cust-NNNN) or product (sku-NNNN) id; when that collection is generated too, one
+        that exists (made now if new)."""
+        key = f"cust-{self.rng.randrange(1, 200):04d}" if name == CUSTOMERS else f"sku-{self.rng.randrange(1, 500):04d}"
+        if name in self._by_name and key not in self._known[name]:
+            self._upsert_reference(self._by_name[name], key)
+        return key
+
+    def _upsert_reference(self, collection: Collection, key: str) -> None:
         collection.update_one(
             {"_id": key},
             {"$set": {"name": f"{collection.name} {key}", "score": self.rng.randrange(100),
                       "updated_at": datetime.now(UTC)}},
             upsert=True,
         )
+        self._known.setdefault(collection.name, set()).add(key)
         self.stats.references += 1
+
+    def _touch_reference(self) -> None:
+        """Upsert a customer or product: documents without an order_id (keyed by _id in Kafka)."""
+        collection = self.rng.choice(self.references)
+        if collection.name == CUSTOMERS:
+            key = f"cust-{self.rng.randrange(1, 200):04d}"
+        elif collection.name == PRODUCTS:
+            key = f"sku-{self.rng.randrange(1, 500):04d}"
+        else:
+            key = f"{collection.name}-{self.rng.randrange(1, 200):04d}"
+        self._upsert_reference(collection, key)
+
+    def _violate(self) -> None:
+        """One change that breaks a business rule (collections.toml), of a kind chosen at random."""
+        kind = self.rng.choice(VIOLATIONS)
+        order_id = self.rng.choice(self.live) if self.live else None
+        status = (self.orders.find_one({"order_id": order_id}, {"status": 1}) or {}).get("status") if order_id else None
+        if kind == "backwards_status" and status not in ("paid", "shipped", "delivered"):
+            kind = "unknown_currency"  # nothing to move back from
+        if kind in ("unknown_status", "backwards_status") and order_id:
+            self.orders.update_one({"order_id": order_id}, {"$set": {
+                "status": "lost-in-transit" if kind == "unknown_status" else "created",
+                "updated_at": datetime.now(UTC)}})
+            self.stats.updates += 1
+        else:
+            doc = self.new_order()
+            if kind == "missing_customer":
+                del doc["customer_id"]
+            elif kind == "negative_amount":
+                doc["amount"] = -round(self.rng.uniform(1, 500), 2)
+            elif kind == "unknown_currency":
+                doc["currency"] = "XTS"
+            elif kind == "unknown_customer":
+                doc["customer_id"] = f"cust-unknown-{self.rng.randrange(10**6):06d}"
+            elif kind == "unknown_product":
+                doc["items"].append({"sku": f"sku-unknown-{self.rng.randrange(10**6):06d}", "qty": 1})
+            self.orders.insert_one(doc)
+            self.live.append(doc["order_id"])
+            self.stats.inserts += 1
+        self.stats.violations += 1
 
     def step(self) -> None:
         roll = self.rng.random()
-        if self.references and self.rng.random() < 0.1:
+        if self.violations and self.rng.random() < self.violations:
+            self._violate()
+        elif self.references and self.rng.random() < 0.1:
             self._touch_reference()
         elif not self.live or roll < 0.45:
             doc = self.new_order()
@@ -122,7 +187,8 @@ class OrderGenerator:
             order_id = self.rng.choice(self.live)
             current = self.orders.find_one({"order_id": order_id}, {"status": 1}) or {}
             status = current.get("status", "created")
-            nxt = "cancelled" if self.rng.random() < 0.1 and status == "created" else STATUS_FLOW[status]
+            cancel = self.rng.random() < 0.1 and status == "created"
+            nxt = "cancelled" if cancel else STATUS_FLOW.get(status, "cancelled")
             self.orders.update_one(
                 {"order_id": order_id}, {"$set": {"status": nxt, "updated_at": datetime.now(UTC)}}
             )
@@ -132,7 +198,8 @@ class OrderGenerator:
             doc = self.new_order()
             self._next -= 1
             doc["order_id"] = order_id
-            doc["status"] = "created"
+            # Customer service rewrites the order; its status stays where it was (a move back is a violation).
+            doc["status"] = (self.orders.find_one({"order_id": order_id}, {"status": 1}) or {}).get("status", "created")
             doc["note"] = "replaced by customer service"
             self.orders.replace_one({"order_id": order_id}, doc)
             self.stats.replaces += 1

@@ -37,9 +37,11 @@ from lakehouse.contracts.events import (
 from lakehouse.core.collections import MONEY_COLUMNS
 from lakehouse.core.config import Settings
 from lakehouse.core.errors import ConfigError, LakehouseError
+from lakehouse.core.rules import QUALITY_FLAGS
 from lakehouse.core.stopping import StopSignals
 from streaming.aggregates import start_aggregates
 from streaming.kafka_source import KafkaPyDataSource
+from streaming.quality import QualityJudge, Verdict
 from streaming.udfs import money_columns
 from streaming.watermark import WatermarkTracker
 
@@ -203,12 +205,12 @@ def _lifted(document: Column, field: str, kind: str) -> Column:
 def attribute_columns(settings: Settings, collection: Column, document: Column) -> list[Column]:
     """The typed columns the spec lifts out of each collection's documents (money aside: a UDF does those)."""
     lifted: dict[str, dict[str, Column]] = {}
-    money_names = {name for name, _ in MONEY_COLUMNS}
+    not_lifted = {name for name, _ in MONEY_COLUMNS} | {QUALITY_FLAGS}  # set by the UDFs and the quality rules
     for name in settings.collections:
         for attribute in settings.collection(name).attributes:
             lifted.setdefault(attribute.name, {})[name] = _lifted(document, attribute.field, attribute.type)
     return [_by_collection(collection, lifted.get(column, {})).cast(types.spark(kind)).alias(column)
-            for column, kind in tables.attribute_columns(settings) if column not in money_names]
+            for column, kind in tables.attribute_columns(settings) if column not in not_lifted]
 
 
 class BatchWriter:
@@ -223,6 +225,8 @@ class BatchWriter:
         self.watermark = WatermarkTracker(settings.state_dir / "spark" / "watermark.json", settings.watermark_delay)
         # The lake's schemas for the spec the query was built with (parse), fixed for the query's life.
         self.schemas = tables.lake_schemas(tables.attribute_columns(settings))
+        self.judge = QualityJudge(tuple(map(settings.collection, settings.collections)),
+                                  settings.table_path(tables.SILVER))
 
     def __call__(self, batch_df: DataFrame, batch_id: int) -> None:
         started = time.monotonic()
@@ -238,24 +242,39 @@ class BatchWriter:
         bad = pc.is_valid(batch["quarantine_reason"])
         schemas = self.schemas
         bronze = conform(batch, schemas[tables.BRONZE])
-        quarantine = conform(batch.filter(bad), schemas[tables.QUARANTINE])
-        silver = conform(self._silver(batch.filter(pc.invert(bad))), schemas[tables.SILVER])
+        parsed = batch.filter(pc.invert(bad))
+        silver = self._silver(parsed)
+        verdict = self.judge.judge(silver, batch_id)
+        ruled_out = pc.is_valid(verdict.quarantine_reason)
+        broke_rules = parsed.filter(ruled_out)
+        broke_rules = broke_rules.set_column(broke_rules.schema.get_field_index("quarantine_reason"),
+                                             "quarantine_reason", verdict.quarantine_reason.filter(ruled_out))
+        quarantine = pa.concat_tables([conform(batch.filter(bad), schemas[tables.QUARANTINE]),
+                                       conform(broke_rules, schemas[tables.QUARANTINE])])
+        if QUALITY_FLAGS in silver.column_names:
+            silver = silver.set_column(silver.schema.get_field_index(QUALITY_FLAGS), QUALITY_FLAGS, verdict.flags)
+        silver = conform(silver.filter(pc.invert(ruled_out)), schemas[tables.SILVER])
         watermark, late = self._late(silver, batch_id)
         late = conform(late, schemas[tables.LATE_EVENTS])
+        checks = conform(_quality_checks(verdict, batch_id, now), schemas[tables.QUALITY_CHECKS])
 
         outputs = ((tables.BRONZE, bronze), (tables.SILVER, silver), (tables.QUARANTINE, quarantine),
-                   (tables.LATE_EVENTS, late))
+                   (tables.LATE_EVENTS, late), (tables.QUALITY_CHECKS, checks))
         for name, data in outputs:
             if data.num_rows:
                 append_once(self.settings.table_path(name), data, self.app_id, batch_id)
         write_parquet_once(self.settings.parquet_silver_path, silver, self.app_id, batch_id, "event_date")
+        self.judge.remember(silver)
+        flagged = silver.num_rows - silver[QUALITY_FLAGS].null_count if QUALITY_FLAGS in silver.column_names else 0
         new_fields = sorted({key for text in silver["extra"].drop_null().to_pylist() for key in json.loads(text)})
         if new_fields:
             log.warning("batch %d: fields the envelope schema v%d does not know: %s (kept in silver.extra)",
                         batch_id, SCHEMA_VERSION, ", ".join(new_fields))
         self._record(BatchRecord(
             batch_id, input_rows=input_rows, already_in_lake=input_rows - batch.num_rows, silver_rows=silver.num_rows,
-            quarantined=quarantine.num_rows, late=late.num_rows, new_fields=new_fields,
+            quarantined=quarantine.num_rows, late=late.num_rows,
+            quality_quarantined=int(pc.sum(ruled_out).as_py() or 0), flagged=flagged, quality=verdict.totals(),
+            new_fields=new_fields,
             watermark=None if watermark is None else _iso(watermark), spark_ms=round((evaluated - started) * 1000),
             duration_ms=round((time.monotonic() - started) * 1000)))
 
@@ -289,6 +308,9 @@ class BatchWriter:
                 else pa.array([], rows.schema.field("event").type.field(name).type)
             )
         for name in self.schemas[tables.SILVER].names[len(ENVELOPE_FIELDS):]:
+            if name == QUALITY_FLAGS:
+                columns[name] = pa.nulls(rows.num_rows, pa.string())  # set by the quality rules
+                continue
             columns[name] = pc.cast(rows["event_time"], pa.date32()) if name == "event_date" else rows[name]
         return pa.table(columns)
 
@@ -300,6 +322,20 @@ class BatchWriter:
             log.info("batch %d: %d rows, %d to silver, %d quarantined, %d late, watermark %s, %d ms", record.batch_id,
                      record.input_rows, record.silver_rows, record.quarantined, record.late, record.watermark,
                      record.duration_ms)
+
+
+def _quality_checks(verdict: Verdict, batch_id: int, now: pa.Scalar) -> pa.Table:
+    """The batch's rows of the quality_checks table: per collection, rule and event day."""
+    keys = list(verdict.counts)
+    return pa.table({
+        "collection": pa.array([k[0] for k in keys], pa.string()),
+        "rule": pa.array([k[1] for k in keys], pa.string()),
+        "severity": pa.array([k[2] for k in keys], pa.string()),
+        "event_date": pa.array([k[3] for k in keys], pa.date32()),
+        "checked": pa.array([verdict.counts[k][0] for k in keys], pa.int64()),
+        "failed": pa.array([verdict.counts[k][1] for k in keys], pa.int64()),
+        "batch_id": pa.array([batch_id] * len(keys), pa.int64()), "ingested_at": pa.array([now] * len(keys)),
+    })
 
 
 def _coordinates(rows: pa.Table) -> pa.Array:

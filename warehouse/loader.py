@@ -36,12 +36,12 @@ from lakehouse.core.errors import LakehouseError, Permanent, Transient
 from lakehouse.core.files import write_text_atomically
 from lakehouse.core.progress import Progress
 from warehouse.schema import (
-    AGGREGATES_EMPTY,
-    AGGREGATES_VIEW,
+    LAKE_VIEWS,
     SCHEMA_VERSION,
     SOURCE_ORDER,
     WarehouseSchema,
     cutoff,
+    empty_select,
     load_source,
 )
 
@@ -216,11 +216,11 @@ def _check_or_create(con: duckdb.DuckDBPyConnection, path: Path, schema: Warehou
         _add_new_columns(con, path, schema, _present(con))
         con.execute("INSERT INTO warehouse_meta VALUES ('schema_version', ?) ON CONFLICT DO NOTHING",
                     [str(SCHEMA_VERSION)])
+        for view, (_, columns) in LAKE_VIEWS.items():  # before the views that read them
+            if not con.execute("SELECT 1 FROM information_schema.tables WHERE table_name = ?", [view]).fetchall():
+                con.execute(f"CREATE VIEW {view} AS {empty_select(columns)}")
         for statement in schema.view_ddl():
             con.execute(statement)
-        if not con.execute("SELECT 1 FROM information_schema.tables WHERE table_name = ?",
-                           [AGGREGATES_VIEW]).fetchall():
-            con.execute(f"CREATE VIEW {AGGREGATES_VIEW} AS {AGGREGATES_EMPTY}")
         con.execute("INSERT INTO warehouse_meta VALUES ('schema_fingerprint', ?) ON CONFLICT (key) DO UPDATE SET "
                     "value = excluded.value", [fingerprint])
         con.execute("COMMIT")
@@ -387,7 +387,7 @@ def load(settings: Settings) -> LoadResult:
                         "rows_loaded = load_state.rows_loaded + excluded.rows_loaded, loaded_at = excluded.loaded_at",
                         [load_source(spec), version, added],
                     )
-            refresh_aggregates(con, settings.table_path(tables.AGGREGATES))
+            refresh_lake_views(con, settings)
 
         in_transaction(con, apply_all, "loading silver")
         _record_load(settings.load_metrics, {"silver_version": version, "rows_read": rows_read,
@@ -455,8 +455,10 @@ def in_transaction(con: duckdb.DuckDBPyConnection, work: Callable[[], object], w
         raise
 
 
-def refresh_aggregates(con: duckdb.DuckDBPyConnection, aggregates: Path) -> None:
-    con.execute(f"CREATE OR REPLACE VIEW {AGGREGATES_VIEW} AS {_aggregates_select(aggregates)}")
+def refresh_lake_views(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:
+    """Point each view of a lake table (the aggregates, the quality checks) at its live files now."""
+    for view, (table, columns) in LAKE_VIEWS.items():
+        con.execute(f"CREATE OR REPLACE VIEW {view} AS {_lake_select(settings.table_path(table), columns)}")
 
 
 def apply_collection(con: duckdb.DuckDBPyConnection, spec: CollectionSpec, incoming: pa.Table,
@@ -581,14 +583,14 @@ def with_v2_identity(rows: pa.Table) -> pa.Table:
     return rows.set_column(rows.column_names.index("doc_id"), "doc_id", pa.array(doc_ids, pa.string()))
 
 
-def _aggregates_select(path: Path) -> str:
-    """The streaming aggregates' live Parquet files, as the Delta log lists them now."""
+def _lake_select(path: Path, columns: types.Columns) -> str:
+    """A lake table's live Parquet files, as the Delta log lists them now."""
     table = LakeTable.open(path)
     if table is None:
-        return AGGREGATES_EMPTY
+        return empty_select(columns)
     files = table.file_uris()
     if not files:
-        return AGGREGATES_EMPTY
+        return empty_select(columns)
     quoted = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
     return f"SELECT * FROM read_parquet([{quoted}], union_by_name = true)"
 

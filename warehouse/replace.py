@@ -19,7 +19,7 @@ from warehouse.loader import (
     current_counts,
     in_transaction,
     read_silver,
-    refresh_aggregates,
+    refresh_lake_views,
     silver_table,
 )
 from warehouse.schema import WarehouseSchema
@@ -106,7 +106,7 @@ def replace_changes(settings: Settings, changes: Changes, dry_run: bool = False)
             for spec in schema.collections:
                 mine = incoming.filter(pc.equal(incoming["collection"], spec.name))
                 inserted += apply_collection(con, spec, mine, replace=where)
-            refresh_aggregates(con, settings.table_path(tables.AGGREGATES))
+            refresh_lake_views(con, settings)
 
         if not dry_run:
             in_transaction(con, apply_all, "replacing changes")

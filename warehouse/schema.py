@@ -103,11 +103,46 @@ FROM steps WHERE from_status <> to_status GROUP BY ALL""",
     }
 
 
-# The streaming job's windowed aggregates live in the lake (Delta); the loader re-points this view at
-# the table's live files on every load. Until the first load it is empty with the right columns.
+# Tables the streaming job writes to the lake (Delta) that the warehouse reads in place: the loader
+# re-points each view at the table's live files on every load. Until then each is empty with its columns.
 AGGREGATES_VIEW = "streaming_aggregates"
-AGGREGATES_EMPTY = "SELECT " + ", ".join(f"NULL::{types.duckdb(kind)} AS {name}"
-                                         for name, kind in tables.AGGREGATES_COLUMNS) + " WHERE false"
+QUALITY_VIEW = "quality_checks"
+LAKE_VIEWS: dict[str, tuple[str, types.Columns]] = {
+    AGGREGATES_VIEW: (tables.AGGREGATES, tables.AGGREGATES_COLUMNS),
+    QUALITY_VIEW: (tables.QUALITY_CHECKS, tables.QUALITY_CHECKS_COLUMNS),
+}
+
+
+def empty_select(columns: types.Columns) -> str:
+    return "SELECT " + ", ".join(f"NULL::{types.duckdb(kind)} AS {name}" for name, kind in columns) + " WHERE false"
+
+
+
+# Per event day, collection and rule: the changes judged, those that broke it, and the share that passed.
+DATA_QUALITY_VIEW = f"""
+SELECT event_date AS day, collection, rule, severity, sum(checked) AS checked, sum(failed) AS failed,
+       round(1 - sum(failed) / sum(checked), 4) AS score
+FROM {QUALITY_VIEW} GROUP BY ALL"""
+
+
+def open_references_view(specs: tuple[CollectionSpec, ...]) -> str | None:
+    """Current documents whose references rule still fails against the referenced collection's current
+    table: a flag at arrival is re-checked here, so a customer that arrived later clears it."""
+    tables_of = {spec.name: spec.table for spec in specs}
+    parts = []
+    for spec in specs:
+        for rule in spec.rules:
+            if rule.kind != "references" or rule.references not in tables_of:
+                continue
+            path = "$." + rule.field.replace("[]", "[*]")
+            value = (f"unnest(json_extract(document, '{path}'))" if "[]" in rule.field
+                     else f"json_extract(document, '{path}')")
+            parts.append(f"""
+SELECT '{rule.name}' AS rule, '{spec.name}' AS collection, doc_id, order_id, '{rule.references}' AS referenced,
+       ref AS missing_id
+FROM (SELECT doc_id, order_id, {value}::VARCHAR AS ref FROM {ident(spec.table)})
+WHERE ref IS NOT NULL AND ref <> 'null' AND ref NOT IN (SELECT doc_id FROM {ident(tables_of[rule.references])})""")
+    return "\nUNION ALL".join(parts) or None
 
 
 @dataclass(frozen=True)
@@ -135,6 +170,10 @@ class WarehouseSchema:
 
     def views(self) -> dict[str, str]:
         views = {spec.history: history_view(spec) for spec in self.collections}
+        views["data_quality"] = DATA_QUALITY_VIEW
+        open_references = open_references_view(self.collections)
+        if open_references:
+            views["quality_open_references"] = open_references
         for spec in self.collections:
             if _is_orders_like(spec) and spec.table == "orders":
                 views.update(analytics_views(spec))
@@ -147,7 +186,8 @@ class WarehouseSchema:
         """Of every statement that makes this schema: a file stamped with it needs none of them again."""
         import hashlib
 
-        text = "\n".join([str(SCHEMA_VERSION), *self.ddl(), *self.view_ddl(), AGGREGATES_EMPTY])
+        text = "\n".join([str(SCHEMA_VERSION), *self.ddl(), *self.view_ddl(),
+                          *(empty_select(columns) for _, columns in LAKE_VIEWS.values())])
         return hashlib.sha256(text.encode()).hexdigest()
 
     def owner(self, name: str) -> CollectionSpec | None:

@@ -103,17 +103,20 @@ def produce(settings: Settings, snapshot: str, until_idle: bool) -> None:
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True, max=1e6), default=None, callback=lambda _c, p, v:
               _finite(p, v), help="Changes per second (default: as fast as possible).")
 @click.option("--seed", default=42, show_default=True)
+@click.option("--violations", envvar="VIOLATIONS", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Share of changes that break a business rule on purpose (e.g. 0.02), for the quality checks.")
 @click.pass_obj
-def generate(settings: Settings, events: int, rate: float | None, seed: int) -> None:
+def generate(settings: Settings, events: int, rate: float | None, seed: int, violations: float) -> None:
     """Insert, update, replace and delete orders in MongoDB."""
 
     from producer.generator import OrderGenerator
 
     client = connect_mongo(settings, "lakehouse-generator")
-    generator = OrderGenerator.for_database(client[settings.mongo_db], settings.collections, seed=seed)
+    generator = OrderGenerator.for_database(client[settings.mongo_db], settings.collections, seed=seed,
+                                            violations=violations)
     stats = generator.run(events, rate, progress=lambda s: click.echo(f"generated {s.total}/{events}"))
     click.echo(f"inserts={stats.inserts} updates={stats.updates} replaces={stats.replaces} "
-               f"deletes={stats.deletes} reference upserts={stats.references}")
+               f"deletes={stats.deletes} reference upserts={stats.references} rule violations={stats.violations}")
 
 
 @cli.command()
@@ -335,17 +338,19 @@ def metrics_command(settings: Settings, port: int | None) -> None:
 @click.option("--follow", envvar="FOLLOW", is_flag=True,
               help="Live demo: keep generating (RATE, default 20/s) and print a status line until Ctrl-C.")
 @click.option("--every", default=5.0, show_default=True, help="Seconds between status lines with --follow.")
+@click.option("--violations", envvar="VIOLATIONS", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Share of changes that break a business rule on purpose (e.g. 0.02), for the quality checks.")
 @click.option("--reconcile-every", type=float, default=None,
               help="With --follow: reconcile with MongoDB (and repair what persists) this often, in seconds.")
 @click.pass_obj
 def run_all_command(settings: Settings, events: int, rate: float | None, timeout: float, stop_servers: bool,
-                    follow: bool, every: float, reconcile_every: float | None) -> None:
+                    follow: bool, every: float, reconcile_every: float | None, violations: float) -> None:
     """Servers, producer, streaming and warehouse end to end; ends with a `reconciled:` line.
 
     With --follow it keeps going until Ctrl-C, which stops every process it started."""
     from lakehouse.app.run_all import run_all
 
-    code = run_all(settings, events, rate, timeout, stop_servers, follow_every=every if follow else None,
+    code = run_all(settings, events, rate, timeout, stop_servers, violations, follow_every=every if follow else None,
                    reconcile_every=reconcile_every)
     sys.exit(code)
 

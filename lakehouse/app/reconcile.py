@@ -24,17 +24,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from bson import json_util
 
+from lakehouse.adapters.delta import LakeTable
 from lakehouse.adapters.kafka import KafkaTransient, end_offsets, publisher, read_values
 from lakehouse.adapters.mongo import cluster_time
 from lakehouse.adapters.mongo import connect as connect_mongo
-from lakehouse.contracts import events
+from lakehouse.contracts import events, tables
 from lakehouse.contracts.positions import committed_offsets, partition_key
 from lakehouse.core.config import Settings
 from lakehouse.core.errors import ServerUnreachable
 from lakehouse.core.files import write_json_atomically
 from lakehouse.core.progress import Progress
+from lakehouse.core.rules import QUALITY_REASON
 from warehouse.loader import require_warehouse
 from warehouse.reconcile import SOURCE_COLUMNS, compare, current_documents, current_keys
 
@@ -58,6 +61,9 @@ class Reconciliation:
     # In MongoDB, not in the warehouse, because the producer dead-lettered their change (e.g. too large):
     # accounted for, not missing, and not repaired (the repair would be refused the same way).
     dead_lettered: list[str] = field(default_factory=list)
+    # In MongoDB as a version a quality rule of severity quarantine kept out of silver (its change is in
+    # the lake's quarantine table with the rule's name): accounted for, reported, not repaired.
+    quarantined: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -70,12 +76,13 @@ class Reconciliation:
             f"reconciled: {named}source={self.source} warehouse={self.warehouse} missing={len(self.missing)} "
             f"extra={len(self.extra)} mismatched={len(self.mismatched)}"
             + (f" (dead-lettered, not loaded: {len(self.dead_lettered)})" if self.dead_lettered else "")
+            + (f" (quarantined by a quality rule: {len(self.quarantined)})" if self.quarantined else "")
         )
 
     def examples(self, limit: int = 5) -> list[str]:
         out = []
         for label, keys in (("missing", self.missing), ("extra", self.extra), ("mismatched", self.mismatched),
-                            ("dead-lettered", self.dead_lettered)):
+                            ("dead-lettered", self.dead_lettered), ("quarantined", self.quarantined)):
             if keys:
                 out.append(f"  {label}: {', '.join(sorted(keys)[:limit])}{' ...' if len(keys) > limit else ''}")
         return out
@@ -126,6 +133,11 @@ def reconcile(settings: Settings, collection: str = "orders", keys: Reconciliati
             refused = dead_lettered(settings, collection)
             result.dead_lettered = [k for k in result.missing if k in refused]
             result.missing = [k for k in result.missing if k not in refused]
+        if result.missing or result.mismatched:
+            held = _held_by_quality_rules(settings, db[collection], result)
+            result.quarantined = sorted(held)
+            result.missing = [k for k in result.missing if k not in held]
+            result.mismatched = [k for k in result.mismatched if k not in held]
         return result
     finally:
         client.close()
@@ -145,6 +157,38 @@ def dead_lettered(settings: Settings, collection: str) -> set[str]:
             if body.get("collection") == collection and body.get("doc_id") is not None:
                 found.add(body["doc_id"])
     return found
+
+
+def quality_quarantined(settings: Settings, collection: str, doc_ids: set[str]) -> dict[str, str]:
+    """doc_id -> the document of its newest change a quality rule quarantined (canonical spelling)."""
+    table = LakeTable.open(settings.table_path(tables.QUARANTINE)) if doc_ids else None
+    if table is None:
+        return {}
+    rows = table.read(["raw_value", "quarantine_reason"])
+    rows = rows.filter(pc.starts_with(pc.fill_null(rows["quarantine_reason"], ""), QUALITY_REASON))
+    newest: dict[str, tuple[tuple[int, int, int], str]] = {}
+    for value in rows["raw_value"].to_pylist():
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            body = json.loads(value)
+            doc_id = body.get("doc_id")
+            if body.get("collection") != collection or doc_id not in doc_ids or not body.get("full_document"):
+                continue
+            order = (body.get("cluster_time_s") or 0, body.get("cluster_time_inc") or 0, body.get("txn_op_index") or 0)
+            if doc_id not in newest or newest[doc_id][0] < order:
+                newest[doc_id] = (order, events.canonical_document(body["full_document"]))
+    return {k: v for k, (_, v) in newest.items()}
+
+
+def _held_by_quality_rules(settings: Settings, collection: Any, result: Reconciliation) -> set[str]:
+    """Of the missing and mismatched documents, those MongoDB holds as the very version a quality rule
+    quarantined: the warehouse is right not to have it (a later change that passes brings it back)."""
+    held = quality_quarantined(settings, result.collection, {*result.missing, *result.mismatched})
+    if not held:
+        return set()
+    ids = [json_util.loads(result.ids[k])["_id"] for k in held if k in result.ids]
+    source = {events.doc_id_text({"_id": d["_id"]}): events.canonical_document(d)
+              for d in collection.find({"_id": {"$in": ids}})}
+    return {k for k, document in held.items() if source.get(k) == document}
 
 
 def _really_different(settings: Settings, collection: Any, result: Reconciliation) -> list[str]:
@@ -259,7 +303,7 @@ def combined(results: list[Reconciliation]) -> Reconciliation:
                            repaired=sum(r.repaired for r in results))
     for r in results:
         for mine, theirs in ((total.missing, r.missing), (total.extra, r.extra), (total.mismatched, r.mismatched),
-                             (total.dead_lettered, r.dead_lettered)):
+                             (total.dead_lettered, r.dead_lettered), (total.quarantined, r.quarantined)):
             mine.extend(f"{r.collection}/{k}" for k in theirs)
     return total
 
@@ -267,7 +311,8 @@ def combined(results: list[Reconciliation]) -> Reconciliation:
 def _summary(result: Reconciliation) -> dict[str, Any]:
     return {"collection": result.collection, "source": result.source, "warehouse": result.warehouse,
             "missing": len(result.missing), "extra": len(result.extra), "mismatched": len(result.mismatched),
-            "dead_lettered": len(result.dead_lettered), "repaired": result.repaired}
+            "dead_lettered": len(result.dead_lettered), "quarantined": len(result.quarantined),
+            "repaired": result.repaired}
 
 
 def record(settings: Settings, results: list[Reconciliation], confirmed_after: float | None = None) -> None:

@@ -201,6 +201,7 @@ def follow(settings: Settings, generator: OrderGenerator, children: list[Child],
 
 
 def run_all(settings: Settings, events: int, rate: float | None, timeout: float, stop_servers: bool,
+            violations: float = 0.0,
             follow_every: float | None = None, reconcile_every: float | None = None) -> int:
     """The bounded run (exit 0 when reconciled), or with `follow_every` the live demo (exit 0 when
     stopped by Ctrl-C or SIGTERM and everything it started has stopped)."""
@@ -217,7 +218,8 @@ def run_all(settings: Settings, events: int, rate: float | None, timeout: float,
                 children.append(spawn(settings, "streaming", "stream"))
                 client = connect_mongo(settings, "lakehouse-generator")
                 try:
-                    generator = OrderGenerator.for_database(client[settings.mongo_db], settings.collections)
+                    generator = OrderGenerator.for_database(client[settings.mongo_db], settings.collections,
+                                                            violations=violations)
                     if follow_every is not None:
                         follow(settings, generator, children, rate or FOLLOW_RATE, follow_every, signals,
                                reconcile_every)

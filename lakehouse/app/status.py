@@ -111,6 +111,7 @@ def spark_status(settings: Settings) -> dict[str, Any]:
         "state": "ok",
         "batches": len(records),
         **{k: v for k, v in batches.totals(records).items() if k != "already_in_lake"},
+        "quality": batches.quality_totals(records),
         "watermark": next((r.watermark for r in reversed(records) if r.watermark), None),
         "last_batch_at": newest.at,
         "last_batch_ms": newest.duration_ms,
@@ -236,6 +237,10 @@ def render(report: dict[str, Any]) -> list[str]:
                  f"  spark      {s['batches']} batches, {s['input_rows']} rows in, {s['silver_rows']} to silver, "
                  f"{s['quarantined']} quarantined, {s['late']} late, watermark {s['watermark']}, "
                  f"last batch {s['last_batch_at']} ({s['last_batch_ms']} ms)")
+    if s["state"] == "ok" and s.get("quality"):
+        lines.append(f"  quality    {s['quality_quarantined']} quarantined and {s['flagged']} flagged by rules: "
+                     + ", ".join(f"{rule} {failed}/{checked}" for rule, (checked, failed) in s["quality"].items())
+                     + " (failed/checked)")
     lines.append(f"  warehouse  {w['state']}" if w["state"] != "ok" else
                  f"  warehouse  silver v{w['loaded_version']} loaded (lake at v{w['silver_version']}, "
                  f"{w['versions_behind']} behind), newest change {w['newest_change']}")
@@ -248,7 +253,8 @@ def render(report: dict[str, Any]) -> list[str]:
     r = report.get("reconcile", {"state": "unknown"})
     lines.append(f"  reconcile  {r['state']}" if r["state"] != "ok" else
                  f"  reconcile  {r['at']} {r['collection']}: source={r['source']} warehouse={r['warehouse']} "
-                 f"missing={r['missing']} extra={r['extra']} mismatched={r['mismatched']} repaired={r['repaired']}")
+                 f"missing={r['missing']} extra={r['extra']} mismatched={r['mismatched']} repaired={r['repaired']}"
+                 + (f" (quarantined by a quality rule: {r['quarantined']})" if r.get("quarantined") else ""))
     fresh = report["freshness_seconds"]
     lines.append(f"  end to end {'unknown' if fresh is None else f'{fresh} s'} between the newest change in "
                  "MongoDB and in the warehouse")
@@ -298,8 +304,13 @@ def prometheus(report: dict[str, Any]) -> str:
           [({"topic": q["topic"], "partition": q["partition"]}, q["lag"]) for q in k.get("partitions", [])])
     for key, help_text in (("batches", "Micro-batches completed"), ("input_rows", "Rows read from Kafka"),
                            ("silver_rows", "Rows written to silver"), ("quarantined", "Rows quarantined"),
-                           ("late", "Rows later than the watermark")):
+                           ("late", "Rows later than the watermark"),
+                           ("quality_quarantined", "Rows a quality rule of severity quarantine kept out of silver"),
+                           ("flagged", "Silver rows that broke a quality rule of severity flag")):
         gauge(f"spark_{key}", help_text, [({}, s.get(key))])
+    quality = s.get("quality") or {}
+    gauge("quality_checked", "Changes each quality rule judged", [({"rule": r}, n[0]) for r, n in quality.items()])
+    gauge("quality_failed", "Changes that broke each quality rule", [({"rule": r}, n[1]) for r, n in quality.items()])
     gauge("warehouse_loaded_version", "Silver Delta version the warehouse has loaded", [({}, w.get("loaded_version"))])
     gauge("warehouse_versions_behind", "Silver versions not yet loaded", [({}, w.get("versions_behind"))])
     gauge("warehouse_orders", "Current orders in the warehouse", [({}, w.get("orders"))])
@@ -316,7 +327,7 @@ def prometheus(report: dict[str, Any]) -> str:
     gauge("dead_lettered_by_reason", "Dead-lettered events by reason (of the newest read)",
           [({"reason": reason.replace('"', "'")}, n) for reason, n in (letters.get("by_reason") or {}).items()])
     r = report.get("reconcile", {})
-    for key in ("missing", "extra", "mismatched", "repaired"):
+    for key in ("missing", "extra", "mismatched", "repaired", "quarantined"):
         gauge(f"reconcile_{key}", f"Documents {key} at the last reconcile", [({}, r.get(key))])
         gauge(f"reconcile_collection_{key}", f"Documents {key} per collection at the last reconcile",
               [({"collection": c["collection"]}, c.get(key)) for c in r.get("collections") or []])

@@ -18,6 +18,9 @@ class BatchRecord:
     silver_rows: int = 0
     quarantined: int = 0
     late: int = 0  # silver rows behind the watermark (also in late_events)
+    quality_quarantined: int = 0  # of `quarantined`, those a quality rule of severity quarantine kept out
+    flagged: int = 0  # silver rows that broke a quality rule of severity flag
+    quality: dict[str, list[int]] = field(default_factory=dict)  # rule -> [changes checked, failed]
     new_fields: list[str] = field(default_factory=list)  # top-level fields the envelope does not know
     watermark: str | None = None  # ISO 8601
     spark_ms: int = 0  # evaluating the batch in Spark; the rest of duration_ms is writing
@@ -51,5 +54,16 @@ def read(path: Path) -> list[BatchRecord]:
 
 
 def totals(records: list[BatchRecord]) -> dict[str, Any]:
-    keys = ("input_rows", "already_in_lake", "silver_rows", "quarantined", "late")
+    keys = ("input_rows", "already_in_lake", "silver_rows", "quarantined", "late", "quality_quarantined", "flagged")
     return {k: sum(getattr(r, k) for r in records) for k in keys}
+
+
+def quality_totals(records: list[BatchRecord]) -> dict[str, list[int]]:
+    """rule -> [changes checked, failed] over the batches."""
+    out: dict[str, list[int]] = {}
+    for record in records:
+        for rule, (checked, failed) in record.quality.items():
+            total = out.setdefault(rule, [0, 0])
+            total[0] += checked
+            total[1] += failed
+    return dict(sorted(out.items()))

@@ -106,6 +106,12 @@ def doc_id_text(document_key: Mapping[str, Any]) -> str:
     return _IN_ORDER_JSON.encode(_convert(document_key.get("_id")))
 
 
+def identity_of(value: Any) -> str:
+    """The doc_id of a document whose _id is `value`, given as it appears in another document's relaxed
+    Extended JSON (a reference: an order's customer_id) - the same text doc_id_text gives."""
+    return _IN_ORDER_JSON.encode(value)
+
+
 def key_json(document_key: Mapping[str, Any]) -> str:
     """documentKey as Extended JSON, in its own key order (part of the identity for a document _id)."""
     return _IN_ORDER_JSON.encode(_convert(document_key))

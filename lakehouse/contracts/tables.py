@@ -19,6 +19,7 @@ SILVER = "silver_changes"
 QUARANTINE = "quarantine"
 LATE_EVENTS = "late_events"
 AGGREGATES = "aggregates"
+QUALITY_CHECKS = "quality_checks"
 WINDOWS = {"1m": "1 minute", "1h": "1 hour"}  # granularity label -> Spark window duration
 
 # -- the lake --------------------------------------------------------------------------------------
@@ -33,6 +34,9 @@ QUARANTINE_COLUMNS: Columns = (*KAFKA_TYPES, ("kafka_key", "string"), ("raw_valu
                                ("quarantine_reason", "string"), *_WRITTEN)
 LATE_EVENTS_COLUMNS: Columns = (("change_id", "string"), ("op", "string"), ("doc_id", "string"),
                                 ("event_time", "timestamp"), *KAFKA_TYPES, *_WRITTEN, ("watermark", "timestamp"))
+# Per micro-batch, collection, quality rule and event day: changes the rule judged and how many broke it.
+QUALITY_CHECKS_COLUMNS: Columns = (("collection", "string"), ("rule", "string"), ("severity", "string"),
+                                   ("event_date", "date"), ("checked", "long"), ("failed", "long"), *_WRITTEN)
 # The windowed aggregates of orders' money (streaming/aggregates.py); event_date is the partition column.
 AGGREGATES_COLUMNS: Columns = (
     ("window_start", "timestamp"), ("window_end", "timestamp"), ("status", "string"), ("order_count", "long"),
@@ -65,7 +69,7 @@ def lake_schemas(attributes: Columns) -> dict[str, pa.Schema]:
     return {
         BRONZE: types.arrow_schema(BRONZE_COLUMNS), SILVER: types.arrow_schema(silver_columns(attributes)),
         QUARANTINE: types.arrow_schema(QUARANTINE_COLUMNS), LATE_EVENTS: types.arrow_schema(LATE_EVENTS_COLUMNS),
-        AGGREGATES: types.arrow_schema(AGGREGATES_COLUMNS),
+        AGGREGATES: types.arrow_schema(AGGREGATES_COLUMNS), QUALITY_CHECKS: types.arrow_schema(QUALITY_CHECKS_COLUMNS),
     }
 
 

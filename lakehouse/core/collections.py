@@ -21,13 +21,14 @@ from functools import cache
 from pathlib import Path
 
 from lakehouse.core.errors import ConfigError
+from lakehouse.core.rules import QUALITY_FLAGS, QualityRule, RuleError, parse_rules
 
 # The one type vocabulary (lakehouse/contracts/types.py maps it to Spark SQL, Arrow and DuckDB).
 TYPE_NAMES = ("string", "int", "long", "double", "bool", "date", "timestamp")
 _DECIMAL = re.compile(r"decimal\((\d{1,2}),\s*(\d{1,2})\)")
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _FIELD_PATH = re.compile(r"[A-Za-z0-9_$-]+(\.[A-Za-z0-9_$-]+)*")
-_KEYS = {"key", "table", "changes", "money", "columns"}
+_KEYS = {"key", "table", "changes", "money", "columns", "rules"}
 # Columns every collection's silver rows and warehouse tables have: attributes must not take these names.
 RESERVED_COLUMNS = frozenset({
     "schema_version", "change_id", "op", "db", "collection", "doc_id", "document_key", "order_id", "full_document",
@@ -35,7 +36,7 @@ RESERVED_COLUMNS = frozenset({
     "wall_time_ms", "resume_token", "captured_at_ms", "event_time", "event_date", "extra", "kafka_topic",
     "kafka_partition", "kafka_offset", "kafka_timestamp", "kafka_key", "batch_id", "ingested_at", "document",
     "loaded_at", "last_change_id", "updated_at", "valid_from", "valid_to", "is_tombstone", "is_current",
-    "quarantine_reason", "raw_value",
+    "quarantine_reason", "raw_value", QUALITY_FLAGS,
 })
 # What the money UDF derives from a document's amount and currency fields (streaming/udfs.py).
 MONEY_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -70,11 +71,17 @@ class CollectionSpec:
     changes: str = ""
     money: Money | None = None
     attributes: tuple[Attribute, ...] = ()
+    rules: tuple[QualityRule, ...] = ()  # business-rule data quality (lakehouse/core/rules.py)
+
+    @property
+    def typed_columns(self) -> tuple[tuple[str, str], ...]:
+        """The columns read from its documents: the lifted attributes, then the money columns if they apply."""
+        return (*((a.name, a.type) for a in self.attributes), *(MONEY_COLUMNS if self.money else ()))
 
     @property
     def columns(self) -> tuple[tuple[str, str], ...]:
-        """Its typed columns, in order: the lifted attributes, then the money columns if they apply."""
-        return (*((a.name, a.type) for a in self.attributes), *(MONEY_COLUMNS if self.money else ()))
+        """Its own columns in silver and the warehouse: the typed ones, then the flags its rules set."""
+        return (*self.typed_columns, *(((QUALITY_FLAGS, "string"),) if self.rules else ()))
 
     @property
     def history(self) -> str:
@@ -102,7 +109,7 @@ class CollectionsSpec:
 def _defaults(spec: CollectionSpec) -> CollectionSpec:
     table = spec.table or re.sub(r"\W", "_", spec.name.lower())
     changes = spec.changes or f"fact_{table}_changes"
-    return CollectionSpec(spec.name, spec.key, table, changes, spec.money, spec.attributes)
+    return CollectionSpec(spec.name, spec.key, table, changes, spec.money, spec.attributes, spec.rules)
 
 
 class SpecError(ConfigError):
@@ -127,7 +134,7 @@ def parse_spec(raw: dict[str, object], source: str = "collections spec") -> Coll
     for name, body in raw.items():
         where = f"{source}: [{name}]"
         if not isinstance(body, dict):
-            raise SpecError(f"{where} must be a table of settings (key, table, changes, money, columns)")
+            raise SpecError(f"{where} must be a table of settings (key, table, changes, money, columns, rules)")
         unknown = sorted(set(body) - _KEYS)
         if unknown:
             raise SpecError(f"{where} has unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(_KEYS))}")
@@ -140,9 +147,14 @@ def parse_spec(raw: dict[str, object], source: str = "collections spec") -> Coll
             if not isinstance(value, str) or (value and not _IDENTIFIER.fullmatch(value)):
                 raise SpecError(f"{where}.{setting} = {value!r} is not a table name (lower-case letters, digits, _)")
             names[setting] = value
-        collections[name] = _defaults(CollectionSpec(name, key, names["table"], names["changes"],
-                                                     _money(where, body.get("money")),
-                                                     _attributes(where, body.get("columns", {}))))
+        spec = CollectionSpec(name, key, names["table"], names["changes"], _money(where, body.get("money")),
+                              _attributes(where, body.get("columns", {})))
+        try:
+            rules = parse_rules(where, name, body.get("rules"), {column for column, _ in spec.typed_columns})
+        except RuleError as exc:
+            raise SpecError(str(exc)) from None
+        collections[name] = _defaults(CollectionSpec(name, key, names["table"], names["changes"], spec.money,
+                                                     spec.attributes, rules))
     _check_together(source, collections)
     return CollectionsSpec(source, collections)
 
@@ -189,7 +201,16 @@ def _check_together(source: str, collections: dict[str, CollectionSpec]) -> None
     """Silver holds every collection's columns: one name, one type. Warehouse tables are not shared."""
     types: dict[str, tuple[str, str]] = {}
     tables: dict[str, str] = {}
+    rule_names: dict[str, str] = {}
     for spec in collections.values():
+        for rule in spec.rules:
+            if rule.references and rule.references not in collections:
+                raise SpecError(f"{source}: [{spec.name}.rules.{rule.name}] references collection "
+                                f"{rule.references!r}, which the spec does not describe; add [{rule.references}]")
+            if rule.name in rule_names:
+                raise SpecError(f"{source}: rule {rule.name!r} is in [{rule_names[rule.name]}] and [{spec.name}]; "
+                                "rule names are unique (they name the quality flags and metrics)")
+            rule_names[rule.name] = spec.name
         for column, kind in spec.columns:
             if column in types and types[column][1] != kind:
                 other = types[column][0]

@@ -28,7 +28,7 @@ def test_notebooks_are_committed_without_outputs() -> None:
 
 def test_every_notebook_runs(spark: object, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     client = connect_mongo(settings)
-    OrderGenerator.for_database(client[settings.mongo_db], settings.collections, seed=3).run(200)
+    OrderGenerator.for_database(client[settings.mongo_db], settings.collections, seed=3, violations=0.05).run(200)
     client.close()
     drain(settings)
     stream_lake(spark, settings)

@@ -129,7 +129,7 @@ def test_late_events_are_recorded_and_left_out_of_the_windowed_aggregates(spark:
     now = int(clock.time())
     template = {"schema_version": 1, "op": "insert", "db": settings.mongo_db, "collection": "orders",
                 "txn_op_index": 0, "cluster_time_inc": 1}
-    doc = json.dumps({"order_id": "x", "status": "paid", "amount": "$5.00", "currency": "USD"})
+    doc = json.dumps({"order_id": "x", "customer_id": "c", "status": "paid", "amount": "$5.00", "currency": "USD"})
     injected = [
         {**template, "change_id": "late", "doc_id": "late", "cluster_time_s": now - 3600, "full_document": doc},
         {**template, "change_id": "tick", "doc_id": "tick", "cluster_time_s": now + 3 * 3600, "full_document": doc},

@@ -22,7 +22,10 @@ def test_the_shipped_spec_captures_orders_customers_and_products() -> None:
     assert (orders.key, orders.table, orders.changes, orders.history) == ("order_id", "orders", "fact_order_changes",
                                                                            "orders_history")
     assert [n for n, _ in orders.columns] == ["customer_id", "status", "amount_raw", "currency", "amount",
-                                              "amount_currency", "amount_error", "is_high_value"]
+                                              "amount_currency", "amount_error", "is_high_value", "quality_flags"]
+    assert [r.name for r in orders.rules] == ["order_required", "known_status", "positive_amount", "amount_present",
+                                              "amount_parses", "known_currency", "status_transition",
+                                              "customer_exists", "products_exist"]
     customers = settings.collection("customers")
     assert (customers.key, customers.table, customers.changes) == ("_id", "customers", "fact_customers_changes")
     assert customers.columns == (("name", "string"), ("score", "long"))
@@ -62,6 +65,19 @@ def test_every_table_is_derived_once_from_the_vocabulary() -> None:
     ('orders = 3', "[orders] must be a table of settings"),
     ('[a]\nmoney = true\n[b.columns]\namount = "string"', "column 'amount' is decimal(18,2) in [a] but string"),
     ('[a]\nmoney = true\n[b.columns]\ncurrency = "string"', "[b].columns.currency is one of the money columns [a]"),
+    ('[o.rules.r]\nkind = "unique"', "[o].rules.r.kind = 'unique'; known kinds: required"),
+    ('[o.columns]\ns = "string"\n[o.rules.r]\nkind = "one_of"\ncolumn = "s"\nvalues = ["a"]\nseverity = "drop"',
+     "[o].rules.r.severity = 'drop'"),
+    ('[o.rules.r]\nkind = "positive"\ncolumn = "amount"', "[o].rules.r reads amount, not a column of [o]"),
+    ('[o.rules.r]\nkind = "positive"', "[o].rules.r: a positive rule takes column (got none)"),
+    ('[o.rules.r]\nkind = "references"\nfield = "c"\ncollection = "c"\nseverity = "quarantine"',
+     "a references rule must have severity \"flag\""),
+    ('[o.rules.r]\nkind = "references"\nfield = "c"\ncollection = "customers"',
+     "references collection 'customers', which the spec does not describe"),
+    ('[o.columns]\ns = "string"\n[o.rules.r]\nkind = "required"\ncolumns = []', "[o].rules.r: the list is empty"),
+    ('[o.columns]\ns = "string"\n[o.rules.R]\nkind = "required"\ncolumns = ["s"]', "'R' is not a rule name"),
+    ('[o.columns]\ns = "string"\n[o.rules.r]\nkind = "required"\ncolumns = ["s"]\n'
+     '[p.columns]\ns = "string"\n[p.rules.r]\nkind = "required"\ncolumns = ["s"]', "rule 'r' is in [o] and [p]"),
 ])
 def test_a_bad_spec_names_the_key(text: str, says: str) -> None:
     with pytest.raises(SpecError) as raised:

@@ -23,3 +23,31 @@ def test_reference_collections_get_upserts_keyed_without_order_id() -> None:
     assert stats.references > 0
     assert db.customers.count_documents({}) + db.products.count_documents({}) > 0
     assert db.customers.find_one({"order_id": {"$exists": True}}) is None
+
+
+def test_orders_reference_customers_and_products_that_exist() -> None:
+    db = mongomock.MongoClient().shop
+    OrderGenerator.for_database(db, ("orders", "customers", "products"), seed=4).run(300)
+    customers = {d["_id"] for d in db.customers.find()}
+    products = {d["_id"] for d in db.products.find()}
+    for order in db.orders.find():
+        assert order["customer_id"] in customers
+        assert {item["sku"] for item in order["items"]} <= products
+
+
+def test_a_share_of_violations_breaks_the_rules_on_purpose() -> None:
+    db = mongomock.MongoClient().shop
+    generator = OrderGenerator.for_database(db, ("orders", "customers", "products"), seed=4, violations=0.2)
+    stats = generator.run(500)
+    assert 60 <= stats.violations <= 140
+    orders = list(db.orders.find())
+    assert any("customer_id" not in o for o in orders)
+    assert any(o["currency"] == "XTS" for o in orders)
+    assert any(isinstance(o["amount"], float) and o["amount"] < 0 for o in orders)
+    assert OrderGenerator.for_database(db, ("orders",), seed=4).violations == 0.0
+    try:
+        OrderGenerator(db.orders, violations=1.5)
+    except ValueError as exc:
+        assert "between 0 and 1" in str(exc)
+    else:
+        raise AssertionError("a share above 1 was accepted")
