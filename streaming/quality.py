@@ -5,10 +5,12 @@ Row rules (required, one_of, positive, parses) read the row alone. Two need what
   brought it, late or twice (a duplicate is never its own previous version);
 - `references` looks the ids up among the referenced collection's live documents in the lake, this
   batch's changes included.
-Both read that state from silver once (the rows of batches before the first one judged, so a batch Spark
-replays after a crash is judged exactly as the first time) and keep it up to date from what each batch
-writes to silver. The memory it takes is a few columns per change of the collections with a transitions
-rule, and the ids of the referenced collections.
+Both read that state from silver once, all of it, and keep it up to date from what each batch writes to
+silver. A batch Spark replays after a crash may find its own rows there already: that changes no verdict
+(a change's copy is never its previous version, and the batch's own rows count anyway), and a replay
+into an existing lake under a new checkpoint (whose batch ids start again at 0) sees the whole lake.
+The memory it takes is a few columns per change of the collections with a transitions rule, and the ids
+of the referenced collections.
 """
 
 from __future__ import annotations
@@ -78,8 +80,8 @@ class QualityJudge:
         return bool(self.rules)
 
     # -- state -------------------------------------------------------------------------------------
-    def _load(self, before_batch: int) -> None:
-        """The state as silver holds it from batches before `before_batch`."""
+    def _load(self) -> None:
+        """The state as silver holds it."""
         self._versions = defaultdict(list)
         self._live = {name: {} for name in self._referenced}
         wanted = set(self._transition_columns) | self._referenced
@@ -88,9 +90,8 @@ class QualityJudge:
             return
         names = set(table.arrow_schema().names)
         value_columns = {c for cols in self._transition_columns.values() for c in cols if c in names}
-        rows = table.read(["collection", "op", "doc_id", *ORDER, "batch_id", *sorted(value_columns)])
-        rows = rows.filter(pc.and_(pc.is_in(rows["collection"], pa.array(sorted(wanted))),
-                                   pc.less(rows["batch_id"], before_batch)))
+        rows = table.read(["collection", "op", "doc_id", *ORDER, *sorted(value_columns)])
+        rows = rows.filter(pc.is_in(rows["collection"], pa.array(sorted(wanted))))
         self.remember(rows)
         log.info("quality rules: state of %d earlier changes read from silver", rows.num_rows)
 
@@ -116,7 +117,7 @@ class QualityJudge:
     def judge(self, silver: pa.Table, batch_id: int) -> Verdict:
         """The verdict on every row of `silver` (the batch's rows that parsed), in its order."""
         if self._versions is None:
-            self._load(batch_id)
+            self._load()
         n = silver.num_rows
         reasons: list[list[str]] = [[] for _ in range(n)]
         flags: list[list[str]] = [[] for _ in range(n)]
