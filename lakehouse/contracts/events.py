@@ -9,6 +9,7 @@ that is lossless for every BSON type and every consumer can parse it.
 
 from __future__ import annotations
 
+import copy
 import datetime
 import hashlib
 import json
@@ -171,8 +172,8 @@ def from_change(change: Mapping[str, Any], position: SourcePosition, key_field: 
     ns = change["ns"]
     token = change["_id"]["_data"]
     document_key = change.get("documentKey") or {}
-    full = change.get("fullDocument")
     before = change.get("fullDocumentBeforeChange")
+    full = post_image(change)
     doc_id = doc_id_text(document_key)
     wall = change.get("wallTime")
     return {
@@ -195,6 +196,69 @@ def from_change(change: Mapping[str, Any], position: SourcePosition, key_field: 
         "resume_token": token,
         "captured_at_ms": int(time.time() * 1000),
     }
+
+
+def post_image(change: Mapping[str, Any]) -> Any:
+    """The document as this change left it. An update's fullDocument is looked up when the event is read
+    (updateLookup), so after quick successive updates it shows a later state (and none once the document
+    is gone); where the server gives the pre-image, the change's own result is the pre-image with its
+    updateDescription applied. Falls back to the looked-up document when the description cannot be
+    applied (a path through a value that is not a document or an array)."""
+    full = change.get("fullDocument")
+    before = change.get("fullDocumentBeforeChange")
+    description = change.get("updateDescription")
+    if change.get("operationType") != "update" or not isinstance(before, Mapping) or not isinstance(description,
+                                                                                                    Mapping):
+        return full
+    try:
+        return apply_update_description(before, description)
+    except (KeyError, IndexError, TypeError, ValueError):
+        return full
+
+
+def apply_update_description(before: Mapping[str, Any], description: Mapping[str, Any]) -> dict[str, Any]:
+    """A pre-image with a change stream's updateDescription applied (removedFields, truncatedArrays,
+    updatedFields, in MongoDB's order of application)."""
+    document = copy.deepcopy(dict(before))
+    for path in description.get("removedFields") or ():
+        parent, last = _walk(document, path, create=False)
+        if parent is not None:
+            if isinstance(parent, list):
+                raise ValueError(f"removed array element {path}")
+            parent.pop(last, None)
+    for truncated in description.get("truncatedArrays") or ():
+        parent, last = _walk(document, truncated["field"], create=False)
+        array = parent[int(last)] if isinstance(parent, list) else parent[last]
+        del array[int(truncated["newSize"]):]
+    for path, value in (description.get("updatedFields") or {}).items():
+        parent, last = _walk(document, path, create=True)
+        if isinstance(parent, list):
+            index = int(last)
+            parent.extend([None] * (index + 1 - len(parent)))
+            parent[index] = copy.deepcopy(value)
+        else:
+            parent[last] = copy.deepcopy(value)
+    return document
+
+
+def _walk(document: dict[str, Any], path: str, create: bool) -> tuple[Any, str]:
+    """The container holding the path's last step (None when it is absent and not to be created)."""
+    steps = path.split(".")
+    node: Any = document
+    for step in steps[:-1]:
+        if isinstance(node, list):
+            node = node[int(step)]
+        elif isinstance(node, dict):
+            if step not in node:
+                if not create:
+                    return None, steps[-1]
+                node[step] = {}
+            node = node[step]
+        else:
+            raise TypeError(f"{path}: {step} is not a document or an array")
+    if not isinstance(node, (dict, list)):
+        raise TypeError(f"{path}: not a document or an array")
+    return node, steps[-1]
 
 
 def from_snapshot(

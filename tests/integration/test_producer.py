@@ -53,3 +53,36 @@ def test_stored_token_moves_forward_when_idle(settings: Settings) -> None:
     drain(settings)
     second = json.loads(settings.producer_checkpoint.read_text())["resume_token"]
     assert second != first, "an idle collection left the stored token behind"
+
+
+def test_each_update_carries_the_document_as_that_update_left_it(settings: Settings) -> None:
+    """Quick successive updates: the looked-up document would show the last state for all of them; the
+    event's full_document is the pre-image with the update applied, equal to a read right after it."""
+    import random
+
+    from pymongo.errors import WriteError
+
+    from lakehouse.contracts.events import canonical_document
+
+    rng = random.Random(1)
+    orders = MongoClient(settings.mongo_uri, tz_aware=True)[settings.mongo_db]["orders"]
+    drain(settings)
+    orders.insert_one({"_id": 1, "order_id": "o1", "stock": 30, "items": [{"sku": "a", "qty": 1}], "meta": {"x": 1}})
+    updates = [lambda: {"$set": {"stock": rng.randrange(100)}}, lambda: {"$inc": {"stock": -1}},
+               lambda: {"$push": {"items": {"sku": "b", "qty": rng.randrange(5)}}},
+               lambda: {"$pull": {"items": {"sku": "b"}}}, lambda: {"$set": {"items.0.qty": rng.randrange(9)}},
+               lambda: {"$unset": {"meta.x": ""}}, lambda: {"$set": {"meta.y.z": rng.random()}},
+               lambda: {"$set": {"note": "n"}}, lambda: {"$unset": {"note": ""}}, lambda: {"$pop": {"items": 1}},
+               lambda: {"$set": {"items.3": {"sku": "pad"}}}]
+    states = []
+    for _ in range(120):
+        try:
+            if orders.update_one({"_id": 1}, rng.choice(updates)()).modified_count:
+                states.append(canonical_document(orders.find_one({"_id": 1})))
+        except WriteError:  # e.g. a path through a null array element: MongoDB refuses, nothing changes
+            pass
+    orders.delete_one({"_id": 1})  # gone before the producer reads: a lookup would find nothing
+    drain(settings)
+    events = [m for m in read_topic(settings, settings.topic_for("orders")) if m["op"] == "update"]
+    assert len(events) == len(states) > 50
+    assert [canonical_document(m["full_document"]) for m in events] == states

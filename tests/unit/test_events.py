@@ -96,3 +96,20 @@ def test_identity_is_type_exact_and_v1_identities_are_derived_again() -> None:
     assert events.identity_of_v1('{"_id": "1001"}', "1001") == '"1001"'
     assert events.identity_of_v1('{"_id": {"$oid": "6b038060dfb53f1723db4377"}}', str(oid)) == identities[2]
     assert events.identity_of_v1(None, "x") == "x"
+
+
+def test_an_update_description_applies_to_the_pre_image() -> None:
+    from lakehouse.contracts.events import apply_update_description, post_image
+
+    before = {"_id": 1, "a": {"b": 1, "c": 2}, "items": [{"q": 1}, {"q": 2}, {"q": 3}], "gone": True}
+    description = {"removedFields": ["gone", "a.c"], "truncatedArrays": [{"field": "items", "newSize": 2}],
+                   "updatedFields": {"a.b": 5, "items.1.q": 9, "items.3": "pad", "new.deep": [1]}}
+    assert apply_update_description(before, description) == {
+        "_id": 1, "a": {"b": 5}, "items": [{"q": 1}, {"q": 9}, None, "pad"], "new": {"deep": [1]}}
+    assert before["items"][1] == {"q": 2}  # the pre-image is left as it was
+    looked_up = {"_id": 1, "later": True}
+    change = {"operationType": "update", "fullDocument": looked_up, "fullDocumentBeforeChange": before,
+              "updateDescription": {"updatedFields": {"gone.x": 1}}}  # through a bool: cannot apply
+    assert post_image(change) is looked_up
+    assert post_image({**change, "fullDocumentBeforeChange": None}) is looked_up  # no pre-image: the lookup
+    assert post_image({**change, "operationType": "replace"}) is looked_up
