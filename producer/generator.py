@@ -5,7 +5,10 @@ streaming stage has something real to parse. With customers and products capture
 references a customer and products that exist (made first when new). `violations` is the share of
 changes that break a business rule of collections.toml on purpose (a missing customer, a negative
 amount, an unknown status or currency, a status moving backwards, a customer or product that does not
-exist), so the quality checks have something to find. Seeded, so a run can be repeated.
+exist), so the quality checks have something to find. Customers carry a segment and a country, products
+a category and a stock level: each order placed takes its items out of stock, and now and then a product
+that ran low is restocked, so the inventory alerts have crossings to report. Seeded, so a run can be
+repeated.
 """
 
 from __future__ import annotations
@@ -29,6 +32,11 @@ STATUS_FLOW = {
     "cancelled": "cancelled",
 }
 CURRENCIES = ("USD", "EUR", "GBP")
+SEGMENTS = ("consumer", "business", "vip")
+COUNTRIES = ("DE", "FR", "GB", "US", "NL", "ES")
+CATEGORIES = ("books", "electronics", "garden", "kitchen", "toys", "sports")
+RESTOCK_BELOW = 20  # a product at or under this stock may be restocked (INVENTORY_LOW's default)
+RESTOCK_SHARE = 0.03  # share of steps that restock one such product
 CUSTOMERS, PRODUCTS = "customers", "products"
 VIOLATIONS = ("missing_customer", "negative_amount", "unknown_status", "unknown_currency", "backwards_status",
               "unknown_customer", "unknown_product")
@@ -78,6 +86,9 @@ class OrderGenerator:
         self._by_name = {c.name: c for c in references}
         # Ids that exist in the reference collections, so orders only reference those (unless told not to).
         self._known: dict[str, set[str]] = {c.name: {d["_id"] for d in c.find({}, {"_id": 1})} for c in references}
+        # Stock per product as this generator last wrote it (it is the products' only writer).
+        self._stock: dict[str, int] = {d["_id"]: int(d["stock"]) for d in self._by_name[PRODUCTS].find(
+            {"stock": {"$type": "number"}}, {"stock": 1})} if PRODUCTS in self._by_name else {}
         orders.create_index("order_id", unique=True)
         self.rng = random.Random(seed)
         # Live order ids, so updates and deletes hit documents that exist.
@@ -123,14 +134,53 @@ class OrderGenerator:
         return key
 
     def _upsert_reference(self, collection: Collection, key: str) -> None:
+        created: dict[str, Any] = {}  # attributes a new document is made with; a touch leaves them
+        if collection.name == CUSTOMERS:
+            created = {"segment": self.rng.choice(SEGMENTS), "country": self.rng.choice(COUNTRIES)}
+        elif collection.name == PRODUCTS:
+            created = {"category": self.rng.choice(CATEGORIES), "stock": self.rng.randrange(21, 60)}
+        known = key in self._known.get(collection.name, set())
         collection.update_one(
             {"_id": key},
             {"$set": {"name": f"{collection.name} {key}", "score": self.rng.randrange(100),
-                      "updated_at": datetime.now(UTC)}},
+                      "updated_at": datetime.now(UTC)},
+             **({"$setOnInsert": created} if created and not known else {})},
             upsert=True,
         )
+        if collection.name == PRODUCTS and not known:
+            found = collection.find_one({"_id": key}, {"stock": 1}) or {}
+            if isinstance(found.get("stock"), int):
+                self._stock[key] = found["stock"]
         self._known.setdefault(collection.name, set()).add(key)
         self.stats.references += 1
+
+    def _place(self, order: dict[str, Any]) -> None:
+        """Insert an order and take its items out of stock (never below 0)."""
+        self.orders.insert_one(order)
+        self.live.append(order["order_id"])
+        self.stats.inserts += 1
+        if PRODUCTS not in self._by_name:
+            return
+        for item in order.get("items", []):
+            sku = item.get("sku")
+            if sku not in self._stock:
+                continue
+            self._stock[sku] = max(0, self._stock[sku] - int(item.get("qty", 1)))
+            self._by_name[PRODUCTS].update_one({"_id": sku}, {"$set": {"stock": self._stock[sku],
+                                                                      "updated_at": datetime.now(UTC)}})
+            self.stats.references += 1
+
+    def _restock(self) -> bool:
+        """Bring one product that ran low back to a full shelf; False when none has."""
+        low = sorted(sku for sku, stock in self._stock.items() if stock <= RESTOCK_BELOW)
+        if not low:
+            return False
+        sku = self.rng.choice(low)
+        self._stock[sku] = self.rng.randrange(40, 100)
+        self._by_name[PRODUCTS].update_one({"_id": sku}, {"$set": {"stock": self._stock[sku],
+                                                                  "updated_at": datetime.now(UTC)}})
+        self.stats.references += 1
+        return True
 
     def _touch_reference(self) -> None:
         """Upsert a customer or product: documents without an order_id (keyed by _id in Kafka)."""
@@ -167,9 +217,7 @@ class OrderGenerator:
                 doc["customer_id"] = f"cust-unknown-{self.rng.randrange(10**6):06d}"
             elif kind == "unknown_product":
                 doc["items"].append({"sku": f"sku-unknown-{self.rng.randrange(10**6):06d}", "qty": 1})
-            self.orders.insert_one(doc)
-            self.live.append(doc["order_id"])
-            self.stats.inserts += 1
+            self._place(doc)
         self.stats.violations += 1
 
     def step(self) -> None:
@@ -178,11 +226,10 @@ class OrderGenerator:
             self._violate()
         elif self.references and self.rng.random() < 0.1:
             self._touch_reference()
+        elif self._stock and self.rng.random() < RESTOCK_SHARE and self._restock():
+            pass
         elif not self.live or roll < 0.45:
-            doc = self.new_order()
-            self.orders.insert_one(doc)
-            self.live.append(doc["order_id"])
-            self.stats.inserts += 1
+            self._place(self.new_order())
         elif roll < 0.80:
             order_id = self.rng.choice(self.live)
             current = self.orders.find_one({"order_id": order_id}, {"status": 1}) or {}

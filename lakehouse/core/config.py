@@ -40,14 +40,18 @@ ENV_NAMES = {
     "event_time_source": "EVENT_TIME",
     "kafka_fail_on_data_loss": "KAFKA_FAIL_ON_DATA_LOSS",
     "kafka_client": "KAFKA_CLIENT",
+    "inventory_low": "INVENTORY_LOW",
+    "inventory_critical": "INVENTORY_CRITICAL",
+    "session_gap": "SESSION_GAP",
 }
 _PATHS = {"lake_path", "warehouse_path", "state_dir", "stack_dir", "collections_spec"}
-_INTS = {"kafka_partitions", "kafka_replication_factor", "max_rows_per_batch"}
+_INTS = {"kafka_partitions", "kafka_replication_factor", "max_rows_per_batch", "inventory_low", "inventory_critical"}
 _BOOLS = {"kafka_fail_on_data_loss"}
 KAFKA_CLIENTS = ("confluent", "kafka-python")
 _MONGO_DB_NAME = re.compile(r"[^/\\. \"$*<>:|?]{1,63}")
 _COLLECTION_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,119}")
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
+_INTERVAL = re.compile(r"[1-9][0-9]* (second|minute|hour|day)s?")
 
 
 def _parse(name: str, raw: str) -> object:
@@ -109,6 +113,11 @@ class Settings:
     # GIL). Both are tested against the broker; with the change stream read ahead they capture at the same
     # rate here (bench/producer_bench.py, README), so the default is the one the fault runs have proven.
     kafka_client: str = "kafka-python"
+    # Inventory alerts: a product's stock at or under `low` is low, at or under `critical` critical, 0 out of stock.
+    inventory_low: int = 20
+    inventory_critical: int = 5
+    # Customer sessions: a customer's order changes further apart than this start a new session.
+    session_gap: str = "30 minutes"
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -182,7 +191,16 @@ class Settings:
         checks = (("kafka_partitions", self.kafka_partitions >= 1), ("kafka_replication_factor",
                   self.kafka_replication_factor >= 1), ("max_rows_per_batch", self.max_rows_per_batch >= 1),
                   ("trigger_seconds", 0 < self.trigger_seconds < 86_400))
-        return [f"{ENV_NAMES[name]}={getattr(self, name)!r} must be a positive number" for name, ok in checks if not ok]
+        problems = [f"{ENV_NAMES[name]}={getattr(self, name)!r} must be a positive number"
+                    for name, ok in checks if not ok]
+        if not 0 <= self.inventory_critical < self.inventory_low:
+            problems.append(f"INVENTORY_CRITICAL={self.inventory_critical} and INVENTORY_LOW={self.inventory_low}: "
+                            "give 0 <= critical < low (e.g. 5 and 20)")
+        for name in ("session_gap", "watermark_delay"):
+            if not _INTERVAL.fullmatch(getattr(self, name)):
+                problems.append(f"{ENV_NAMES[name]}={getattr(self, name)!r} is not a duration Spark reads; give e.g. "
+                                "'30 minutes' or '45 seconds'")
+        return problems
 
     def _path_problems(self) -> list[str]:
         """A folder setting whose path runs through a regular file can never be created."""
@@ -276,6 +294,14 @@ class Settings:
     @property
     def parquet_silver_path(self) -> Path:
         return self.lake_path / "parquet" / "silver"
+
+    def parquet_path(self, name: str) -> Path:
+        """The Parquet copy of a lake table that a streaming query reads as its source."""
+        return self.lake_path / "parquet" / name
+
+    def query_checkpoint(self, name: str) -> Path:
+        """The checkpoint of a streaming query over the lake (the aggregates, alerts, sessions)."""
+        return self.state_dir / "spark" / name
 
     @property
     def mongo_address(self) -> tuple[str, int]:

@@ -28,7 +28,8 @@ def test_the_shipped_spec_captures_orders_customers_and_products() -> None:
                                               "customer_exists", "products_exist"]
     customers = settings.collection("customers")
     assert (customers.key, customers.table, customers.changes) == ("_id", "customers", "fact_customers_changes")
-    assert customers.columns == (("name", "string"), ("score", "long"))
+    assert customers.columns == (("name", "string"), ("score", "long"), ("segment", "string"), ("country", "string"))
+    assert dict(settings.collection("products").columns)["stock"] == "long"
     assert settings.topics == ("cdc.shop.orders", "cdc.shop.customers", "cdc.shop.products")
 
 
