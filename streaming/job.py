@@ -39,7 +39,9 @@ from lakehouse.core.config import Settings
 from lakehouse.core.errors import ConfigError, LakehouseError
 from lakehouse.core.rules import QUALITY_FLAGS
 from lakehouse.core.stopping import StopSignals
-from streaming.aggregates import start_aggregates
+from streaming import inventory, sessions
+from streaming.aggregates import revenue_checkpoint, start_aggregates, start_revenue_by_category
+from streaming.enrichment import ORDERS, ReferenceState
 from streaming.kafka_source import KafkaPyDataSource
 from streaming.quality import QualityJudge, Verdict
 from streaming.udfs import money_columns
@@ -227,6 +229,9 @@ class BatchWriter:
         self.schemas = tables.lake_schemas(tables.attribute_columns(settings))
         self.judge = QualityJudge(tuple(map(settings.collection, settings.collections)),
                                   settings.table_path(tables.SILVER))
+        orders = settings.collection(ORDERS) if ORDERS in settings.collections else None
+        self.references = ReferenceState(settings.table_path(tables.SILVER), orders is not None and bool(
+            orders.money) and "customer_id" in dict(orders.columns))
 
     def __call__(self, batch_df: DataFrame, batch_id: int) -> None:
         started = time.monotonic()
@@ -257,13 +262,17 @@ class BatchWriter:
         watermark, late = self._late(silver, batch_id)
         late = conform(late, schemas[tables.LATE_EVENTS])
         checks = conform(_quality_checks(verdict, batch_id, now), schemas[tables.QUALITY_CHECKS])
+        lines = self.references.order_lines(silver)
+        lines = conform(lines.append_column("batch_id", pa.array([batch_id] * lines.num_rows, pa.int64()))
+                        .append_column("ingested_at", pa.array([now] * lines.num_rows)), schemas[tables.ORDER_LINES])
 
         outputs = ((tables.BRONZE, bronze), (tables.SILVER, silver), (tables.QUARANTINE, quarantine),
-                   (tables.LATE_EVENTS, late), (tables.QUALITY_CHECKS, checks))
+                   (tables.LATE_EVENTS, late), (tables.QUALITY_CHECKS, checks), (tables.ORDER_LINES, lines))
         for name, data in outputs:
             if data.num_rows:
                 append_once(self.settings.table_path(name), data, self.app_id, batch_id)
         write_parquet_once(self.settings.parquet_silver_path, silver, self.app_id, batch_id, "event_date")
+        write_parquet_once(self.settings.parquet_path(tables.ORDER_LINES), lines, self.app_id, batch_id, "event_date")
         self.judge.remember(silver)
         flagged = silver.num_rows - silver[QUALITY_FLAGS].null_count if QUALITY_FLAGS in silver.column_names else 0
         new_fields = sorted({key for text in silver["extra"].drop_null().to_pylist() for key in json.loads(text)})
@@ -382,7 +391,18 @@ def ensure_lake_tables(settings: Settings) -> None:
 
 
 def query_checkpoints(settings: Settings) -> list[Path]:
-    return [settings.spark_checkpoint, *(settings.aggregates_checkpoint / g for g in tables.WINDOWS)]
+    return [settings.spark_checkpoint, *(settings.aggregates_checkpoint / g for g in tables.WINDOWS),
+            *(revenue_checkpoint(settings, g) for g in tables.CATEGORY_WINDOWS), inventory.checkpoint(settings),
+            sessions.checkpoint(settings)]
+
+
+def start_derived(spark: SparkSession, settings: Settings, available_now: bool) -> list[Any]:
+    """The queries over what the lake query writes: windowed aggregates, revenue by category, inventory
+    alerts and customer sessions."""
+    return [*start_aggregates(spark, settings, available_now),
+            *start_revenue_by_category(spark, settings, available_now),
+            *inventory.start_inventory_alerts(spark, settings, available_now),
+            *sessions.start_customer_sessions(spark, settings, available_now)]
 
 
 def repair_checkpoints(settings: Settings) -> None:
@@ -426,7 +446,7 @@ def run(settings: Settings, available_now: bool = False, max_failures: int = MAX
                         _await(queries, signals)
                         if signals.requested.is_set():
                             return
-                    queries += start_aggregates(spark, settings, available_now)
+                    queries += start_derived(spark, settings, available_now)
                     _await(queries, signals)
                     return
                 except QueryFailed as exc:

@@ -20,7 +20,12 @@ QUARANTINE = "quarantine"
 LATE_EVENTS = "late_events"
 AGGREGATES = "aggregates"
 QUALITY_CHECKS = "quality_checks"
+ORDER_LINES = "order_lines_enriched"
+REVENUE_BY_CATEGORY = "revenue_by_category"
+INVENTORY_ALERTS = "inventory_alerts"
+CUSTOMER_SESSIONS = "customer_sessions"
 WINDOWS = {"1m": "1 minute", "1h": "1 hour"}  # granularity label -> Spark window duration
+CATEGORY_WINDOWS = {"5m": "5 minutes", "1h": "1 hour"}  # revenue_by_category's
 
 # -- the lake --------------------------------------------------------------------------------------
 # Kafka coordinates kept on every lake row, so any row can be traced to its message.
@@ -42,6 +47,30 @@ AGGREGATES_COLUMNS: Columns = (
     ("window_start", "timestamp"), ("window_end", "timestamp"), ("status", "string"), ("order_count", "long"),
     ("revenue", "decimal(28,2)"), ("average_amount", "decimal(18,2)"), ("high_value_changes", "long"),
     ("granularity", "string"), ("computed_at", "timestamp"))
+# Orders placed, one row per item, joined with the customer's and the product's attributes as the lake held
+# them when the order arrived (streaming/enrichment.py); the order's amount is shared out over its items by
+# quantity. first_in_category marks one line per order and category, so an aggregate can count orders.
+ORDER_LINES_COLUMNS: Columns = (
+    ("change_id", "string"), ("order_id", "string"), ("event_time", "timestamp"), ("customer_id", "string"),
+    ("customer_segment", "string"), ("customer_country", "string"), ("sku", "string"), ("product_name", "string"),
+    ("product_category", "string"), ("qty", "long"), ("line_revenue", "decimal(28,2)"), ("currency", "string"),
+    ("first_in_category", "bool"), *_WRITTEN, ("event_date", "date"))
+# Revenue of the orders placed per event-time window, product category and currency (streaming/aggregates.py).
+REVENUE_BY_CATEGORY_COLUMNS: Columns = (
+    ("window_start", "timestamp"), ("window_end", "timestamp"), ("category", "string"), ("currency", "string"),
+    ("orders", "long"), ("items", "long"), ("revenue", "decimal(28,2)"), ("granularity", "string"),
+    ("computed_at", "timestamp"))
+# One row per crossing of a stock threshold (streaming/inventory.py): level low, critical, out_of_stock, or
+# restocked when the product is back above the low threshold; event_time is the stock change's.
+INVENTORY_ALERTS_COLUMNS: Columns = (
+    ("product_id", "string"), ("name", "string"), ("stock", "long"), ("threshold", "long"), ("level", "string"),
+    ("previous_level", "string"), ("event_time", "timestamp"), ("change_id", "string"), ("computed_at", "timestamp"))
+# Per customer, sessions of order changes no further apart than SESSION_GAP (streaming/sessions.py); written
+# once the watermark has passed the session's end, so every row is final.
+CUSTOMER_SESSIONS_COLUMNS: Columns = (
+    ("customer_id", "string"), ("session_start", "timestamp"), ("session_end", "timestamp"),
+    ("last_activity", "timestamp"), ("changes", "long"), ("orders_placed", "long"), ("amount_spent", "decimal(28,2)"),
+    ("currency", "string"), ("computed_at", "timestamp"))
 
 
 def silver_columns(attributes: Columns) -> Columns:
@@ -70,6 +99,10 @@ def lake_schemas(attributes: Columns) -> dict[str, pa.Schema]:
         BRONZE: types.arrow_schema(BRONZE_COLUMNS), SILVER: types.arrow_schema(silver_columns(attributes)),
         QUARANTINE: types.arrow_schema(QUARANTINE_COLUMNS), LATE_EVENTS: types.arrow_schema(LATE_EVENTS_COLUMNS),
         AGGREGATES: types.arrow_schema(AGGREGATES_COLUMNS), QUALITY_CHECKS: types.arrow_schema(QUALITY_CHECKS_COLUMNS),
+        ORDER_LINES: types.arrow_schema(ORDER_LINES_COLUMNS),
+        REVENUE_BY_CATEGORY: types.arrow_schema(REVENUE_BY_CATEGORY_COLUMNS),
+        INVENTORY_ALERTS: types.arrow_schema(INVENTORY_ALERTS_COLUMNS),
+        CUSTOMER_SESSIONS: types.arrow_schema(CUSTOMER_SESSIONS_COLUMNS),
     }
 
 
