@@ -27,11 +27,20 @@ def test_notebooks_are_committed_without_outputs() -> None:
 
 
 def test_every_notebook_runs(spark: object, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    from streaming.job import start_derived
+
+    # Thresholds the generator's young stock crosses, and sessions/windows short enough to close in a small run.
+    settings = settings.replace(inventory_low=55, inventory_critical=30, session_gap="2 seconds",
+                                watermark_delay="2 seconds")
     client = connect_mongo(settings)
-    OrderGenerator.for_database(client[settings.mongo_db], settings.collections, seed=3, violations=0.05).run(200)
+    OrderGenerator.for_database(client[settings.mongo_db], settings.collections, seed=3, violations=0.05).run(
+        200, rate=40)
     client.close()
     drain(settings)
     stream_lake(spark, settings)
+    for query in start_derived(spark, settings, available_now=True):  # type: ignore[arg-type]
+        query.awaitTermination(600)
+        assert query.exception() is None, query.exception()
     load(settings)
     for name, value in settings.to_env().items():
         monkeypatch.setenv(name, value)  # the kernel inherits them: the notebooks read Settings.from_env()
