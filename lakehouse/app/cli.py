@@ -104,7 +104,7 @@ def produce(settings: Settings, snapshot: str, until_idle: bool) -> None:
               _finite(p, v), help="Changes per second (default: as fast as possible).")
 @click.option("--seed", default=42, show_default=True)
 @click.option("--violations", envvar="VIOLATIONS", type=click.FloatRange(0, 1), default=0.0, show_default=True,
-              help="Share of changes that break a business rule on purpose (e.g. 0.02), for the quality checks.")
+              help="Share of order changes that break a business rule on purpose (e.g. 0.02), for the quality checks.")
 @click.pass_obj
 def generate(settings: Settings, events: int, rate: float | None, seed: int, violations: float) -> None:
     """Insert, update, replace and delete orders in MongoDB."""
@@ -339,7 +339,7 @@ def metrics_command(settings: Settings, port: int | None) -> None:
               help="Live demo: keep generating (RATE, default 20/s) and print a status line until Ctrl-C.")
 @click.option("--every", default=5.0, show_default=True, help="Seconds between status lines with --follow.")
 @click.option("--violations", envvar="VIOLATIONS", type=click.FloatRange(0, 1), default=0.0, show_default=True,
-              help="Share of changes that break a business rule on purpose (e.g. 0.02), for the quality checks.")
+              help="Share of order changes that break a business rule on purpose (e.g. 0.02), for the quality checks.")
 @click.option("--reconcile-every", type=float, default=None,
               help="With --follow: reconcile with MongoDB (and repair what persists) this often, in seconds.")
 @click.pass_obj
