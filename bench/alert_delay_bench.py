@@ -16,13 +16,13 @@ delay is read back:
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
 
 from deltalake import DeltaTable
+from freshness_bench import pct, wait_for  # this folder is the script's first import path
 
 from lakehouse.adapters.kafka import delete_topics
 from lakehouse.adapters.mongo import connect as connect_mongo
@@ -32,10 +32,6 @@ from lakehouse.core.config import Settings
 from lakehouse.core.logs import configure
 from producer.generator import OrderGenerator
 from streaming.inventory import crossings
-
-
-def pct(values: list[float], q: int) -> float:
-    return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else values[0]
 
 
 def rows(settings: Settings, name: str, columns: list[str]) -> list[dict]:
@@ -54,16 +50,6 @@ def expected_alerts(settings: Settings) -> set[str]:
             history[row["doc_id"]].append(row)
     return {a["change_id"] for changes in history.values()
             for a in crossings(changes, None, settings.inventory_low, settings.inventory_critical)[0]}
-
-
-def wait_for(what: str, condition, timeout: float, children) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while not condition():
-        for child in children:
-            child.check()
-        if time.monotonic() > deadline:
-            raise SystemExit(f"gave up waiting for {what} after {timeout:.0f}s; see the logs in the state folder")
-        time.sleep(1.0)
 
 
 def main() -> None:
