@@ -20,12 +20,13 @@ from pyspark.sql import functions as F
 
 from lakehouse.adapters.delta import append_once, conform, writer_app_id
 from lakehouse.contracts import tables, types
+from lakehouse.contracts.events import DOCUMENT_OPERATIONS
 from lakehouse.core.config import Settings
 
 log = logging.getLogger(__name__)
 
 # Changes that carry an order's state; deletes and snapshot_end markers carry no amount.
-ORDER_STATES = ("insert", "update", "replace", "snapshot")
+ORDER_STATES = DOCUMENT_OPERATIONS
 UNKNOWN_CATEGORY = "(unknown)"
 
 

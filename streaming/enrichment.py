@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 
 from lakehouse.adapters.delta import LakeTable
 from lakehouse.contracts import tables, types
-from lakehouse.contracts.events import identity_of
+from lakehouse.contracts.events import DOCUMENT_OPERATIONS, identity_of
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,6 @@ ORDERS, CUSTOMERS, PRODUCTS = "orders", "customers", "products"
 CUSTOMER_ATTRIBUTES = {"customer_segment": "segment", "customer_country": "country"}
 PRODUCT_ATTRIBUTES = {"product_name": "name", "product_category": "category"}
 ORDER = tables.SOURCE_ORDER
-_CARRY_DOCUMENT = ("insert", "update", "replace", "snapshot")
 CENT = Decimal("0.01")
 
 
@@ -61,7 +60,7 @@ class ReferenceState:
         if self._attributes is None:
             return
         refs = silver.filter(pc.and_(pc.is_in(silver["collection"], pa.array([CUSTOMERS, PRODUCTS])),
-                                     pc.is_in(silver["op"], pa.array(_CARRY_DOCUMENT))))
+                                     pc.is_in(silver["op"], pa.array(DOCUMENT_OPERATIONS))))
         if refs.num_rows == 0:
             return
         for row in refs.to_pylist():

@@ -27,14 +27,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lakehouse.adapters.delta import LakeTable
-from lakehouse.contracts.events import identity_of
+from lakehouse.contracts import tables
+from lakehouse.contracts.events import DOCUMENT_OPERATIONS, identity_of
 from lakehouse.core.collections import CollectionSpec
 from lakehouse.core.rules import QUALITY_REASON, QualityRule
 
 log = logging.getLogger(__name__)
 
-ORDER = ("cluster_time_s", "cluster_time_inc", "txn_op_index")
-_JUDGED_OPS = ("insert", "update", "replace", "snapshot")  # changes that carry the document
+ORDER = tables.SOURCE_ORDER
 
 
 @dataclass
@@ -130,7 +130,7 @@ class QualityJudge:
                           columns))
         row_rules = [r for r in self.rules if r.kind not in ("transitions",)]
         for i, row in enumerate(rows):
-            if row["op"] not in _JUDGED_OPS:
+            if row["op"] not in DOCUMENT_OPERATIONS:
                 continue
             for rule in row_rules:
                 if rule.collection == row["collection"]:
@@ -144,7 +144,7 @@ class QualityJudge:
                     batch_versions[rows[i]["doc_id"]].append((_order(rows[i]), rows[i]["op"], rows[i]))
             for i in mine:
                 row = rows[i]
-                if row["op"] not in _JUDGED_OPS:
+                if row["op"] not in DOCUMENT_OPERATIONS:
                     continue
                 previous = _previous(_order(row), self._versions.get((rule.collection, row["doc_id"]), []),
                                      batch_versions.get(row["doc_id"], []))

@@ -55,6 +55,7 @@ ENVELOPE_FIELD_NAMES: tuple[str, ...] = tuple(name for name, _ in ENVELOPE_FIELD
 REQUIRED_FIELDS: tuple[str, ...] = ("change_id", "op", "db", "collection", "doc_id", "cluster_time_s")
 STREAMED_OPERATIONS = ("insert", "update", "replace", "delete")  # read from the change stream
 OPERATIONS = (*STREAMED_OPERATIONS, "snapshot", "snapshot_end")
+DOCUMENT_OPERATIONS = ("insert", "update", "replace", "snapshot")  # the changes that carry the whole document
 # doc_id of a snapshot_end event, which is about a whole collection.
 WHOLE_COLLECTION = "*"
 
