@@ -99,6 +99,24 @@ def drain(settings: Settings, snapshot: str = "initial") -> ChangeStreamListener
     return listener
 
 
+def lake_rows(settings: Settings, name: str) -> list[dict[str, Any]]:
+    """Every row of a lake Delta table."""
+    from deltalake import DeltaTable
+
+    return DeltaTable(str(settings.table_path(name))).to_pyarrow_table().to_pylist()
+
+
+def warehouse_rows(settings: Settings, query: str) -> list[tuple]:
+    """A query's rows from the warehouse, opened read-only for it."""
+    from warehouse.loader import connect
+
+    con = connect(settings.warehouse_path, read_only=True)
+    try:
+        return con.execute(query).fetchall()
+    finally:
+        con.close()
+
+
 def stream_lake(spark: object, settings: Settings) -> None:
     """Run the lake query in this process until Kafka is drained (Trigger.AvailableNow)."""
     from streaming.job import start

@@ -11,7 +11,6 @@ from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
-from deltalake import DeltaTable
 from kafka import KafkaProducer
 
 from lakehouse.adapters.mongo import connect as connect_mongo
@@ -21,14 +20,10 @@ from producer.generator import OrderGenerator
 from streaming import inventory, sessions
 from streaming.aggregates import revenue_checkpoint
 from streaming.inventory import crossings
-from tests.helpers import drain, stream_lake
+from tests.helpers import drain, lake_rows, stream_lake
 from warehouse.loader import connect, load
 
 SOURCE_ORDER = tables.SOURCE_ORDER
-
-
-def lake(settings: Settings, name: str) -> list[dict]:
-    return DeltaTable(str(settings.table_path(name))).to_pyarrow_table().to_pylist()
 
 
 def run_derived(spark: object, settings: Settings) -> None:
@@ -82,7 +77,7 @@ def test_enrichment_alerts_and_sessions_over_two_runs_and_a_replayed_batch(spark
     producer.close()
     stream_lake(spark, settings)
     run_derived(spark, settings)
-    before = {name: len(lake(settings, name)) for name in
+    before = {name: len(lake_rows(settings, name)) for name in
               (tables.INVENTORY_ALERTS, tables.CUSTOMER_SESSIONS, tables.REVENUE_BY_CATEGORY)}
 
     # A replay of each stateful query's last batch writes nothing twice.
@@ -90,12 +85,12 @@ def test_enrichment_alerts_and_sessions_over_two_runs_and_a_replayed_batch(spark
                        *(revenue_checkpoint(settings, g) for g in tables.CATEGORY_WINDOWS)):
         forget_last_commit(checkpoint)
     run_derived(spark, settings)
-    assert {name: len(lake(settings, name)) for name in before} == before
+    assert {name: len(lake_rows(settings, name)) for name in before} == before
 
-    silver = lake(settings, tables.SILVER)
+    silver = lake_rows(settings, tables.SILVER)
 
     # Inventory: exactly the crossings of each product's stock history in source order, each once.
-    alerts = lake(settings, tables.INVENTORY_ALERTS)
+    alerts = lake_rows(settings, tables.INVENTORY_ALERTS)
     mine = sorted((a for a in alerts if a["product_id"] == "sku-alert"), key=lambda a: a["event_time"])
     assert [(a["level"], a["stock"], a["threshold"], a["previous_level"]) for a in mine] == [
         ("low", 18, 20, "ok"), ("critical", 4, 5, "low"), ("out_of_stock", 0, 0, "critical"),
@@ -111,7 +106,7 @@ def test_enrichment_alerts_and_sessions_over_two_runs_and_a_replayed_batch(spark
     assert len(expected) > 4  # the generator's orders took other products below the thresholds too
 
     # Enrichment: the order's lines carry the customer's and the products' attributes.
-    lines = [r for r in lake(settings, tables.ORDER_LINES) if r["order_id"] == "ord-enriched"]
+    lines = [r for r in lake_rows(settings, tables.ORDER_LINES) if r["order_id"] == "ord-enriched"]
     assert sorted((r["sku"], r["product_category"], r["customer_segment"], r["line_revenue"]) for r in lines) == [
         ("sku-alert", "toys", "vip", Decimal("4.00")), ("sku-nowhere", None, "vip", Decimal("8.00"))]
 
@@ -121,7 +116,7 @@ def test_enrichment_alerts_and_sessions_over_two_runs_and_a_replayed_batch(spark
     for r in placed:
         if r["amount"] is not None:
             by_currency[r["amount_currency"]] += r["amount"]
-    revenue = lake(settings, tables.REVENUE_BY_CATEGORY)
+    revenue = lake_rows(settings, tables.REVENUE_BY_CATEGORY)
     for granularity in tables.CATEGORY_WINDOWS:
         rows = [r for r in revenue if r["granularity"] == granularity]
         got: dict[str, Decimal] = defaultdict(Decimal)
@@ -132,7 +127,7 @@ def test_enrichment_alerts_and_sessions_over_two_runs_and_a_replayed_batch(spark
         assert sum(r["items"] for r in rows) >= len(placed)
 
     # Sessions: every change of every customer in exactly one closed session; none span a gap.
-    found = lake(settings, tables.CUSTOMER_SESSIONS)
+    found = lake_rows(settings, tables.CUSTOMER_SESSIONS)
     activity = [r for r in silver if r["collection"] == "orders" and r["op"] in sessions.ACTIVITY
                 and r["customer_id"] not in (None, "tick")]
     assert sum(s["changes"] for s in found) == len(activity)
@@ -153,6 +148,6 @@ def test_enrichment_alerts_and_sessions_over_two_runs_and_a_replayed_batch(spark
     try:
         for name in (tables.INVENTORY_ALERTS, tables.CUSTOMER_SESSIONS, tables.REVENUE_BY_CATEGORY,
                      tables.ORDER_LINES):
-            assert con.execute(f"SELECT count(*) FROM {name}").fetchall()[0][0] == len(lake(settings, name)), name
+            assert con.execute(f"SELECT count(*) FROM {name}").fetchall()[0][0] == len(lake_rows(settings, name)), name
     finally:
         con.close()

@@ -14,16 +14,8 @@ from lakehouse.app.reconcile import reconcile
 from lakehouse.contracts.events import doc_id_text
 from lakehouse.core.config import Settings
 from producer.generator import OrderGenerator
-from tests.helpers import drain, stream_lake
-from warehouse.loader import connect, load
-
-
-def rows(settings: Settings, sql: str) -> list[tuple]:
-    con = connect(settings.warehouse_path, read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
+from tests.helpers import drain, stream_lake, warehouse_rows
+from warehouse.loader import load
 
 
 def test_customers_and_products_are_tables_with_their_columns_history_and_reconcile(
@@ -42,11 +34,13 @@ def test_customers_and_products_are_tables_with_their_columns_history_and_reconc
     for name in settings.collections:
         assert reconcile(settings, name).ok, reconcile(settings, name).line()
     want = {doc_id_text({"_id": d["_id"]}): (d.get("name"), d.get("score")) for d in db["customers"].find()}
-    got = {doc_id: (name, score) for doc_id, name, score in rows(settings, "SELECT doc_id, name, score FROM customers")}
+    got = {doc_id: (name, score)
+           for doc_id, name, score in warehouse_rows(settings, "SELECT doc_id, name, score FROM customers")}
     assert got == {k: (n, s if isinstance(s, int) else None) for k, (n, s) in want.items()}
-    assert rows(settings, "SELECT name, is_current FROM customers_history WHERE doc_id = '7' ORDER BY cluster_time_s, "
-                          "cluster_time_inc") == [("Integer Id", False), ("Renamed", True)]
-    assert rows(settings, "SELECT count(*) FROM fact_order_changes WHERE collection <> 'orders'") == [(0,)]
+    history = warehouse_rows(settings, "SELECT name, is_current FROM customers_history WHERE doc_id = '7' "
+                                       "ORDER BY cluster_time_s, cluster_time_inc")
+    assert history == [("Integer Id", False), ("Renamed", True)]
+    assert warehouse_rows(settings, "SELECT count(*) FROM fact_order_changes WHERE collection <> 'orders'") == [(0,)]
 
     # The customers table drifts; reconcile --collection customers finds and repairs only that.
     con = duckdb.connect(str(settings.warehouse_path))

@@ -5,8 +5,6 @@ every quarantined document instead of calling it missing."""
 
 from __future__ import annotations
 
-from deltalake import DeltaTable
-
 from lakehouse.adapters.mongo import connect as connect_mongo
 from lakehouse.app import status
 from lakehouse.app.reconcile import reconcile
@@ -14,20 +12,8 @@ from lakehouse.contracts import batches, tables
 from lakehouse.contracts.events import doc_id_text
 from lakehouse.core.config import Settings
 from producer.generator import OrderGenerator
-from tests.helpers import drain, stream_lake
-from warehouse.loader import connect, load
-
-
-def lake(settings: Settings, name: str) -> list[dict]:
-    return DeltaTable(str(settings.table_path(name))).to_pyarrow_table().to_pylist()
-
-
-def sql(settings: Settings, query: str) -> list[tuple]:
-    con = connect(settings.warehouse_path, read_only=True)
-    try:
-        return con.execute(query).fetchall()
-    finally:
-        con.close()
+from tests.helpers import drain, lake_rows, stream_lake, warehouse_rows
+from warehouse.loader import load
 
 
 def test_rules_quarantine_flag_count_survive_a_restart_and_reconcile_accounts_for_them(
@@ -55,14 +41,14 @@ def test_rules_quarantine_flag_count_survive_a_restart_and_reconcile_accounts_fo
     drain(settings)
     stream_lake(spark, settings)
 
-    silver = lake(settings, tables.SILVER)
+    silver = lake_rows(settings, tables.SILVER)
     moves = [r for r in silver if r["order_id"] == "ord-moves" and r["op"] == "update"]
     assert [r["quality_flags"] for r in sorted(moves, key=lambda r: r["cluster_time_s"] * 10**6 +
                                                 r["cluster_time_inc"])] == [None, "status_transition"]
     late_ref = next(r for r in silver if r["order_id"] == "ord-late-ref")
     assert late_ref["quality_flags"] == "customer_exists"
     assert not any(r["order_id"] == "ord-bad-status" for r in silver)
-    reasons = [r["quarantine_reason"] for r in lake(settings, tables.QUARANTINE)]
+    reasons = [r["quarantine_reason"] for r in lake_rows(settings, tables.QUARANTINE)]
     assert any(r.startswith("quality rule known_status: status 'teleported'") for r in reasons), reasons
     assert any(r.startswith("quality rule known_status: status 'lost-in-transit'") for r in reasons), reasons
     flags = {flag for r in silver for flag in (r["quality_flags"] or "").split(",") if flag}
@@ -72,21 +58,21 @@ def test_rules_quarantine_flag_count_survive_a_restart_and_reconcile_accounts_fo
     # Counts: the batch records, the lake's quality_checks and the warehouse's data_quality agree.
     recorded = batches.quality_totals(batches.read(settings.batch_metrics))
     in_lake: dict[str, list[int]] = {}
-    for row in lake(settings, tables.QUALITY_CHECKS):
+    for row in lake_rows(settings, tables.QUALITY_CHECKS):
         tally = in_lake.setdefault(row["rule"], [0, 0])
         tally[0] += row["checked"]
         tally[1] += row["failed"]
     assert recorded == dict(sorted(in_lake.items()))
     assert all(failed > 0 for rule, (_, failed) in recorded.items() if rule != "amount_present"), recorded
     load(settings)
-    in_warehouse = {rule: [int(c), int(f)] for rule, c, f in sql(
+    in_warehouse = {rule: [int(c), int(f)] for rule, c, f in warehouse_rows(
         settings, "SELECT rule, sum(checked), sum(failed) FROM data_quality GROUP BY rule")}
     assert in_warehouse == recorded
-    assert all(0 <= score <= 1 for (score,) in sql(settings, "SELECT score FROM data_quality"))
-    flagged = sql(settings, "SELECT count(*) FROM orders WHERE quality_flags IS NOT NULL")[0][0]
+    assert all(0 <= score <= 1 for (score,) in warehouse_rows(settings, "SELECT score FROM data_quality"))
+    flagged = warehouse_rows(settings, "SELECT count(*) FROM orders WHERE quality_flags IS NOT NULL")[0][0]
     assert flagged > 0
     # The flag stays on the change; the warehouse's re-check sees the customer that came later.
-    open_refs = {doc for (doc,) in sql(settings, "SELECT order_id FROM quality_open_references")}
+    open_refs = {doc for (doc,) in warehouse_rows(settings, "SELECT order_id FROM quality_open_references")}
     assert "ord-late-ref" not in open_refs
     assert any(o.startswith("ord-") for o in open_refs)  # the generator's unknown customers and products
 
