@@ -28,6 +28,7 @@ from lakehouse.adapters.mongo import connect as connect_mongo
 from lakehouse.contracts import events
 from lakehouse.contracts.events import SourcePosition
 from lakehouse.contracts.positions import partition_key
+from lakehouse.core import metrics
 from lakehouse.core.config import Settings
 from lakehouse.core.errors import ConfigError, Permanent, Transient
 from lakehouse.core.files import write_json_atomically
@@ -175,6 +176,7 @@ class ChangeStreamListener:
                 lost: Exception = exc
             except KafkaDataLost as exc:
                 self.stats.kafka_losses += 1
+                metrics.PRODUCER_KAFKA_LOSSES.inc()
                 if exc.rewind_to is not None:
                     position = exc.rewind_to.position
                     log.error("KAFKA LOST ACKNOWLEDGED RECORDS: %s; publishing again from the checkpoint of cluster "
@@ -224,14 +226,18 @@ class ChangeStreamListener:
         """Count acknowledged records and keep each partition's acknowledged end. An acknowledgement at an
         offset below one acknowledged before means the broker lost records and is re-using their offsets."""
         reused: dict[str, int] = {}
+        per_topic: dict[str, int] = {}
         for outgoing, metadata in acked:
             if not self._data_key(outgoing.topic):
                 continue
             self.stats.published += 1
+            per_topic[outgoing.topic] = per_topic.get(outgoing.topic, 0) + 1
             key = partition_key(metadata.topic, metadata.partition)
             if metadata.offset < self._acked.get(key, 0):
                 reused[key] = min(reused.get(key, metadata.offset), metadata.offset)
             self._acked[key] = max(self._acked.get(key, 0), metadata.offset + 1)
+        for topic, count in per_topic.items():
+            metrics.PRODUCER_EVENTS.labels(topic).inc(count)
         if reused:
             held = self._broker_holds()
             valid = {k: min(v, reused.get(k, v)) for k, v in held.items()}
@@ -419,6 +425,7 @@ class ChangeStreamListener:
     def _dead_letter(self, topic: str, original: Any, reason: str, key: str | None = None,
                      envelope: Mapping[str, Any] | None = None, size: int | None = None) -> Outgoing:
         self.stats.dead_lettered += 1
+        metrics.PRODUCER_DEAD_LETTERED.inc()
         if key is None and isinstance(original, Mapping):
             key = events.doc_id_text(original.get("documentKey") or {"_id": original.get("_id")})
         key = events.bounded_key(key or "unknown").decode()
@@ -436,6 +443,7 @@ class ChangeStreamListener:
         with backoff, and gives way to a stop request; a record the broker refuses as too large goes to the
         dead-letter topic; any other refusal stops the producer with an error naming the event."""
         backoff = 0.5
+        started = time.monotonic()
         while batch:
             sent = self.kafka.send_all(batch, lambda o: (o.topic, o.key, o.value))
             self._record_acks(sent.acked)  # may find that the broker lost records: rewinds
@@ -447,6 +455,7 @@ class ChangeStreamListener:
                 self._on_failure(sent.failure, sent.failed_on, len(rest), backoff)
                 backoff = min(backoff * 2, 30)
             batch = rest
+        metrics.PRODUCER_PUBLISH_SECONDS.observe(time.monotonic() - started)
 
     def _on_failure(self, failure: Exception, failed_on: Outgoing | None, pending: int, backoff: float) -> None:
         if isinstance(failure, BrokerForgot):
@@ -486,6 +495,9 @@ class ChangeStreamListener:
         self.store.save(Checkpoint(dict(token), self._position, self.stats.published, dict(self._acked),
                                    tuple(self.settings.collections)))
         self._saved_token = token
+        metrics.PRODUCER_TOKEN_SAVED.set_to_current_time()
+        if self._position is not None:
+            metrics.PRODUCER_LAST_CHANGE.set(self._position.cluster_time_s)
 
 
 

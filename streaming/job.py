@@ -15,6 +15,7 @@ import shutil
 import signal
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from lakehouse.contracts.events import (
     REQUIRED_FIELDS,
     SCHEMA_VERSION,
 )
+from lakehouse.core import metrics
 from lakehouse.core.collections import MONEY_COLUMNS
 from lakehouse.core.config import Settings
 from lakehouse.core.errors import ConfigError, LakehouseError
@@ -238,6 +240,7 @@ class BatchWriter:
         # Materialise first, always: Spark rejects a batch function that skips evaluating its input.
         batch = batch_df.toArrow()
         evaluated = time.monotonic()
+        collected_bytes = batch.nbytes
         now = pa.scalar(int(time.time() * 1_000_000), pa.timestamp("us", tz="UTC"))
         input_rows = batch.num_rows
         if self.skip_seen:
@@ -283,7 +286,7 @@ class BatchWriter:
             batch_id, input_rows=input_rows, already_in_lake=input_rows - batch.num_rows, silver_rows=silver.num_rows,
             quarantined=quarantine.num_rows, late=late.num_rows,
             quality_quarantined=int(pc.sum(ruled_out).as_py() or 0), flagged=flagged, quality=verdict.totals(),
-            new_fields=new_fields,
+            new_fields=new_fields, collected_bytes=collected_bytes,
             watermark=None if watermark is None else _iso(watermark), spark_ms=round((evaluated - started) * 1000),
             duration_ms=round((time.monotonic() - started) * 1000)))
 
@@ -327,6 +330,13 @@ class BatchWriter:
         """One line per batch in data/state/spark/batches.jsonl (contracts/batches.py); a batch Spark replays
         after a crash writes its line again, so readers take the last line per batch_id."""
         batches.append(self.metrics_path, record)
+        for outcome in ("input_rows", "silver_rows", "quarantined", "late", "flagged"):
+            metrics.STREAM_ROWS.labels(outcome.removesuffix("_rows")).inc(getattr(record, outcome))
+        for rule, (checked, failed) in record.quality.items():
+            metrics.QUALITY_CHECKED.labels(rule).inc(checked)
+            metrics.QUALITY_FAILED.labels(rule).inc(failed)
+        if record.watermark:
+            metrics.STREAM_WATERMARK.set(datetime.fromisoformat(record.watermark).timestamp())
         if record.input_rows:
             log.info("batch %d: %d rows, %d to silver, %d quarantined, %d late, watermark %s, %d ms", record.batch_id,
                      record.input_rows, record.silver_rows, record.quarantined, record.late, record.watermark,
@@ -450,6 +460,7 @@ def run(settings: Settings, available_now: bool = False, max_failures: int = MAX
                     _await(queries, signals)
                     return
                 except QueryFailed as exc:
+                    metrics.STREAM_FAILURES.inc()
                     failures = 1 if committed_batches(settings) > committed else failures + 1
                     if failures >= max_failures or spark.sparkContext._jsc is None:
                         raise QueryFailed(f"the streaming job gave up after {failures} failures in a row without "
@@ -479,10 +490,31 @@ def _stop(queries: list[Any], grace: float = 60.0) -> None:
 
 def _await(queries: list[Any], signals: StopSignals) -> None:
     """Until every query has finished (or a stop was asked); a failed query raises QueryFailed."""
+    observed: dict[str, int] = {}
     while any(q.isActive for q in queries) and not signals.requested.is_set():
         _raise_if_failed(queries)
+        _observe(queries, observed)
         signals.requested.wait(0.5)
+    _observe(queries, observed)
     _raise_if_failed(queries)
+
+
+def _observe(queries: list[Any], observed: dict[str, int]) -> None:
+    """Each query's batches since the last look, into the metrics (Spark keeps the recent ones)."""
+    for query in queries:
+        try:
+            progresses = query.recentProgress
+        except Exception:  # noqa: BLE001 - a query being stopped has no progress to give
+            continue
+        for progress in progresses:
+            if progress.batchId <= observed.get(query.name, -1):
+                continue
+            observed[query.name] = progress.batchId
+            metrics.STREAM_BATCH_SECONDS.labels(query.name).observe(
+                (progress.durationMs or {}).get("triggerExecution", 0) / 1000)
+            metrics.STREAM_QUERY_ROWS.labels(query.name).inc(progress.numInputRows or 0)
+            metrics.STREAM_LAST_BATCH.labels(query.name).set(
+                datetime.fromisoformat(progress.timestamp.replace("Z", "+00:00")).timestamp())
 
 
 def _raise_if_failed(queries: list[Any]) -> None:

@@ -30,6 +30,7 @@ import pyarrow.dataset as pads
 from lakehouse.adapters.delta import LakeTable
 from lakehouse.contracts import events, tables, types
 from lakehouse.contracts.types import ident
+from lakehouse.core import metrics
 from lakehouse.core.collections import CollectionSpec
 from lakehouse.core.config import Settings
 from lakehouse.core.errors import LakehouseError, Permanent, Transient
@@ -119,6 +120,8 @@ def connect(path: Path, read_only: bool = False, wait: float = LOCK_WAIT_S,
                     "notebooks) let go within seconds, so look for a long-running one, or stop the loader"
                 ) from exc
             if not said:
+                if not read_only:
+                    metrics.LOADER_LOCKED.inc()
                 log.info("warehouse %s is held by another process (%s); waiting for it", path,
                          holder.group(1) if holder else "unknown")
                 said = True
@@ -366,8 +369,11 @@ def load(settings: Settings) -> LoadResult:
             if loaded[spec.name] != version:
                 behind.setdefault(loaded[spec.name], []).append(spec)
         if not behind:
+            metrics.LOADER_VERSION.set(version)
             return LoadResult(version, 0, 0, current_counts(con, schema))
         started, rows_read, new_changes, began_us = time.monotonic(), 0, 0, 0
+        added_to: dict[str, int] = {}
+        newest: list[int] = []
 
         def apply_all() -> None:
             nonlocal rows_read, new_changes, began_us
@@ -377,10 +383,13 @@ def load(settings: Settings) -> LoadResult:
                 incoming = read_silver(silver, tuple(specs), _new_files(silver, since),
                                        what=f"load: read silver v{version}")
                 rows_read += incoming.num_rows
+                if incoming.num_rows:
+                    newest.append(pc.max(incoming["cluster_time_s"]).as_py())
                 for spec in specs:
                     mine = incoming.filter(pc.equal(incoming["collection"], spec.name))
                     added = apply_collection(con, spec, mine)
                     new_changes += added
+                    added_to[spec.name] = added
                     con.execute(
                         "INSERT INTO load_state VALUES (?, ?, ?, now()) ON CONFLICT (source) DO UPDATE SET "
                         "delta_version = excluded.delta_version, "
@@ -390,6 +399,13 @@ def load(settings: Settings) -> LoadResult:
             refresh_lake_views(con, settings)
 
         in_transaction(con, apply_all, "loading silver")
+        metrics.LOADER_LOAD_SECONDS.observe(time.monotonic() - started)
+        metrics.LOADER_ROWS_READ.inc(rows_read)
+        metrics.LOADER_VERSION.set(version)
+        for name, added in added_to.items():
+            metrics.LOADER_CHANGES.labels(name).inc(added)
+        if newest:
+            metrics.LOADER_NEWEST_CHANGE.set(max(newest))
         _record_load(settings.load_metrics, {"silver_version": version, "rows_read": rows_read,
                                              "new_changes": new_changes, "began_us": began_us,
                                              "committed_us": time.time_ns() // 1000,

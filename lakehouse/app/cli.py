@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from lakehouse.adapters.mongo import connect as connect_mongo
+from lakehouse.core import metrics
 from lakehouse.core.config import Settings
 from lakehouse.core.logs import configure
 
@@ -90,6 +91,8 @@ def produce(settings: Settings, snapshot: str, until_idle: bool) -> None:
 
     listener = ChangeStreamListener(settings, snapshot_mode=snapshot)
     listener.install_signal_handlers()
+    if not until_idle:
+        metrics.serve(settings, "producer")
     try:
         stats = listener.run(until_idle=until_idle)
     finally:
@@ -126,6 +129,8 @@ def stream(settings: Settings, available_now: bool) -> None:
     """Run the Spark Structured Streaming job (Kafka -> Delta/Parquet lake)."""
     from streaming.job import run
 
+    if not available_now:
+        metrics.serve(settings, "streaming")
     run(settings, available_now=available_now)
 
 
@@ -176,6 +181,7 @@ def load_command(settings: Settings, every: float | None, reconcile_every: float
             once()
             return
         click.echo(f"loading {settings.lake_path} into {settings.warehouse_path} every {every:g}s; Ctrl-C stops")
+        metrics.serve(settings, "loader")
         waiting_said = False
         reconciled_at = time.monotonic()
         with StopSignals() as signals:
@@ -295,38 +301,37 @@ def status_command(settings: Settings, as_json: bool) -> None:
 
 
 @cli.command("metrics")
-@click.option("--serve", "port", type=click.IntRange(1, 65535), default=None,
-              help="Serve them at http://127.0.0.1:PORT/metrics until Ctrl-C instead of printing once.")
+@click.option("--serve", is_flag=True,
+              help="Serve them at http://METRICS_HOST:MONITOR_METRICS_PORT/metrics (the monitor) until Ctrl-C "
+                   "instead of printing once.")
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="With --serve: this port instead.")
 @click.pass_obj
-def metrics_command(settings: Settings, port: int | None) -> None:
-    """The status figures in Prometheus text format (for Grafana and friends)."""
-    from lakehouse.app.status import collect, prometheus
+def metrics_command(settings: Settings, serve: bool, port: int | None) -> None:
+    """Lag, freshness, data loss, quality and the last reconcile in Prometheus text format: what no single
+    service knows (each service serves its own counters; see the README's Monitoring)."""
+    from prometheus_client import REGISTRY, start_http_server
 
-    if port is None:
+    from lakehouse.app.status import StatusCollector, collect, prometheus
+    from lakehouse.core.stopping import Interrupted, StopSignals
+
+    if not serve:
         click.echo(prometheus(collect(settings)), nl=False)
         return
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    class Metrics(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
-            if self.path.rstrip("/") != "/metrics":
-                self.send_error(404, "try /metrics")
-                return
-            body = prometheus(collect(settings)).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-    server = ThreadingHTTPServer(("127.0.0.1", port), Metrics)
-    click.echo(f"serving metrics at http://127.0.0.1:{server.server_port}/metrics (Ctrl-C stops)")
+    port = port or settings.monitor_metrics_port
+    REGISTRY.register(StatusCollector(settings))
     try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+        server, _ = start_http_server(port, addr=settings.metrics_host)
+    except OSError as exc:
+        raise click.ClickException(f"cannot serve metrics on {settings.metrics_host}:{port} ({exc}); give "
+                                   "another with --port or MONITOR_METRICS_PORT") from exc
+    click.echo(f"serving metrics at http://{settings.metrics_host}:{server.server_port}/metrics (Ctrl-C stops)")
+    with StopSignals() as signals:
+        try:
+            while True:
+                signals.wait(3600)
+        except Interrupted:
+            pass
+    server.shutdown()
 
 
 @cli.command("run-all")

@@ -33,6 +33,7 @@ from lakehouse.adapters.mongo import cluster_time
 from lakehouse.adapters.mongo import connect as connect_mongo
 from lakehouse.contracts import events, tables
 from lakehouse.contracts.positions import committed_offsets, partition_key
+from lakehouse.core import metrics
 from lakehouse.core.config import Settings
 from lakehouse.core.errors import ServerUnreachable
 from lakehouse.core.files import write_json_atomically
@@ -271,6 +272,7 @@ def repair(settings: Settings, result: Reconciliation, say: Callable[[str], None
             raise sent.failure or KafkaTransient(f"Kafka refused {len(sent.refused)} repair events: "
                                                  f"{sent.refused[0][1]}")
         result.repaired += len(sent.acked)
+        metrics.LOADER_REPAIRED.inc(len(sent.acked))
 
     try:
         collection = client[settings.mongo_db][result.collection]

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -26,6 +27,7 @@ from infra import servers
 from lakehouse.adapters.mongo import connect as connect_mongo
 from lakehouse.app.reconcile import Reconciliation, combined, lines, reconcile_each, record, round_of
 from lakehouse.app.status import collect, one_line
+from lakehouse.core import metrics
 from lakehouse.core.config import Settings
 from lakehouse.core.errors import LakehouseError, redact
 from lakehouse.core.logs import cli_options as logging_options
@@ -134,6 +136,28 @@ def spawn(settings: Settings, name: str, *args: str) -> Child:
     return Child(name, process, log, pid_file, settings, args)
 
 
+def start_monitoring(settings: Settings) -> list[Child]:
+    """run-all loads the warehouse itself, so it serves the loader's metrics; the monitor (lag, freshness,
+    reconcile) runs beside it. A metrics port in use is said and skipped: monitoring never stops a run."""
+    metrics.serve(settings, "loader")
+    port = settings.monitor_metrics_port
+    if not port:
+        return []
+    if not port_free(settings.metrics_host, port):
+        say(f"monitor not started: {settings.metrics_host}:{port} is in use (set MONITOR_METRICS_PORT)")
+        return []
+    return [spawn(settings, "monitor", "metrics", "--serve")]
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def wait_until_reconciled(settings: Settings, children: list[Child], timeout: float,
                           signals: StopSignals) -> list[Reconciliation]:
     """Load and reconcile until the warehouse equals MongoDB or the deadline passes (at least once)."""
@@ -216,6 +240,7 @@ def run_all(settings: Settings, events: int, rate: float | None, timeout: float,
                 signals.check()
                 children.append(spawn(settings, "producer", "produce", "--snapshot", "when_needed"))
                 children.append(spawn(settings, "streaming", "stream"))
+                children += start_monitoring(settings)
                 client = connect_mongo(settings, "lakehouse-generator")
                 try:
                     generator = OrderGenerator.for_database(client[settings.mongo_db], settings.collections,

@@ -15,6 +15,10 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
 from lakehouse.adapters import explain
 from lakehouse.contracts import batches, tables
 from lakehouse.contracts.positions import committed_offsets, partition_key
@@ -277,19 +281,18 @@ def one_line(report: dict[str, Any]) -> str:
     return f"{report['at'][11:]} " + " | ".join(parts)
 
 
-def prometheus(report: dict[str, Any]) -> str:
-    """The same figures in Prometheus' text format, for a scrape."""
-    out: list[str] = []
+def metric_families(report: dict[str, Any]) -> list[GaugeMetricFamily]:
+    """The report as Prometheus gauges (prometheus_client's families): the monitor's figures."""
+    out: list[GaugeMetricFamily] = []
 
     def gauge(name: str, help_text: str, samples: list[tuple[dict[str, Any], Any]]) -> None:
         samples = [(labels, value) for labels, value in samples if value is not None]
         if not samples:
             return
-        out.append(f"# HELP lakehouse_{name} {help_text}")
-        out.append(f"# TYPE lakehouse_{name} gauge")
+        family = GaugeMetricFamily(f"lakehouse_{name}", help_text, labels=list(samples[0][0]))
         for labels, value in samples:
-            text = ",".join(f'{k}="{v}"' for k, v in labels.items())
-            out.append(f"lakehouse_{name}{{{text}}} {value}" if text else f"lakehouse_{name} {value}")
+            family.add_metric([str(v) for v in labels.values()], float(value))
+        out.append(family)
 
     p, k, s, w = (report[n] for n in ("producer", "kafka", "spark", "warehouse"))
     gauge("up", "1 when the stage could be read", [({"stage": n}, int(report[n].get("state") == "ok"))
@@ -325,7 +328,7 @@ def prometheus(report: dict[str, Any]) -> str:
     gauge("dead_lettered_events", "Events the producer sent to the dead-letter topic",
           [({}, letters.get("total"))])
     gauge("dead_lettered_by_reason", "Dead-lettered events by reason (of the newest read)",
-          [({"reason": reason.replace('"', "'")}, n) for reason, n in (letters.get("by_reason") or {}).items()])
+          [({"reason": reason}, n) for reason, n in (letters.get("by_reason") or {}).items()])
     r = report.get("reconcile", {})
     for key in ("missing", "extra", "mismatched", "repaired", "quarantined"):
         gauge(f"reconcile_{key}", f"Documents {key} at the last reconcile", [({}, r.get(key))])
@@ -333,4 +336,26 @@ def prometheus(report: dict[str, Any]) -> str:
               [({"collection": c["collection"]}, c.get(key)) for c in r.get("collections") or []])
     gauge("freshness_seconds", "Newest change in MongoDB minus newest in the warehouse",
           [({}, report.get("freshness_seconds"))])
-    return "\n".join(out) + "\n"
+    return out
+
+
+class StatusCollector(Collector):
+    """Collects the status report at each scrape (`lakehouse metrics --serve`, the monitor)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def collect(self) -> list[GaugeMetricFamily]:
+        return metric_families(collect(self.settings))
+
+
+def prometheus(report: dict[str, Any]) -> str:
+    """The same figures in Prometheus' text format, for a scrape."""
+
+    class Fixed(Collector):
+        def collect(self) -> list[GaugeMetricFamily]:
+            return metric_families(report)
+
+    registry = CollectorRegistry()
+    registry.register(Fixed())
+    return generate_latest(registry).decode()

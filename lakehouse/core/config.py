@@ -43,9 +43,18 @@ ENV_NAMES = {
     "inventory_low": "INVENTORY_LOW",
     "inventory_critical": "INVENTORY_CRITICAL",
     "session_gap": "SESSION_GAP",
+    "metrics_host": "METRICS_HOST",
+    "producer_metrics_port": "PRODUCER_METRICS_PORT",
+    "streaming_metrics_port": "STREAMING_METRICS_PORT",
+    "loader_metrics_port": "LOADER_METRICS_PORT",
+    "monitor_metrics_port": "MONITOR_METRICS_PORT",
+    "prometheus_port": "PROMETHEUS_PORT",
 }
 _PATHS = {"lake_path", "warehouse_path", "state_dir", "stack_dir", "collections_spec"}
-_INTS = {"kafka_partitions", "kafka_replication_factor", "max_rows_per_batch", "inventory_low", "inventory_critical"}
+_PORTS = {"producer_metrics_port", "streaming_metrics_port", "loader_metrics_port", "monitor_metrics_port",
+          "prometheus_port"}
+_INTS = {"kafka_partitions", "kafka_replication_factor", "max_rows_per_batch", "inventory_low", "inventory_critical",
+         *_PORTS}
 _BOOLS = {"kafka_fail_on_data_loss"}
 KAFKA_CLIENTS = ("confluent", "kafka-python")
 _MONGO_DB_NAME = re.compile(r"[^/\\. \"$*<>:|?]{1,63}")
@@ -118,6 +127,16 @@ class Settings:
     inventory_critical: int = 5
     # Customer sessions: a customer's order changes further apart than this start a new session.
     session_gap: str = "30 minutes"
+    # Each long-running service serves Prometheus metrics at http://METRICS_HOST:<its port>/metrics (0: off);
+    # the monitor (`lakehouse metrics --serve`) serves lag, freshness and the last reconcile. Loopback by
+    # default; a container sets METRICS_HOST=0.0.0.0 so Prometheus in another container can scrape it.
+    metrics_host: str = "127.0.0.1"
+    producer_metrics_port: int = 9101
+    streaming_metrics_port: int = 9102
+    loader_metrics_port: int = 9103
+    monitor_metrics_port: int = 9108
+    # The Prometheus server infra/servers.py starts (`make monitoring`), scraping the ports above.
+    prometheus_port: int = 9090
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -193,6 +212,8 @@ class Settings:
                   ("trigger_seconds", 0 < self.trigger_seconds < 86_400))
         problems = [f"{ENV_NAMES[name]}={getattr(self, name)!r} must be a positive number"
                     for name, ok in checks if not ok]
+        problems += [f"{ENV_NAMES[name]}={getattr(self, name)!r} is not a TCP port (1-65535, or 0 for none)"
+                     for name in sorted(_PORTS) if not 0 <= getattr(self, name) < 65536]
         if not 0 <= self.inventory_critical < self.inventory_low:
             problems.append(f"INVENTORY_CRITICAL={self.inventory_critical} and INVENTORY_LOW={self.inventory_low}: "
                             "give 0 <= critical < low (e.g. 5 and 20)")
@@ -302,6 +323,10 @@ class Settings:
     def query_checkpoint(self, name: str) -> Path:
         """The checkpoint of a streaming query over the lake (the aggregates, alerts, sessions)."""
         return self.state_dir / "spark" / name
+
+    def metrics_port(self, service: str) -> int:
+        """The port a service (lakehouse.core.metrics.SERVICES) serves its metrics on; 0 when it serves none."""
+        return int(getattr(self, f"{service}_metrics_port"))
 
     @property
     def mongo_address(self) -> tuple[str, int]:

@@ -64,7 +64,7 @@ def test_status_and_metrics_follow_the_pipeline(spark: object, settings: Setting
     assert re.search(r'^lakehouse_warehouse_documents\{collection="products"\} \d+$', metrics, re.M), metrics
 
     port = _free_port()
-    server = start_cli(settings, settings.state_dir / "metrics.log", "metrics", "--serve", str(port))
+    server = start_cli(settings, settings.state_dir / "metrics.log", "metrics", "--serve", "--port", str(port))
     try:
         url = f"http://127.0.0.1:{port}/metrics"
 
