@@ -6,13 +6,23 @@ PY := .venv/bin/python
 RUN_ALL_FLAGS := $(if $(EVENTS),--events $(EVENTS)) $(if $(RATE),--rate $(RATE)) $(if $(filter 1 true yes,$(STOP)),--stop) \
                  $(if $(filter 1 true yes,$(FOLLOW)),--follow)
 
-.PHONY: setup servers run-all stop status notebooks test test-unit lint clean-data chaos
+.PHONY: setup servers cluster monitoring run-all stop status notebooks test test-unit lint clean-data chaos
 
 setup:
 	@bash infra/setup.sh
 
 servers: setup
 	@$(PY) -m infra.servers start
+
+# A Spark standalone master and two workers on loopback, from the installed pyspark (with the servers);
+# then `SPARK_MASTER=spark://127.0.0.1:7077 make run-all` runs the streaming job on it. `make stop` stops it.
+cluster: setup
+	@$(PY) -m infra.servers start --spark-cluster
+
+# Prometheus (Debian's, unpacked by setup) at http://127.0.0.1:9090 scraping the pipeline's services, with
+# the alert rules of infra/prometheus/alerts.yml. `make stop` stops it.
+monitoring: setup
+	@$(PY) -m infra.servers start --prometheus
 
 run-all: setup
 	@$(PY) -m lakehouse.app.cli run-all $(RUN_ALL_FLAGS)

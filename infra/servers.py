@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import shutil
@@ -26,6 +27,7 @@ from lakehouse.core.config import Settings
 from lakehouse.core.errors import LakehouseError, redact
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+ROOT = Path(__file__).resolve().parents[1]
 READY_TIMEOUT_S = 60.0
 
 
@@ -208,12 +210,206 @@ def _terminate(pid: int, grace: float = 20.0) -> bool:
     return True
 
 
-def start(settings: Settings) -> list[str]:
-    return [start_mongo(settings), start_kafka(settings)]
+# -- started processes ---------------------------------------------------------------------------
+def _spawn(command: list[str], log: Path, pid_file: Path, env: dict[str, str] | None = None) -> int:
+    """Start a server in its own session (a kill of its group takes its children too), its PID recorded."""
+    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, env=env)
+    pid_file.write_text(str(proc.pid))
+    return proc.pid
+
+
+def _running(pid_file: Path) -> int | None:
+    if not pid_file.exists():
+        return None
+    pid = int(pid_file.read_text())
+    return pid if _alive(pid) else None
+
+
+def _stop_pid_file(name: str, pid_file: Path) -> str:
+    if not pid_file.exists():
+        return f"{name}: not started by this project"
+    pid = int(pid_file.read_text())
+    stopped = _terminate(pid)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)  # what it started (a worker's executors) goes with it
+    pid_file.unlink(missing_ok=True)
+    return f"{name}: stopped (pid {pid})" if stopped else f"{name}: pid {pid} was not running"
+
+
+def tool(name: str) -> str:
+    """A monitoring binary: the one infra/setup.sh unpacked into .tools/ (Debian's prometheus), else PATH."""
+    local = ROOT / ".tools" / "prometheus" / "usr" / "bin" / name
+    found = str(local) if local.exists() else shutil.which(name)
+    if not found:
+        raise StackError(f"{name} is not installed; run `make setup` (it unpacks Debian's prometheus into .tools/) "
+                         "or put Prometheus on PATH")
+    return found
+
+
+# -- Spark standalone cluster --------------------------------------------------------------------
+SPARK_WORKERS = 2
+DEFAULT_SPARK_MASTER = "spark://127.0.0.1:7077"
+
+
+def _spark_dir(settings: Settings) -> Path:
+    return settings.stack_dir / "spark"
+
+
+def spark_home() -> Path:
+    """pip's pyspark ships bin/spark-class and the jars: enough for a standalone cluster (no download)."""
+    found = importlib.util.find_spec("pyspark")
+    if found is None or not found.submodule_search_locations:
+        raise StackError("pyspark is not installed; run `make setup` first")
+    return Path(next(iter(found.submodule_search_locations)))
+
+
+def cluster_master(settings: Settings) -> tuple[str, int]:
+    """The master's address: SPARK_MASTER's when it is a spark:// URL on loopback, else 127.0.0.1:7077."""
+    url = settings.spark_master if settings.spark_master.startswith("spark://") else DEFAULT_SPARK_MASTER
+    host, _, port = url.removeprefix("spark://").partition(":")
+    return host, int(port or 7077)
+
+
+def _master_state(webui: int) -> dict:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{webui}/json/", timeout=2) as response:  # noqa: S310 - loopback
+        return json.loads(response.read())
+
+
+def start_spark_cluster(settings: Settings, workers: int = SPARK_WORKERS, webui_port: int = 8080,
+                        worker_cores: int = 1, worker_memory: str = "2g") -> list[str]:
+    """A standalone master and `workers` workers on loopback, from the installed pyspark; ready when every
+    worker has registered. Executors run in the workers' own JVMs and Python workers."""
+    host, port = cluster_master(settings)
+    if host not in LOOPBACK:
+        return [f"Spark: external master at spark://{host}:{port}, not started here"]
+    folder = _spark_dir(settings)
+    master_pid = folder / "master.pid"
+    if _running(master_pid):
+        webui = json.loads((folder / "master.json").read_text())["webui_port"]
+        return [f"Spark: master already running at spark://{host}:{port} (web UI http://{host}:{webui})"]
+    if _port_open(host, port):
+        raise StackError(f"{host}:{port} is in use by something else; set SPARK_MASTER=spark://{host}:<free port>")
+    home = spark_home()
+    env = {**os.environ, "SPARK_HOME": str(home), "SPARK_LOCAL_IP": host, "PYSPARK_PYTHON": sys.executable,
+           "SPARK_NO_DAEMONIZE": "1"}
+    spark_class = str(home / "bin" / "spark-class")
+    (folder / "master.json").parent.mkdir(parents=True, exist_ok=True)
+    (folder / "master.json").write_text(json.dumps({"host": host, "port": port, "webui_port": webui_port}))
+    log = folder / "master.log"
+    pid = _spawn([spark_class, "org.apache.spark.deploy.master.Master", "--host", host, "--port", str(port),
+                  "--webui-port", str(webui_port)], log, master_pid, env)
+    _wait(f"Spark master on {host}:{port}", lambda: _master_state(webui_port)["status"] == "ALIVE", log, 120)
+    lines = [f"Spark: master at spark://{host}:{port} (pid {pid}, web UI http://{host}:{webui_port}, log {log})"]
+    for n in range(1, workers + 1):
+        lines.append(_start_worker(settings, n, env, worker_cores, worker_memory))
+    _wait(f"{workers} Spark workers registered with spark://{host}:{port}",
+          lambda: _master_state(webui_port)["aliveworkers"] >= workers, folder / "worker-1.log", 120)
+    return lines
+
+
+def _start_worker(settings: Settings, n: int, env: dict[str, str], cores: int, memory: str) -> str:
+    host, port = cluster_master(settings)
+    folder = _spark_dir(settings)
+    log = folder / f"worker-{n}.log"
+    work = folder / f"work-{n}"
+    work.mkdir(parents=True, exist_ok=True)
+    pid = _spawn([str(spark_home() / "bin" / "spark-class"), "org.apache.spark.deploy.worker.Worker", "--host", host,
+                  "--webui-port", "0", "--cores", str(cores), "--memory", memory, "--work-dir", str(work),
+                  f"spark://{host}:{port}"], log, folder / f"worker-{n}.pid", env)
+    return f"Spark: worker {n} ({cores} core, {memory}; pid {pid}, log {log})"
+
+
+def cluster_workers_alive(settings: Settings) -> int:
+    webui = json.loads((_spark_dir(settings) / "master.json").read_text())["webui_port"]
+    return int(_master_state(webui)["aliveworkers"])
+
+
+def kill_spark_worker(settings: Settings, n: int) -> str:
+    """SIGKILL worker `n` and everything it started (its executors, their Python workers), as a lost node."""
+    pid = _running(_spark_dir(settings) / f"worker-{n}.pid")
+    if pid is None:
+        raise StackError(f"Spark worker {n} is not running")
+    os.killpg(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)  # started by this process: reap it, so it is not taken for alive
+    return f"Spark: worker {n} killed (pid {pid})"
+
+
+def stop_spark_cluster(settings: Settings) -> list[str]:
+    folder = _spark_dir(settings)
+    lines = [_stop_pid_file(f"Spark worker {p.stem.split('-')[1]}", p) for p in sorted(folder.glob("worker-*.pid"))]
+    return [*lines, _stop_pid_file("Spark master", folder / "master.pid")] if (folder / "master.pid").exists() \
+        else lines or ["Spark: no cluster started by this project"]
+
+
+# -- Prometheus ----------------------------------------------------------------------------------
+PROMETHEUS_JOBS = {"producer": "lakehouse-producer", "streaming": "lakehouse-streaming",
+                   "loader": "lakehouse-loader", "monitor": "lakehouse-monitor"}
+ALERT_RULES = ROOT / "infra" / "prometheus" / "alerts.yml"
+
+
+def _prometheus_dir(settings: Settings) -> Path:
+    return settings.stack_dir / "prometheus"
+
+
+def prometheus_config(settings: Settings, scrape_interval: str = "5s") -> str:
+    """The scrape config for the services on this machine (the same jobs as infra/prometheus/prometheus.yml)."""
+    jobs = [{"job_name": job, "static_configs": [{"targets": [f"{settings.metrics_host}:{settings.metrics_port(s)}"]}]}
+            for s, job in PROMETHEUS_JOBS.items() if settings.metrics_port(s)]
+    config = {"global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
+              "rule_files": [str(ALERT_RULES)], "scrape_configs": jobs}
+    return json.dumps(config, indent=2)  # YAML is a superset of JSON
+
+
+def start_prometheus(settings: Settings, scrape_interval: str = "5s") -> str:
+    host, port = "127.0.0.1", settings.prometheus_port
+    folder = _prometheus_dir(settings)
+    log, pid_file, config = folder / "prometheus.log", folder / "prometheus.pid", folder / "prometheus.yml"
+    if _running(pid_file):
+        return f"Prometheus: already running at http://{host}:{port} (log {log})"
+    if _port_open(host, port):
+        raise StackError(f"{host}:{port} is in use by something else; set PROMETHEUS_PORT to a free port")
+    folder.mkdir(parents=True, exist_ok=True)
+    config.write_text(prometheus_config(settings, scrape_interval))
+    pid = _spawn([tool("prometheus"), f"--config.file={config}", f"--storage.tsdb.path={folder / 'data'}",
+                  f"--web.listen-address={host}:{port}", "--storage.tsdb.retention.time=7d"], log, pid_file)
+    _wait(f"Prometheus on {host}:{port}", lambda: _http_ok(f"http://{host}:{port}/-/ready"), log)
+    return f"Prometheus: http://{host}:{port} scraping {', '.join(PROMETHEUS_JOBS.values())} (pid {pid}, log {log})"
+
+
+def _http_ok(url: str) -> bool:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback
+        return response.status == 200
+
+
+def stop_prometheus(settings: Settings) -> str:
+    return _stop_pid_file("Prometheus", _prometheus_dir(settings) / "prometheus.pid")
+
+
+def start(settings: Settings, spark_cluster: bool = False, prometheus: bool = False) -> list[str]:
+    lines = [start_mongo(settings), start_kafka(settings)]
+    if spark_cluster:
+        lines += start_spark_cluster(settings)
+    if prometheus:
+        lines.append(start_prometheus(settings))
+    return lines
 
 
 def stop(settings: Settings) -> list[str]:
-    return [stop_kafka(settings), stop_mongo(settings)]
+    """Everything this project started (servers, a Spark cluster, Prometheus)."""
+    lines = []
+    if (_prometheus_dir(settings) / "prometheus.pid").exists():
+        lines.append(stop_prometheus(settings))
+    if any(_spark_dir(settings).glob("*.pid")):
+        lines += stop_spark_cluster(settings)
+    return [*lines, stop_kafka(settings), stop_mongo(settings)]
 
 
 def status(settings: Settings) -> list[str]:
@@ -233,6 +429,10 @@ def status(settings: Settings) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=["start", "stop", "status"])
+    parser.add_argument("--spark-cluster", action="store_true",
+                        help="Also a Spark standalone master and two workers (SPARK_MASTER=spark://127.0.0.1:7077).")
+    parser.add_argument("--prometheus", action="store_true",
+                        help="Also Prometheus, scraping the pipeline's metrics ports (PROMETHEUS_PORT).")
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
@@ -240,7 +440,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {redact(str(exc))}", file=sys.stderr)
         return 2
     try:
-        for line in {"start": start, "stop": stop, "status": status}[args.action](settings):
+        action = {"start": lambda s: start(s, args.spark_cluster, args.prometheus), "stop": stop,
+                  "status": status}[args.action]
+        for line in action(settings):
             print(line, flush=True)
     except StackError as exc:
         print(f"error: {redact(str(exc))}", file=sys.stderr)

@@ -29,6 +29,24 @@ if ! command -v "$PYTHON" >/dev/null 2>&1; then
   exit 1
 fi
 
+# Prometheus and promtool (Debian's prometheus 2.42, static binaries) for `make monitoring` and the alert-rule
+# tests: unpacked into .tools/ (not installed as a system service); one on PATH is used instead when present.
+if ! command -v promtool >/dev/null 2>&1 && [ ! -x .tools/prometheus/usr/bin/promtool ]; then
+  log "unpacking Debian's prometheus into .tools/prometheus (Prometheus and promtool)"
+  mkdir -p .tools/cache
+  if ! ls .tools/cache/prometheus_*.deb >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    (cd .tools/cache && apt-get download -qq prometheus 2>/dev/null) \
+      || { $SUDO apt-get update -qq && (cd .tools/cache && apt-get download -qq prometheus 2>/dev/null); } \
+      || log "warning: could not download Debian's prometheus; monitoring and its tests need it (or one on PATH)"
+  fi
+  if ls .tools/cache/prometheus_*.deb >/dev/null 2>&1; then
+    rm -rf .tools/prometheus.partial
+    dpkg-deb -x .tools/cache/prometheus_*.deb .tools/prometheus.partial
+    rm -rf .tools/prometheus && mv .tools/prometheus.partial .tools/prometheus
+  fi
+fi
+
 want=$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ -x "$VENV/bin/python" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
   log "python environment up to date ($VENV)"
