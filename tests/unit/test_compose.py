@@ -13,7 +13,7 @@ from lakehouse.core.config import ENV_NAMES
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "infra" / "docker-compose.yml").read_text())
-PIPELINE = ("producer", "streaming", "loader", "generate", "cli")
+PIPELINE = ("producer", "streaming", "loader", "monitor", "generate", "cli")
 
 
 def test_servers_and_pipeline_services_are_all_there() -> None:
@@ -47,3 +47,20 @@ def test_the_image_is_built_from_this_repository() -> None:
     assert "requirements.txt" in text and "openjdk-17-jre-headless" in text
     for folder in ("lakehouse", "producer", "streaming", "warehouse"):
         assert f"COPY {folder} {folder}" in text
+
+
+def test_prometheus_scrapes_every_service_on_its_metrics_port_and_grafana_is_provisioned() -> None:
+    from infra.servers import PROMETHEUS_JOBS
+    from lakehouse.core.config import Settings
+
+    scrape = yaml.safe_load((ROOT / "infra" / "prometheus" / "prometheus.yml").read_text())
+    targets = {job["job_name"]: job["static_configs"][0]["targets"][0] for job in scrape["scrape_configs"]}
+    defaults = Settings()
+    assert targets == {job: f"{service}:{defaults.metrics_port(service)}" for service, job in PROMETHEUS_JOBS.items()}
+    assert all(service in COMPOSE["services"] for service in PROMETHEUS_JOBS)
+    assert COMPOSE["services"]["producer"]["environment"]["METRICS_HOST"] == "0.0.0.0"  # reachable from prometheus
+    mounts = COMPOSE["services"]["prometheus"]["volumes"]
+    assert any(m.startswith("./prometheus/alerts.yml:") for m in mounts) and "/etc/prometheus/alerts.yml" in \
+        scrape["rule_files"]
+    for mount in COMPOSE["services"]["grafana"]["volumes"]:
+        assert (ROOT / "infra" / mount.split(":")[0]).exists(), mount
