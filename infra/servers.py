@@ -361,7 +361,8 @@ def prometheus_config(settings: Settings, scrape_interval: str = "5s") -> str:
     """The scrape config for the services on this machine (the same jobs as infra/prometheus/prometheus.yml)."""
     jobs = [{"job_name": job, "static_configs": [{"targets": [f"{settings.metrics_host}:{settings.metrics_port(s)}"]}]}
             for s, job in PROMETHEUS_JOBS.items() if settings.metrics_port(s)]
-    config = {"global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
+    config = {"global": {"scrape_interval": scrape_interval, "scrape_timeout": scrape_interval,
+                         "evaluation_interval": scrape_interval},
               "rule_files": [str(ALERT_RULES)], "scrape_configs": jobs}
     return json.dumps(config, indent=2)  # YAML is a superset of JSON
 
