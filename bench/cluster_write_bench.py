@@ -59,7 +59,8 @@ def main() -> None:
     configure("WARNING", "plain")
     base = Settings.from_env()
     name = f"wb{int(time.time())}"
-    settings = base.replace(mongo_db=name, topic_prefix=name)
+    capture = Path(tempfile.mkdtemp(prefix="cluster-bench-"))
+    settings = base.replace(mongo_db=name, topic_prefix=name, state_dir=capture / "state")
     max_rows = args.max_rows or base.max_rows_per_batch
     client = connect_mongo(settings)
     try:
