@@ -424,6 +424,20 @@ def status(settings: Settings) -> list[str]:
         except Exception:
             up = False
         lines.append(f"{name}: {'up' if up else 'DOWN'} at {redact(where)}")
+    if (_spark_dir(settings) / "master.pid").exists():
+        host, port = cluster_master(settings)
+        try:
+            alive = f"up at spark://{host}:{port}, {cluster_workers_alive(settings)} workers alive"
+        except Exception:  # noqa: BLE001 - a master that does not answer is down
+            alive = f"DOWN at spark://{host}:{port}"
+        lines.append(f"Spark cluster: {alive}")
+    if (_prometheus_dir(settings) / "prometheus.pid").exists():
+        url = f"http://127.0.0.1:{settings.prometheus_port}"
+        try:
+            up = _http_ok(f"{url}/-/ready")
+        except Exception:  # noqa: BLE001
+            up = False
+        lines.append(f"Prometheus: {'up' if up else 'DOWN'} at {url}")
     return lines
 
 
