@@ -309,7 +309,7 @@ def status_command(settings: Settings, as_json: bool) -> None:
 def metrics_command(settings: Settings, serve: bool, port: int | None) -> None:
     """Lag, freshness, data loss, quality and the last reconcile in Prometheus text format: what no single
     service knows (each service serves its own counters; see the README's Monitoring)."""
-    from prometheus_client import REGISTRY, start_http_server
+    from prometheus_client import CollectorRegistry, start_http_server
 
     from lakehouse.app.status import StatusCollector, collect, prometheus
     from lakehouse.core.stopping import Interrupted, StopSignals
@@ -318,9 +318,12 @@ def metrics_command(settings: Settings, serve: bool, port: int | None) -> None:
         click.echo(prometheus(collect(settings)), nl=False)
         return
     port = port or settings.monitor_metrics_port
-    REGISTRY.register(StatusCollector(settings))
+    # Its own registry: the monitor serves the status figures only, never this process's (unused) copies
+    # of the services' metrics, some of which share a name with a status figure.
+    registry = CollectorRegistry()
+    registry.register(StatusCollector(settings))
     try:
-        server, _ = start_http_server(port, addr=settings.metrics_host)
+        server, _ = start_http_server(port, addr=settings.metrics_host, registry=registry)
     except OSError as exc:
         raise click.ClickException(f"cannot serve metrics on {settings.metrics_host}:{port} ({exc}); give "
                                    "another with --port or MONITOR_METRICS_PORT") from exc

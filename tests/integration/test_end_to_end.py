@@ -66,9 +66,11 @@ def test_follow_runs_until_ctrl_c_then_stops_everything_it_started(settings: Set
     out = log.read_text()
     assert demo.returncode == 0, out
     assert "interrupted: stopping the processes run-all started" in out
-    assert "stopped producer (exit code 0)" in out and "stopped streaming (exit code 0)" in out, out
-    children = [int(pid) for pid in re.findall(r"started \w+ \(pid (\d+)", out)]
-    assert len(children) == 3  # the producer twice
+    for name in ("producer", "streaming", "monitor"):
+        assert f"stopped {name} (exit code 0)" in out, out
+    started = re.findall(r"started (\w+) \(pid (\d+)", out)
+    assert sorted(name for name, _ in started) == ["monitor", "producer", "producer", "streaming"], out
+    children = [int(pid) for _, pid in started]
     wait_for(lambda: not any(_alive(pid) for pid in children), 30, "run-all's children to be gone")
     assert not list((settings.state_dir / "run").glob("*.pid"))
 
