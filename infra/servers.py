@@ -25,6 +25,7 @@ from pathlib import Path
 
 from lakehouse.core.config import Settings
 from lakehouse.core.errors import LakehouseError, redact
+from lakehouse.core.metrics import SERVICES
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,22 +111,13 @@ def start_mongo(settings: Settings, extra_args: tuple[str, ...] = ()) -> str:
         "--oplog-retention-seconds", os.environ.get("MONGO_OPLOG_RETENTION_SECONDS", "604800"),
         *extra_args,
     ]
-    with log.open("ab") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
-    pid_file.write_text(str(proc.pid))
+    pid = _spawn(command, log, pid_file)
     _wait(f"MongoDB on {host}:{port}", lambda: _mongo_ready(settings), log)
-    return f"MongoDB: started replica set on {host}:{port} (pid {proc.pid}, log {log})"
+    return f"MongoDB: started replica set on {host}:{port} (pid {pid}, log {log})"
 
 
 def stop_mongo(settings: Settings) -> str:
-    pid_file = _mongo_dir(settings) / "mongod.pid"
-    if not pid_file.exists():
-        return "MongoDB: not started by this project"
-    pid = int(pid_file.read_text())
-    stopped = _terminate(pid)
-    pid_file.unlink(missing_ok=True)
-    return f"MongoDB: stopped (pid {pid})" if stopped else f"MongoDB: pid {pid} was not running"
+    return _stop_pid_file("MongoDB", _mongo_dir(settings) / "mongod.pid")
 
 
 # -- Kafka ---------------------------------------------------------------------------------------
@@ -298,6 +290,7 @@ def start_spark_cluster(settings: Settings, workers: int = SPARK_WORKERS, webui_
     env = {**os.environ, "SPARK_HOME": str(home), "SPARK_LOCAL_IP": host, "PYSPARK_PYTHON": sys.executable,
            "SPARK_NO_DAEMONIZE": "1"}
     spark_class = str(home / "bin" / "spark-class")
+    master = f"spark://{host}:{port}"
     (folder / "master.json").parent.mkdir(parents=True, exist_ok=True)
     (folder / "master.json").write_text(json.dumps({"host": host, "port": port, "webui_port": webui_port}))
     log = folder / "master.log"
@@ -306,21 +299,21 @@ def start_spark_cluster(settings: Settings, workers: int = SPARK_WORKERS, webui_
     _wait(f"Spark master on {host}:{port}", lambda: _master_state(webui_port)["status"] == "ALIVE", log, 120)
     lines = [f"Spark: master at spark://{host}:{port} (pid {pid}, web UI http://{host}:{webui_port}, log {log})"]
     for n in range(1, workers + 1):
-        lines.append(_start_worker(settings, n, env, worker_cores, worker_memory))
+        lines.append(_start_worker(settings, n, spark_class, master, env, worker_cores, worker_memory))
     _wait(f"{workers} Spark workers registered with spark://{host}:{port}",
           lambda: _master_state(webui_port)["aliveworkers"] >= workers, folder / "worker-1.log", 120)
     return lines
 
 
-def _start_worker(settings: Settings, n: int, env: dict[str, str], cores: int, memory: str) -> str:
-    host, port = cluster_master(settings)
+def _start_worker(settings: Settings, n: int, spark_class: str, master: str, env: dict[str, str], cores: int,
+                  memory: str) -> str:
     folder = _spark_dir(settings)
     log = folder / f"worker-{n}.log"
     work = folder / f"work-{n}"
     work.mkdir(parents=True, exist_ok=True)
-    pid = _spawn([str(spark_home() / "bin" / "spark-class"), "org.apache.spark.deploy.worker.Worker", "--host", host,
-                  "--webui-port", "0", "--cores", str(cores), "--memory", memory, "--work-dir", str(work),
-                  f"spark://{host}:{port}"], log, folder / f"worker-{n}.pid", env)
+    pid = _spawn([spark_class, "org.apache.spark.deploy.worker.Worker", "--host", env["SPARK_LOCAL_IP"],
+                  "--webui-port", "0", "--cores", str(cores), "--memory", memory, "--work-dir", str(work), master],
+                 log, folder / f"worker-{n}.pid", env)
     return f"Spark: worker {n} ({cores} core, {memory}; pid {pid}, log {log})"
 
 
@@ -348,8 +341,7 @@ def stop_spark_cluster(settings: Settings) -> list[str]:
 
 
 # -- Prometheus ----------------------------------------------------------------------------------
-PROMETHEUS_JOBS = {"producer": "lakehouse-producer", "streaming": "lakehouse-streaming",
-                   "loader": "lakehouse-loader", "monitor": "lakehouse-monitor"}
+PROMETHEUS_JOBS = {service: f"lakehouse-{service}" for service in SERVICES}  # service -> its scrape job
 ALERT_RULES = ROOT / "infra" / "prometheus" / "alerts.yml"
 
 
