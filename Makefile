@@ -6,13 +6,20 @@ PY := .venv/bin/python
 RUN_ALL_FLAGS := $(if $(EVENTS),--events $(EVENTS)) $(if $(RATE),--rate $(RATE)) $(if $(filter 1 true yes,$(STOP)),--stop) \
                  $(if $(filter 1 true yes,$(FOLLOW)),--follow)
 
-.PHONY: setup servers cluster monitoring run-all stop status notebooks test test-unit lint clean-data chaos
+.PHONY: setup servers kafka-cluster cluster monitoring run-all stop status notebooks test test-unit lint clean-data chaos
 
 setup:
 	@bash infra/setup.sh
 
 servers: setup
 	@$(PY) -m infra.servers start
+
+# Apache Kafka as a replicated cluster instead of one broker: three KRaft nodes (brokers and the controller
+# quorum) on 9092, 9094, 9096; topics get replication 3 and min.insync.replicas 2, unclean election off.
+# A new .stack/ only: `make stop` and remove .stack/kafka first to turn a one-broker Kafka into a cluster.
+# Then KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092,127.0.0.1:9094,127.0.0.1:9096 make run-all.
+kafka-cluster: setup
+	@$(PY) -m infra.servers start --kafka-brokers 3
 
 # A Spark standalone master and two workers on loopback, from the installed pyspark (with the servers);
 # then `SPARK_MASTER=spark://127.0.0.1:7077 make run-all` runs the streaming job on it. `make stop` stops it.

@@ -2,7 +2,7 @@
 
 MongoDB (a replica set, because change streams need one) and Kafka are started only when their
 configured address is on loopback; anything else is the user's own server and is left alone. The
-embedded defaults are SecantusDB and noida-db (see README, "Why these servers"); each is addressed
+embedded defaults are SecantusDB and Apache Kafka in KRaft mode (see README, "Why these servers"); each is addressed
 only through MONGO_URI / KAFKA_BOOTSTRAP_SERVERS, so real ones drop in unchanged. Every start waits
 for readiness with a deadline; every stop stops only what its PID file says this project started.
 """
@@ -16,79 +16,33 @@ import json
 import os
 import shutil
 import signal
-import socket
-import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
+from infra import kafka_broker
+from infra.processes import (
+    LOOPBACK,
+    ROOT,
+    StackError,
+    bin_path,
+    port_open,
+    running,
+    spawn,
+    stop_pid_file,
+    use_existing,
+    wait,
+)
 from lakehouse.core.config import Settings
-from lakehouse.core.errors import LakehouseError, redact
+from lakehouse.core.errors import redact
 from lakehouse.core.metrics import SERVICES
 
-LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-ROOT = Path(__file__).resolve().parents[1]
-READY_TIMEOUT_S = 60.0
-
-
-class StackError(LakehouseError, RuntimeError):
-    """A server did not start or stop; the message names it and its log."""
-
-
-def _bin(name: str) -> str:
-    """Console scripts of this interpreter's environment, found even when the venv is not activated."""
-    local = Path(sys.executable).parent / name
-    found = str(local) if local.exists() else shutil.which(name)
-    if not found:
-        raise StackError(f"{name} is not installed; run `make setup` first")
-    return found
-
-
-def _port_open(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def _wait(what: str, ready: Callable[[], bool], log: Path | None, timeout: float = READY_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if ready():
-                return
-        except Exception:  # not ready yet: a refused connection looks like any other error here
-            pass
-        time.sleep(0.2)
-    tail = ""
-    if log and log.exists():
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
-    raise StackError(f"{what} was not ready within {timeout:.0f}s; log {log}:\n{tail}")
+__all__ = ["LOOPBACK", "ROOT", "StackError"]
 
 
 def _mongo_ready(settings: Settings) -> bool:
     from lakehouse.adapters.mongo import is_ready_primary
 
     return is_ready_primary(settings)
-
-
-def _kafka_ready(settings: Settings) -> bool:
-    from lakehouse.adapters.kafka import is_ready
-
-    return is_ready(settings)
-
-
-def _use_existing(name: str, where: str, host: str, port: int, ready: Callable[[], bool], log: Path) -> str | None:
-    """A server that is not on loopback, or already answers there, is used as it is, never started."""
-    if host not in LOOPBACK:
-        _wait(f"{name} at {redact(where)}", ready, None, 15)
-        return f"{name}: external at {redact(where)}"
-    if _port_open(host, port):
-        _wait(f"{name} at {host}:{port}", ready, log, 15)
-        return f"{name}: already running at {host}:{port} (log {log})"
-    return None
 
 
 # -- MongoDB -------------------------------------------------------------------------------------
@@ -101,134 +55,23 @@ def start_mongo(settings: Settings, extra_args: tuple[str, ...] = ()) -> str:
     host, port = settings.mongo_address
     folder = _mongo_dir(settings)
     log, pid_file = folder / "mongod.log", folder / "mongod.pid"
-    existing = _use_existing("MongoDB", settings.mongo_uri, host, port, lambda: _mongo_ready(settings), log)
+    existing = use_existing("MongoDB", settings.mongo_uri, host, port, lambda: _mongo_ready(settings), log)
     if existing:
         return existing
     folder.mkdir(parents=True, exist_ok=True)
     command = [
-        _bin("secantusd-py"), "--host", host, "--port", str(port),
+        bin_path("secantusd-py"), "--host", host, "--port", str(port),
         "--storage-path", str(folder / "data"),
         "--oplog-retention-seconds", os.environ.get("MONGO_OPLOG_RETENTION_SECONDS", "604800"),
         *extra_args,
     ]
-    pid = _spawn(command, log, pid_file)
-    _wait(f"MongoDB on {host}:{port}", lambda: _mongo_ready(settings), log)
+    pid = spawn(command, log, pid_file)
+    wait(f"MongoDB on {host}:{port}", lambda: _mongo_ready(settings), log)
     return f"MongoDB: started replica set on {host}:{port} (pid {pid}, log {log})"
 
 
 def stop_mongo(settings: Settings) -> str:
-    return _stop_pid_file("MongoDB", _mongo_dir(settings) / "mongod.pid")
-
-
-# -- Kafka ---------------------------------------------------------------------------------------
-def _kafka_dir(settings: Settings) -> Path:
-    return settings.stack_dir / "kafka"
-
-
-def start_kafka(settings: Settings) -> str:
-    host, port = settings.kafka_address
-    folder = _kafka_dir(settings)
-    log = folder / "noida.log"
-    existing = _use_existing("Kafka", settings.kafka_bootstrap_servers, host, port,
-                             lambda: _kafka_ready(settings), log)
-    if existing:
-        return existing
-    folder.mkdir(parents=True, exist_ok=True)
-    command = [_bin("noida-db"), "up", "--only", "kafka", "--host", host, "--kafka-port", str(port),
-               "--data-dir", str(folder)]
-    result = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL)
-    if result.returncode != 0:
-        raise StackError(f"noida-db up failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    (folder / "started-by-lakehouse").write_text(str(time.time()))
-    _wait(f"Kafka on {host}:{port}", lambda: _kafka_ready(settings), log)
-    return f"Kafka: started broker on {host}:{port} (log {log})"
-
-
-def stop_kafka(settings: Settings) -> str:
-    folder = _kafka_dir(settings)
-    marker = folder / "started-by-lakehouse"
-    if not marker.exists():
-        return "Kafka: not started by this project"
-    result = subprocess.run([_bin("noida-db"), "down", "--data-dir", str(folder)], capture_output=True,
-                            text=True, stdin=subprocess.DEVNULL)
-    marker.unlink(missing_ok=True)
-    return "Kafka: stopped" if result.returncode == 0 else f"Kafka: noida-db down said {result.stderr.strip()}"
-
-
-def kill_kafka(settings: Settings) -> str:
-    """SIGKILL the embedded broker, as a crash would (fault tests and `make chaos`); start_kafka restarts it."""
-    control = _kafka_dir(settings) / "noida.control.json"
-    if not control.exists():
-        raise StackError(f"no embedded Kafka to kill at {_kafka_dir(settings)}")
-    pid = int(json.loads(control.read_text())["pid"])
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while _alive(pid) and time.monotonic() < deadline:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        time.sleep(0.05)
-    return f"Kafka: killed (pid {pid})"
-
-
-# -- processes -----------------------------------------------------------------------------------
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _terminate(pid: int, grace: float = 20.0) -> bool:
-    """SIGTERM, wait, then SIGKILL. False when the process was already gone."""
-    if not _alive(pid):
-        return False
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        try:
-            finished, _ = os.waitpid(pid, os.WNOHANG)
-            if finished:
-                return True
-        except ChildProcessError:
-            pass
-        if not _alive(pid):
-            return True
-        time.sleep(0.1)
-    os.kill(pid, signal.SIGKILL)
-    return True
-
-
-# -- started processes ---------------------------------------------------------------------------
-def _spawn(command: list[str], log: Path, pid_file: Path, env: dict[str, str] | None = None) -> int:
-    """Start a server in its own session (a kill of its group takes its children too), its PID recorded."""
-    pid_file.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env=env)
-    pid_file.write_text(str(proc.pid))
-    return proc.pid
-
-
-def _running(pid_file: Path) -> int | None:
-    if not pid_file.exists():
-        return None
-    pid = int(pid_file.read_text())
-    return pid if _alive(pid) else None
-
-
-def _stop_pid_file(name: str, pid_file: Path) -> str:
-    if not pid_file.exists():
-        return f"{name}: not started by this project"
-    pid = int(pid_file.read_text())
-    stopped = _terminate(pid)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)  # what it started (a worker's executors) goes with it
-    pid_file.unlink(missing_ok=True)
-    return f"{name}: stopped (pid {pid})" if stopped else f"{name}: pid {pid} was not running"
+    return stop_pid_file("MongoDB", _mongo_dir(settings) / "mongod.pid")
 
 
 def tool(name: str) -> str:
@@ -239,6 +82,21 @@ def tool(name: str) -> str:
         raise StackError(f"{name} is not installed; run `make setup` (it unpacks Debian's prometheus into .tools/) "
                          "or put Prometheus on PATH")
     return found
+
+
+# -- Kafka ---------------------------------------------------------------------------------------
+def start_kafka(settings: Settings, brokers: int | None = None) -> str:
+    """The embedded Apache Kafka (infra/kafka_broker.py): every broker of its saved layout."""
+    return "\n".join(kafka_broker.start(settings, brokers))
+
+
+def stop_kafka(settings: Settings) -> str:
+    return "\n".join(kafka_broker.stop(settings))
+
+
+def kill_kafka(settings: Settings, broker: int = 1) -> str:
+    """SIGKILL an embedded broker, as a crash would (fault tests and `make chaos`); start_kafka restarts it."""
+    return kafka_broker.kill_node(settings, broker)
 
 
 # -- Spark standalone cluster --------------------------------------------------------------------
@@ -281,10 +139,10 @@ def start_spark_cluster(settings: Settings, workers: int = SPARK_WORKERS, webui_
         return [f"Spark: external master at spark://{host}:{port}, not started here"]
     folder = _spark_dir(settings)
     master_pid = folder / "master.pid"
-    if _running(master_pid):
+    if running(master_pid):
         webui = json.loads((folder / "master.json").read_text())["webui_port"]
         return [f"Spark: master already running at spark://{host}:{port} (web UI http://{host}:{webui})"]
-    if _port_open(host, port):
+    if port_open(host, port):
         raise StackError(f"{host}:{port} is in use by something else; set SPARK_MASTER=spark://{host}:<free port>")
     home = spark_home()
     env = {**os.environ, "SPARK_HOME": str(home), "SPARK_LOCAL_IP": host, "PYSPARK_PYTHON": sys.executable,
@@ -294,13 +152,13 @@ def start_spark_cluster(settings: Settings, workers: int = SPARK_WORKERS, webui_
     (folder / "master.json").parent.mkdir(parents=True, exist_ok=True)
     (folder / "master.json").write_text(json.dumps({"host": host, "port": port, "webui_port": webui_port}))
     log = folder / "master.log"
-    pid = _spawn([spark_class, "org.apache.spark.deploy.master.Master", "--host", host, "--port", str(port),
+    pid = spawn([spark_class, "org.apache.spark.deploy.master.Master", "--host", host, "--port", str(port),
                   "--webui-port", str(webui_port)], log, master_pid, env)
-    _wait(f"Spark master on {host}:{port}", lambda: _master_state(webui_port)["status"] == "ALIVE", log, 120)
+    wait(f"Spark master on {host}:{port}", lambda: _master_state(webui_port)["status"] == "ALIVE", log, 120)
     lines = [f"Spark: master at spark://{host}:{port} (pid {pid}, web UI http://{host}:{webui_port}, log {log})"]
     for n in range(1, workers + 1):
         lines.append(_start_worker(settings, n, spark_class, master, env, worker_cores, worker_memory))
-    _wait(f"{workers} Spark workers registered with spark://{host}:{port}",
+    wait(f"{workers} Spark workers registered with spark://{host}:{port}",
           lambda: _master_state(webui_port)["aliveworkers"] >= workers, folder / "worker-1.log", 120)
     return lines
 
@@ -311,7 +169,7 @@ def _start_worker(settings: Settings, n: int, spark_class: str, master: str, env
     log = folder / f"worker-{n}.log"
     work = folder / f"work-{n}"
     work.mkdir(parents=True, exist_ok=True)
-    pid = _spawn([spark_class, "org.apache.spark.deploy.worker.Worker", "--host", env["SPARK_LOCAL_IP"],
+    pid = spawn([spark_class, "org.apache.spark.deploy.worker.Worker", "--host", env["SPARK_LOCAL_IP"],
                   "--webui-port", "0", "--cores", str(cores), "--memory", memory, "--work-dir", str(work), master],
                  log, folder / f"worker-{n}.pid", env)
     return f"Spark: worker {n} ({cores} core, {memory}; pid {pid}, log {log})"
@@ -324,7 +182,7 @@ def cluster_workers_alive(settings: Settings) -> int:
 
 def kill_spark_worker(settings: Settings, n: int) -> str:
     """SIGKILL worker `n` and everything it started (its executors, their Python workers), as a lost node."""
-    pid = _running(_spark_dir(settings) / f"worker-{n}.pid")
+    pid = running(_spark_dir(settings) / f"worker-{n}.pid")
     if pid is None:
         raise StackError(f"Spark worker {n} is not running")
     os.killpg(pid, signal.SIGKILL)
@@ -335,8 +193,8 @@ def kill_spark_worker(settings: Settings, n: int) -> str:
 
 def stop_spark_cluster(settings: Settings) -> list[str]:
     folder = _spark_dir(settings)
-    lines = [_stop_pid_file(f"Spark worker {p.stem.split('-')[1]}", p) for p in sorted(folder.glob("worker-*.pid"))]
-    return [*lines, _stop_pid_file("Spark master", folder / "master.pid")] if (folder / "master.pid").exists() \
+    lines = [stop_pid_file(f"Spark worker {p.stem.split('-')[1]}", p) for p in sorted(folder.glob("worker-*.pid"))]
+    return [*lines, stop_pid_file("Spark master", folder / "master.pid")] if (folder / "master.pid").exists() \
         else lines or ["Spark: no cluster started by this project"]
 
 
@@ -363,15 +221,15 @@ def start_prometheus(settings: Settings, scrape_interval: str = "5s") -> str:
     host, port = "127.0.0.1", settings.prometheus_port
     folder = _prometheus_dir(settings)
     log, pid_file, config = folder / "prometheus.log", folder / "prometheus.pid", folder / "prometheus.yml"
-    if _running(pid_file):
+    if running(pid_file):
         return f"Prometheus: already running at http://{host}:{port} (log {log})"
-    if _port_open(host, port):
+    if port_open(host, port):
         raise StackError(f"{host}:{port} is in use by something else; set PROMETHEUS_PORT to a free port")
     folder.mkdir(parents=True, exist_ok=True)
     config.write_text(prometheus_config(settings, scrape_interval))
-    pid = _spawn([tool("prometheus"), f"--config.file={config}", f"--storage.tsdb.path={folder / 'data'}",
+    pid = spawn([tool("prometheus"), f"--config.file={config}", f"--storage.tsdb.path={folder / 'data'}",
                   f"--web.listen-address={host}:{port}", "--storage.tsdb.retention.time=7d"], log, pid_file)
-    _wait(f"Prometheus on {host}:{port}", lambda: _http_ok(f"http://{host}:{port}/-/ready"), log)
+    wait(f"Prometheus on {host}:{port}", lambda: _http_ok(f"http://{host}:{port}/-/ready"), log)
     return f"Prometheus: http://{host}:{port} scraping {', '.join(PROMETHEUS_JOBS.values())} (pid {pid}, log {log})"
 
 
@@ -383,11 +241,12 @@ def _http_ok(url: str) -> bool:
 
 
 def stop_prometheus(settings: Settings) -> str:
-    return _stop_pid_file("Prometheus", _prometheus_dir(settings) / "prometheus.pid")
+    return stop_pid_file("Prometheus", _prometheus_dir(settings) / "prometheus.pid")
 
 
-def start(settings: Settings, spark_cluster: bool = False, prometheus: bool = False) -> list[str]:
-    lines = [start_mongo(settings), start_kafka(settings)]
+def start(settings: Settings, spark_cluster: bool = False, prometheus: bool = False,
+          kafka_brokers: int | None = None) -> list[str]:
+    lines = [start_mongo(settings), *kafka_broker.start(settings, kafka_brokers)]
     if spark_cluster:
         lines += start_spark_cluster(settings)
     if prometheus:
@@ -402,20 +261,17 @@ def stop(settings: Settings) -> list[str]:
         lines.append(stop_prometheus(settings))
     if any(_spark_dir(settings).glob("*.pid")):
         lines += stop_spark_cluster(settings)
-    return [*lines, stop_kafka(settings), stop_mongo(settings)]
+    return [*lines, *kafka_broker.stop(settings), stop_mongo(settings)]
 
 
 def status(settings: Settings) -> list[str]:
     lines = []
-    for name, check, where in (
-        ("MongoDB", _mongo_ready, settings.mongo_uri),
-        ("Kafka", _kafka_ready, settings.kafka_bootstrap_servers),
-    ):
-        try:
-            up = check(settings)
-        except Exception:
-            up = False
-        lines.append(f"{name}: {'up' if up else 'DOWN'} at {redact(where)}")
+    try:
+        up = _mongo_ready(settings)
+    except Exception:  # noqa: BLE001 - one that does not answer is down
+        up = False
+    lines.append(f"MongoDB: {'up' if up else 'DOWN'} at {redact(settings.mongo_uri)}")
+    lines.append(kafka_broker.status(settings))
     if (_spark_dir(settings) / "master.pid").exists():
         host, port = cluster_master(settings)
         try:
@@ -438,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("action", choices=["start", "stop", "status"])
     parser.add_argument("--spark-cluster", action="store_true",
                         help="Also a Spark standalone master and two workers (SPARK_MASTER=spark://127.0.0.1:7077).")
+    parser.add_argument("--kafka-brokers", type=int, choices=[1, kafka_broker.CLUSTER_BROKERS], default=None,
+                        help="Brokers of a new embedded Kafka: 1 (the default) or a replicated cluster of 3 "
+                             "(replication 3, min.insync.replicas 2). An existing one keeps its own.")
     parser.add_argument("--prometheus", action="store_true",
                         help="Also Prometheus, scraping the pipeline's metrics ports (PROMETHEUS_PORT).")
     args = parser.parse_args(argv)
@@ -447,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {redact(str(exc))}", file=sys.stderr)
         return 2
     try:
-        action = {"start": lambda s: start(s, args.spark_cluster, args.prometheus), "stop": stop,
+        action = {"start": lambda s: start(s, args.spark_cluster, args.prometheus, args.kafka_brokers), "stop": stop,
                   "status": status}[args.action]
         for line in action(settings):
             print(line, flush=True)

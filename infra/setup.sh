@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Installs everything the pipeline needs into this checkout, idempotently:
-#   .venv/ with the pinned Python packages (pyspark, delta-rs, duckdb, the embedded servers ...),
-#   and a Java 17+ runtime for Spark (Debian's openjdk-17-jre-headless) when none is present.
-# Re-running it is cheap: the venv is rebuilt only when requirements.txt or pyproject.toml change.
+#   .venv/ with the pinned Python packages (pyspark, delta-rs, duckdb, the embedded MongoDB ...),
+#   a Java 17+ runtime for Spark and Kafka (Debian's openjdk-17-jre-headless) when none is present,
+#   and the jars of every pinned pom under infra/jars/ (Apache Kafka's broker), fetched from Maven Central
+#   with `mvn dependency:copy-dependencies` into .tools/jars/<name>/; nothing is downloaded at run time.
+# Re-running it is cheap: the venv is rebuilt only when requirements.txt or pyproject.toml change, a jar
+# folder only when its pom changes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,6 +31,39 @@ if ! command -v "$PYTHON" >/dev/null 2>&1; then
   echo "[setup] error: $PYTHON not found; install Python 3.11 or set PYTHON=/path/to/python3.11" >&2
   exit 1
 fi
+
+# Jars from Maven Central: one folder per pinned pom, fetched once (a stamp holds the pom's hash) into a
+# temporary folder and moved into place only when complete, so an interrupted fetch is simply done again.
+fetch_jars() {
+  local name=$1 pom=infra/jars/$1/pom.xml dest=.tools/jars/$1
+  local want; want=$(sha256sum "$pom" | cut -d' ' -f1)
+  if [ -f "$dest/.pom.sha256" ] && [ "$(cat "$dest/.pom.sha256")" = "$want" ]; then
+    log "jars up to date ($dest)"
+    return
+  fi
+  if ! command -v mvn >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    log "no mvn found: installing Debian's maven (the jars under infra/jars/ come from Maven Central)"
+    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq maven >/dev/null
+  fi
+  log "fetching the $name jars from Maven Central ($pom; once)"
+  mkdir -p .tools/jars
+  rm -rf "$dest.partial"
+  if ! mvn -B -q -f "$pom" dependency:copy-dependencies -DincludeScope=runtime \
+      -DoutputDirectory="$PWD/$dest.partial" >".tools/jars/$name.mvn.log" 2>&1; then
+    local missing
+    missing=$(grep -oE "(Could not (resolve|find|transfer) [a-z]+|artifact) [A-Za-z0-9_.:-]+:[0-9][A-Za-z0-9_.-]*" \
+      ".tools/jars/$name.mvn.log" | head -1 | awk '{print $NF}')
+    echo "[setup] error: could not fetch ${missing:-the $name jars} from Maven Central ($pom); check that" \
+      "Maven Central is reachable (proxy or mirror in ~/.m2/settings.xml) and run make setup again;" \
+      "mvn's output: .tools/jars/$name.mvn.log" >&2
+    exit 1
+  fi
+  rm -rf "$dest" && mv "$dest.partial" "$dest"
+  echo "$want" >"$dest/.pom.sha256"
+  log "$name jars: $(ls "$dest"/*.jar | wc -l) in $dest ($(du -sh "$dest" | cut -f1))"
+}
+fetch_jars kafka
 
 # Prometheus and promtool (Debian's prometheus 2.42, static binaries) for `make monitoring` and the alert-rule
 # tests: unpacked into .tools/ (not installed as a system service); one on PATH is used instead when present.

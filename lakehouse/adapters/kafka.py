@@ -86,6 +86,47 @@ def is_ready(settings: Settings) -> bool:
         admin.close()
 
 
+def broker_answers(address: str) -> bool:
+    """The broker at `address` answers a metadata request that lists it: up and registered with the
+    controllers (one node of a cluster, for its start-up)."""
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=address, request_timeout_ms=2000)
+    except KafkaError:
+        return False
+    try:
+        node = admin.describe_cluster()
+        return any(f"{b['host']}:{b['port']}" == address for b in node["brokers"])  # registered, not only up
+    except KafkaError:
+        return False
+    finally:
+        admin.close()
+
+
+def broker_ids(bootstrap: str) -> set[int]:
+    """The ids of the brokers the cluster's metadata lists now (alive and registered)."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+    try:
+        return {int(b["broker_id"]) for b in admin.describe_cluster()["brokers"]}
+    finally:
+        admin.close()
+
+
+def under_replicated(settings: Settings, topics: Iterable[str] | None = None) -> dict[str, tuple[int, int]]:
+    """"topic:partition" -> (in-sync replicas, replicas) for every partition missing a replica from its
+    in-sync set (a broker away or catching up); empty when every replica is in sync."""
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, request_timeout_ms=5000)
+    try:
+        found = {}
+        for topic in admin.describe_topics(list(topics) if topics is not None else None):
+            for part in topic["partitions"]:
+                isr, replicas = part["isr_nodes"], part["replica_nodes"]
+                if len(isr) < len(replicas):
+                    found[partition_key(topic["name"], part["partition_index"])] = (len(isr), len(replicas))
+        return found
+    finally:
+        admin.close()
+
+
 def require_broker(settings: Settings, timeout: float = 5.0) -> None:
     """Fail at once, naming the address, when no bootstrap server accepts a connection; kafka-python
     would otherwise retry for a minute and end in a generic timeout."""
@@ -112,11 +153,9 @@ def ensure_topics(settings: Settings, topics: Iterable[str]) -> None:
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, client_id="lakehouse-admin")
     try:
         existing = set(admin.list_topics())
-        wanted = [
-            NewTopic(t, settings.kafka_partitions, settings.kafka_replication_factor)
-            for t in topics
-            if t not in existing
-        ]
+        # Replication 0 leaves it to the broker (default.replication.factor: 3 on the embedded cluster).
+        replication = settings.kafka_replication_factor or -1
+        wanted = [NewTopic(t, settings.kafka_partitions, replication) for t in topics if t not in existing]
         if wanted:
             with contextlib.suppress(TopicAlreadyExistsError):  # another process won the race
                 admin.create_topics(wanted)

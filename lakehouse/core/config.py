@@ -99,7 +99,9 @@ class Settings:
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     topic_prefix: str = "cdc"
     kafka_partitions: int = 3
-    kafka_replication_factor: int = 1
+    # Replicas of each topic the pipeline creates; 0 leaves it to the broker's default.replication.factor
+    # (1 on the embedded broker, 3 on the embedded cluster).
+    kafka_replication_factor: int = 0
     spark_master: str = "local[2]"
     # "kafka_py" is the jar-free Python source; "kafka" is Spark's own (needs spark-sql-kafka jars).
     kafka_source_format: str = "kafka_py"
@@ -207,11 +209,14 @@ class Settings:
         return problems
 
     def _number_problems(self) -> list[str]:
-        checks = (("kafka_partitions", self.kafka_partitions >= 1), ("kafka_replication_factor",
-                  self.kafka_replication_factor >= 1), ("max_rows_per_batch", self.max_rows_per_batch >= 1),
+        checks = (("kafka_partitions", self.kafka_partitions >= 1),
+                  ("max_rows_per_batch", self.max_rows_per_batch >= 1),
                   ("trigger_seconds", 0 < self.trigger_seconds < 86_400))
         problems = [f"{ENV_NAMES[name]}={getattr(self, name)!r} must be a positive number"
                     for name, ok in checks if not ok]
+        if self.kafka_replication_factor < 0:
+            problems.append(f"KAFKA_REPLICATION_FACTOR={self.kafka_replication_factor!r} must be 1 or more, or 0 for "
+                            "the broker's default.replication.factor")
         problems += [f"{ENV_NAMES[name]}={getattr(self, name)!r} is not a TCP port (1-65535, or 0 for none)"
                      for name in sorted(_PORTS) if not 0 <= getattr(self, name) < 65536]
         if not 0 <= self.inventory_critical < self.inventory_low:
