@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from infra.processes import (
-    LOOPBACK,
     ROOT,
     StackError,
     alive,
@@ -30,6 +29,7 @@ from infra.processes import (
     running,
     spawn,
     terminate,
+    use_existing,
     wait,
 )
 from lakehouse.core.config import Settings
@@ -214,14 +214,12 @@ def start(settings: Settings, brokers: int | None = None) -> list[str]:
     host, port = settings.kafka_address
     layout = saved_layout(settings)
     if layout is None:
-        if host not in LOOPBACK:
-            from lakehouse.adapters.kafka import is_ready
+        from lakehouse.adapters.kafka import is_ready
 
-            wait(f"Kafka at {redact(settings.kafka_bootstrap_servers)}", lambda: is_ready(settings), None, 15)
-            return [f"Kafka: external at {redact(settings.kafka_bootstrap_servers)}"]
-        if port_open(host, port):
-            raise StackError(f"{host}:{port} is in use by a Kafka this project did not start (or by something "
-                             f"else); stop it, or set KAFKA_BOOTSTRAP_SERVERS to a free port")
+        existing = use_existing("Kafka", settings.kafka_bootstrap_servers, host, port, lambda: is_ready(settings),
+                                folder(settings))
+        if existing:  # the user's own Kafka (elsewhere, or already answering on loopback): used as it is
+            return [existing]
         layout = plan(settings, brokers or 1)
         folder(settings).mkdir(parents=True, exist_ok=True)
         _layout_file(settings).write_text(json.dumps({"cluster_id": layout.cluster_id,

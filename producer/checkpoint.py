@@ -5,8 +5,8 @@ rename, fsync the folder), so a kill -9 at any moment leaves either the old or t
 
 Each checkpoint also records, per topic partition, the offset after the last record Kafka
 acknowledged (`acked_offsets`), and the file keeps a short journal of earlier checkpoints. A broker
-can lose records it acknowledged (an unclean leader election, a topic deleted and re-created, the
-embedded broker's asynchronous persistence): when it holds fewer records than acknowledged, the
+can lose records it acknowledged (an unclean leader election, a topic deleted and re-created, a
+broker that does not persist what it acknowledged): when it holds fewer records than acknowledged, the
 producer rewinds to the newest journalled checkpoint the broker still fully holds and publishes again
 from there (see producer/listener.py).
 """

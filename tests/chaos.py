@@ -5,11 +5,15 @@ job and the loader service (which reconciles and repairs periodically) as separa
 generator at ~150 changes/s. A witness (MongoDB's own change history from before anything started)
 says which changes were made. Meanwhile it SIGKILLs the producer, the streaming job (driver, JVM and
 Python workers) and the loader at random moments, restarts MongoDB gracefully, restarts Kafka
-gracefully once and SIGKILLs it once, and holds a read-only reader on the warehouse. This harness is
+(Apache Kafka, one broker) gracefully once and SIGKILLs it once, deletes and re-creates the orders topic
+under the running pipeline (a loss made on purpose: it must be noticed and repaired), and holds a
+read-only reader on the warehouse. This harness is
 the service manager: it restarts a killed (or exited) stage at once and measures how long the stage
 takes to make progress again. Then the generator stops, everything drains with no manual step, and it
-requires: reconcile 0/0/0, no duplicate change_id, every witnessed change in the fact table, and every
-stage back within RECOVERY_LIMIT_S after each kill. It prints a summary and exits 0 only if all hold.
+requires: reconcile 0/0/0, no duplicate change_id, every witnessed change in the fact table, every
+stage back within RECOVERY_LIMIT_S after each kill, no Kafka data loss found after the broker's graceful
+restart or its SIGKILL (a real broker keeps what it acknowledged), and the re-created topic's loss found.
+It prints a summary and exits 0 only if all hold.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from lakehouse.core.config import Settings
 from producer.generator import OrderGenerator
 from tests.helpers import witness_change_ids
 
+LOSS_LINE = "KAFKA LOST ACKNOWLEDGED RECORDS"  # the producer's error line when Kafka holds less than it acked
 RECOVERY_LIMIT_S = {"producer": 60.0, "streaming": 240.0, "loader": 60.0}
 
 
@@ -96,6 +101,9 @@ class Chaos:
                             + self._lines(self.logs / "loader.log", "loader ready")),
         }
         self.events: list[str] = []
+        # (fault, Kafka losses found so far by the producer, by the streaming source) at each Kafka fault:
+        # what is found until the next one is that fault's.
+        self.loss_marks: list[tuple[str, int, int]] = []
         self.stop_generating = threading.Event()
         self.generated = 0
 
@@ -201,6 +209,7 @@ class Chaos:
         faults.append((0.3 * duration, self.restart_mongo))
         faults.append((0.5 * duration, self.restart_kafka))
         faults.append((0.7 * duration, self.kill_kafka))
+        faults.append((0.85 * duration, self.recreate_orders_topic))
         faults.append((0.4 * duration, lambda: self.hold_reader(15)))
         faults.sort(key=lambda f: f[0])
         try:
@@ -235,12 +244,31 @@ class Chaos:
         say(servers.start_mongo(self.settings))
         self.note("MongoDB restarted gracefully")
 
+    def losses_found(self) -> tuple[int, int]:
+        s = self.settings
+        producer_log = self.logs / "producer.log"
+        by_producer = producer_log.read_text(errors="replace").count(LOSS_LINE) if producer_log.exists() else 0
+        by_stream = sum(1 for _ in s.data_loss_log.open()) if s.data_loss_log.exists() else 0
+        return by_producer, by_stream
+
+    def mark_losses(self, fault: str) -> None:
+        self.loss_marks.append((fault, *self.losses_found()))
+
+    def recreate_orders_topic(self) -> None:
+        from lakehouse.adapters.kafka import recreate_topics
+
+        self.mark_losses("orders topic re-created")
+        recreate_topics(self.settings, [self.settings.topic_for("orders")])
+        self.note("the orders topic deleted and re-created under the running pipeline")
+
     def restart_kafka(self) -> None:
+        self.mark_losses("graceful Kafka restart")
         say(servers.stop_kafka(self.settings))
         say(servers.start_kafka(self.settings))
         self.note("Kafka restarted gracefully")
 
     def kill_kafka(self) -> None:
+        self.mark_losses("Kafka SIGKILL")
         say(servers.kill_kafka(self.settings))
         say(servers.start_kafka(self.settings))
         self.note("Kafka SIGKILLed and started again")
@@ -270,13 +298,19 @@ class Chaos:
         finally:
             con.close()
         missing_changes = witness - set(facts)
-        losses = sum(1 for _ in s.data_loss_log.open()) if s.data_loss_log.exists() else 0
-        producer_log = (self.logs / "producer.log").read_text(errors="replace")
+        by_producer, by_stream = self.losses_found()
+        per_fault = {}
+        for n, (fault, producer_before, stream_before) in enumerate(self.loss_marks):
+            after = self.loss_marks[n + 1][1:] if n + 1 < len(self.loss_marks) else (by_producer, by_stream)
+            per_fault[fault] = (after[0] - producer_before, after[1] - stream_before)
+        broker_losses = sum(sum(found) for fault, found in per_fault.items() if fault != "orders topic re-created")
+        recreated = per_fault.get("orders topic re-created")
         loader_log = (self.logs / "loader.log").read_text(errors="replace")
         repaired = sum(int(part.split()[0]) for part in loader_log.split("repair: published ")[1:])
         slow = {n: max(st.recoveries, default=0) for n, st in self.stages.items()
                 if max(st.recoveries, default=0) > RECOVERY_LIMIT_S[n]}
-        ok = bool(result and result.ok) and not missing_changes and len(facts) == len(set(facts)) and not slow
+        ok = bool(result and result.ok) and not missing_changes and len(facts) == len(set(facts)) and not slow \
+            and broker_losses == 0 and (recreated is None or sum(recreated) > 0)
         report = ["", "chaos summary", f"  changes generated {self.generated}, witnessed {len(witness)}"]
         for name, st in self.stages.items():
             times = ", ".join(f"{t:.1f}s" for t in st.recoveries)
@@ -284,8 +318,11 @@ class Chaos:
                           f"(limit {RECOVERY_LIMIT_S[name]:.0f}s)")
         report += [
             f"  faults: {'; '.join(e for e in self.events if not e.startswith('SIGKILL '))}",
-            f"  Kafka data loss found by the producer {producer_log.count('KAFKA LOST ACKNOWLEDGED RECORDS')}x, "
-            f"by the streaming source {losses}x; documents repaired by reconcile {repaired}",
+            f"  Kafka data loss found by the producer {by_producer}x, by the streaming source {by_stream}x; "
+            f"documents repaired by reconcile {repaired}",
+            *(f"    after the {fault}: {found[0]}x by the producer, {found[1]}x by the streaming source"
+              f"{' (must be > 0: the loss was made on purpose)' if 'topic' in fault else ' (must be 0)'}"
+              for fault, found in per_fault.items()),
             f"  drained in {drained_in:.0f}s; facts {len(facts)}, duplicate change_ids {len(facts) - len(set(facts))}, "
             f"witnessed changes missing from the facts {len(missing_changes)}",
             *(f"  {line}" for line in (lines(results) if result else ["reconcile never ran"])),

@@ -58,8 +58,8 @@ _counter = iter(range(10_000))
 @pytest.fixture
 def settings(stack: Settings, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Settings]:
     """The session's servers with this test's own database, topics and folders; the topics and the
-    database are removed after the test (the embedded broker re-writes all it holds to disk, so what
-    earlier tests left made later ones several times slower)."""
+    database are removed after the test (a broker's work grows with the partitions it holds, so what
+    earlier tests left would slow later ones)."""
     name = re.sub(r"\W+", "_", request.node.name)[:30].strip("_")
     n = next(_counter)
     yield stack.replace(

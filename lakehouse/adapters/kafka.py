@@ -111,20 +111,21 @@ def broker_ids(bootstrap: str) -> set[int]:
         admin.close()
 
 
-def under_replicated(settings: Settings, topics: Iterable[str] | None = None) -> dict[str, tuple[int, int]]:
-    """"topic:partition" -> (in-sync replicas, replicas) for every partition missing a replica from its
-    in-sync set (a broker away or catching up); empty when every replica is in sync."""
+def replicas(settings: Settings, topics: Iterable[str] | None = None) -> dict[str, tuple[int, int]]:
+    """"topic:partition" -> (in-sync replicas, replicas), for the topics (every topic when None)."""
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, request_timeout_ms=5000)
     try:
-        found = {}
-        for topic in admin.describe_topics(list(topics) if topics is not None else None):
-            for part in topic["partitions"]:
-                isr, replicas = part["isr_nodes"], part["replica_nodes"]
-                if len(isr) < len(replicas):
-                    found[partition_key(topic["name"], part["partition_index"])] = (len(isr), len(replicas))
-        return found
+        return {partition_key(topic["name"], part["partition_index"]): (len(part["isr_nodes"]),
+                                                                        len(part["replica_nodes"]))
+                for topic in admin.describe_topics(list(topics) if topics is not None else None)
+                for part in topic["partitions"]}
     finally:
         admin.close()
+
+
+def under_replicated(settings: Settings, topics: Iterable[str] | None = None) -> dict[str, tuple[int, int]]:
+    """The partitions missing a replica from their in-sync set (a broker away or catching up)."""
+    return {key: (isr, total) for key, (isr, total) in replicas(settings, topics).items() if isr < total}
 
 
 def require_broker(settings: Settings, timeout: float = 5.0) -> None:
@@ -165,8 +166,8 @@ def ensure_topics(settings: Settings, topics: Iterable[str]) -> None:
 
 
 def delete_topics(settings: Settings, topics: Iterable[str]) -> None:
-    """Delete topics that exist (a bench's own, at its end): a broker's work grows with what it holds,
-    and the embedded one re-writes all it holds to disk, so leftovers slow every later run."""
+    """Delete topics that exist (a bench's own, at its end): a broker's work grows with the partitions
+    it holds, so leftovers slow every later run."""
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, client_id="lakehouse-admin")
     try:
         doomed = sorted(set(topics) & set(admin.list_topics()))
@@ -174,6 +175,23 @@ def delete_topics(settings: Settings, topics: Iterable[str]) -> None:
             admin.delete_topics(doomed)
     finally:
         admin.close()
+
+
+def recreate_topics(settings: Settings, topics: Iterable[str], timeout: float = 60) -> None:
+    """Delete the topics and create them again, empty: a loss of everything they held, made on purpose
+    (fault runs: the producer and the streaming job must notice and repair it)."""
+    topics = list(topics)
+    delete_topics(settings, topics)
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, client_id="lakehouse-admin")
+    try:
+        deadline = time.monotonic() + timeout
+        while set(topics) & set(admin.list_topics()):
+            if time.monotonic() > deadline:
+                raise KafkaTransient(f"Kafka did not delete {topics} within {timeout:.0f}s")
+            time.sleep(0.2)
+    finally:
+        admin.close()
+    ensure_topics(settings, topics)
 
 
 def idempotent_producer(settings: Settings, **overrides: object) -> KafkaProducer:
