@@ -1,5 +1,5 @@
 """The pipeline on a replicated Apache Kafka (three KRaft brokers, replication 3, min.insync.replicas 2,
-unclean election off, started by infra/kafka_broker.py): the producer (each client), the streaming job
+unclean election off, started by infra/kafka_broker.py): the producers (both clients), the streaming job
 and the loader run as their own processes while changes are made. One broker is SIGKILLed mid-stream and
 started again, or all three are restarted one after another. Nothing acknowledged may be lost: the
 producer finds no loss, the streaming source records none, the warehouse equals MongoDB per collection
@@ -78,38 +78,53 @@ def _grows(settings: Settings, what: str) -> None:
     wait_for(lambda: _published(settings) > before + 50, 120, f"the producer to publish {what}")
 
 
-@pytest.mark.parametrize("client", ["kafka-python", "confluent"])
+def _say(what: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {what}", flush=True)
+
+
 @pytest.mark.parametrize("fault", ["sigkill_one_broker", "rolling_restart"])
 def test_pipeline_on_a_replicated_kafka_loses_nothing_when_brokers_go(kafka_cluster: Settings, settings: Settings,
-                                                                     tmp_path: Path, fault: str, client: str) -> None:
+                                                                     tmp_path: Path, fault: str) -> None:
+    """Both Kafka clients at once: one producer (kafka-python) captures orders, another (confluent) the
+    other collections, each with its own checkpoint; one streaming job and one loader take them all."""
     settings = settings.replace(kafka_bootstrap_servers=kafka_cluster.kafka_bootstrap_servers,
-                                stack_dir=kafka_cluster.stack_dir, kafka_client=client, producer_metrics_port=0,
+                                stack_dir=kafka_cluster.stack_dir, producer_metrics_port=0,
                                 streaming_metrics_port=0, loader_metrics_port=0)
-    logs = {name: tmp_path / f"{name}.log" for name in ("producer", "streaming", "loader")}
-    processes = {"producer": start_cli(settings, logs["producer"], "produce"),
+    others = tuple(c for c in settings.collections if c != "orders")
+    assert others, "collections.toml should describe more than orders"
+    producers = {"kafka-python": settings.replace(collections=("orders",), kafka_client="kafka-python"),
+                 "confluent": settings.replace(collections=others, kafka_client="confluent",
+                                               state_dir=tmp_path / "confluent-producer")}
+    logs = {name: tmp_path / f"{name}.log" for name in ("kafka-python", "confluent", "streaming", "loader")}
+    processes = {**{client: start_cli(s, logs[client], "produce") for client, s in producers.items()},
                  "streaming": start_cli(settings, logs["streaming"], "stream"),
                  "loader": start_cli(settings, logs["loader"], "load", "--every", "1")}
     stop = threading.Event()
     generator = threading.Thread(target=_generate, args=(settings, stop, 40.0, 7), daemon=True)
     try:
-        wait_for(lambda: settings.producer_checkpoint.exists(), 120, "the producer to open its change stream")
+        for client, s in producers.items():
+            wait_for(lambda s=s: s.producer_checkpoint.exists(), 120, f"the {client} producer's change stream")
         generator.start()
+        _say("producers ready, changes being made")
         wait_for(lambda: settings.batch_metrics.exists() and settings.batch_metrics.read_text().count("\n") >= 2,
                  300, "the streaming job's first batches")
+        _say("streaming job running")
         held = replicas(settings, settings.topics)
         assert held and all(r == (3, 3) for r in held.values()), f"the pipeline's topics are not replicated: {held}"
 
         if fault == "sigkill_one_broker":
-            print(servers.kill_kafka(settings, 2))
+            _say(servers.kill_kafka(settings, 2))
             _grows(settings, "with broker 2 killed")
-            print(kafka_broker.start_node(settings, 2))
+            _say(kafka_broker.start_node(settings, 2))
             wait_for(lambda: _in_sync(settings), 180, "broker 2 back in every in-sync replica set")
+            _say("every replica in sync")
         else:
             for node in range(1, kafka_broker.CLUSTER_BROKERS + 1):
-                print(kafka_broker.stop_node(settings, node))
+                _say(kafka_broker.stop_node(settings, node))
                 _grows(settings, f"with broker {node} stopped")
-                print(kafka_broker.start_node(settings, node))
+                _say(kafka_broker.start_node(settings, node))
                 wait_for(lambda: _in_sync(settings), 180, f"broker {node} back in every in-sync replica set")
+                _say("every replica in sync")
         _grows(settings, "after the brokers came back")
         stop.set()
         generator.join(30)
@@ -120,7 +135,9 @@ def test_pipeline_on_a_replicated_kafka_loses_nothing_when_brokers_go(kafka_clus
             except Exception:  # noqa: BLE001 - the loader holds the warehouse now and then
                 return False
 
+        _say("changes stopped")
         wait_for(reconciled, 600, "the warehouse to equal MongoDB in every collection")
+        _say("reconciled")
         for name, process in processes.items():
             assert process.poll() is None, f"the {name} stopped: {logs[name].read_text()[-3000:]}"
     finally:
@@ -137,8 +154,9 @@ def test_pipeline_on_a_replicated_kafka_loses_nothing_when_brokers_go(kafka_clus
         table = ident(settings.collection(name).changes)
         facts = [r[0] for r in warehouse_rows(settings, f"SELECT change_id FROM {table}")]
         assert facts and len(facts) == len(set(facts)), f"{name}: a change_id twice in the warehouse"
-    assert "KAFKA LOST ACKNOWLEDGED RECORDS" not in logs["producer"].read_text()
     assert not settings.data_loss_log.exists() or not settings.data_loss_log.read_text().strip()
-    acked = FileCheckpointStore(settings.producer_checkpoint).load().acked_offsets
     now = {f"{t}:{p}": o for (t, p), o in end_offsets(settings, settings.topics).items()}
-    assert acked and not shortfall(acked, now), "Kafka holds fewer records than it acknowledged"
+    for client, s in producers.items():
+        assert "KAFKA LOST ACKNOWLEDGED RECORDS" not in logs[client].read_text(), client
+        acked = FileCheckpointStore(s.producer_checkpoint).load().acked_offsets
+        assert acked and not shortfall(acked, now), f"Kafka holds fewer records than {client} saw acknowledged"

@@ -1,0 +1,113 @@
+"""The embedded Kafka broker's cost: CPU and resident memory while idle, then while the producer publishes
+the changes a generator makes at a given rate (default 500 changes/s).
+
+CPU is read from /proc (user + system time of the broker's JVM over the window, as a share of one core);
+RSS is sampled every second (the highest is printed). The rate MongoDB really took is printed too: on two
+cores shared with everything else it may fall short of the one asked for.
+
+    make servers && .venv/bin/python bench/broker_bench.py --idle 30 --rate 500 --seconds 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from infra import kafka_broker
+from infra.processes import running
+from lakehouse.adapters.kafka import delete_topics, end_offsets
+from lakehouse.adapters.mongo import connect as connect_mongo
+from lakehouse.core.config import Settings
+from producer.generator import OrderGenerator
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def measure(pids: list[int], seconds: float) -> tuple[float, float]:
+    """(CPU as % of one core, summed over the brokers; highest RSS of one broker in MB) over `seconds`."""
+    cpu0, t0, rss = sum(_cpu_seconds(p) for p in pids), time.monotonic(), 0.0
+    while time.monotonic() - t0 < seconds:
+        rss = max(rss, *(_rss_mb(p) for p in pids))
+        time.sleep(1)
+    return 100 * (sum(_cpu_seconds(p) for p in pids) - cpu0) / (time.monotonic() - t0), rss
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--idle", type=float, default=30, help="seconds measured with nothing running")
+    parser.add_argument("--rate", type=float, default=500, help="changes per second asked of the generator")
+    parser.add_argument("--seconds", type=float, default=30, help="seconds measured under load")
+    args = parser.parse_args()
+
+    base = Settings.from_env()
+    layout = kafka_broker.saved_layout(base)
+    pids = [running(kafka_broker.node_dir(base, n) / "kafka.pid") for n in (layout.nodes if layout else ())]
+    if not pids or None in pids:
+        sys.exit(f"no embedded Kafka running in {kafka_broker.folder(base)}; start it with `make servers`")
+    brokers = [p for p in pids if p]
+    print(f"Apache Kafka {kafka_broker.version()}, {len(brokers)} broker(s), pids {brokers}", flush=True)
+
+    cpu, rss = measure(brokers, args.idle)
+    print(f"idle ({args.idle:.0f} s): CPU {cpu:.1f}% of one core, RSS {rss:.0f} MB", flush=True)
+
+    name = f"bench_{int(time.time())}"
+    with tempfile.TemporaryDirectory() as state:
+        settings = base.replace(mongo_db=name, topic_prefix=name, state_dir=Path(state), producer_metrics_port=0)
+        env = {**os.environ, **settings.to_env()}
+        producer = subprocess.Popen([sys.executable, "-m", "lakehouse.app.cli", "produce"], env=env,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = connect_mongo(settings)
+        try:
+            while not settings.producer_checkpoint.exists():
+                time.sleep(0.2)
+            generator = OrderGenerator.for_database(client[name], settings.collections, seed=1)
+            stop, made = threading.Event(), [0]
+
+            def generate() -> None:
+                started = time.monotonic()
+                while not stop.is_set():
+                    generator.step()
+                    made[0] += 1
+                    ahead = started + made[0] / args.rate - time.monotonic()
+                    if ahead > 0:
+                        time.sleep(ahead)
+
+            published0 = sum(end_offsets(settings, settings.topics).values())
+            worker = threading.Thread(target=generate, daemon=True)
+            t0 = time.monotonic()
+            worker.start()
+            cpu, rss = measure(brokers, args.seconds)
+            stop.set()
+            worker.join()
+            elapsed = time.monotonic() - t0
+            published = sum(end_offsets(settings, settings.topics).values()) - published0
+        finally:
+            producer.terminate()
+            producer.wait(60)
+            client.drop_database(name)
+            client.close()
+            delete_topics(settings, [*settings.topics, settings.dead_letter_topic])
+    print(f"under load ({args.seconds:.0f} s, asked {args.rate:.0f} changes/s, MongoDB took {made[0] / elapsed:.0f}/s, "
+          f"Kafka acknowledged {published / elapsed:.0f} events/s): CPU {cpu:.1f}% of one core, RSS {rss:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
