@@ -68,17 +68,23 @@ def mongo_state(settings: Settings, collection: str = "orders") -> dict[str, str
 def witness_change_ids(settings: Settings, start_at: object) -> set[str]:
     """The change_ids of every change MongoDB made to the configured collections since `start_at`, from a
     bare change stream over its own history: the changes that were made."""
+    return set(witness_changes(settings, start_at))
+
+
+def witness_changes(settings: Settings, start_at: object) -> dict[str, tuple[int, int]]:
+    """As witness_change_ids, each change_id with its cluster time (seconds, increment)."""
     client = connect_mongo(settings)
-    ids = set()
+    found = {}
     try:
         with client[settings.mongo_db].watch([{"$match": {"ns.coll": {"$in": list(settings.collections)}}}],
                                              start_at_operation_time=start_at, max_await_time_ms=1000) as stream:
             while (change := stream.try_next()) is not None:
                 if change["operationType"] in STREAMED_OPERATIONS:
-                    ids.add(from_change(change, SourcePosition(0, 0, 0))["change_id"])
+                    found[from_change(change, SourcePosition(0, 0, 0))["change_id"]] = (
+                        change["clusterTime"].time, change["clusterTime"].inc)
     finally:
         client.close()
-    return ids
+    return found
 
 
 def start_cli(settings: Settings, log: Path, *args: str) -> subprocess.Popen[bytes]:
