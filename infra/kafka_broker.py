@@ -28,6 +28,7 @@ from infra.processes import (
     port_open,
     running,
     spawn,
+    stop_pid_file,
     terminate,
     use_existing,
     wait,
@@ -227,7 +228,7 @@ def start(settings: Settings, brokers: int | None = None) -> list[str]:
     elif brokers is not None and brokers != len(layout.nodes):
         raise StackError(f"{folder(settings)} holds a {len(layout.nodes)}-broker Kafka; `make stop`, then remove "
                          f"that folder (its topics go with it) or set STACK_DIR elsewhere, to start {brokers}")
-    lines = _start_nodes(settings, [node.id for node in layout.nodes])
+    lines = _start_nodes(settings, layout, layout.nodes)
     if len(layout.nodes) > 1:
         from lakehouse.adapters.kafka import broker_ids
 
@@ -251,15 +252,15 @@ def _node(settings: Settings, node_id: int) -> tuple[Layout, Node]:
 
 def start_node(settings: Settings, node_id: int) -> str:
     """One node (a restart of a stopped or killed one), ready when it answers and is registered."""
-    return _start_nodes(settings, [node_id])[0]
+    layout, node = _node(settings, node_id)
+    return _start_nodes(settings, layout, (node,))[0]
 
 
-def _start_nodes(settings: Settings, node_ids: list[int]) -> list[str]:
+def _start_nodes(settings: Settings, layout: Layout, nodes: tuple[Node, ...]) -> list[str]:
     """Launch every node first, then wait for each: a node of a cluster finishes starting only once a
     quorum of controllers is up."""
     launched = []
-    for node_id in node_ids:
-        layout, node = _node(settings, node_id)
+    for node in nodes:
         home = node_dir(settings, node)
         pid = running(_pid_file(settings, node))
         if pid is None:
@@ -299,14 +300,7 @@ def _exited(pid: int, home: Path) -> bool:
 def stop_node(settings: Settings, node_id: int) -> str:
     """A graceful stop (SIGTERM: a controlled shutdown that hands leadership over), SIGKILL after 60 s."""
     _, node = _node(settings, node_id)
-    pid_file = _pid_file(settings, node)
-    pid = running(pid_file)
-    if pid is None:
-        pid_file.unlink(missing_ok=True)
-        return f"Kafka: broker {node.id} was not running"
-    terminate(pid, STOP_GRACE_S)
-    pid_file.unlink(missing_ok=True)
-    return f"Kafka: broker {node.id} stopped (pid {pid})"
+    return stop_pid_file(f"Kafka broker {node.id}", _pid_file(settings, node), STOP_GRACE_S)
 
 
 def kill_node(settings: Settings, node_id: int = 1) -> str:

@@ -13,10 +13,9 @@ import duckdb
 import pytest
 from click.testing import CliRunner
 from deltalake import DeltaTable
-from kafka import KafkaAdminClient, KafkaProducer
-from kafka.admin import NewTopic
+from kafka import KafkaProducer
 
-from lakehouse.adapters.kafka import end_offsets, ensure_topics
+from lakehouse.adapters.kafka import end_offsets, ensure_topics, recreate_topics
 from lakehouse.adapters.mongo import connect as connect_mongo
 from lakehouse.app.cli import cli
 from lakehouse.app.reconcile import reconcile
@@ -61,13 +60,7 @@ def test_producer_finds_records_the_broker_lost_and_publishes_them_again(setting
 def recreate_topic(settings: Settings, records: int) -> None:
     """The topic deleted and created again, then `records` new changes of a fresh producer run."""
     topic = settings.topic_for("orders")
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
-    try:
-        admin.delete_topics([topic])
-        wait_for(lambda: topic not in admin.list_topics(), 30, "the topic to be deleted")
-        admin.create_topics([NewTopic(topic, settings.kafka_partitions, 1)])
-    finally:
-        admin.close()
+    recreate_topics(settings, [topic], timeout=30)
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
     template = {"schema_version": 1, "op": "insert", "db": settings.mongo_db, "collection": "orders",
                 "txn_op_index": 0, "cluster_time_inc": 0, "full_document": json.dumps({"status": "created"})}
