@@ -2,7 +2,8 @@
 # Installs everything the pipeline needs into this checkout, idempotently:
 #   .venv/ with the pinned Python packages (pyspark, delta-rs, duckdb, the embedded MongoDB ...),
 #   a Java 17+ runtime for Spark and Kafka (Debian's openjdk-17-jre-headless) when none is present,
-#   and the jars of every pinned pom under infra/jars/ (Apache Kafka's broker), fetched from Maven Central
+#   and the jars of every pinned pom under infra/jars/ (Apache Kafka's broker; Spark's Kafka source and
+#   delta-spark for the streaming job), fetched from Maven Central
 #   with `mvn dependency:copy-dependencies` into .tools/jars/<name>/; nothing is downloaded at run time.
 # Re-running it is cheap: the venv is rebuilt only when requirements.txt or pyproject.toml change, a jar
 # folder only when its pom changes.
@@ -34,8 +35,10 @@ fi
 
 # Jars from Maven Central: one folder per pinned pom, fetched once (a stamp holds the pom's hash) into a
 # temporary folder and moved into place only when complete, so an interrupted fetch is simply done again.
+# A second argument names a folder of jars already on the classpath (pyspark's own): a fetched jar of the same
+# artifact, whatever its version, is left out, so the classpath never holds two versions of one library.
 fetch_jars() {
-  local name=$1 pom=infra/jars/$1/pom.xml dest=.tools/jars/$1
+  local name=$1 provided=${2:-} pom=infra/jars/$1/pom.xml dest=.tools/jars/$1
   local want; want=$(sha256sum "$pom" | cut -d' ' -f1)
   if [ -f "$dest/.pom.sha256" ] && [ "$(cat "$dest/.pom.sha256")" = "$want" ]; then
     log "jars up to date ($dest)"
@@ -58,6 +61,13 @@ fetch_jars() {
       "Maven Central is reachable (proxy or mirror in ~/.m2/settings.xml) and run make setup again;" \
       "mvn's output: .tools/jars/$name.mvn.log" >&2
     exit 1
+  fi
+  if [ -n "$provided" ]; then
+    local jar artifact
+    for jar in "$dest.partial"/*.jar; do
+      artifact=$(basename "$jar" .jar | sed -E 's/-[0-9][A-Za-z0-9._-]*$//')
+      if compgen -G "$provided/$artifact-[0-9]*.jar" >/dev/null; then rm "$jar"; fi
+    done
   fi
   rm -rf "$dest" && mv "$dest.partial" "$dest"
   echo "$want" >"$dest/.pom.sha256"
@@ -86,12 +96,15 @@ fi
 want=$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ -x "$VENV/bin/python" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
   log "python environment up to date ($VENV)"
-  exit 0
+else
+  [ -x "$VENV/bin/python" ] || { log "creating $VENV"; "$PYTHON" -m venv "$VENV"; }
+  log "installing pinned packages (first time: ~2 min, pyspark is built from source once and cached by pip)"
+  "$VENV/bin/pip" install -q --disable-pip-version-check -r requirements.txt
+  "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps -e .
+  echo "$want" > "$STAMP"
+  log "done: $("$VENV/bin/python" -c 'import pyspark, deltalake, duckdb; print("pyspark", pyspark.__version__, "deltalake", deltalake.__version__, "duckdb", duckdb.__version__)')"
+  rm -f .tools/jars/spark/.pom.sha256  # a new pyspark: its own jars decide which fetched ones are left out
 fi
 
-[ -x "$VENV/bin/python" ] || { log "creating $VENV"; "$PYTHON" -m venv "$VENV"; }
-log "installing pinned packages (first time: ~2 min, pyspark is built from source once and cached by pip)"
-"$VENV/bin/pip" install -q --disable-pip-version-check -r requirements.txt
-"$VENV/bin/pip" install -q --disable-pip-version-check --no-deps -e .
-echo "$want" > "$STAMP"
-log "done: $("$VENV/bin/python" -c 'import pyspark, deltalake, duckdb; print("pyspark", pyspark.__version__, "deltalake", deltalake.__version__, "duckdb", duckdb.__version__)')"
+# Spark's Kafka source and delta-spark for the streaming job (after the venv: pyspark's jars are left out).
+fetch_jars spark "$("$VENV/bin/python" -c 'import os, pyspark; print(os.path.join(os.path.dirname(pyspark.__file__), "jars"))')"
