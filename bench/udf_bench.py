@@ -1,9 +1,11 @@
-"""parse_amount + is_high_value in Spark: vectorised pandas UDFs against plain Python UDFs.
+"""parse_amount + is_high_value in Spark: vectorised pandas UDFs against plain Python UDFs and Spark SQL.
 
-Same rules (streaming/amounts.py), same rows, same local Spark; only the UDF flavour differs:
-  pandas  - pandas_udf, rows cross to Python in Arrow batches (what streaming/udfs.py uses)
+Same rules (streaming/amounts.py), same rows, same local Spark; only the flavour differs:
+  pandas  - both as pandas_udf, rows cross to Python in Arrow batches
+  sql     - the amount by the pandas UDF, the high-value flag by Spark SQL functions (what the job uses)
   arrow   - plain @udf with useArrow=True (Spark's Arrow-optimised Python UDF)
   plain   - plain @udf, rows pickled one at a time
+A second table times the high-value flag alone, over amounts already parsed: pandas UDF against SQL.
 Each flavour runs --repeat times over --rows cached rows; prints the best and median wall time and
 rows/s. The first run of each flavour is a warm-up and not counted.
 
@@ -28,13 +30,14 @@ from pathlib import Path
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
+from pyspark.sql.functions import pandas_udf
 
 from lakehouse.core.config import Settings
 from lakehouse.core.logs import configure
 from producer.generator import messy_amount
 from streaming.amounts import is_high_value, money_from_document, parse_thresholds
 from streaming.job import build_session
-from streaming.udfs import MONEY_FIELDS, MONEY_TYPE, money_columns
+from streaming.udfs import MONEY_FIELDS, MONEY_TYPE, high_value_sql, high_values, money_columns
 
 
 def plain_columns(document, thresholds_spec: str, use_arrow: bool) -> list:  # noqa: ANN001
@@ -75,7 +78,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=500_000)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--flavours", default="pandas,arrow,plain", help="comma-separated subset")
+    parser.add_argument("--flavours", default="pandas,sql,arrow,plain", help="comma-separated subset")
     args = parser.parse_args()
     configure("WARNING")
     settings = Settings.from_env()
@@ -84,8 +87,10 @@ def main() -> None:
     thresholds = settings.high_value_thresholds
     with tempfile.TemporaryDirectory() as tmp:
         data = source(spark, args.rows, Path(tmp) / "amounts")
+        amount_at, currency_at = F.lit("amount"), F.lit("currency")
         flavours = {
-            "pandas": lambda: money_columns(F.col("document"), thresholds),
+            "pandas": lambda: money_columns(F.col("document"), amount_at, currency_at, thresholds, high_value_udf=True),
+            "sql": lambda: money_columns(F.col("document"), amount_at, currency_at, thresholds),
             "arrow": lambda: plain_columns(F.col("document"), thresholds, use_arrow=True),
             "plain": lambda: plain_columns(F.col("document"), thresholds, use_arrow=False),
         }
@@ -100,10 +105,27 @@ def main() -> None:
                   f"{args.rows / min(runs):,.0f} rows/s (best)", flush=True)
         same = all(
             data.select(*flavours["pandas"]()).exceptAll(data.select(*flavours[other]())).count() == 0
-            for other in ("arrow", "plain")
+            for other in args.flavours.split(",") if other != "pandas"
         )
         print(f"rows: {args.rows}, Spark {spark.version}, master {settings.spark_master}; "
               f"all flavours give identical rows: {same}")
+        # The high-value flag alone, over parsed amounts (cached): the UDF's cost against SQL's.
+        parsed = data.select(*flavours["sql"]()).select("amount", "amount_currency").cache()
+        parsed.count()
+        flags = {
+            "pandas UDF": lambda: pandas_udf(high_values(thresholds), "boolean")(  # type: ignore[call-overload]
+                F.col("amount"), F.col("amount_currency")),
+            "SQL": lambda: high_value_sql(F.col("amount"), F.col("amount_currency"), thresholds),
+        }
+        for name, flag in flags.items():
+            frame = parsed.select(flag().alias("flag"))
+            timed(frame)
+            runs = [timed(frame) for _ in range(args.repeat)]
+            print(f"high-value flag alone, {name:>10}: best {min(runs):.2f} s = {args.rows / min(runs):,.0f} rows/s",
+                  flush=True)
+        agree = parsed.select(flags["pandas UDF"]().alias("f")).exceptAll(
+            parsed.select(flags["SQL"]().alias("f"))).count() == 0
+        print(f"high-value flag: pandas UDF and SQL agree on every row: {agree}")
     spark.stop()
 
 

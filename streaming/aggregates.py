@@ -2,26 +2,26 @@
 status, and revenue per window and product category; with an event-time watermark, written in append mode
 (a window is final once written).
 
-They read the Parquet copies of silver and of the enriched order lines with Spark's built-in file stream
-source, not Kafka again: one Kafka read per pipeline, and the aggregates see exactly the parsed, typed
-rows the lake has. The inventory alerts and customer sessions read silver's copy the same way.
+They read the silver and order_lines Delta tables as streams (delta-spark's streaming source), not Kafka
+again: one Kafka read per pipeline, and the aggregates see exactly the parsed, typed rows the lake has.
+The inventory alerts and customer sessions read silver the same way.
 """
 
 from __future__ import annotations
 
 import logging
-import time
+import shutil
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from lakehouse.adapters.delta import append_once, conform, writer_app_id
 from lakehouse.contracts import tables, types
 from lakehouse.contracts.events import DOCUMENT_OPERATIONS
 from lakehouse.core.config import Settings
+from streaming.lake_writer import append_once, conform, writer_app_id
 
 log = logging.getLogger(__name__)
 
@@ -31,49 +31,68 @@ UNKNOWN_CATEGORY = "(unknown)"
 
 
 class AggregateWriter:
-    """foreachBatch of a windowed query: its rows, stamped with the granularity, appended once per batch."""
+    """foreachBatch of a windowed query: its rows, stamped with the granularity, appended once per batch
+    by delta-spark from the executors."""
 
     def __init__(self, settings: Settings, table: str, columns: types.Columns, granularity: str,
                  checkpoint: Path) -> None:
         self.table = settings.table_path(table)
         self.granularity = granularity
         self.app_id = writer_app_id(checkpoint)
-        self.schema = types.arrow_schema(columns)
+        self.columns = columns
 
-    def __call__(self, batch_df: Any, batch_id: int) -> None:
-        rows = batch_df.toArrow()  # materialise always (see BatchWriter)
-        if rows.num_rows == 0:
-            return
-        now = pa.scalar(int(time.time() * 1_000_000), pa.timestamp("us", tz="UTC"))
-        if "granularity" in self.schema.names:
-            rows = rows.append_column("granularity", pa.array([self.granularity] * rows.num_rows))
-        rows = rows.append_column("computed_at", pa.array([now] * rows.num_rows))
-        append_once(self.table, conform(rows, self.schema), self.app_id, batch_id)
+    def __call__(self, batch_df: DataFrame, batch_id: int) -> None:
+        # Persisted: a stateful query's batch is evaluated once, counted, then written.
+        rows = batch_df.persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            if rows.count() == 0:
+                return
+            names = {name for name, _ in self.columns}
+            stamped = rows.withColumn("computed_at", F.current_timestamp())
+            if "granularity" in names:
+                stamped = stamped.withColumn("granularity", F.lit(self.granularity))
+            append_once(conform(stamped, self.columns), self.table, self.app_id, batch_id)
+        finally:
+            rows.unpersist()
 
 
-def read_lake_copy(spark: SparkSession, settings: Settings, name: str, columns: types.Columns) -> DataFrame:
-    """A stream of the rows the lake query writes to a table's Parquet copy (lake/parquet/<name>)."""
-    folder = settings.parquet_path(name)
-    folder.mkdir(parents=True, exist_ok=True)
-    # event_date is the Parquet copy's partition column: Spark puts partition columns last, and whether it
-    # finds the partitions at all depends on what the folder holds when the query starts. Declared last,
-    # it lands in the same place either way, so every other column is read by its own name (declared in
-    # the middle on an empty folder, the columns after it were read shifted by one).
-    ddl = types.spark_ddl(tuple((n, k) for n, k in columns if n != "event_date"))
-    return (spark.readStream.schema(f"{ddl}, event_date DATE")
-            .option("basePath", str(folder))
-            .option("maxFilesPerTrigger", "200")
-            .parquet(str(folder)))
+def read_lake_table(spark: SparkSession, settings: Settings, name: str) -> DataFrame:
+    """A stream of the rows the lake query appends to one of its Delta tables."""
+    return (spark.readStream.format("delta")
+            .option("maxFilesPerTrigger", "1000")
+            .load(str(settings.table_path(name))))
 
 
 def read_silver(spark: SparkSession, settings: Settings) -> DataFrame:
-    return read_lake_copy(spark, settings, "silver", tables.silver_columns(tables.attribute_columns(settings)))
+    return read_lake_table(spark, settings, tables.SILVER)
+
+
+# The tables each derived query writes (a rebuild empties them with its checkpoint).
+DERIVED_TABLES = (tables.AGGREGATES, tables.REVENUE_BY_CATEGORY, tables.INVENTORY_ALERTS, tables.CUSTOMER_SESSIONS)
+
+
+def reset_derived_if_old(settings: Settings, checkpoints: list[Path]) -> bool:
+    """Derived queries that read the Parquet copies (before they read the Delta tables) cannot go on from
+    their checkpoints: those and the tables they wrote are removed, and the queries rebuild them from
+    silver at their next start. True when that was done."""
+    old = [c for c in checkpoints if any("logOffset" in line for p in (c / "offsets").glob("[0-9]*")
+                                         for line in p.read_text().splitlines()[2:3])]
+    if not old:
+        return False
+    log.warning("the derived queries' checkpoints (%s) are from the Parquet-copy source: rebuilding the windowed "
+                "aggregates, revenue by category, inventory alerts and sessions from silver",
+                ", ".join(str(c) for c in old))
+    for checkpoint in checkpoints:
+        shutil.rmtree(checkpoint, ignore_errors=True)
+    for name in DERIVED_TABLES:
+        shutil.rmtree(settings.table_path(name), ignore_errors=True)
+    return True
 
 
 def start_writer(df: DataFrame, writer: Any, checkpoint: Path, name: str, settings: Settings,
                  available_now: bool, output_mode: str = "append") -> Any:
-    """Start a query over the lake's Parquet copies: drain and stop (available_now), or every trigger (at
-    least 5 s apart: each trigger lists the folder)."""
+    """Start a query over the lake's tables: drain and stop (available_now), or every trigger (at least
+    5 s apart: each trigger reads the table's log)."""
     stream = (df.writeStream.outputMode(output_mode).foreachBatch(writer)
               .option("checkpointLocation", str(checkpoint)).queryName(name))
     stream = (stream.trigger(availableNow=True) if available_now
@@ -123,7 +142,7 @@ def start_revenue_by_category(spark: SparkSession, settings: Settings, available
     lines (streaming/enrichment.py). A line of a product the lake did not know counts as '(unknown)'."""
     if "orders" not in settings.collections:
         return []
-    lines = (read_lake_copy(spark, settings, tables.ORDER_LINES, tables.ORDER_LINES_COLUMNS)
+    lines = (read_lake_table(spark, settings, tables.ORDER_LINES)
              .withWatermark("event_time", settings.watermark_delay)
              .withColumn("category", F.coalesce("product_category", F.lit(UNKNOWN_CATEGORY))))
     queries = []

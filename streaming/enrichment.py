@@ -1,29 +1,32 @@
-"""Stream–table join: each order placed, line by line, with its customer's and its products' attributes as
+"""Stream-table join: each order placed, line by line, with its customer's and its products' attributes as
 the lake holds them when the order's micro-batch is written (the customers and products tables are the
-latest version of each document in silver, in source order).
+latest version of each document in silver and the batch, in source order).
 
-It runs inside the lake query's batch function, next to silver: the reference state is read from all of
-silver once, then kept up to date from each batch's own silver rows before the batch's orders are joined,
-so an order sees a customer created earlier in the same batch. A batch Spark replays after a crash reads
-the same state back (its own rows included), so it writes the same lines. A customer or product that has
-not arrived yet leaves its attributes null (the quality rules flag the reference, and the warehouse's
+It runs inside the lake query's batch function, next to silver, as Spark joins on the executors: the
+reference state is read from silver for each batch together with the batch's own silver rows, so an
+order sees a customer created earlier in the same batch. A batch Spark replays after a crash reads the
+same state back (its own rows included), so it writes the same lines. A customer or product that has not
+arrived yet leaves its attributes null (the quality rules flag the reference, and the warehouse's
 quality_open_references re-checks it); the line is not held back.
+
+The per-document helpers below (order_items, share_out, readable_id) state the same rules in Python, for
+the tests and for readers outside Spark.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from decimal import ROUND_HALF_EVEN, Decimal
-from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
 
-from lakehouse.adapters.delta import LakeTable
-from lakehouse.contracts import tables, types
+from lakehouse.contracts import tables
 from lakehouse.contracts.events import DOCUMENT_OPERATIONS, identity_of
+from streaming.quality import json_key, shown_id
 
 log = logging.getLogger(__name__)
 
@@ -33,77 +36,82 @@ CUSTOMER_ATTRIBUTES = {"customer_segment": "segment", "customer_country": "count
 PRODUCT_ATTRIBUTES = {"product_name": "name", "product_category": "category"}
 ORDER = tables.SOURCE_ORDER
 CENT = Decimal("0.01")
+LINE_COLUMNS = [name for name, _ in tables.ORDER_LINES_COLUMNS if name not in ("batch_id", "ingested_at")]
 
 
-class ReferenceState:
-    """The newest attributes of every customer and product in silver."""
+def _newest_attributes(rows: DataFrame, collection: str, attributes: dict[str, str], prefix: str) -> DataFrame:
+    """Per document of `collection` (by its id's JSON key): the attributes of its newest version."""
+    present = {line: attribute for line, attribute in attributes.items() if attribute in rows.columns}
+    newest = Window.partitionBy("_key").orderBy(*(F.col(c).desc() for c in ORDER))
+    return (rows.where((F.col("collection") == collection) & F.col("op").isin(*DOCUMENT_OPERATIONS))
+            .withColumn("_key", json_key(F.col("doc_id")))
+            .withColumn("_n", F.row_number().over(newest)).where("_n = 1")
+            .select(F.col("_key").alias(f"{prefix}_key"),
+                    *(F.col(attribute).alias(line) for line, attribute in present.items()),
+                    *(F.lit(None).cast("string").alias(line) for line in attributes if line not in present)))
 
-    def __init__(self, silver_path: Path, active: bool) -> None:
-        self.silver_path = silver_path
-        self.active = active  # orders captured, with money and a customer_id
-        self._attributes: dict[str, dict[str, tuple[tuple[int, int, int], dict[str, Any]]]] | None = None
 
-    def _load(self) -> None:
-        self._attributes = {CUSTOMERS: {}, PRODUCTS: {}}
-        table = LakeTable.open(self.silver_path)
-        if table is None:
-            return
-        names = set(table.arrow_schema().names)
-        wanted = [c for c in {*CUSTOMER_ATTRIBUTES.values(), *PRODUCT_ATTRIBUTES.values()} if c in names]
-        rows = table.read(["collection", "op", "doc_id", *ORDER, *sorted(wanted)])
-        rows = rows.filter(pc.is_in(rows["collection"], pa.array([CUSTOMERS, PRODUCTS])))
-        self.remember(rows)
-        log.info("enrichment: %d customer and product changes read from silver", rows.num_rows)
+def _items(document: Column) -> Column:
+    """(sku as JSON text, quantity) per item, in order; one item of no product when there are none."""
+    parsed = F.try_parse_json(document)
+    items = F.try_variant_get(parsed, "$.items", "array<variant>")
 
-    def remember(self, silver: pa.Table) -> None:
-        """Take in a batch's silver rows (before its orders are joined)."""
-        if self._attributes is None:
-            return
-        refs = silver.filter(pc.and_(pc.is_in(silver["collection"], pa.array([CUSTOMERS, PRODUCTS])),
-                                     pc.is_in(silver["op"], pa.array(DOCUMENT_OPERATIONS))))
-        if refs.num_rows == 0:
-            return
-        for row in refs.to_pylist():
-            wanted = CUSTOMER_ATTRIBUTES if row["collection"] == CUSTOMERS else PRODUCT_ATTRIBUTES
-            order = tuple(row[c] for c in ORDER)
-            known = self._attributes[row["collection"]].get(row["doc_id"])
-            if known is None or known[0] < order:
-                self._attributes[row["collection"]][row["doc_id"]] = (
-                    order, {line: row.get(attribute) for line, attribute in wanted.items()})  # type: ignore[assignment]
+    def item(v: Column) -> Column:
+        qty = F.try_variant_get(v, "$.qty", "variant")
+        wrapped = F.coalesce(*(F.try_variant_get(qty, f"$['{w}']", "string")
+                               for w in ("$numberInt", "$numberLong", "$numberDouble", "$numberDecimal")))
+        number = F.coalesce(F.try_variant_get(qty, "$", "bigint"), wrapped.try_cast("double").try_cast("bigint"))
+        sku = F.try_variant_get(v, "$.sku", "variant")
+        is_object = F.schema_of_variant(v).startswith("OBJECT")
+        return F.struct(
+            F.when(is_object & sku.isNotNull() & ~F.is_variant_null(sku), F.to_json(sku)).alias("sku"),
+            F.when(~is_object | qty.isNull(), F.lit(1)).otherwise(
+                F.greatest(F.coalesce(number, F.lit(1)), F.lit(0))).cast("long").alias("qty"))
 
-    def order_lines(self, silver: pa.Table) -> pa.Table:
-        """One row per item of every order this batch placed (inserts), with the attributes joined."""
-        if not self.active:
-            return pa.table({name: [] for name, _ in tables.ORDER_LINES_COLUMNS})
-        if self._attributes is None:
-            self._load()
-        self.remember(silver)
-        assert self._attributes is not None
-        placed = silver.filter(pc.and_(pc.equal(silver["collection"], ORDERS), pc.equal(silver["op"], "insert")))
-        lines: list[dict[str, Any]] = []
-        for order in placed.select(["change_id", "order_id", "event_time", "customer_id", "amount", "amount_currency",
-                                    "full_document", "event_date"]).to_pylist():
-            document = _object(order["full_document"])
-            customer_id = document.get("customer_id")
-            customer = {} if customer_id is None else self._attributes[CUSTOMERS].get(identity_of(customer_id),
-                                                                                      ((), {}))[1]
-            items = order_items(document)
-            revenue = share_out(order["amount"], [qty for _, qty in items])
-            categories: set[Any] = set()
-            for (sku, qty), line_revenue in zip(items, revenue, strict=True):
-                product = {} if sku is None else self._attributes[PRODUCTS].get(identity_of(sku), ((), {}))[1]
-                category = product.get("product_category")
-                lines.append({
-                    "change_id": order["change_id"], "order_id": order["order_id"], "event_time": order["event_time"],
-                    "customer_id": order["customer_id"], **{c: customer.get(c) for c in CUSTOMER_ATTRIBUTES},
-                    "sku": readable_id(sku), **{c: product.get(c) for c in PRODUCT_ATTRIBUTES}, "qty": qty,
-                    "line_revenue": line_revenue, "currency": order["amount_currency"],
-                    "first_in_category": category not in categories, "event_date": order["event_date"],
-                })
-                categories.add(category)
-        columns = [name for name, _ in tables.ORDER_LINES_COLUMNS if name not in ("batch_id", "ingested_at")]
-        schema = types.arrow_schema(tables.ORDER_LINES_COLUMNS)
-        return pa.Table.from_pylist(lines, pa.schema([schema.field(c) for c in columns]))
+    none = F.array(F.struct(F.lit(None).cast("string").alias("sku"), F.lit(1).cast("long").alias("qty")))
+    return F.when(F.size(F.coalesce(items, F.array().cast("array<variant>"))) > 0,
+                  F.transform(items, item)).otherwise(none)
+
+
+def order_lines(silver: DataFrame, history: Callable[[], DataFrame | None]) -> DataFrame:
+    """One row per item of every order `silver` (a batch's silver rows) placed, with the newest customer and
+    product attributes of silver and the batch joined; the revenue shared out by quantity in cents."""
+    wanted = ["collection", "op", "doc_id", *ORDER, *{*CUSTOMER_ATTRIBUTES.values(), *PRODUCT_ATTRIBUTES.values()}]
+    references = silver.where(F.col("collection").isin(CUSTOMERS, PRODUCTS))
+    references = references.select(*(c for c in wanted if c in references.columns))
+    earlier = history()
+    if earlier is not None:
+        references = references.unionByName(earlier.where(F.col("collection").isin(CUSTOMERS, PRODUCTS))
+                                             .select(*(c for c in wanted if c in earlier.columns)),
+                                             allowMissingColumns=True)
+    customers = _newest_attributes(references, CUSTOMERS, CUSTOMER_ATTRIBUTES, "customer")
+    products = _newest_attributes(references, PRODUCTS, PRODUCT_ATTRIBUTES, "product")
+    placed = silver.where((F.col("collection") == ORDERS) & (F.col("op") == "insert"))
+    customer_ref = F.try_variant_get(F.try_parse_json("full_document"), "$.customer_id", "variant")
+    items = placed.select(
+        "_row", "change_id", "order_id", "event_time", "customer_id", "amount", "amount_currency", "event_date",
+        F.when(~F.is_variant_null(customer_ref), F.to_json(customer_ref)).alias("customer_key"),
+        F.posexplode(_items(F.col("full_document"))).alias("_at", "_item"))
+    line = Window.partitionBy("_row")
+    lines = (items.select("*", F.col("_item.sku").alias("_sku"), F.col("_item.qty").alias("qty"))
+             .withColumn("product_key", json_key(F.col("_sku")))
+             .join(F.broadcast(customers), "customer_key", "left")
+             .join(F.broadcast(products), "product_key", "left")
+             .withColumn("_total", F.sum("qty").over(line))
+             .withColumn("_last", F.max("_at").over(line) == F.col("_at"))
+             .withColumn("_share", F.when(F.col("_total") == 0, F.when(F.col("_at") == 0, F.col("amount"))
+                                          .otherwise(F.lit(0)))
+                         .otherwise(F.bround(F.col("amount") * F.col("qty") / F.col("_total"), 2))
+                         .cast("decimal(28,2)"))
+             .withColumn("_others", F.sum(F.when(~F.col("_last"), F.col("_share"))).over(line))
+             .withColumn("line_revenue", F.when(F.col("_last") & (F.col("_total") != 0),
+                                                F.col("amount") - F.coalesce("_others", F.lit(0)))
+                         .otherwise(F.col("_share")).cast("decimal(28,2)"))
+             .withColumn("first_in_category", F.row_number().over(
+                 Window.partitionBy("_row", "product_category").orderBy("_at")) == 1)
+             .withColumn("sku", shown_id(F.col("_sku")))
+             .withColumn("currency", F.col("amount_currency")))
+    return lines.select(*LINE_COLUMNS)
 
 
 def _object(document: str | None) -> dict[str, Any]:

@@ -1,30 +1,30 @@
 """Kafka -> bronze / silver / quarantine Delta tables and a Parquet copy of silver.
 
-One streaming query; each micro-batch is parsed once and split: rows that fail parsing go to the
-quarantine table with a reason (the stream never stops for them), the rest to silver. Every table is
-written idempotently per batch (see lakehouse/adapters/delta.py), so a restart after a kill -9 reflects every Kafka
-offset exactly once.
+One streaming query reads the captured topics with Spark's own Kafka source; each micro-batch is parsed
+once and split: rows that fail parsing go to the quarantine table with a reason (the stream never stops
+for them), the rest are judged by the quality rules and go to silver. Every table is written by
+delta-spark from the executors, idempotently per batch (streaming/lake_writer.py), so a restart after a
+kill -9 reflects every Kafka offset exactly once. Only counts and metrics come back to the driver.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
 import signal
 import sys
 import time
-from datetime import datetime
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
+from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from lakehouse.adapters.delta import LakeTable, append_once, conform, ensure_table, write_parquet_once, writer_app_id
+from lakehouse.adapters.delta import ensure_table
 from lakehouse.adapters.kafka import require_broker
 from lakehouse.contracts import batches, tables, types
 from lakehouse.contracts.batches import BatchRecord
@@ -42,10 +42,18 @@ from lakehouse.core.errors import ConfigError, LakehouseError
 from lakehouse.core.rules import QUALITY_FLAGS
 from lakehouse.core.stopping import StopSignals
 from streaming import inventory, sessions
-from streaming.aggregates import revenue_checkpoint, start_aggregates, start_revenue_by_category
-from streaming.enrichment import ORDERS, ReferenceState
-from streaming.kafka_source import KafkaPyDataSource
-from streaming.quality import QualityJudge, Verdict
+from streaming.aggregates import reset_derived_if_old, revenue_checkpoint, start_aggregates, start_revenue_by_category
+from streaming.enrichment import (
+    CUSTOMER_ATTRIBUTES,
+    CUSTOMERS,
+    ORDERS,
+    PRODUCT_ATTRIBUTES,
+    PRODUCTS,
+    order_lines,
+)
+from streaming.kafka_losses import KafkaDataLoss, LossWatch, is_data_loss, migrate_checkpoint
+from streaming.lake_writer import TABLE_PROPERTIES, append_once, conform, write_parquet_copy, writer_app_id
+from streaming.quality import ROW, QualityJudge
 from streaming.udfs import money_columns
 from streaming.watermark import WatermarkTracker
 
@@ -54,26 +62,45 @@ log = logging.getLogger(__name__)
 ENVELOPE_DDL = types.spark_ddl(ENVELOPE_FIELDS)
 
 
+# Spark's Kafka source and delta-spark, fetched by `make setup` from infra/jars/spark/pom.xml.
+SPARK_JARS = Path(__file__).resolve().parents[1] / ".tools" / "jars" / "spark"
+
+
+def job_jars() -> list[str]:
+    jars = sorted(str(j) for j in SPARK_JARS.glob("*.jar"))
+    if not any("spark-sql-kafka" in j for j in jars) or not any("delta-spark" in j for j in jars):
+        raise ConfigError(f"Spark's Kafka source and delta-spark jars are not in {SPARK_JARS}; run `make setup` "
+                          "(it fetches them from Maven Central with infra/jars/spark/pom.xml)")
+    return jars
+
+
 def build_session(settings: Settings) -> SparkSession:
-    # Python workers (and the streaming source's runner, which reads only the environment) must run
-    # this interpreter, which has pyspark, pyarrow and the Kafka client installed.
+    # Python workers must run this interpreter, which has pyspark, pyarrow and the UDFs' packages.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     if settings.spark_master.startswith("local"):
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     _jvm_ignores_sigterm()
-    spark = (
+    builder = (
         SparkSession.builder.master(settings.spark_master)
         .appName("lakehouse-streaming")
+        .config("spark.jars", ",".join(job_jars()))  # shipped to the executors by Spark; no Ivy, no download
+        .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
+        .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
         .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.sql.shuffle.partitions", "4")
+        # A Delta snapshot's log is small here: 50 partitions (the default) to read it costs seconds a batch.
+        .config("spark.databricks.delta.snapshotPartitions", "2")
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.pyspark.python", os.environ["PYSPARK_PYTHON"])
-        .getOrCreate()
     )
+    for name, value in TABLE_PROPERTIES.items():
+        builder = builder.config(f"spark.databricks.delta.properties.defaults.{name.removeprefix('delta.')}", value)
+    spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
-    spark.dataSource.register(KafkaPyDataSource)
+    # One shuffle partition per core: Spark's default (200) is for clusters of many; a batch's shuffles
+    # here are small, and each partition is a task.
+    spark.conf.set("spark.sql.shuffle.partitions", str(spark.sparkContext.defaultParallelism))
     return spark
 
 
@@ -105,15 +132,14 @@ def _jvm_ignores_sigterm() -> None:
 
 
 def read_kafka(spark: SparkSession, settings: Settings, starting_offsets: str = "earliest") -> DataFrame:
+    """The captured topics through Spark's own Kafka source."""
     reader = (
-        spark.readStream.format(settings.kafka_source_format)
+        spark.readStream.format("kafka")
         .option("kafka.bootstrap.servers", settings.kafka_bootstrap_servers)
         .option("subscribe", ",".join(settings.topics))
         .option("startingOffsets", starting_offsets)
         .option("failOnDataLoss", str(settings.kafka_fail_on_data_loss).lower())
     )
-    if settings.kafka_source_format == "kafka_py":
-        reader = reader.option("dataLossLog", str(settings.data_loss_log))
     if settings.max_rows_per_batch:
         reader = reader.option("maxOffsetsPerTrigger", str(settings.max_rows_per_batch))
     return reader.load()
@@ -217,114 +243,167 @@ def attribute_columns(settings: Settings, collection: Column, document: Column) 
             for column, kind in tables.attribute_columns(settings) if column not in not_lifted]
 
 
-class BatchWriter:
-    """The foreachBatch function: one Spark evaluation per batch, split in Arrow, written once."""
+WRITERS = 4  # a batch's table writes running at once
 
-    def __init__(self, settings: Settings, skip_seen: bool = False) -> None:
+
+class BatchWriter:
+    """The foreachBatch function: the batch judged and split in Spark, each table appended once by
+    delta-spark from the executors; only counts come back to the driver."""
+
+    def __init__(self, spark: SparkSession, settings: Settings, skip_seen: bool = False) -> None:
+        self.spark = spark
         self.settings = settings
         self.skip_seen = skip_seen
-        self._seen: pa.Array | None = None
+        self._seen: DataFrame | None = None
         self.app_id = writer_app_id(settings.spark_checkpoint)
         self.metrics_path = settings.batch_metrics
         self.watermark = WatermarkTracker(settings.state_dir / "spark" / "watermark.json", settings.watermark_delay)
-        # The lake's schemas for the spec the query was built with (parse), fixed for the query's life.
-        self.schemas = tables.lake_schemas(tables.attribute_columns(settings))
-        self.judge = QualityJudge(tuple(map(settings.collection, settings.collections)),
-                                  settings.table_path(tables.SILVER))
+        self.columns = {tables.SILVER: tables.silver_columns(tables.attribute_columns(settings)),
+                        tables.BRONZE: tables.BRONZE_COLUMNS, tables.QUARANTINE: tables.QUARANTINE_COLUMNS,
+                        tables.LATE_EVENTS: tables.LATE_EVENTS_COLUMNS,
+                        tables.QUALITY_CHECKS: tables.QUALITY_CHECKS_COLUMNS,
+                        tables.ORDER_LINES: tables.ORDER_LINES_COLUMNS}
+        self.judge = QualityJudge(tuple(map(settings.collection, settings.collections)))
         orders = settings.collection(ORDERS) if ORDERS in settings.collections else None
-        self.references = ReferenceState(settings.table_path(tables.SILVER), orders is not None and bool(
-            orders.money) and "customer_id" in dict(orders.columns))
+        self.enrich = orders is not None and bool(orders.money) and "customer_id" in dict(orders.columns)
+        rules = self.judge.rules
+        self.state_collections = sorted({r.collection for r in rules if r.kind == "transitions"}
+                                        | {r.references for r in rules if r.kind == "references"}
+                                        | ({CUSTOMERS, PRODUCTS} if self.enrich else set()))
+        self.state_columns = sorted({r.column for r in rules if r.kind == "transitions"}
+                                    | {*CUSTOMER_ATTRIBUTES.values(), *PRODUCT_ATTRIBUTES.values()})
+        self.losses = LossWatch(settings.kafka_bootstrap_servers, settings.spark_checkpoint,
+                                settings.state_dir / "spark" / "kafka_positions.json", settings.data_loss_log,
+                                settings.kafka_fail_on_data_loss)
+
+    def _silver_history(self) -> DataFrame | None:
+        """Silver as the lake holds it now, the columns the quality rules and the enrichment read of the
+        collections they read (persisted by the caller for the batch: one scan a batch)."""
+        path = self.settings.table_path(tables.SILVER)
+        if not (path / "_delta_log").exists():
+            return None
+        silver = self.spark.read.format("delta").load(str(path))
+        wanted = {"collection", "op", "doc_id", *tables.SOURCE_ORDER, *self.state_columns}
+        return (silver.where(F.col("collection").isin(*self.state_collections))
+                .select(*(c for c in silver.columns if c in wanted)).persist(StorageLevel.MEMORY_AND_DISK))
 
     def __call__(self, batch_df: DataFrame, batch_id: int) -> None:
         started = time.monotonic()
-        # Materialise first, always: Spark rejects a batch function that skips evaluating its input.
-        batch = batch_df.toArrow()
-        evaluated = time.monotonic()
-        collected_bytes = batch.nbytes
-        now = pa.scalar(int(time.time() * 1_000_000), pa.timestamp("us", tz="UTC"))
-        input_rows = batch.num_rows
-        if self.skip_seen:
-            batch = batch.filter(pc.invert(pc.is_in(_coordinates(batch), value_set=self._seen_coordinates())))
-        batch = batch.append_column("batch_id", pa.array([batch_id] * batch.num_rows, pa.int64()))
-        batch = batch.append_column("ingested_at", pa.array([now] * batch.num_rows))
-        bad = pc.is_valid(batch["quarantine_reason"])
-        schemas = self.schemas
-        bronze = conform(batch, schemas[tables.BRONZE])
-        parsed = batch.filter(pc.invert(bad))
-        silver = self._silver(parsed)
-        verdict = self.judge.judge(silver, batch_id)
-        ruled_out = pc.is_valid(verdict.quarantine_reason)
-        broke_rules = parsed.filter(ruled_out)
-        broke_rules = broke_rules.set_column(broke_rules.schema.get_field_index("quarantine_reason"),
-                                             "quarantine_reason", verdict.quarantine_reason.filter(ruled_out))
-        quarantine = pa.concat_tables([conform(batch.filter(bad), schemas[tables.QUARANTINE]),
-                                       conform(broke_rules, schemas[tables.QUARANTINE])])
-        if QUALITY_FLAGS in silver.column_names:
-            silver = silver.set_column(silver.schema.get_field_index(QUALITY_FLAGS), QUALITY_FLAGS, verdict.flags)
-        silver = conform(silver.filter(pc.invert(ruled_out)), schemas[tables.SILVER])
-        watermark, late = self._late(silver, batch_id)
-        late = conform(late, schemas[tables.LATE_EVENTS])
-        checks = conform(_quality_checks(verdict, batch_id, now), schemas[tables.QUALITY_CHECKS])
-        lines = self.references.order_lines(silver)
-        lines = conform(lines.append_column("batch_id", pa.array([batch_id] * lines.num_rows, pa.int64()))
-                        .append_column("ingested_at", pa.array([now] * lines.num_rows)), schemas[tables.ORDER_LINES])
+        self.losses.check(before_batch=batch_id)
+        now = datetime.now(UTC)
+        stamped = batch_df.withColumns({"batch_id": F.lit(batch_id).cast("long"),
+                                        "ingested_at": F.lit(now).cast("timestamp"),
+                                        ROW: F.monotonically_increasing_id()}).persist(StorageLevel.MEMORY_AND_DISK)
+        held: list[DataFrame] = [stamped]
+        try:
+            batch, read = stamped, None
+            if self.skip_seen:
+                read = stamped.count()
+                batch = stamped.join(self._seen_coordinates(), list(tables.KAFKA_COLUMNS), "left_anti").persist(
+                    StorageLevel.MEMORY_AND_DISK)
+                held.append(batch)
+            self._write(batch, batch_id, now, started, read, held)
+        finally:
+            for frame in held:
+                frame.unpersist()
+        self.losses.remember(batch_id)
 
-        outputs = ((tables.BRONZE, bronze), (tables.SILVER, silver), (tables.QUARANTINE, quarantine),
-                   (tables.LATE_EVENTS, late), (tables.QUALITY_CHECKS, checks), (tables.ORDER_LINES, lines))
-        for name, data in outputs:
-            if data.num_rows:
-                append_once(self.settings.table_path(name), data, self.app_id, batch_id)
-        write_parquet_once(self.settings.parquet_silver_path, silver, self.app_id, batch_id, "event_date")
-        write_parquet_once(self.settings.parquet_path(tables.ORDER_LINES), lines, self.app_id, batch_id, "event_date")
-        self.judge.remember(silver)
-        flagged = silver.num_rows - silver[QUALITY_FLAGS].null_count if QUALITY_FLAGS in silver.column_names else 0
-        new_fields = sorted({key for text in silver["extra"].drop_null().to_pylist() for key in json.loads(text)})
+    def _write(self, batch: DataFrame, batch_id: int, now: datetime, started: float, read: int | None,
+               held: list[DataFrame]) -> None:
+        history = self._silver_history()
+        if history is not None:
+            held.append(history)
+        judged = self.judge.judge(self._silver(batch.where(F.col("quarantine_reason").isNull())), lambda: history)
+        rows = judged.rows.persist(StorageLevel.MEMORY_AND_DISK)
+        held.append(rows)
+        watermark = self.watermark.for_batch(batch_id)
+        watermark_at = None if watermark is None else datetime.fromtimestamp(watermark / 1_000_000, UTC)
+        kept = F.col("quarantine_reason").isNull()
+        is_late = kept & (F.col("event_time") < F.lit(watermark_at).cast("timestamp")) if watermark_at else F.lit(False)
+        placed = kept & (F.col("collection") == ORDERS) & (F.col("op") == "insert")
+        # One pass over the judged batch for every count the driver needs.
+        counts = rows.agg(
+            F.count(F.lit(1)).alias("parsed"), F.count(F.when(kept, 1)).alias("silver"),
+            F.count(F.when(~kept, 1)).alias("ruled_out"), F.count(F.when(kept & F.col(QUALITY_FLAGS).isNotNull(), 1))
+            .alias("flagged"), F.count(F.when(is_late, 1)).alias("late"), F.count(F.when(placed, 1)).alias("placed"),
+            F.max(F.when(kept, F.unix_micros("event_time"))).alias("newest"),
+            F.array_sort(F.array_distinct(F.flatten(F.collect_list(F.when(kept & F.col("extra").isNotNull(), F.map_keys(
+                F.from_json("extra", "MAP<STRING, STRING>"))))))).alias("new_fields"),
+            *self.judge.totals()).first()
+        totals = batch.agg(F.count(F.lit(1)).alias("input"),
+                           F.count(F.when(F.col("quarantine_reason").isNotNull(), 1)).alias("unparsed")).first()
+        evaluated = time.monotonic()
+        self.watermark.advance(batch_id, watermark, counts["newest"])
+        silver = rows.where(kept)
+        written = {"batch_id": F.lit(batch_id).cast("long"), "ingested_at": F.lit(now).cast("timestamp")}
+        lines = None
+        if self.enrich and counts["placed"]:
+            lines = conform(order_lines(silver, lambda: history).withColumns(written), tables.ORDER_LINES_COLUMNS)
+
+        quarantine = conform(batch.where(F.col("quarantine_reason").isNotNull()), tables.QUARANTINE_COLUMNS)
+        quarantine = quarantine.unionByName(conform(rows.where(~kept), tables.QUARANTINE_COLUMNS))
+        silver_rows = conform(silver, self.columns[tables.SILVER])
+        writes: list[tuple[Any, ...]] = [
+            (append_once, tables.BRONZE, conform(batch, tables.BRONZE_COLUMNS), totals["input"]),
+            (append_once, tables.SILVER, silver_rows, counts["silver"]),
+            (append_once, tables.QUARANTINE, quarantine, totals["unparsed"] + counts["ruled_out"]),
+            (append_once, tables.LATE_EVENTS, conform(rows.where(is_late).withColumn(
+                "watermark", F.lit(watermark_at).cast("timestamp")), tables.LATE_EVENTS_COLUMNS), counts["late"]),
+            (append_once, tables.QUALITY_CHECKS, conform(judged.checks.withColumns(written),
+                                                         tables.QUALITY_CHECKS_COLUMNS),
+             counts["parsed"] if self.judge.active else 0),
+            (append_once, tables.ORDER_LINES, lines, counts["placed"]),
+            (write_parquet_copy, "silver", silver_rows, counts["silver"]),
+        ]
+        self._write_all(batch_id, [w for w in writes if w[2] is not None and w[3]])
+        quality = {rule.name: [int(counts[f"checked:{rule.name}"] or 0), int(counts[f"failed:{rule.name}"] or 0)]
+                   for rule in self.judge.rules}
+        new_fields = list(counts["new_fields"] or [])
         if new_fields:
             log.warning("batch %d: fields the envelope schema v%d does not know: %s (kept in silver.extra)",
                         batch_id, SCHEMA_VERSION, ", ".join(new_fields))
         self._record(BatchRecord(
-            batch_id, input_rows=input_rows, already_in_lake=input_rows - batch.num_rows, silver_rows=silver.num_rows,
-            quarantined=quarantine.num_rows, late=late.num_rows,
-            quality_quarantined=int(pc.sum(ruled_out).as_py() or 0), flagged=flagged, quality=verdict.totals(),
-            new_fields=new_fields, collected_bytes=collected_bytes,
+            batch_id, input_rows=int(totals["input"] if read is None else read),
+            already_in_lake=0 if read is None else read - int(totals["input"]),
+            silver_rows=int(counts["silver"]), quarantined=int(totals["unparsed"] + counts["ruled_out"]),
+            late=int(counts["late"]), quality_quarantined=int(counts["ruled_out"]), flagged=int(counts["flagged"]),
+            quality=quality, new_fields=new_fields,
             watermark=None if watermark is None else _iso(watermark), spark_ms=round((evaluated - started) * 1000),
             duration_ms=round((time.monotonic() - started) * 1000)))
 
-    def _seen_coordinates(self) -> pa.Array:
+    def _write_all(self, batch_id: int, writes: list[tuple[Any, ...]]) -> None:
+        """Each table's write as its own Spark job, several at once: a Delta commit is mostly the driver's
+        waiting on files and the log, which the other writes' tasks fill."""
+        def one(write: tuple[Any, ...]) -> None:
+            function, name, data, _ = write
+            if function is append_once:
+                append_once(data, self.settings.table_path(name), self.app_id, batch_id)
+            else:
+                write_parquet_copy(data, self.settings.parquet_silver_path, self.app_id, batch_id, "event_date")
+
+        with ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="lake-write") as pool:
+            for future in [pool.submit(one, write) for write in writes]:
+                future.result()
+
+    def _seen_coordinates(self) -> DataFrame:
         """Kafka coordinates bronze already holds: a replay into an existing lake adds only the rest."""
         if self._seen is None:
             bronze = self.settings.table_path(tables.BRONZE)
-            table = LakeTable.open(bronze)
-            self._seen = (pa.array([], pa.string()) if table is None
-                          else _coordinates(table.read(list(tables.KAFKA_COLUMNS))))
-            log.info("replay: %d Kafka messages already in the lake will be skipped", len(self._seen))
+            self._seen = (self.spark.read.format("delta").load(str(bronze)).select(*tables.KAFKA_COLUMNS)
+                          .persist(StorageLevel.MEMORY_AND_DISK))
+            log.info("replay: %d Kafka messages already in the lake will be skipped", self._seen.count())
         return self._seen
 
-    def _late(self, silver: pa.Table, batch_id: int) -> tuple[int | None, pa.Table]:
-        """Rows older than the watermark in force: the windowed aggregates will not count them, so
-        they are recorded here (they stay in silver like every other row)."""
-        watermark = self.watermark.for_batch(batch_id)
-        micros = pc.cast(silver["event_time"], pa.int64())
-        self.watermark.advance(batch_id, watermark, pc.max(micros).as_py())
-        late = silver.filter(pc.less(micros, watermark)) if watermark is not None else silver.slice(0, 0)
-        # The caller keeps late_events' columns (lakehouse/contracts/tables.LATE_EVENTS_COLUMNS).
-        return watermark, late.append_column(
-            "watermark", pa.array([watermark] * late.num_rows, pa.timestamp("us", tz="UTC")))
-
-    def _silver(self, rows: pa.Table) -> pa.Table:
-        event = rows["event"].combine_chunks() if rows.num_rows else None
-        columns: dict[str, Any] = {}
-        for name, _ in ENVELOPE_FIELDS:
-            columns[name] = (
-                pc.struct_field(event, name) if event is not None
-                else pa.array([], rows.schema.field("event").type.field(name).type)
-            )
-        for name in self.schemas[tables.SILVER].names[len(ENVELOPE_FIELDS):]:
-            if name == QUALITY_FLAGS:
-                columns[name] = pa.nulls(rows.num_rows, pa.string())  # set by the quality rules
-                continue
-            columns[name] = pc.cast(rows["event_time"], pa.date32()) if name == "event_date" else rows[name]
-        return pa.table(columns)
+    def _silver(self, rows: DataFrame) -> DataFrame:
+        """The parsed rows as silver's columns (quality_flags set by the rules), with what the quarantine
+        table and the judging need beside them."""
+        silver_names = [name for name, _ in self.columns[tables.SILVER]]
+        envelope = [F.col("event")[name].alias(name) for name, _ in ENVELOPE_FIELDS]
+        rest = [F.to_date("event_time").alias(name) if name == "event_date" else F.col(name)
+                for name in silver_names[len(ENVELOPE_FIELDS):] if name != QUALITY_FLAGS]
+        extra = [c for c in (*tables.KAFKA_COLUMNS, "kafka_key", "raw_value", "batch_id", "ingested_at", ROW)
+                 if c not in silver_names]
+        return rows.select(*envelope, *rest, *extra)
 
     def _record(self, record: BatchRecord) -> None:
         """One line per batch in data/state/spark/batches.jsonl (contracts/batches.py); a batch Spark replays
@@ -343,28 +422,6 @@ class BatchWriter:
                      record.duration_ms)
 
 
-def _quality_checks(verdict: Verdict, batch_id: int, now: pa.Scalar) -> pa.Table:
-    """The batch's rows of the quality_checks table: per collection, rule and event day."""
-    keys = list(verdict.counts)
-    return pa.table({
-        "collection": pa.array([k[0] for k in keys], pa.string()),
-        "rule": pa.array([k[1] for k in keys], pa.string()),
-        "severity": pa.array([k[2] for k in keys], pa.string()),
-        "event_date": pa.array([k[3] for k in keys], pa.date32()),
-        "checked": pa.array([verdict.counts[k][0] for k in keys], pa.int64()),
-        "failed": pa.array([verdict.counts[k][1] for k in keys], pa.int64()),
-        "batch_id": pa.array([batch_id] * len(keys), pa.int64()), "ingested_at": pa.array([now] * len(keys)),
-    })
-
-
-def _coordinates(rows: pa.Table) -> pa.Array:
-    """topic:partition:offset per row."""
-    return pc.binary_join_element_wise(
-        rows["kafka_topic"], pc.cast(rows["kafka_partition"], pa.string()), pc.cast(rows["kafka_offset"], pa.string()),
-        ":",
-    ).combine_chunks() if rows.num_rows else pa.array([], pa.string())
-
-
 def _iso(micros: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(micros / 1_000_000))
 
@@ -372,10 +429,12 @@ def _iso(micros: int) -> str:
 def start(spark: SparkSession, settings: Settings, available_now: bool = False, starting_offsets: str = "earliest",
           skip_seen: bool = False) -> Any:
     """The lake query: Kafka -> bronze, silver, quarantine, late events, Parquet copy. `skip_seen`
-    (replays) leaves out messages whose Kafka coordinates bronze already holds."""
+    (replays) leaves out messages whose Kafka coordinates bronze already holds. A checkpoint of the earlier
+    Python Kafka source is rewritten for Spark's first."""
+    migrate_checkpoint(settings.spark_checkpoint)
     writer = (
         parse(read_kafka(spark, settings, starting_offsets), settings)
-        .writeStream.foreachBatch(BatchWriter(settings, skip_seen))
+        .writeStream.foreachBatch(BatchWriter(spark, settings, skip_seen))
         .option("checkpointLocation", str(settings.spark_checkpoint))
         .queryName("lake")
     )
@@ -396,7 +455,7 @@ class QueryFailed(LakehouseError, RuntimeError):
 def ensure_lake_tables(settings: Settings) -> None:
     """Every Delta table of the lake, empty with its schema, from the job's first start."""
     for name, schema in tables.lake_schemas(tables.attribute_columns(settings)).items():
-        if ensure_table(settings.table_path(name), schema):
+        if ensure_table(settings.table_path(name), schema, TABLE_PROPERTIES):
             log.info("created the empty Delta table %s", settings.table_path(name))
 
 
@@ -417,7 +476,7 @@ def start_derived(spark: SparkSession, settings: Settings, available_now: bool) 
 
 def repair_checkpoints(settings: Settings) -> None:
     """A query killed before it planned its first batch leaves a checkpoint Spark will not start from
-    (the file source's log and the state folder are written before the offsets log; Spark then says
+    (the source's log and the state folder are written before the offsets log; Spark then says
     STATE_STORE_CHECKPOINT_LOCATION_NOT_EMPTY). Such a checkpoint holds nothing that was committed
     anywhere, so it is started afresh."""
     for checkpoint in query_checkpoints(settings):
@@ -439,8 +498,12 @@ def run(settings: Settings, available_now: bool = False, max_failures: int = MAX
     row without a committed batch the job raises with the last cause. A stop request lets the batch in
     hand finish."""
     require_broker(settings)  # a clear error now, rather than Spark's traceback a minute later
+    reset_derived_if_old(settings, [c for c in query_checkpoints(settings) if c != settings.spark_checkpoint])
     ensure_lake_tables(settings)
     spark = build_session(settings)
+    watch = LossWatch(settings.kafka_bootstrap_servers, settings.spark_checkpoint,
+                      settings.state_dir / "spark" / "kafka_positions.json", settings.data_loss_log,
+                      settings.kafka_fail_on_data_loss)
     log.info("streaming %s -> %s (checkpoints in %s)", ",".join(settings.topics), settings.lake_path,
              settings.spark_checkpoint.parent)
     failures = 0
@@ -453,13 +516,15 @@ def run(settings: Settings, available_now: bool = False, max_failures: int = MAX
                 try:
                     queries.append(start(spark, settings, available_now))
                     if available_now:
-                        _await(queries, signals)
+                        _await(queries, signals, watch)
                         if signals.requested.is_set():
                             return
                     queries += start_derived(spark, settings, available_now)
-                    _await(queries, signals)
+                    _await(queries, signals, watch)
                     return
                 except QueryFailed as exc:
+                    if is_data_loss(str(exc)):
+                        raise KafkaDataLoss(str(exc)) from exc  # failOnDataLoss=true: stopping is what was asked
                     metrics.STREAM_FAILURES.inc()
                     failures = 1 if committed_batches(settings) > committed else failures + 1
                     if failures >= max_failures or spark.sparkContext._jsc is None:
@@ -472,6 +537,7 @@ def run(settings: Settings, available_now: bool = False, max_failures: int = MAX
                     _stop(queries)
                 signals.requested.wait(delay)
         finally:
+            watch.close()
             spark.stop()
 
 
@@ -488,12 +554,20 @@ def _stop(queries: list[Any], grace: float = 60.0) -> None:
             log.warning("stopping %s: %s", query.name, exc)
 
 
-def _await(queries: list[Any], signals: StopSignals) -> None:
-    """Until every query has finished (or a stop was asked); a failed query raises QueryFailed."""
+LOSS_CHECK_SECONDS = 15.0  # how often an idle stream asks Kafka whether what it read is still there
+
+
+def _await(queries: list[Any], signals: StopSignals, watch: LossWatch | None = None) -> None:
+    """Until every query has finished (or a stop was asked); a failed query raises QueryFailed. Every
+    LOSS_CHECK_SECONDS the data-loss watch looks at Kafka, so a loss is found while no batch runs too."""
     observed: dict[str, int] = {}
+    next_check = time.monotonic() + LOSS_CHECK_SECONDS
     while any(q.isActive for q in queries) and not signals.requested.is_set():
         _raise_if_failed(queries)
         _observe(queries, observed)
+        if watch is not None and time.monotonic() >= next_check:
+            watch.check()
+            next_check = time.monotonic() + LOSS_CHECK_SECONDS
         signals.requested.wait(0.5)
     _observe(queries, observed)
     _raise_if_failed(queries)

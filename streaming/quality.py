@@ -1,254 +1,276 @@
-"""The collections' business rules (lakehouse/core/rules.py), judged for every change of a micro-batch.
+"""The collections' business rules (lakehouse/core/rules.py), judged for every change of a micro-batch, as
+Spark expressions and joins: they run on the executors with the batch, nothing is brought to the driver.
 
 Row rules (required, one_of, positive, parses) read the row alone. Two need what came before:
 - `transitions` judges a value against the document's previous version in source order, whichever batch
   brought it, late or twice (a duplicate is never its own previous version);
 - `references` looks the ids up among the referenced collection's live documents in the lake, this
   batch's changes included.
-Both read that state from silver once, all of it, and keep it up to date from what each batch writes to
-silver. A batch Spark replays after a crash may find its own rows there already: that changes no verdict
-(a change's copy is never its previous version, and the batch's own rows count anyway), and a replay
-into an existing lake under a new checkpoint (whose batch ids start again at 0) sees the whole lake.
-The memory it takes is a few columns per change of the collections with a transitions rule, and the ids
-of the referenced collections.
+Both read that state from silver (the Delta table) for each batch, restricted to what the batch needs. A
+batch Spark replays after a crash may find its own rows there already: that changes no verdict (a
+change's copy is never its previous version, and the batch's own rows count anyway), and a replay into
+an existing lake under a new checkpoint sees the whole lake.
+
+Ids are compared in one spelling on both sides: the JSON text Spark gives a parsed value (a document's
+reference and silver's doc_id alike), so `"sku-1"` and `{"$oid": "..."}` match however they were spaced.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from collections import defaultdict
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
 
-import pyarrow as pa
-import pyarrow.compute as pc
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+from pyspark.sql.types import StringType
 
-from lakehouse.adapters.delta import LakeTable
 from lakehouse.contracts import tables
-from lakehouse.contracts.events import DOCUMENT_OPERATIONS, identity_of
+from lakehouse.contracts.events import DOCUMENT_OPERATIONS
 from lakehouse.core.collections import CollectionSpec
-from lakehouse.core.rules import QUALITY_REASON, QualityRule
+from lakehouse.core.rules import ANY_STATUS, QUALITY_REASON, QualityRule
 
 log = logging.getLogger(__name__)
 
 ORDER = tables.SOURCE_ORDER
+ROW = "_row"  # a unique id per row of the judged batch (the caller's persisted DataFrame)
+VERDICTS = "_verdicts"  # per row: (rule, severity, failed) of each rule that judged it
+FLAGS = "quality_flags"
+REASON = "quarantine_reason"
+_MAX_SHOWN = 5  # dangling ids named in a reason
 
 
-@dataclass
-class Verdict:
-    """Per row of the judged table: why it is quarantined (null: kept) and the flag rules it broke (null:
-    none); per (collection, rule, event day): changes checked and failed."""
+def json_key(value: Column) -> Column:
+    """One spelling of a JSON value's text (its compact form), to join ids from documents and doc_ids."""
+    return F.to_json(F.try_parse_json(value))
 
-    quarantine_reason: pa.Array
-    flags: pa.Array
-    counts: dict[tuple[str, str, str, Any], list[int]] = field(default_factory=dict)
 
-    def totals(self) -> dict[str, list[int]]:
-        """rule -> [checked, failed] over the batch."""
-        out: dict[str, list[int]] = {}
-        for (_, rule, _, _), (checked, failed) in self.counts.items():
-            total = out.setdefault(rule, [0, 0])
-            total[0] += checked
-            total[1] += failed
-        return out
+def field_ids(document: Column, path: str) -> Column:
+    """The values at `path` in a document's JSON text, each as JSON text (`a[].b`: each element's b);
+    an empty array where there are none."""
+    steps = path.split(".")
+    values = F.array(F.try_parse_json(document))
+    for step in steps:
+        each, name = step.endswith("[]"), step.removesuffix("[]")
+        picked = F.transform(values, _getter(name))
+        if each:
+            picked = F.flatten(F.transform(picked, lambda v: F.coalesce(
+                F.try_variant_get(v, "$", "array<variant>"), F.array().cast("array<variant>"))))
+        values = F.filter(picked, lambda v: v.isNotNull() & ~F.is_variant_null(v))
+    return F.transform(values, lambda v: F.to_json(v))
+
+
+def _named(name: str) -> Callable[[Column], Column]:
+    """A one-argument predicate for F.filter: the verdict is the named rule's."""
+    return lambda v: v["rule"] == name
+
+
+def _getter(name: str) -> Callable[[Column], Column]:
+    """A one-argument function for F.transform (a lambda with a default argument would get the index)."""
+    return lambda v: F.try_variant_get(v, f"$['{name}']", "variant")
+
+
+def shown_id(json_text: Column) -> Column:
+    """An id as a reason shows it: a string as itself, any other value as its JSON."""
+    return F.coalesce(F.get_json_object(F.concat(F.lit('{"v":'), json_text, F.lit("}")), "$.v"), json_text)
+
+
+@dataclass(frozen=True)
+class Judged:
+    """The batch with `quarantine_reason` and `quality_flags` set, and its rows of the quality_checks
+    table (without batch_id and ingested_at)."""
+
+    rows: DataFrame
+    checks: DataFrame
 
 
 class QualityJudge:
-    def __init__(self, specs: tuple[CollectionSpec, ...], silver_path: Path) -> None:
-        self.rules = tuple(rule for spec in specs for rule in spec.rules)
-        self.silver_path = silver_path
+    def __init__(self, specs: tuple[CollectionSpec, ...]) -> None:
         captured = {spec.name for spec in specs}
-        for rule in self.rules:
+        rules = tuple(rule for spec in specs for rule in spec.rules)
+        for rule in rules:
             if rule.references and rule.references not in captured:
                 log.warning("quality rule %s references %s, which is not captured (COLLECTIONS): it is not checked",
                             rule.name, rule.references)
-        self.rules = tuple(r for r in self.rules if not r.references or r.references in captured)
-        self._transition_columns: dict[str, tuple[str, ...]] = {}
-        for rule in self.rules:
-            if rule.kind == "transitions":
-                known = self._transition_columns.get(rule.collection, ())
-                self._transition_columns[rule.collection] = tuple(dict.fromkeys((*known, rule.column)))
-        self._referenced = {rule.references for rule in self.rules if rule.kind == "references"}
-        self._versions: dict[tuple[str, str], list[tuple[tuple[int, int, int], str, dict[str, Any]]]] | None = None
-        self._live: dict[str, dict[str, tuple[tuple[int, int, int], bool]]] = {}
+        self.rules = tuple(r for r in rules if not r.references or r.references in captured)
 
     @property
     def active(self) -> bool:
         return bool(self.rules)
 
-    # -- state -------------------------------------------------------------------------------------
-    def _load(self) -> None:
-        """The state as silver holds it."""
-        self._versions = defaultdict(list)
-        self._live = {name: {} for name in self._referenced}
-        wanted = set(self._transition_columns) | self._referenced
-        table = LakeTable.open(self.silver_path) if wanted else None
-        if table is None:
-            return
-        names = set(table.arrow_schema().names)
-        value_columns = {c for cols in self._transition_columns.values() for c in cols if c in names}
-        rows = table.read(["collection", "op", "doc_id", *ORDER, *sorted(value_columns)])
-        rows = rows.filter(pc.is_in(rows["collection"], pa.array(sorted(wanted))))
-        self.remember(rows)
-        log.info("quality rules: state of %d earlier changes read from silver", rows.num_rows)
+    def judge(self, batch: DataFrame, history: Callable[[], DataFrame | None]) -> Judged:
+        """The verdict on every row of `batch` (the batch's parsed rows, silver-shaped, with a unique ROW
+        column); `history()` gives silver as the lake holds it (None while there is none)."""
+        applies = {r.name: (F.col("collection") == r.collection) & F.col("op").isin(*DOCUMENT_OPERATIONS)
+                   for r in self.rules}
+        judged = batch
+        failures: dict[str, Column] = {}
+        row_rules = [r for r in self.rules if r.kind not in ("transitions", "references")]
+        for rule in row_rules:
+            failures[rule.name] = _row_failure(rule, batch)
+        references = [r for r in self.rules if r.kind == "references"]
+        if references:
+            judged = _with_dangling(judged, references, history)
+            for rule in references:
+                dangling = F.col(f"_dangling_{rule.name}")
+                failures[rule.name] = F.when(F.size(dangling) > 0, F.concat(
+                    F.lit(f"{rule.field} "), F.array_join(F.slice(F.transform(dangling, shown_id), 1, _MAX_SHOWN),
+                                                          ", "), F.lit(f" not in {rule.references}")))
+        transitions = [r for r in self.rules if r.kind == "transitions"]
+        if transitions:
+            # The batch's versions that count as previous ones: rows no row rule quarantines.
+            kept = _joined(" ", [F.when(applies[r.name] & failures[r.name].isNotNull(), F.lit("x"))
+                                 for r in row_rules if r.severity == "quarantine"]).isNull()
+            judged = _with_previous(judged, transitions, kept, history)
+            for rule in transitions:
+                failures[rule.name] = _transition_failure(rule)
+        failed = {name: F.when(applies[name], failure) for name, failure in failures.items()}
+        ordered = [*(r for r in self.rules if r.kind != "transitions"), *transitions]
+        reason = _joined("; ", [F.when(failed[r.name].isNotNull(), F.concat(F.lit(f"{QUALITY_REASON}{r.name}: "),
+                                                                            failed[r.name]))
+                                for r in ordered if r.severity == "quarantine"])
+        flags = _joined(",", [F.when(failed[r.name].isNotNull(), F.lit(r.name))
+                              for r in ordered if r.severity != "quarantine"])
+        verdicts = F.array(*[F.when(applies[r.name], F.struct(
+            F.lit(r.name).alias("rule"), F.lit(r.severity).alias("severity"),
+            failed[r.name].isNotNull().alias("failed"))) for r in ordered]) if ordered else F.array()
+        helper = [c for c in judged.columns if c.startswith("_dangling_") or c.startswith("_previous_")]
+        judged = judged.withColumns({REASON: reason, FLAGS: flags, VERDICTS: F.filter(verdicts, lambda v: v.isNotNull())
+                                     }).drop(*helper)
+        checks = (judged.select("collection", "event_date", F.explode(VERDICTS).alias("v"))
+                  .groupBy("collection", F.col("v.rule").alias("rule"), F.col("v.severity").alias("severity"),
+                           "event_date")
+                  .agg(F.count(F.lit(1)).alias("checked"), F.sum(F.col("v.failed").cast("long")).alias("failed")))
+        return Judged(judged, checks)
 
-    def remember(self, silver: pa.Table) -> None:
-        """Take in the rows a batch wrote to silver."""
-        if self._versions is None:
-            return
-        for row in _rows(silver, ["collection", "op", "doc_id", *ORDER],
-                         {c for cols in self._transition_columns.values() for c in cols}):
-            collection, doc_id, order = row["collection"], row["doc_id"], _order(row)
-            if collection in self._transition_columns:
-                values = {c: row.get(c) for c in self._transition_columns[collection]}
-                versions = self._versions[(collection, doc_id)]
-                if not any(o == order for o, _, _ in versions):
-                    versions.append((order, row["op"], values))
-                    versions.sort(key=lambda v: v[0])
-            if collection in self._live:
-                known = self._live[collection].get(doc_id)
-                if known is None or known[0] < order:
-                    self._live[collection][doc_id] = (order, row["op"] != "delete")
-
-    # -- judging -----------------------------------------------------------------------------------
-    def judge(self, silver: pa.Table, batch_id: int) -> Verdict:
-        """The verdict on every row of `silver` (the batch's rows that parsed), in its order."""
-        if self._versions is None:
-            self._load()
-        n = silver.num_rows
-        reasons: list[list[str]] = [[] for _ in range(n)]
-        flags: list[list[str]] = [[] for _ in range(n)]
-        counts: dict[tuple[str, str, str, Any], list[int]] = {}
-        if not self.rules or n == 0:
-            return Verdict(pa.nulls(n, pa.string()), pa.nulls(n, pa.string()), counts)
-        self._take_references(silver)
-        columns = {c for r in self.rules for c in r.read_columns()}
-        rows = list(_rows(silver, ["collection", "op", "doc_id", "change_id", "full_document", "event_date", *ORDER],
-                          columns))
-        row_rules = [r for r in self.rules if r.kind not in ("transitions",)]
-        for i, row in enumerate(rows):
-            if row["op"] not in DOCUMENT_OPERATIONS:
-                continue
-            for rule in row_rules:
-                if rule.collection == row["collection"]:
-                    self._count(counts, rule, row, reasons[i], flags[i], _judge_row(rule, row, self._live))
-        # Transitions: against the previous version, among earlier batches and this batch's kept rows.
-        for rule in (r for r in self.rules if r.kind == "transitions"):
-            mine = [i for i, row in enumerate(rows) if row["collection"] == rule.collection]
-            batch_versions: dict[str, list[tuple[tuple[int, int, int], str, dict[str, Any]]]] = defaultdict(list)
-            for i in mine:
-                if not reasons[i]:
-                    batch_versions[rows[i]["doc_id"]].append((_order(rows[i]), rows[i]["op"], rows[i]))
-            for i in mine:
-                row = rows[i]
-                if row["op"] not in DOCUMENT_OPERATIONS:
-                    continue
-                previous = _previous(_order(row), self._versions.get((rule.collection, row["doc_id"]), []),
-                                     batch_versions.get(row["doc_id"], []))
-                self._count(counts, rule, row, reasons[i], flags[i], _judge_transition(rule, row, previous))
-        return Verdict(pa.array(["; ".join(r) or None for r in reasons], pa.string()),
-                       pa.array([",".join(f) or None for f in flags], pa.string()), counts)
-
-    @staticmethod
-    def _count(counts: dict[tuple[str, str, str, Any], list[int]], rule: QualityRule, row: dict[str, Any],
-               reasons: list[str], flags: list[str], failure: str | None) -> None:
-        tally = counts.setdefault((rule.collection, rule.name, rule.severity, row["event_date"]), [0, 0])
-        tally[0] += 1
-        if failure is None:
-            return
-        tally[1] += 1
-        if rule.severity == "quarantine":
-            reasons.append(f"{QUALITY_REASON}{rule.name}: {failure}")
-        else:
-            flags.append(rule.name)
-
-    def _take_references(self, silver: pa.Table) -> None:
-        """This batch's changes of referenced collections count as the lake's state for its own rows."""
-        if not self._referenced:
-            return
-        mine = silver.filter(pc.is_in(silver["collection"], pa.array(sorted(self._referenced))))
-        for row in _rows(mine, ["collection", "op", "doc_id", *ORDER], set()):
-            known = self._live[row["collection"]].get(row["doc_id"])
-            if known is None or known[0] < _order(row):
-                self._live[row["collection"]][row["doc_id"]] = (_order(row), row["op"] != "delete")
+    def totals(self) -> list[Column]:
+        """Aggregate columns over judged rows: `checked:<rule>` and `failed:<rule>` per rule."""
+        out = []
+        for rule in self.rules:
+            mine = F.filter(VERDICTS, _named(rule.name))
+            out += [F.sum(F.size(mine)).alias(f"checked:{rule.name}"),
+                    F.sum(F.size(F.filter(mine, lambda v: v["failed"]))).alias(f"failed:{rule.name}")]
+        return out
 
 
-def _rows(table: pa.Table, always: list[str], optional: set[str]) -> Iterator[dict[str, Any]]:
-    names = [c for c in dict.fromkeys((*always, *sorted(optional))) if c in table.column_names]
-    return iter(table.select(names).to_pylist())
+def _joined(separator: str, parts: list[Column]) -> Column:
+    """The non-null parts joined; null when there are none."""
+    if not parts:
+        return F.lit(None).cast(StringType())
+    text = F.concat_ws(separator, *parts)
+    return F.when(text != "", text)
 
 
-def _order(row: dict[str, Any]) -> tuple[int, int, int]:
-    return (row["cluster_time_s"] or 0, row["cluster_time_inc"] or 0, row["txn_op_index"] or 0)
+def _blank(batch: DataFrame, column: str) -> Column:
+    value = F.col(column)
+    if isinstance(batch.schema[column].dataType, StringType):
+        return value.isNull() | (F.trim(value) == "")
+    return value.isNull()
 
 
-def _previous(order: tuple[int, int, int], *version_lists: list[tuple[tuple[int, int, int], str, Any]]
-              ) -> tuple[str, Any] | None:
-    """(op, values) of the newest version strictly before `order` (so never a copy of the change itself)."""
-    best: tuple[tuple[int, int, int], str, Any] | None = None
-    for versions in version_lists:
-        for version in versions:
-            if version[0] < order and (best is None or version[0] > best[0]):
-                best = version
-    return None if best is None else (best[1], best[2])
+def _shown(batch: DataFrame, column: str) -> Column:
+    """A value as Python's repr shows it in a reason: a string quoted, anything else as itself."""
+    value = F.col(column).cast("string")
+    return F.concat(F.lit("'"), value, F.lit("'")) if isinstance(batch.schema[column].dataType, StringType) else value
 
 
-def _blank(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and not value.strip())
-
-
-def _judge_row(rule: QualityRule, row: dict[str, Any], live: dict[str, dict[str, Any]]) -> str | None:
-    """Why the row breaks the rule, or None."""
+def _row_failure(rule: QualityRule, batch: DataFrame) -> Column:
+    """Why a row breaks a row rule (null: it does not)."""
     if rule.kind == "required":
-        missing = [c for c in rule.columns if _blank(row.get(c))]
-        return f"{', '.join(missing)} missing" if missing else None
-    value = row.get(rule.column)
+        missing = _joined(", ", [F.when(_blank(batch, c), F.lit(c)) for c in rule.columns])
+        return F.when(missing.isNotNull(), F.concat(missing, F.lit(" missing")))
+    value = F.col(rule.column)
     if rule.kind == "one_of":
-        return None if value is None or value in rule.values else f"{rule.column} {value!r} is not one of " \
-                                                                  f"{', '.join(rule.values)}"
+        return F.when(value.isNotNull() & ~value.isin(*rule.values), F.concat(
+            F.lit(f"{rule.column} "), _shown(batch, rule.column), F.lit(f" is not one of {', '.join(rule.values)}")))
     if rule.kind == "positive":
-        return None if value is None or value > 0 else f"{rule.column} {value} is not positive"
+        return F.when(value.isNotNull() & (value <= 0),
+                      F.concat(F.lit(f"{rule.column} "), value.cast("string"), F.lit(" is not positive")))
     if rule.kind == "parses":
-        raw = row.get(rule.source)
-        return None if value is not None or _blank(raw) else f"{rule.source} {raw!r} does not parse as {rule.column}"
-    if rule.kind == "references":
-        ids = list(_field_values(row.get("full_document"), rule.field))
-        known = live.get(rule.references, {})
-        dangling = [v for v in ids if not known.get(identity_of(v), (None, False))[1]]
-        return (f"{rule.field} {', '.join(map(str, dangling[:5]))} not in {rule.references}" if dangling else None)
+        return F.when(value.isNull() & ~_blank(batch, rule.source), F.concat(
+            F.lit(f"{rule.source} "), _shown(batch, rule.source), F.lit(f" does not parse as {rule.column}")))
     raise AssertionError(rule.kind)
 
 
-def _judge_transition(rule: QualityRule, row: dict[str, Any], previous: tuple[str, Any] | None) -> str | None:
-    if previous is None or previous[0] == "delete":
-        return None
-    before, now = previous[1].get(rule.column), row.get(rule.column)
-    if before is None or now is None or now in rule.next_allowed(before):
-        return None
-    return f"{rule.column} moved {before!r} -> {now!r}"
+def _latest(rows: DataFrame, keys: list[str]) -> DataFrame:
+    """The newest row per `keys` in source order."""
+    newest = Window.partitionBy(*keys).orderBy(*(F.col(c).desc() for c in ORDER))
+    return rows.withColumn("_n", F.row_number().over(newest)).where("_n = 1").drop("_n")
 
 
-def _field_values(document: str | None, path: str) -> Iterator[Any]:
-    """The values at `path` in a document's JSON text; `a[].b` walks every element of the list a."""
-    if not document:
-        return
-    try:
-        values: list[Any] = [json.loads(document)]
-    except ValueError:
-        return
-    for step in path.split("."):
-        each = step.endswith("[]")
-        name = step[:-2] if each else step
-        found: list[Any] = []
-        for value in values:
-            if isinstance(value, dict) and name in value:
-                inner = value[name]
-                if each:
-                    found.extend(inner if isinstance(inner, list) else [])
-                else:
-                    found.append(inner)
-        values = found
-    yield from (v for v in values if v is not None)
+def _with_dangling(batch: DataFrame, rules: list[QualityRule], history: Callable[[], DataFrame | None]
+                   ) -> DataFrame:
+    """A `_dangling_<rule>` column per references rule: the referenced ids that are not live documents of
+    the referenced collection (silver and this batch, newest version in source order)."""
+    referenced = sorted({r.references for r in rules})
+    versions = batch.where(F.col("collection").isin(*referenced)).select("collection", "doc_id", "op", *ORDER)
+    silver = history()
+    if silver is not None:
+        versions = versions.unionByName(silver.where(F.col("collection").isin(*referenced))
+                                        .select("collection", "doc_id", "op", *ORDER))
+    live = (_latest(versions.withColumn("_key", json_key(F.col("doc_id"))), ["collection", "_key"])
+            .where(F.col("op") != "delete").select(F.col("collection").alias("_referenced"), "_key"))
+    judged = batch
+    for rule in rules:
+        applies = (F.col("collection") == rule.collection) & F.col("op").isin(*DOCUMENT_OPERATIONS)
+        ids = (batch.where(applies).select(ROW, F.posexplode(field_ids(F.col("full_document"), rule.field))
+                                           .alias("_at", "_key"))
+               .withColumn("_referenced", F.lit(rule.references)))
+        dangling = (ids.join(F.broadcast(live), ["_referenced", "_key"], "left_anti")
+                    .groupBy(ROW).agg(F.sort_array(F.collect_list(F.struct("_at", "_key"))).alias("_found"))
+                    .select(ROW, F.transform("_found", lambda s: s["_key"]).alias(f"_dangling_{rule.name}")))
+        judged = judged.join(dangling, ROW, "left").withColumn(
+            f"_dangling_{rule.name}", F.coalesce(f"_dangling_{rule.name}", F.array().cast("array<string>")))
+    return judged
+
+
+def _with_previous(batch: DataFrame, rules: list[QualityRule], kept: Column,
+                   history: Callable[[], DataFrame | None]) -> DataFrame:
+    """`_previous_op` and `_previous_<column>` per row: the document's newest version strictly before the
+    row in source order, among silver and the batch's kept rows."""
+    judged = batch
+    for collection in sorted({r.collection for r in rules}):
+        columns = sorted({r.column for r in rules if r.collection == collection})
+        mine = F.col("collection") == collection
+        own = batch.where(mine)
+        versions = own.where(kept).select("doc_id", "op", *ORDER, *columns)
+        silver = history()
+        if silver is not None:
+            wanted = own.select("doc_id").distinct()
+            versions = versions.unionByName(silver.where(mine).join(F.broadcast(wanted), "doc_id", "left_semi")
+                                            .select("doc_id", "op", *ORDER, *columns))
+        # Each row against every version of its document before it; the newest of those is the previous one.
+        candidates = (own.select(ROW, "doc_id", *(F.col(c).alias(f"_at_{c}") for c in ORDER))
+                      .join(versions.dropDuplicates(["doc_id", *ORDER]), "doc_id")
+                      .where(_before(ORDER)))
+        newest = Window.partitionBy(ROW).orderBy(*(F.col(c).desc() for c in ORDER))
+        found = (candidates.withColumn("_n", F.row_number().over(newest)).where("_n = 1")
+                 .select(ROW, F.col("op").alias(f"_previous_op_{collection}"),
+                         *(F.col(c).alias(f"_previous_{collection}_{c}") for c in columns)))
+        judged = judged.join(found, ROW, "left")
+    return judged
+
+
+def _before(order: tuple[str, ...]) -> Column:
+    """The candidate version's source position is strictly before the row's (`_at_*`)."""
+    condition = F.lit(False)
+    for i in reversed(range(len(order))):
+        equal_before = F.lit(True)
+        for c in order[:i]:
+            equal_before = equal_before & (F.col(c) == F.col(f"_at_{c}"))
+        condition = (equal_before & (F.col(order[i]) < F.col(f"_at_{order[i]}"))) | condition
+    return condition
+
+
+def _transition_failure(rule: QualityRule) -> Column:
+    before = F.col(f"_previous_{rule.collection}_{rule.column}")
+    previous_op = F.col(f"_previous_op_{rule.collection}")
+    now = F.col(rule.column)
+    table = dict(rule.allowed)
+    allowed = (now == before) | now.isin(*table.get(ANY_STATUS, ()))
+    for source, targets in table.items():
+        if source != ANY_STATUS:
+            allowed = allowed | ((before == source) & now.isin(*targets))
+    judged = previous_op.isNotNull() & (previous_op != "delete") & before.isNotNull() & now.isNotNull()
+    return F.when(judged & ~allowed, F.concat(F.lit(f"{rule.column} moved '"), before, F.lit("' -> '"), now,
+                                              F.lit("'")))

@@ -40,7 +40,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
         warehouse_path=base / "warehouse.duckdb",
         state_dir=base / "state",
         spark_master="local[2]",
-        kafka_source_format="kafka_py",
         trigger_seconds=1.0,
     )
     for line in servers.start(settings):
@@ -113,10 +112,17 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str, interva
 
 
 @pytest.fixture(scope="session")
-def spark(stack: Settings) -> Iterator[object]:
-    """One local Spark session for every in-process streaming test."""
+def spark_local() -> Iterator[object]:
+    """One local Spark session (Spark's Kafka source and delta-spark on its classpath) for the whole run:
+    the tests of Spark code without servers and the in-process streaming tests share it."""
     from streaming.job import build_session
 
-    session = build_session(stack)
+    session = build_session(Settings.from_env(spark_master="local[2]"))
     yield session
     session.stop()
+
+
+@pytest.fixture(scope="session")
+def spark(stack: Settings, spark_local: object) -> object:
+    """The session's Spark, for tests with the servers."""
+    return spark_local

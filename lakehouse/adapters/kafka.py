@@ -457,7 +457,7 @@ def publisher(settings: Settings) -> Publisher:
     return ConfluentPublisher(settings) if settings.kafka_client == "confluent" else Publisher(settings)
 
 
-# -- reading partitions by offset (the streaming job's source; runs in Spark's Python workers) -------
+# -- offsets and single records (the streaming job's data-loss watch, status, replay) ----------------
 @dataclass(frozen=True)
 class Record:
     key: bytes | None
@@ -558,38 +558,3 @@ class OffsetReader:
             if consumer is not None:
                 consumer.close()
         self._meta = self._probe = None
-
-
-def read_partition(bootstrap: str, topic: str, partition: int, start: int, end: int) -> Iterator[Record]:
-    """The records of one partition from offset `start` to before `end`. Stops early (after logging it)
-    when the broker now ends below the planned range: it lost records, which the next plan records."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
-                             max_poll_records=5000)
-    try:
-        tp = TopicPartition(topic, partition)
-        consumer.assign([tp])
-        consumer.seek(tp, start)
-        position = start
-        empty_polls = 0
-        while position < end:
-            records = consumer.poll(timeout_ms=1000).get(tp, [])
-            if not records:
-                empty_polls += 1
-                held = consumer.end_offsets([tp])[tp]
-                if held <= position:
-                    log.error("KAFKA DATA LOSS: %s[%d] ends at %d now, below the planned %d; reading no further in "
-                              "this batch", topic, partition, held, end)
-                    return
-                if empty_polls > 60:
-                    raise KafkaTransient(f"Kafka returned nothing for {topic}[{partition}] at offset {position} "
-                                         f"(planned up to {end}) for 60s; is the broker up?")
-                continue
-            empty_polls = 0
-            for record in records:
-                if record.offset >= end:
-                    break
-                yield _record(record)
-            # Position, not count: compacted offsets and transaction markers leave gaps.
-            position = consumer.position(tp)
-    finally:
-        consumer.close()

@@ -23,8 +23,8 @@ class BatchRecord:
     quality: dict[str, list[int]] = field(default_factory=dict)  # rule -> [changes checked, failed]
     new_fields: list[str] = field(default_factory=list)  # top-level fields the envelope does not know
     watermark: str | None = None  # ISO 8601
-    spark_ms: int = 0  # evaluating the batch in Spark; the rest of duration_ms is writing
-    collected_bytes: int = 0  # the batch as Arrow on the driver (toArrow): its memory per batch
+    spark_ms: int = 0  # judging and counting the batch in Spark; the rest of duration_ms is writing
+    collected_bytes: int = 0  # 0 since the tables are written from the executors (records of older jobs kept it)
     duration_ms: int = 0
     at: str = ""  # when it ended, ISO 8601
 

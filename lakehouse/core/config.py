@@ -28,7 +28,6 @@ ENV_NAMES = {
     "kafka_partitions": "KAFKA_PARTITIONS",
     "kafka_replication_factor": "KAFKA_REPLICATION_FACTOR",
     "spark_master": "SPARK_MASTER",
-    "kafka_source_format": "KAFKA_SOURCE_FORMAT",
     "lake_path": "LAKE_PATH",
     "warehouse_path": "WAREHOUSE_PATH",
     "state_dir": "STATE_DIR",
@@ -103,8 +102,6 @@ class Settings:
     # (1 on the embedded broker, 3 on the embedded cluster).
     kafka_replication_factor: int = 0
     spark_master: str = "local[2]"
-    # "kafka_py" is the jar-free Python source; "kafka" is Spark's own (needs spark-sql-kafka jars).
-    kafka_source_format: str = "kafka_py"
     lake_path: Path = field(default_factory=lambda: Path("data/lake").resolve())
     warehouse_path: Path = field(default_factory=lambda: Path("data/warehouse.duckdb").resolve())
     state_dir: Path = field(default_factory=lambda: Path("data/state").resolve())

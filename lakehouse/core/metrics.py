@@ -50,6 +50,8 @@ STREAM_WATERMARK = Gauge("lakehouse_stream_watermark_timestamp_seconds",
 STREAM_LAST_BATCH = Gauge("lakehouse_stream_last_batch_timestamp_seconds",
                           "When each query last completed a micro-batch", ["query"])
 STREAM_FAILURES = Counter("lakehouse_stream_query_failures", "Streaming query failures (each restarted)")
+STREAM_DATA_LOSS = Counter("lakehouse_stream_kafka_lost_records",
+                           "Kafka records the streaming job found lost under it (streaming/kafka_losses.py)")
 
 # -- loader ----------------------------------------------------------------------------------------
 LOADER_CHANGES = Counter("lakehouse_loader_changes", "New changes loaded into the warehouse", ["collection"])

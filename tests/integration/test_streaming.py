@@ -157,3 +157,33 @@ def test_late_events_are_recorded_and_left_out_of_the_windowed_aggregates(spark:
         revenue = sum((a["revenue"] or Decimal(0)) for a in rows)
         assert revenue == sum((r["amount"] or Decimal(0)) for r in counted), granularity
         assert sum(a["high_value_changes"] or 0 for a in rows) == sum(1 for r in counted if r["is_high_value"])
+
+
+def test_a_checkpoint_of_the_earlier_python_kafka_source_is_carried_on_by_sparks_source(spark: object,
+                                                                                      settings: Settings) -> None:
+    """A lake whose checkpoint the earlier Python source wrote ({"topic:partition": [offset, fingerprint]})
+    goes on where it stopped: every offset in the lake once, nothing read twice, no traceback."""
+    from lakehouse.contracts.positions import read_offsets
+
+    orders = MongoClient(settings.mongo_uri, tz_aware=True)[settings.mongo_db]["orders"]
+    OrderGenerator(orders, seed=5).run(100)
+    first = ChangeStreamListener(settings)
+    first.run(until_idle=True)
+    first.close()
+    stream_lake(spark, settings)
+    # The checkpoint as the earlier source left it.
+    checkpoint = settings.spark_checkpoint
+    for path in (checkpoint / "offsets").glob("[0-9]*"):
+        lines = path.read_text().splitlines()
+        lines[2] = json.dumps({key: [offset, f"{offset - 1}:0:0"] for key, offset in read_offsets(lines[2]).items()})
+        path.write_text("\n".join(lines))
+    for crc in (checkpoint / "offsets").glob(".*.crc"):
+        crc.unlink()
+    OrderGenerator(orders, seed=6).run(100)
+    second = ChangeStreamListener(settings)
+    second.run(until_idle=True)
+    second.close()
+    stream_lake(spark, settings)
+    bronze = table(settings, tables.BRONZE)
+    coordinates = [(r["kafka_topic"], r["kafka_partition"], r["kafka_offset"]) for r in bronze]
+    assert len(coordinates) == len(set(coordinates)) == first.stats.published + second.stats.published

@@ -1,4 +1,5 @@
-"""The enrichment's join and share-out, and the inventory alerts' crossings, without Spark."""
+"""The enrichment's share-out rules and the inventory alerts' crossings without Spark; the enrichment's join in a
+local Spark."""
 
 from __future__ import annotations
 
@@ -6,12 +7,11 @@ import json
 import random
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from pathlib import Path
 
 import pyarrow as pa
 import pytest
 
-from streaming.enrichment import ReferenceState, order_items, readable_id, share_out
+from streaming.enrichment import order_items, order_lines, readable_id, share_out
 from streaming.inventory import crossings
 
 pytestmark = pytest.mark.unit
@@ -97,8 +97,10 @@ def silver_rows(rows: list[dict[str, object]]) -> pa.Table:
         ("category", pa.string())]))
 
 
-def test_orders_are_joined_with_the_newest_attributes_in_source_order(tmp_path: Path) -> None:
-    state = ReferenceState(tmp_path / "no-silver-yet", active=True)
+@pytest.mark.spark
+def test_orders_are_joined_with_the_newest_attributes_in_source_order(spark_local: object) -> None:
+    from pyspark.sql import functions as F
+
     order = {"collection": "orders", "change_id": "o1", "order_id": "ord-1", "customer_id": "c1",
              "amount": Decimal("10.00"), "amount_currency": "EUR", "cluster_time_s": 5,
              "full_document": json.dumps({"customer_id": "c1", "items": [{"sku": "s1", "qty": 1}, {"sku": 7, "qty": 1},
@@ -111,10 +113,18 @@ def test_orders_are_joined_with_the_newest_attributes_in_source_order(tmp_path: 
         order,
         {**order, "change_id": "u1", "op": "update"},  # not a placement
     ])
-    lines = state.order_lines(batch).to_pylist()
-    assert [(r["sku"], r["product_category"], r["qty"], r["line_revenue"], r["first_in_category"]) for r in lines] == [
+    rows = spark_local.createDataFrame(batch).withColumn("_row", F.monotonically_increasing_id())  # type: ignore[attr-defined]
+
+    def lines_of(data: object) -> list[dict[str, object]]:
+        found = order_lines(data, lambda: None).toArrow()  # type: ignore[arg-type]
+        return sorted(found.to_pylist(), key=lambda r: (r["change_id"], r["line_revenue"], r["sku"] or ""))
+
+    lines = lines_of(rows)
+    # The lines in any order (the table has no item position); first_in_category is the first s1 line's.
+    assert sorted((r["sku"], r["product_category"], r["qty"], r["line_revenue"], r["first_in_category"])
+                  for r in lines) == sorted([
         ("s1", "office", 1, Decimal("2.00"), True), ("7", "kitchen", 1, Decimal("2.00"), True),
-        ("s1", "office", 2, Decimal("4.00"), False), ("gone", None, 1, Decimal("2.00"), True)]
+        ("s1", "office", 2, Decimal("4.00"), False), ("gone", None, 1, Decimal("2.00"), True)])
     assert {(r["customer_segment"], r["customer_country"], r["currency"]) for r in lines} == {("vip", "FR", "EUR")}
     # Same batch again (a replay): the same lines.
-    assert state.order_lines(batch).to_pylist() == lines
+    assert lines_of(rows) == lines_of(rows)
