@@ -78,7 +78,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=500_000)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--flavours", default="pandas,sql,arrow,plain", help="comma-separated subset")
+    parser.add_argument("--flavours", default="pandas,sql,plain", help="comma-separated subset (arrow: see above)")
     args = parser.parse_args()
     configure("WARNING")
     settings = Settings.from_env()

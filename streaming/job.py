@@ -326,15 +326,17 @@ class BatchWriter:
         kept = F.col("quarantine_reason").isNull()
         is_late = kept & (F.col("event_time") < F.lit(watermark_at).cast("timestamp")) if watermark_at else F.lit(False)
         placed = kept & (F.col("collection") == ORDERS) & (F.col("op") == "insert")
-        # One pass over the judged batch for every count the driver needs.
-        counts = rows.agg(
+        # One pass over the judged batch for every count the driver needs, per collection and event day
+        # (the quality_checks rows are these counts too).
+        groups = rows.groupBy("collection", "event_date").agg(
             F.count(F.lit(1)).alias("parsed"), F.count(F.when(kept, 1)).alias("silver"),
             F.count(F.when(~kept, 1)).alias("ruled_out"), F.count(F.when(kept & F.col(QUALITY_FLAGS).isNotNull(), 1))
             .alias("flagged"), F.count(F.when(is_late, 1)).alias("late"), F.count(F.when(placed, 1)).alias("placed"),
             F.max(F.when(kept, F.unix_micros("event_time"))).alias("newest"),
-            F.array_sort(F.array_distinct(F.flatten(F.collect_list(F.when(kept & F.col("extra").isNotNull(), F.map_keys(
-                F.from_json("extra", "MAP<STRING, STRING>"))))))).alias("new_fields"),
-            *self.judge.totals()).first()
+            F.array_distinct(F.flatten(F.collect_list(F.when(kept & F.col("extra").isNotNull(), F.map_keys(
+                F.from_json("extra", "MAP<STRING, STRING>")))))).alias("new_fields"),
+            *self.judge.totals()).collect()
+        counts = _summed(groups)
         totals = batch.agg(F.count(F.lit(1)).alias("input"),
                            F.count(F.when(F.col("quarantine_reason").isNotNull(), 1)).alias("unparsed")).first()
         evaluated = time.monotonic()
@@ -354,16 +356,14 @@ class BatchWriter:
             (append_once, tables.QUARANTINE, quarantine, totals["unparsed"] + counts["ruled_out"]),
             (append_once, tables.LATE_EVENTS, conform(rows.where(is_late).withColumn(
                 "watermark", F.lit(watermark_at).cast("timestamp")), tables.LATE_EVENTS_COLUMNS), counts["late"]),
-            (append_once, tables.QUALITY_CHECKS, conform(judged.checks.withColumns(written),
-                                                         tables.QUALITY_CHECKS_COLUMNS),
-             counts["parsed"] if self.judge.active else 0),
+            (append_once, tables.QUALITY_CHECKS, self._checks(groups, batch_id, now), len(groups)),
             (append_once, tables.ORDER_LINES, lines, counts["placed"]),
             (write_parquet_copy, "silver", silver_rows, counts["silver"]),
         ]
         self._write_all(batch_id, [w for w in writes if w[2] is not None and w[3]])
-        quality = {rule.name: [int(counts[f"checked:{rule.name}"] or 0), int(counts[f"failed:{rule.name}"] or 0)]
+        quality = {rule.name: [counts.get(f"checked:{rule.name}", 0), counts.get(f"failed:{rule.name}", 0)]
                    for rule in self.judge.rules}
-        new_fields = list(counts["new_fields"] or [])
+        new_fields = counts["new_fields"]
         if new_fields:
             log.warning("batch %d: fields the envelope schema v%d does not know: %s (kept in silver.extra)",
                         batch_id, SCHEMA_VERSION, ", ".join(new_fields))
@@ -375,6 +375,15 @@ class BatchWriter:
             quality=quality, new_fields=new_fields,
             watermark=None if watermark is None else _iso(watermark), spark_ms=round((evaluated - started) * 1000),
             duration_ms=round((time.monotonic() - started) * 1000)))
+
+    def _checks(self, groups: list[Any], batch_id: int, now: datetime) -> DataFrame | None:
+        """The batch's quality_checks rows (collection, rule, event day: judged, failed), from its counts."""
+        rows = [(g["collection"], rule.name, rule.severity, g["event_date"], int(g[f"checked:{rule.name}"] or 0),
+                 int(g[f"failed:{rule.name}"] or 0), batch_id, now)
+                for g in groups for rule in self.judge.rules if g[f"checked:{rule.name}"]]
+        if not rows:
+            return None
+        return self.spark.createDataFrame(rows, types.spark_ddl(tables.QUALITY_CHECKS_COLUMNS))
 
     def _write_all(self, batch_id: int, writes: list[tuple[Any, ...]]) -> None:
         """Each table's write as its own Spark job, several at once: a Delta commit is mostly the driver's
@@ -425,6 +434,24 @@ class BatchWriter:
             log.info("batch %d: %d rows, %d to silver, %d quarantined, %d late, watermark %s, %d ms", record.batch_id,
                      record.input_rows, record.silver_rows, record.quarantined, record.late, record.watermark,
                      record.duration_ms)
+
+
+def _summed(groups: list[Any]) -> dict[str, Any]:
+    """The batch's counts over its (collection, event day) groups."""
+    out: dict[str, Any] = {"newest": None, "new_fields": []}
+    for group in groups:
+        for name, value in group.asDict().items():
+            if name in ("collection", "event_date"):
+                continue
+            if name == "newest":
+                out[name] = value if out[name] is None or (value is not None and value > out[name]) else out[name]
+            elif name == "new_fields":
+                out[name] = sorted({*out[name], *(value or [])})
+            else:
+                out[name] = out.get(name, 0) + int(value or 0)
+    for name in ("parsed", "silver", "ruled_out", "flagged", "late", "placed"):
+        out.setdefault(name, 0)
+    return out
 
 
 def _iso(micros: int) -> str:
