@@ -464,6 +464,7 @@ def start(spark: SparkSession, settings: Settings, available_now: bool = False, 
     (replays) leaves out messages whose Kafka coordinates bronze already holds. A checkpoint of the earlier
     Python Kafka source is rewritten for Spark's first."""
     migrate_checkpoint(settings.spark_checkpoint)
+    ensure_lake_tables(settings)
     writer = (
         parse(read_kafka(spark, settings, starting_offsets), settings)
         .writeStream.foreachBatch(BatchWriter(spark, settings, skip_seen))
@@ -499,7 +500,8 @@ def query_checkpoints(settings: Settings) -> list[Path]:
 
 def start_derived(spark: SparkSession, settings: Settings, available_now: bool) -> list[Any]:
     """The queries over what the lake query writes: windowed aggregates, revenue by category, inventory
-    alerts and customer sessions."""
+    alerts and customer sessions. They stream the lake's tables, which exist (empty) before any is written."""
+    ensure_lake_tables(settings)
     return [*start_aggregates(spark, settings, available_now),
             *start_revenue_by_category(spark, settings, available_now),
             *inventory.start_inventory_alerts(spark, settings, available_now),
