@@ -21,7 +21,7 @@ from pyspark.sql import functions as F
 from lakehouse.contracts import tables, types
 from lakehouse.contracts.events import DOCUMENT_OPERATIONS
 from lakehouse.core.config import Settings
-from streaming.lake_writer import append_once, conform, writer_app_id
+from streaming.lake_writer import OnceAppender, conform, writer_app_id
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class AggregateWriter:
                  checkpoint: Path) -> None:
         self.table = settings.table_path(table)
         self.granularity = granularity
-        self.app_id = writer_app_id(checkpoint)
+        self.appender = OnceAppender(writer_app_id(checkpoint))
         self.columns = columns
 
     def __call__(self, batch_df: DataFrame, batch_id: int) -> None:
@@ -51,7 +51,7 @@ class AggregateWriter:
             stamped = rows.withColumn("computed_at", F.current_timestamp())
             if "granularity" in names:
                 stamped = stamped.withColumn("granularity", F.lit(self.granularity))
-            append_once(conform(stamped, self.columns), self.table, self.app_id, batch_id)
+            self.appender.append(conform(stamped, self.columns), self.table, batch_id)
         finally:
             rows.unpersist()
 

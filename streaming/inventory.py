@@ -5,7 +5,7 @@ is restocked above the low threshold: one alert per crossing, not per change.
 The state per product is its level and the source position of the change that set it, kept in Spark's
 checkpointed state store (applyInPandasWithState). Changes are taken in source order; one at or before
 the position in state (a late arrival, a duplicate, a replay) changes nothing, so the alerts follow the
-product's real history. The writer appends each batch once under the query's checkpoint (delta.append_once),
+product's real history. The writer appends each batch once under the query's checkpoint (lake_writer.OnceAppender),
 so a restart in the middle neither repeats nor loses an alert.
 """
 

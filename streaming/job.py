@@ -52,8 +52,9 @@ from streaming.enrichment import (
     order_lines,
 )
 from streaming.kafka_losses import KafkaDataLoss, LossWatch, is_data_loss, migrate_checkpoint
-from streaming.lake_writer import TABLE_PROPERTIES, append_once, conform, write_parquet_copy, writer_app_id
+from streaming.lake_writer import TABLE_PROPERTIES, OnceAppender, conform, write_parquet_copy, writer_app_id
 from streaming.quality import ROW, QualityJudge
+from streaming.silver_history import SilverHistory
 from streaming.udfs import money_columns
 from streaming.watermark import WatermarkTracker
 
@@ -246,6 +247,7 @@ def attribute_columns(settings: Settings, collection: Column, document: Column) 
 
 
 WRITERS = 4  # a batch's table writes running at once
+DELTA, PARQUET = "delta", "parquet"
 
 
 class BatchWriter:
@@ -258,6 +260,7 @@ class BatchWriter:
         self.skip_seen = skip_seen
         self._seen: DataFrame | None = None
         self.app_id = writer_app_id(settings.spark_checkpoint)
+        self.appender = OnceAppender(self.app_id)
         self.metrics_path = settings.batch_metrics
         self.watermark = WatermarkTracker(settings.state_dir / "spark" / "watermark.json", settings.watermark_delay)
         self.columns = {tables.SILVER: tables.silver_columns(tables.attribute_columns(settings)),
@@ -274,20 +277,13 @@ class BatchWriter:
                                         | ({CUSTOMERS, PRODUCTS} if self.enrich else set()))
         self.state_columns = sorted({r.column for r in rules if r.kind == "transitions"}
                                     | {*CUSTOMER_ATTRIBUTES.values(), *PRODUCT_ATTRIBUTES.values()})
+        silver_columns = [name for name, _ in self.columns[tables.SILVER]]
+        self.history = SilverHistory(spark, settings.table_path(tables.SILVER), self.state_collections,
+                                     [c for c in silver_columns if c in {"collection", "op", "doc_id",
+                                                                         *tables.SOURCE_ORDER, *self.state_columns}])
         self.losses = LossWatch(settings.kafka_bootstrap_servers, settings.spark_checkpoint,
                                 settings.state_dir / "spark" / "kafka_positions.json", settings.data_loss_log,
                                 settings.kafka_fail_on_data_loss)
-
-    def _silver_history(self) -> DataFrame | None:
-        """Silver as the lake holds it now, the columns the quality rules and the enrichment read of the
-        collections they read (persisted by the caller for the batch: one scan a batch)."""
-        path = self.settings.table_path(tables.SILVER)
-        if not (path / "_delta_log").exists():
-            return None
-        silver = self.spark.read.format("delta").load(str(path))
-        wanted = {"collection", "op", "doc_id", *tables.SOURCE_ORDER, *self.state_columns}
-        return (silver.where(F.col("collection").isin(*self.state_collections))
-                .select(*(c for c in silver.columns if c in wanted)).persist(StorageLevel.MEMORY_AND_DISK))
 
     def __call__(self, batch_df: DataFrame, batch_id: int) -> None:
         started = time.monotonic()
@@ -315,9 +311,7 @@ class BatchWriter:
 
     def _write(self, batch: DataFrame, batch_id: int, now: datetime, started: float, read: int | None,
                held: list[DataFrame]) -> None:
-        history = self._silver_history()
-        if history is not None:
-            held.append(history)
+        history = self.history.frame()
         judged = self.judge.judge(self._silver(batch.where(F.col("quarantine_reason").isNull())), lambda: history)
         rows = judged.rows.persist(StorageLevel.MEMORY_AND_DISK)
         held.append(rows)
@@ -351,16 +345,18 @@ class BatchWriter:
         quarantine = quarantine.unionByName(conform(rows.where(~kept), tables.QUARANTINE_COLUMNS))
         silver_rows = conform(silver, self.columns[tables.SILVER])
         writes: list[tuple[Any, ...]] = [
-            (append_once, tables.BRONZE, conform(batch, tables.BRONZE_COLUMNS), totals["input"]),
-            (append_once, tables.SILVER, silver_rows, counts["silver"]),
-            (append_once, tables.QUARANTINE, quarantine, totals["unparsed"] + counts["ruled_out"]),
-            (append_once, tables.LATE_EVENTS, conform(rows.where(is_late).withColumn(
+            (DELTA, tables.BRONZE, conform(batch, tables.BRONZE_COLUMNS), totals["input"]),
+            (DELTA, tables.SILVER, silver_rows, counts["silver"]),
+            (DELTA, tables.QUARANTINE, quarantine, totals["unparsed"] + counts["ruled_out"]),
+            (DELTA, tables.LATE_EVENTS, conform(rows.where(is_late).withColumn(
                 "watermark", F.lit(watermark_at).cast("timestamp")), tables.LATE_EVENTS_COLUMNS), counts["late"]),
-            (append_once, tables.QUALITY_CHECKS, self._checks(groups, batch_id, now), len(groups)),
-            (append_once, tables.ORDER_LINES, lines, counts["placed"]),
-            (write_parquet_copy, "silver", silver_rows, counts["silver"]),
+            (DELTA, tables.QUALITY_CHECKS, self._checks(groups, batch_id, now), len(groups)),
+            (DELTA, tables.ORDER_LINES, lines, counts["placed"]),
+            (PARQUET, "silver", silver_rows, counts["silver"]),
         ]
         self._write_all(batch_id, [w for w in writes if w[2] is not None and w[3]])
+        if counts["silver"]:
+            self.history.add(silver_rows)
         quality = {rule.name: [counts.get(f"checked:{rule.name}", 0), counts.get(f"failed:{rule.name}", 0)]
                    for rule in self.judge.rules}
         new_fields = counts["new_fields"]
@@ -389,9 +385,9 @@ class BatchWriter:
         """Each table's write as its own Spark job, several at once: a Delta commit is mostly the driver's
         waiting on files and the log, which the other writes' tasks fill."""
         def one(write: tuple[Any, ...]) -> None:
-            function, name, data, _ = write
-            if function is append_once:
-                append_once(data, self.settings.table_path(name), self.app_id, batch_id)
+            kind, name, data, _ = write
+            if kind == DELTA:
+                self.appender.append(data, self.settings.table_path(name), batch_id)
             else:
                 write_parquet_copy(data, self.settings.parquet_silver_path, self.app_id, batch_id, "event_date")
 

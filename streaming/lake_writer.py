@@ -1,7 +1,7 @@
 """Idempotent Delta and Parquet writes of a micro-batch, from the executors (delta-spark).
 
-Each table's batch is appended with Delta's idempotent-write options `txnAppId`/`txnVersion`: a batch Spark
-replays after a crash carries the version already committed under the writer's id, and Delta skips it.
+Each table's batch is appended once (`OnceAppender`): every commit carries its writer's and batch's mark,
+and a batch Spark replays after a crash is not appended where its mark already is.
 The tables keep the protocol every reader outside Spark (delta-rs, DuckDB's delta extension) reads:
 reader version 1, writer version 2, no deletion vectors, no column mapping (`TABLE_PROPERTIES`).
 """
@@ -13,6 +13,7 @@ import logging
 import time
 from pathlib import Path
 
+from deltalake import DeltaTable
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -40,28 +41,67 @@ def conform(data: DataFrame, columns: types.Columns) -> DataFrame:
 
 
 # Delta's optimistic concurrency: another query's commit to the same table (the aggregates' granularities
-# share one) can make a commit fail; the append is retried, which the txn options make safe.
+# share one) can make a commit fail; the append is retried, after looking whether it did commit.
 CONFLICTS = ("ConcurrentAppendException", "ProtocolChangedException", "MetadataChangedException",
              "ConcurrentTransactionException", "DELTA_CONCURRENT", "DELTA_PROTOCOL_CHANGED", "DELTA_METADATA_CHANGED")
 ATTEMPTS = 6
+RECENT_COMMITS = 100  # how far back a table's log is searched for a batch already committed
 
 
-def append_once(data: DataFrame, table: Path, app_id: str, batch_id: int) -> None:
-    """Append `data` to the Delta table as batch `batch_id` of writer `app_id`; Delta skips a batch that
-    writer has already committed there."""
-    for attempt in range(1, ATTEMPTS + 1):
-        try:
-            (data.write.format("delta").mode("append")
-             .option("txnAppId", app_id).option("txnVersion", batch_id)
-             .option("mergeSchema", "true")
-             .save(str(table)))
-            return
-        except Exception as exc:  # noqa: BLE001 - py4j's error carries Delta's exception as text
-            if attempt == ATTEMPTS or not any(name in str(exc) for name in CONFLICTS):
-                raise
-            log.info("%s: batch %d met a concurrent commit (%s); trying again", table.name, batch_id,
-                     str(exc).splitlines()[0][:120])
-            time.sleep(0.2 * attempt)
+def batch_marker(app_id: str, batch_id: int) -> str:
+    return f"{app_id}:{batch_id}"
+
+
+def committed(table: Path, app_id: str, batch_id: int) -> bool:
+    """Whether writer `app_id` has committed batch `batch_id` to the table: its mark in one of the table's
+    recent commits, or Delta's own transaction version of a lake written with txnAppId/txnVersion.
+    Read with delta-rs from the log alone (no Spark job, no table state)."""
+    if not DeltaTable.is_deltatable(str(table)):
+        return False
+    log_of = DeltaTable(str(table))
+    if (log_of.transaction_version(app_id) or -1) >= batch_id:
+        return True
+    marker = batch_marker(app_id, batch_id)
+    return any(commit.get("userMetadata") == marker for commit in log_of.history(RECENT_COMMITS))
+
+
+class OnceAppender:
+    """Appends each micro-batch to a Delta table once, from the executors, for one run of a streaming query.
+
+    Delta's idempotent-write options (txnAppId/txnVersion) would do this, but delta-spark 4.4.0 rebuilds
+    the table's whole state with a Spark job to look the version up, on every append (about 0.5 s a table
+    here, most of a small batch). Spark's checkpoint already guarantees that a running query calls
+    foreachBatch once per batch id; only the first batch after a (re)start can be a replay of one that
+    was (partly) committed before a crash. So every commit carries the writer's mark `app:batch` in its
+    commitInfo.userMetadata, and only that first batch per table, or an append that failed and is tried
+    again, looks in the table's log for it (`committed`). One appender per query start."""
+
+    def __init__(self, app_id: str) -> None:
+        self.app_id = app_id
+        self._looked: set[Path] = set()
+
+    def append(self, data: DataFrame, table: Path, batch_id: int) -> bool:
+        """Append `data` as batch `batch_id`; False when the batch was already in the table."""
+        for attempt in range(1, ATTEMPTS + 1):
+            if (table not in self._looked or attempt > 1) and committed(table, self.app_id, batch_id):
+                log.info("%s: batch %d of %s is already committed; not appended again", table.name, batch_id,
+                         self.app_id)
+                self._looked.add(table)
+                return False
+            self._looked.add(table)
+            try:
+                (data.write.format("delta").mode("append")
+                 .option("userMetadata", batch_marker(self.app_id, batch_id))
+                 .option("mergeSchema", "true")
+                 .save(str(table)))
+                return True
+            except Exception as exc:  # noqa: BLE001 - py4j's error carries Delta's exception as text
+                if attempt == ATTEMPTS or not any(name in str(exc) for name in CONFLICTS):
+                    raise
+                log.info("%s: batch %d met a concurrent commit (%s); trying again", table.name, batch_id,
+                         str(exc).splitlines()[0][:120])
+                time.sleep(0.2 * attempt)
+        raise AssertionError("unreachable")
 
 
 def write_parquet_copy(data: DataFrame, root: Path, app_id: str, batch_id: int, partition_by: str) -> None:

@@ -1,0 +1,76 @@
+"""Each micro-batch is appended once per table (streaming/lake_writer.OnceAppender), across a restart that
+replays the batch in hand, with no Delta state rebuilt per append; and the silver history the quality rules
+read (streaming/silver_history.SilverHistory) holds the lake's rows plus every batch added since."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from deltalake import DeltaTable
+
+from streaming.lake_writer import OnceAppender, committed
+
+pytestmark = pytest.mark.spark
+
+
+def rows_in(table: Path) -> list[int]:
+    return sorted(DeltaTable(str(table)).to_pyarrow_table(columns=["n"]).column("n").to_pylist())
+
+
+def frame(spark: object, *numbers: int) -> object:
+    return spark.createDataFrame([(n,) for n in numbers], "n long")  # type: ignore[attr-defined]
+
+
+def test_a_replayed_batch_is_not_appended_twice(spark_local: object, tmp_path: Path) -> None:
+    table = tmp_path / "t"
+    first_run = OnceAppender("writer-a")
+    assert first_run.append(frame(spark_local, 1, 2), table, 0)
+    assert first_run.append(frame(spark_local, 3), table, 1)
+    assert committed(table, "writer-a", 1) and not committed(table, "writer-a", 2)
+    assert not committed(table, "writer-b", 1)  # another checkpoint's batch 1 is another batch
+
+    # A restart: Spark calls the batch in hand again (1), then goes on (2).
+    second_run = OnceAppender("writer-a")
+    assert not second_run.append(frame(spark_local, 3), table, 1)
+    assert second_run.append(frame(spark_local, 4), table, 2)
+    # Another writer (a replay into a new checkpoint) starts its batches at 0 again.
+    assert OnceAppender("writer-b").append(frame(spark_local, 5), table, 0)
+    assert rows_in(table) == [1, 2, 3, 4, 5]
+
+
+def test_a_lake_written_with_delta_txn_options_is_not_appended_again(spark_local: object, tmp_path: Path) -> None:
+    table = tmp_path / "t"
+    for batch in (0, 1):
+        (frame(spark_local, batch).write.format("delta").mode("append")  # type: ignore[attr-defined]
+         .option("txnAppId", "writer-a").option("txnVersion", batch).save(str(table)))
+    appender = OnceAppender("writer-a")
+    assert not appender.append(frame(spark_local, 1), table, 1)
+    assert appender.append(frame(spark_local, 2), table, 2)
+    assert rows_in(table) == [0, 1, 2]
+
+
+def test_silver_history_is_the_lake_and_the_batches_since(spark_local: object, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from streaming import silver_history
+    from streaming.silver_history import SilverHistory
+
+    silver = tmp_path / "silver"
+    columns = "collection string, doc_id string, n long"
+    spark_local.createDataFrame([("orders", "a", 1), ("other", "x", 0)], columns).write.format(  # type: ignore
+        "delta").save(str(silver))
+    history = SilverHistory(spark_local, silver, ["orders"], ["collection", "doc_id", "n"])  # type: ignore[arg-type]
+
+    def seen() -> list[int]:
+        found = history.frame()
+        return sorted(r["n"] for r in found.collect()) if found is not None else []
+
+    assert seen() == [1]
+    batch = spark_local.createDataFrame([("orders", "b", 2), ("other", "y", 0)], columns)  # type: ignore
+    batch.write.format("delta").mode("append").save(str(silver))
+    history.add(batch)
+    assert seen() == [1, 2]
+    # Past REFRESH_BATCHES chunks the lake is read again: the same rows, from one scan.
+    monkeypatch.setattr(silver_history, "REFRESH_BATCHES", 1)
+    assert seen() == [1, 2] and history._chunks == []
+    assert SilverHistory(spark_local, tmp_path / "none", ["orders"], ["n"]).frame() is None  # type: ignore
