@@ -13,10 +13,10 @@ import logging
 import time
 from pathlib import Path
 
-from deltalake import DeltaTable
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from lakehouse.adapters.delta import holds_commit
 from lakehouse.contracts import types
 
 log = logging.getLogger(__name__)
@@ -55,14 +55,8 @@ def batch_marker(app_id: str, batch_id: int) -> str:
 def committed(table: Path, app_id: str, batch_id: int) -> bool:
     """Whether writer `app_id` has committed batch `batch_id` to the table: its mark in one of the table's
     recent commits, or Delta's own transaction version of a lake written with txnAppId/txnVersion.
-    Read with delta-rs from the log alone (no Spark job, no table state)."""
-    if not DeltaTable.is_deltatable(str(table)):
-        return False
-    log_of = DeltaTable(str(table))
-    if (log_of.transaction_version(app_id) or -1) >= batch_id:
-        return True
-    marker = batch_marker(app_id, batch_id)
-    return any(commit.get("userMetadata") == marker for commit in log_of.history(RECENT_COMMITS))
+    Read from the log alone, with delta-rs (no Spark job, no table state)."""
+    return holds_commit(table, app_id, batch_id, batch_marker(app_id, batch_id), RECENT_COMMITS)
 
 
 class OnceAppender:

@@ -64,6 +64,18 @@ class LakeTable:
         return self._table.to_pyarrow_table(columns=columns)
 
 
+def holds_commit(table: Path, app_id: str, batch_id: int, mark: str, recent: int) -> bool:
+    """Whether one of the table's `recent` newest commits carries `mark` in its commitInfo.userMetadata,
+    or Delta's transaction version of `app_id` (txnAppId/txnVersion) is at least `batch_id`. Reads the
+    log alone."""
+    if not DeltaTable.is_deltatable(str(table)):
+        return False
+    log_of = DeltaTable(str(table))
+    if (log_of.transaction_version(app_id) or -1) >= batch_id:
+        return True
+    return any(commit.get("userMetadata") == mark for commit in log_of.history(recent))
+
+
 def version_of(path: Path) -> int | None:
     """The table's current version, or None when there is no table."""
     table = LakeTable.open(path)
