@@ -8,7 +8,9 @@ the warehouse holds every one of them, each change's times are read back:
 
   MongoDB commit   the change's wallTime (wall_time_ms)
   in Kafka         the record's timestamp (silver kafka_timestamp)            -> capture
-  in silver        the batch's time (silver ingested_at)                      -> Kafka -> silver
+  in silver        the commit of the batch's silver append (the Delta commit
+                   whose userMetadata marks that batch; the batch's start,
+                   ingested_at, when no commit carries a mark)                 -> Kafka -> silver
   in DuckDB        the commit of the load that inserted it (loaded_at is its
                    transaction's start; the loader's load log has the commit) -> silver -> DuckDB
 
@@ -117,9 +119,14 @@ def main() -> None:
         loaded = {c: (wall, at) for c, wall, at in warehouse_changes(settings, started_ms)}
         loads = [json.loads(line) for line in settings.load_metrics.read_text().splitlines() if line.strip()]
         committed = {load["began_us"]: load["committed_us"] for load in loads}
-        silver = DeltaTable(str(settings.table_path(tables.SILVER))).to_pyarrow_table(
-            columns=["change_id", "kafka_timestamp", "ingested_at"]).to_pylist()
-        seen = {r["change_id"]: (r["kafka_timestamp"].timestamp(), r["ingested_at"].timestamp()) for r in silver}
+        silver_table = DeltaTable(str(settings.table_path(tables.SILVER)))
+        # Each batch's silver commit carries "<writer>:<batch>" (streaming/lake_writer.OnceAppender).
+        commits = {int(c["userMetadata"].rsplit(":", 1)[1]): c["timestamp"] / 1000
+                   for c in silver_table.history() if ":" in str(c.get("userMetadata") or "")}
+        silver = silver_table.to_pyarrow_table(
+            columns=["change_id", "kafka_timestamp", "ingested_at", "batch_id"]).to_pylist()
+        seen = {r["change_id"]: (r["kafka_timestamp"].timestamp(),
+                                 commits.get(r["batch_id"], r["ingested_at"].timestamp())) for r in silver}
         batches = [json.loads(line) for line in settings.batch_metrics.read_text().splitlines() if line.strip()]
     rows = []
     for change_id, (wall_ms, loaded_us) in loaded.items():
