@@ -63,6 +63,11 @@ log = logging.getLogger(__name__)
 ENVELOPE_DDL = types.spark_ddl(ENVELOPE_FIELDS)
 
 
+# How long an executor's Kafka consumer waits for a record before asking the broker whether the offset still
+# exists. Spark's default (spark.network.timeout, 120 s) is paid once per offset range a re-created topic or
+# retention took away (failOnDataLoss=false then skips it): a chaos run's restart waited 11 minutes on them.
+KAFKA_POLL_TIMEOUT_MS = 15_000
+
 # Spark's Kafka source and delta-spark, fetched by `make setup` from infra/jars/spark/pom.xml.
 SPARK_JARS = Path(__file__).resolve().parents[1] / ".tools" / "jars" / "spark"
 
@@ -142,6 +147,7 @@ def read_kafka(spark: SparkSession, settings: Settings, starting_offsets: str = 
         .option("subscribe", ",".join(settings.topics))
         .option("startingOffsets", starting_offsets)
         .option("failOnDataLoss", str(settings.kafka_fail_on_data_loss).lower())
+        .option("kafkaConsumer.pollTimeoutMs", str(KAFKA_POLL_TIMEOUT_MS))
     )
     if settings.max_rows_per_batch:
         reader = reader.option("maxOffsetsPerTrigger", str(settings.max_rows_per_batch))
@@ -311,6 +317,10 @@ class BatchWriter:
 
     def _write(self, batch: DataFrame, batch_id: int, now: datetime, started: float, read: int | None,
                held: list[DataFrame]) -> None:
+        # Counted first: this one pass fills the batch's cache. The judging's joins start several jobs at
+        # once (their broadcasts), and each of them would otherwise parse the batch from Kafka on its own.
+        totals = batch.agg(F.count(F.lit(1)).alias("input"),
+                           F.count(F.when(F.col("quarantine_reason").isNotNull(), 1)).alias("unparsed")).first()
         history = self.history.frame()
         judged = self.judge.judge(self._silver(batch.where(F.col("quarantine_reason").isNull())), lambda: history)
         rows = judged.rows.persist(StorageLevel.MEMORY_AND_DISK)
@@ -331,8 +341,6 @@ class BatchWriter:
                 F.from_json("extra", "MAP<STRING, STRING>")))))).alias("new_fields"),
             *self.judge.totals()).collect()
         counts = _summed(groups)
-        totals = batch.agg(F.count(F.lit(1)).alias("input"),
-                           F.count(F.when(F.col("quarantine_reason").isNotNull(), 1)).alias("unparsed")).first()
         evaluated = time.monotonic()
         self.watermark.advance(batch_id, watermark, counts["newest"])
         silver = rows.where(kept)

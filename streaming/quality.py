@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 ORDER = tables.SOURCE_ORDER
 ROW = "_row"  # a unique id per row of the judged batch (the caller's persisted DataFrame)
-VERDICTS = "_verdicts"  # per row: (rule, severity, failed) of each rule that judged it
+VERDICTS = "_verdicts"  # per row, per rule of QualityJudge.ordered: (rule, severity, failed); null: not judged
 FLAGS = "quality_flags"
 REASON = "quarantine_reason"
 _MAX_SHOWN = 5  # dangling ids named in a reason
@@ -58,11 +58,6 @@ def field_ids(document: Column, path: str) -> Column:
                 F.try_variant_get(v, "$", "array<variant>"), F.array().cast("array<variant>"))))
         values = F.filter(picked, lambda v: v.isNotNull() & ~F.is_variant_null(v))
     return F.transform(values, lambda v: F.to_json(v))
-
-
-def _named(name: str) -> Callable[[Column], Column]:
-    """A one-argument predicate for F.filter: the verdict is the named rule's."""
-    return lambda v: v["rule"] == name
 
 
 def _getter(name: str) -> Callable[[Column], Column]:
@@ -93,6 +88,9 @@ class QualityJudge:
                 log.warning("quality rule %s references %s, which is not captured (COLLECTIONS): it is not checked",
                             rule.name, rule.references)
         self.rules = tuple(r for r in rules if not r.references or r.references in captured)
+        # The order rules are reported in: transitions last (they read what the other rules kept).
+        self.ordered = (*(r for r in self.rules if r.kind != "transitions"),
+                        *(r for r in self.rules if r.kind == "transitions"))
 
     @property
     def active(self) -> bool:
@@ -125,7 +123,7 @@ class QualityJudge:
             for rule in transitions:
                 failures[rule.name] = _transition_failure(rule)
         failed = {name: F.when(applies[name], failure) for name, failure in failures.items()}
-        ordered = [*(r for r in self.rules if r.kind != "transitions"), *transitions]
+        ordered = self.ordered
         reason = _joined("; ", [F.when(failed[r.name].isNotNull(), F.concat(F.lit(f"{QUALITY_REASON}{r.name}: "),
                                                                             failed[r.name]))
                                 for r in ordered if r.severity == "quarantine"])
@@ -135,9 +133,11 @@ class QualityJudge:
             F.lit(r.name).alias("rule"), F.lit(r.severity).alias("severity"),
             failed[r.name].isNotNull().alias("failed"))) for r in ordered]) if ordered else F.array()
         helper = [c for c in judged.columns if c.startswith("_dangling_") or c.startswith("_previous_")]
-        judged = judged.withColumns({REASON: reason, FLAGS: flags, VERDICTS: F.filter(verdicts, lambda v: v.isNotNull())
-                                     }).drop(*helper)
-        checks = (judged.select("collection", "event_date", F.explode(VERDICTS).alias("v"))
+        # Verdicts keep one place per rule (null where it does not apply): counting them by position is
+        # compiled code, where filtering the array by rule name ran a lambda per row and rule (5.7 s of a
+        # 100,000-row batch's counting, against 0.5 s).
+        judged = judged.withColumns({REASON: reason, FLAGS: flags, VERDICTS: verdicts}).drop(*helper)
+        checks = (judged.select("collection", "event_date", F.explode(VERDICTS).alias("v")).where("v IS NOT NULL")
                   .groupBy("collection", F.col("v.rule").alias("rule"), F.col("v.severity").alias("severity"),
                            "event_date")
                   .agg(F.count(F.lit(1)).alias("checked"), F.sum(F.col("v.failed").cast("long")).alias("failed")))
@@ -146,10 +146,10 @@ class QualityJudge:
     def totals(self) -> list[Column]:
         """Aggregate columns over judged rows: `checked:<rule>` and `failed:<rule>` per rule."""
         out = []
-        for rule in self.rules:
-            mine = F.filter(VERDICTS, _named(rule.name))
-            out += [F.sum(F.size(mine)).alias(f"checked:{rule.name}"),
-                    F.sum(F.size(F.filter(mine, lambda v: v["failed"]))).alias(f"failed:{rule.name}")]
+        for at, rule in enumerate(self.ordered):
+            verdict = F.col(VERDICTS)[at]
+            out += [F.count(verdict).alias(f"checked:{rule.name}"),
+                    F.count(F.when(verdict["failed"], 1)).alias(f"failed:{rule.name}")]
         return out
 
 
