@@ -39,6 +39,9 @@ class Checkpoint:
     acked_offsets: dict[str, int] = field(default_factory=dict)
     # The collections captured up to this token (None: a checkpoint from before it was recorded).
     collections: tuple[str, ...] | None = None
+    # (seconds, inc): every change of a cluster time before this one is published and acknowledged (the
+    # last event's time while busy; while idle, a time the stream was read past). A reconcile's cut.
+    read_until: tuple[int, int] | None = None
 
 
 def _entry(checkpoint: Checkpoint) -> dict[str, Any]:
@@ -48,6 +51,7 @@ def _entry(checkpoint: Checkpoint) -> dict[str, Any]:
         "events_published": checkpoint.events_published,
         "acked_offsets": checkpoint.acked_offsets,
         "collections": list(checkpoint.collections) if checkpoint.collections is not None else None,
+        "read_until": list(checkpoint.read_until) if checkpoint.read_until is not None else None,
     }
 
 
@@ -59,6 +63,7 @@ def _checkpoint(raw: dict[str, Any]) -> Checkpoint:
         events_published=int(raw.get("events_published", 0)),
         acked_offsets={k: int(v) for k, v in (raw.get("acked_offsets") or {}).items()},
         collections=tuple(raw["collections"]) if raw.get("collections") is not None else None,
+        read_until=(int(raw["read_until"][0]), int(raw["read_until"][1])) if raw.get("read_until") else None,
     )
 
 

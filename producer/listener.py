@@ -121,6 +121,10 @@ class ChangeStreamListener:
         self._position: SourcePosition | None = None
         # "topic:partition" -> offset after the last record Kafka acknowledged (collection topics).
         self._acked: dict[str, int] = {}
+        # The reconcile's cut (producer/checkpoint.Checkpoint.read_until), and MongoDB's time when the stream
+        # was last found idle: the next idle read, later, has seen everything before that time.
+        self._read_until: tuple[int, int] | None = None
+        self._idle_mark: tuple[int, int] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
     def request_stop(self, *_: object) -> None:
@@ -154,6 +158,7 @@ class ChangeStreamListener:
         while not self._stopping:
             checkpoint = self.store.load()
             try:
+                self._read_until, self._idle_mark = (checkpoint.read_until if checkpoint else None), None
                 if checkpoint is None:
                     self._acked = {}
                     if self.snapshot_mode == "never":
@@ -306,8 +311,13 @@ class ChangeStreamListener:
                 batch, then = self._read_batch(stream)
                 if batch:
                     self._publish(batch)
+                    self._idle_mark = None
+                    if self._position is not None:
+                        self._passed((self._position.cluster_time_s, self._position.cluster_time_inc))
                     if progress is not None:
                         progress.advance(len(batch))
+                elif then is None:
+                    self._idle()
                 if then is not None:
                     stream = self._after_lifecycle(stream, *then)
                     continue
@@ -324,6 +334,21 @@ class ChangeStreamListener:
             stream.close()
         if progress is not None:
             progress.close()
+
+    def _passed(self, at: tuple[int, int]) -> None:
+        if self._read_until is None or at > self._read_until:
+            self._read_until = at
+
+    def _idle(self) -> None:
+        """The stream had nothing: everything before the time taken at the previous idle read is read."""
+        if self._idle_mark is not None:
+            self._passed(self._idle_mark)
+        try:
+            now = cluster_time(self.db)
+            self._idle_mark = (now.time, now.inc)
+        except Exception as exc:  # noqa: BLE001 - only the cut waits; the stream's own errors come from it
+            log.debug("cannot read MongoDB's cluster time (%s)", exc)
+            self._idle_mark = None
 
     def _after_lifecycle(self, stream: Any, kind: str, value: Any) -> Any:
         """What a lifecycle event asks once the events before it are acknowledged: copy a collection
@@ -493,7 +518,7 @@ class ChangeStreamListener:
         if token is None or token == self._saved_token:
             return
         self.store.save(Checkpoint(dict(token), self._position, self.stats.published, dict(self._acked),
-                                   tuple(self.settings.collections)))
+                                   tuple(self.settings.collections), self._read_until))
         self._saved_token = token
         metrics.PRODUCER_TOKEN_SAVED.set_to_current_time()
         if self._position is not None:
@@ -518,6 +543,8 @@ def republish(settings: Settings, resume_token: Mapping[str, Any] | None = None,
     import tempfile
     from pathlib import Path
 
+    if resume_token is not None or start_at is not None:
+        _can_stream_from(settings, resume_token, start_at)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="replay-kafka-", dir=settings.state_dir) as scratch:
         replay_settings = settings.replace(state_dir=Path(scratch))
@@ -530,3 +557,13 @@ def republish(settings: Settings, resume_token: Mapping[str, Any] | None = None,
             return listener.run(until_idle=True)
         finally:
             listener.close()
+
+
+def _can_stream_from(settings: Settings, resume_token: Mapping[str, Any] | None, start_at: Any) -> None:
+    """Open and close the change stream at the start point: a token or time MongoDB refuses is refused
+    before anything is created (a captured collection with its pre-images, a Kafka topic)."""
+    client = connect_mongo(settings, "lakehouse-replay")
+    try:
+        ChangeStream(client[settings.mongo_db], watch_pipeline(settings), resume_token, start_at).close()
+    finally:
+        client.close()

@@ -30,6 +30,7 @@ class Differences:
     extra: list[str] = field(default_factory=list)  # in the warehouse, not in the source
     mismatched: list[str] = field(default_factory=list)  # in both, different hash
     ids: dict[str, str] = field(default_factory=dict)  # doc_id -> _id as Extended JSON (missing, mismatched)
+    digests: dict[str, str | None] = field(default_factory=dict)  # doc_id -> the source's digest of a difference
 
 
 def compare(settings: Settings, collection: str, source: Iterable[pa.RecordBatch], only: list[str] | None = None,
@@ -49,11 +50,12 @@ def compare(settings: Settings, collection: str, source: Iterable[pa.RecordBatch
         scratch.unregister("warehouse_arrow")
         found = Differences()
         rows = scratch.execute(
-            "SELECT coalesce(s.doc_id, w.doc_id), s.id_json, s.digest IS NULL, w.digest IS NULL "
+            "SELECT coalesce(s.doc_id, w.doc_id), s.id_json, s.digest, w.digest IS NULL "
             "FROM src s FULL OUTER JOIN wh w ON s.doc_id = w.doc_id "
             "WHERE s.digest IS DISTINCT FROM w.digest").fetchall()
-        for doc_id, id_json, not_in_source, not_in_warehouse in rows:
-            if not_in_source:
+        for doc_id, id_json, digest, not_in_warehouse in rows:
+            found.digests[doc_id] = digest
+            if digest is None:
                 found.extra.append(doc_id)
             else:
                 found.ids[doc_id] = id_json

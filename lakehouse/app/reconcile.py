@@ -5,6 +5,15 @@ MongoDB's documents are hashed as they arrive (the same Extended JSON the produc
 to the warehouse's side of the comparison (warehouse/reconcile.py), which joins them with the
 warehouse's current rows. Only identities and hashes are held, never the documents.
 
+A difference is counted, and repaired, only where the warehouse is really wrong. A periodic round
+(`confirmed`) takes a cut after its first look: MongoDB's cluster time then. It waits until the whole chain
+has passed the cut (the producer has read the change stream past it, Kafka acknowledged that, the
+streaming job committed those offsets, and a load ran), then looks again at what differed. A document
+still different whose MongoDB state did not change between the two looks was in the same state at the
+cut, which the warehouse must then hold: that is a difference. One that changed in between has a newer
+change on its way: it is "in flight" and counts next round if it is still wrong then. A chain that does
+not pass the cut in time defers the round: nothing is counted or repaired.
+
 A repair publishes, for each missing or mismatched document, its state as read from MongoDB after the
 reconcile began, as a `snapshot` event at the cluster time the reconcile began (any later change has a
 later cluster time, so it still wins); and for each document MongoDB no longer has, a `delete` at that
@@ -32,13 +41,14 @@ from lakehouse.adapters.kafka import KafkaTransient, end_offsets, publisher, rea
 from lakehouse.adapters.mongo import cluster_time
 from lakehouse.adapters.mongo import connect as connect_mongo
 from lakehouse.contracts import events, tables
-from lakehouse.contracts.positions import committed_offsets, partition_key
+from lakehouse.contracts.positions import committed_offsets, split_key
 from lakehouse.core import metrics
 from lakehouse.core.config import Settings
 from lakehouse.core.errors import ServerUnreachable
 from lakehouse.core.files import write_json_atomically
 from lakehouse.core.progress import Progress
 from lakehouse.core.rules import QUALITY_REASON
+from producer.checkpoint import CheckpointUnreadable, FileCheckpointStore
 from warehouse.loader import require_warehouse
 from warehouse.reconcile import SOURCE_COLUMNS, compare, current_documents, current_keys
 
@@ -65,10 +75,19 @@ class Reconciliation:
     # In MongoDB as a version a quality rule of severity quarantine kept out of silver (its change is in
     # the lake's quarantine table with the rule's name): accounted for, reported, not repaired.
     quarantined: list[str] = field(default_factory=list)
+    digests: dict[str, str | None] = field(default_factory=dict)  # doc_id -> MongoDB's digest (None: absent)
+    # Differences whose document has a newer change on its way: not counted, not repaired.
+    in_flight: list[str] = field(default_factory=list)
+    deferred: bool = False  # the chain did not pass the round's cut in time: nothing was decided
 
     @property
     def ok(self) -> bool:
         return not (self.missing or self.extra or self.mismatched)
+
+    def defer(self) -> None:
+        """Nothing decided: every difference of the first look is taken as in flight."""
+        self.in_flight = sorted({*self.in_flight, *self.missing, *self.extra, *self.mismatched})
+        self.missing, self.extra, self.mismatched, self.deferred = [], [], [], True
 
     def line(self) -> str:
         """`reconciled: collection=NAME source=...` for one collection; the total has no collection."""
@@ -76,6 +95,8 @@ class Reconciliation:
         return (
             f"reconciled: {named}source={self.source} warehouse={self.warehouse} missing={len(self.missing)} "
             f"extra={len(self.extra)} mismatched={len(self.mismatched)}"
+            + (f" (deferred: {len(self.in_flight)} documents in flight)" if self.deferred
+               else f" (in flight: {len(self.in_flight)})" if self.in_flight else "")
             + (f" (dead-lettered, not loaded: {len(self.dead_lettered)})" if self.dead_lettered else "")
             + (f" (quarantined by a quality rule: {len(self.quarantined)})" if self.quarantined else "")
         )
@@ -83,7 +104,8 @@ class Reconciliation:
     def examples(self, limit: int = 5) -> list[str]:
         out = []
         for label, keys in (("missing", self.missing), ("extra", self.extra), ("mismatched", self.mismatched),
-                            ("dead-lettered", self.dead_lettered), ("quarantined", self.quarantined)):
+                            ("dead-lettered", self.dead_lettered), ("quarantined", self.quarantined),
+                            ("in flight", self.in_flight)):
             if keys:
                 out.append(f"  {label}: {', '.join(sorted(keys)[:limit])}{' ...' if len(keys) > limit else ''}")
         return out
@@ -127,13 +149,17 @@ def reconcile(settings: Settings, collection: str = "orders", keys: Reconciliati
         with Progress(f"reconcile {collection}: read MongoDB", total=total, unit="documents") as progress:
             found = compare(settings, collection, _source_chunks(db[collection], query), only, progress.advance)
         result = Reconciliation(found.source, found.warehouse, found.missing, found.extra, found.mismatched,
-                                collection=collection, cluster_time=(began.time, began.inc), ids=found.ids)
+                                collection=collection, cluster_time=(began.time, began.inc), ids=found.ids,
+                                digests=found.digests)
         if result.mismatched:
             result.mismatched = _really_different(settings, db[collection], result)
-        if result.missing:
+        if result.missing or result.mismatched:
+            # A document whose change the producer dead-lettered (too large for Kafka, say) is behind in the
+            # warehouse by design, and a repair would be refused the same way: accounted for, not repaired.
             refused = dead_lettered(settings, collection)
-            result.dead_lettered = [k for k in result.missing if k in refused]
+            result.dead_lettered = sorted(k for k in (*result.missing, *result.mismatched) if k in refused)
             result.missing = [k for k in result.missing if k not in refused]
+            result.mismatched = [k for k in result.mismatched if k not in refused]
         if result.missing or result.mismatched:
             held = _held_by_quality_rules(settings, db[collection], result)
             result.quarantined = sorted(held)
@@ -209,41 +235,27 @@ def _really_different(settings: Settings, collection: Any, result: Reconciliatio
 
 def confirmed(settings: Settings, firsts: list[Reconciliation], settle: float, meanwhile: Callable[[], object],
               wait: Callable[[float], object] = time.sleep, catch_up_limit: float = 300.0) -> list[Reconciliation]:
-    """The differences of `firsts` (one result per collection) that are still there once the chain has
-    caught up: after `settle` seconds (the producer publishes what was in flight), the streaming job has
-    committed everything Kafka held then of the collections that differed (at most `catch_up_limit`
-    more seconds) and `meanwhile` (a load) has run. Changes in flight when `firsts` looked are then no
-    longer differences. The wait is shared: it does not grow with the number of collections."""
+    """The differences of `firsts` (one result per collection) that are real: still there once the chain
+    has passed a cut taken after the first look, on documents MongoDB did not change in between (module
+    docstring). `meanwhile` (a load) runs while waiting and once the chain has passed the cut. At least
+    `settle` seconds pass before the second look. The wait is shared: it does not grow with the number
+    of collections. A chain that does not pass the cut within `catch_up_limit` seconds defers the round."""
     differing = [first for first in firsts if not first.ok]
     if not differing:
         return firsts
-    deadline = time.monotonic() + settle
-    while time.monotonic() < deadline:
+    cut = _now(settings)
+    settled = time.monotonic() + settle
+    behind = _chain_passes(settings, cut, [first.collection for first in differing], meanwhile, wait,
+                           time.monotonic() + catch_up_limit)
+    if behind is not None:
+        for first in differing:
+            first.defer()
+        log.warning("reconcile deferred: %d documents in flight, nothing repaired: %s",
+                    sum(len(first.in_flight) for first in differing), behind)
+        return firsts
+    while time.monotonic() < settled:
         meanwhile()
-        wait(min(1.0, max(0.0, deadline - time.monotonic())))
-    deadline = time.monotonic() + catch_up_limit
-    topics = [settings.topic_for(first.collection) for first in differing]
-    target: dict[str, int] | None = None
-    while target is None:
-        try:
-            target = {partition_key(t, p): o for (t, p), o in end_offsets(settings, topics).items()}
-        except Exception as exc:  # noqa: BLE001 - Kafka away for a moment (a restart): ask again
-            if time.monotonic() > deadline:
-                log.warning("cannot read Kafka's end offsets (%s); looking again without waiting for the "
-                            "streaming job", exc)
-                target = {}
-            else:
-                meanwhile()
-                wait(2.0)
-    while time.monotonic() < deadline:
-        committed = committed_offsets(settings.spark_checkpoint)
-        if all(committed.get(k, 0) >= o for k, o in target.items()):
-            break
-        meanwhile()
-        wait(1.0)
-    else:
-        log.warning("the streaming job did not catch up with Kafka within %.0fs; looking again anyway",
-                    catch_up_limit)
+        wait(min(1.0, max(0.0, settled - time.monotonic())))
     meanwhile()
     results = []
     for first in firsts:
@@ -252,8 +264,66 @@ def confirmed(settings: Settings, firsts: list[Reconciliation], settle: float, m
             continue
         second = reconcile(settings, first.collection, keys=first)
         second.source, second.warehouse = first.source, first.warehouse
+        second.in_flight = sorted({*first.in_flight, *_changed_since(first, second)})
         results.append(second)
     return results
+
+
+def _now(settings: Settings) -> tuple[int, int]:
+    client = connect_mongo(settings, "lakehouse-reconcile")
+    try:
+        now = cluster_time(client[settings.mongo_db])
+        return now.time, now.inc
+    finally:
+        client.close()
+
+
+def _chain_passes(settings: Settings, cut: tuple[int, int], collections: list[str], meanwhile: Callable[[], object],
+                  wait: Callable[[float], object], deadline: float) -> str | None:
+    """Wait until every change before `cut` is in the lake: the producer has read past it (its checkpoint
+    says so, after Kafka acknowledged) and the streaming job has committed the offsets acknowledged then.
+    None when it has; else what is behind."""
+    store = FileCheckpointStore(settings.producer_checkpoint)
+    topics = {settings.topic_for(name) for name in collections}
+    target: dict[str, int] | None = None
+    while target is None:
+        try:
+            checkpoint = store.load()
+        except CheckpointUnreadable:
+            checkpoint = None
+        if checkpoint is not None and checkpoint.read_until is not None and checkpoint.read_until > cut:
+            target = {k: o for k, o in checkpoint.acked_offsets.items() if split_key(k)[0] in topics}
+        elif time.monotonic() > deadline:
+            read = "nothing" if checkpoint is None or checkpoint.read_until is None else \
+                f"up to {checkpoint.read_until[0]}.{checkpoint.read_until[1]}"
+            return (f"the producer has not read MongoDB's changes past cluster time {cut[0]}.{cut[1]} ({read} read; "
+                    f"is `lakehouse produce` running?)")
+        else:
+            meanwhile()
+            wait(1.0)
+    while True:
+        committed = committed_offsets(settings.spark_checkpoint)
+        late = {k: (committed.get(k, 0), o) for k, o in target.items() if committed.get(k, 0) < o}
+        if not late:
+            return None
+        if time.monotonic() > deadline:
+            key, (at, wanted) = next(iter(late.items()))
+            return (f"the streaming job has not committed what Kafka acknowledged before the cut ({len(late)} "
+                    f"partitions behind, e.g. {key} at {at} of {wanted}; is `lakehouse stream` running?)")
+        meanwhile()
+        wait(1.0)
+
+
+def _changed_since(first: Reconciliation, second: Reconciliation) -> list[str]:
+    """Differences of the second look on documents MongoDB changed since the first: in flight. They are
+    taken out of `second`'s differences."""
+    moved = []
+    for name in ("missing", "extra", "mismatched"):
+        keys = getattr(second, name)
+        still = [k for k in keys if second.digests.get(k) == first.digests.get(k)]
+        moved += [k for k in keys if k not in set(still)]
+        setattr(second, name, still)
+    return moved
 
 
 def repair(settings: Settings, result: Reconciliation, say: Callable[[str], None] = log.info) -> int:
@@ -268,12 +338,18 @@ def repair(settings: Settings, result: Reconciliation, say: Callable[[str], None
     def publish(repairs: list[dict[str, Any]]) -> None:
         sent = sender.send_all(repairs, lambda e: (topic, events.kafka_key(e), events.encode(e)),
                                   flush_timeout=120)
-        if sent.failure is not None or sent.refused:
-            raise sent.failure or KafkaTransient(f"Kafka refused {len(sent.refused)} repair events: "
-                                                 f"{sent.refused[0][1]}")
+        if sent.failure is not None:
+            raise sent.failure
+        for event, reason in sent.refused:
+            # Refused for good (too large, say), as the producer's change was: reported, never retried, so
+            # a periodic round does not fail on it again and again.
+            refused.append(event["doc_id"])
+            say(f"repair: Kafka refused {result.collection} {event['doc_id']} ({reason}); it is counted as "
+                "dead-lettered, not repaired")
         result.repaired += len(sent.acked)
         metrics.LOADER_REPAIRED.inc(len(sent.acked))
 
+    refused: list[str] = []
     try:
         collection = client[settings.mongo_db][result.collection]
         wanted = [json_util.loads(result.ids[k])["_id"] for k in (*result.missing, *result.mismatched)]
@@ -288,6 +364,11 @@ def repair(settings: Settings, result: Reconciliation, say: Callable[[str], None
     finally:
         sender.close()
         client.close()
+        if refused:
+            gone = set(refused)
+            result.dead_lettered = sorted({*result.dead_lettered, *gone})
+            result.missing = [k for k in result.missing if k not in gone]
+            result.mismatched = [k for k in result.mismatched if k not in gone]
     say(f"repair: published {result.repaired} repair events to {topic} ({len(result.missing)} missing, "
         f"{len(result.mismatched)} mismatched from MongoDB as of cluster time {at[0]}.{at[1]}, {len(result.extra)} "
         "deleted); the warehouse has them once the streaming job and the loader have caught up")
@@ -302,10 +383,11 @@ def reconcile_each(settings: Settings, names: tuple[str, ...] | None = None) -> 
 def combined(results: list[Reconciliation]) -> Reconciliation:
     """The sum of several collections' results (differences named collection/doc_id)."""
     total = Reconciliation(sum(r.source for r in results), sum(r.warehouse for r in results), collection=ALL,
-                           repaired=sum(r.repaired for r in results))
+                           repaired=sum(r.repaired for r in results), deferred=any(r.deferred for r in results))
     for r in results:
         for mine, theirs in ((total.missing, r.missing), (total.extra, r.extra), (total.mismatched, r.mismatched),
-                             (total.dead_lettered, r.dead_lettered), (total.quarantined, r.quarantined)):
+                             (total.dead_lettered, r.dead_lettered), (total.quarantined, r.quarantined),
+                             (total.in_flight, r.in_flight)):
             mine.extend(f"{r.collection}/{k}" for k in theirs)
     return total
 
@@ -314,7 +396,7 @@ def _summary(result: Reconciliation) -> dict[str, Any]:
     return {"collection": result.collection, "source": result.source, "warehouse": result.warehouse,
             "missing": len(result.missing), "extra": len(result.extra), "mismatched": len(result.mismatched),
             "dead_lettered": len(result.dead_lettered), "quarantined": len(result.quarantined),
-            "repaired": result.repaired}
+            "in_flight": len(result.in_flight), "deferred": int(result.deferred), "repaired": result.repaired}
 
 
 def record(settings: Settings, results: list[Reconciliation], confirmed_after: float | None = None) -> None:
@@ -344,8 +426,9 @@ def round_of(settings: Settings, do_repair: bool, settle: float, meanwhile: Call
             repair(settings, result, say)
     record(settings, results, settle)
     *each, total = lines(results)
+    how = ("deferred: the chain did not pass the round's cut in time, nothing repaired"
+           if combined(results).deferred else "differences only where the chain had passed the round's cut")
     for line in each:
-        say(f"{line} (differences confirmed after {settle:g}s)")
-    say(f"{total}{f' repaired={combined(results).repaired}' if do_repair else ''} (differences confirmed after "
-        f"{settle:g}s)")
+        say(f"{line} ({how})")
+    say(f"{total}{f' repaired={combined(results).repaired}' if do_repair else ''} ({how})")
     return results

@@ -258,6 +258,9 @@ def render(report: dict[str, Any]) -> list[str]:
     lines.append(f"  reconcile  {r['state']}" if r["state"] != "ok" else
                  f"  reconcile  {r['at']} {r['collection']}: source={r['source']} warehouse={r['warehouse']} "
                  f"missing={r['missing']} extra={r['extra']} mismatched={r['mismatched']} repaired={r['repaired']}"
+                 + (f" (deferred: {r.get('in_flight', 0)} documents in flight)" if r.get("deferred")
+                    else f" (in flight: {r['in_flight']})" if r.get("in_flight") else "")
+                 + (f" (dead-lettered: {r['dead_lettered']})" if r.get("dead_lettered") else "")
                  + (f" (quarantined by a quality rule: {r['quarantined']})" if r.get("quarantined") else ""))
     fresh = report["freshness_seconds"]
     lines.append(f"  end to end {'unknown' if fresh is None else f'{fresh} s'} between the newest change in "
@@ -330,7 +333,7 @@ def metric_families(report: dict[str, Any]) -> list[GaugeMetricFamily]:
     gauge("dead_lettered_by_reason", "Dead-lettered events by reason (of the newest read)",
           [({"reason": reason}, n) for reason, n in (letters.get("by_reason") or {}).items()])
     r = report.get("reconcile", {})
-    for key in ("missing", "extra", "mismatched", "repaired", "quarantined"):
+    for key in ("missing", "extra", "mismatched", "repaired", "quarantined", "dead_lettered", "in_flight", "deferred"):
         gauge(f"reconcile_{key}", f"Documents {key} at the last reconcile", [({}, r.get(key))])
         gauge(f"reconcile_collection_{key}", f"Documents {key} per collection at the last reconcile",
               [({"collection": c["collection"]}, c.get(key)) for c in r.get("collections") or []])

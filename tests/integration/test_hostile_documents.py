@@ -9,9 +9,12 @@ from decimal import Decimal
 
 from bson import Binary, Decimal128, Int64, ObjectId
 from bson.son import SON
+from click.testing import CliRunner
 from deltalake import DeltaTable
 
+from lakehouse.adapters.kafka import end_offsets
 from lakehouse.adapters.mongo import connect as connect_mongo
+from lakehouse.app.cli import cli
 from lakehouse.app.reconcile import reconcile
 from lakehouse.contracts import events, tables
 from lakehouse.core.config import Settings
@@ -87,3 +90,16 @@ def test_every_document_reaches_the_warehouse_as_mongodb_holds_it_or_the_dead_le
     # A huge order_id is a bounded key; the event keeps the original.
     huge = rows[events.doc_id_text({"_id": "order-id-6"})]
     assert huge["order_id"] == "x" * 300_000
+
+    # Updated past Kafka's record size: the change is dead-lettered and the warehouse keeps the version
+    # before. Reconcile accounts for it as dead-lettered, not as a difference, and a repair tries nothing:
+    # the command succeeds and publishes no event (a loader's periodic round would not fail on it forever).
+    fits = events.doc_id_text({"_id": "fits"})
+    orders.update_one({"_id": "fits"}, {"$set": {"pad": "z" * 1_100_000}})
+    drain(settings)
+    result = reconcile(settings)
+    assert result.ok and fits in result.dead_lettered, (result.line(), result.examples())
+    published = end_offsets(settings, settings.topics)
+    repaired = CliRunner().invoke(cli, ["reconcile", "--repair"], env=settings.to_env())
+    assert repaired.exit_code == 0 and "dead-lettered, not loaded: 2" in repaired.output, repaired.output
+    assert end_offsets(settings, settings.topics) == published

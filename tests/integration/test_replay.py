@@ -31,6 +31,17 @@ def change_ids(settings: Settings) -> set[str]:
         con.close()
 
 
+def topics_named_like(settings: Settings) -> set[str]:
+    """The broker's topics named like this test's."""
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    try:
+        return {t for t in admin.list_topics() if t.startswith(settings.topic_prefix + ".")}
+    finally:
+        admin.close()
+
+
 def silver_rows(settings: Settings) -> int:
     return DeltaTable(str(settings.table_path(tables.SILVER))).to_pyarrow_dataset().count_rows()
 
@@ -100,6 +111,11 @@ def test_replay_from_every_starting_point_twice_then_reconcile(spark: object, se
 
 def test_replay_cli_dry_run_and_bad_start_points(settings: Settings) -> None:
     client = connect_mongo(settings)
+    # A start point MongoDB refuses is refused before anything is made: no collection, no pre-images, no topic.
+    result = CliRunner().invoke(cli, ["replay", "--into", "kafka", "--from-token", "deadbeef"], env=settings.to_env())
+    assert result.exit_code == 2 and "cannot replay from" in result.output, result.output
+    assert client[settings.mongo_db].list_collection_names() == []
+    assert topics_named_like(settings) == set()
     OrderGenerator.for_database(client[settings.mongo_db], settings.collections, seed=6).run(20)
     client.close()
     drain(settings)
