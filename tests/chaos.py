@@ -14,14 +14,22 @@ requires: reconcile 0/0/0, no duplicate change_id, every witnessed change in the
 stage back within RECOVERY_LIMIT_S after each kill, no Kafka data loss found after the broker's graceful
 restart or its SIGKILL (a real broker keeps what it acknowledged), and the re-created topic's loss found.
 It prints a summary and exits 0 only if all hold.
+
+`--faults none` (no fault at all) and `--faults restarts` (the streaming job SIGKILLed once, the broker
+restarted once) check that reconcile never cries wolf: with nothing lost, every periodic round of the
+loader reports 0 differences and repairs 0 documents. `--plant` removes documents from the warehouse,
+changes others and adds rows MongoDB never had, three times while the generator runs: the rounds must
+find and repair those and no others (a planted document a later change set right needs no repair).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -81,9 +89,16 @@ class Stage:
     recoveries: list[float] = field(default_factory=list)
 
 
+FAULTS = ("all", "restarts", "none")
+ROUND = re.compile(r"^reconciled: source=\d+ warehouse=\d+ missing=(\d+) extra=(\d+) mismatched=(\d+)(.*)$")
+REPAIRED = "repair: documents "
+
+
 class Chaos:
-    def __init__(self, base: Path, minutes: float, rate: float, seed: int) -> None:
-        self.base, self.minutes, self.rate = base, minutes, rate
+    def __init__(self, base: Path, minutes: float, rate: float, seed: int, faults: str = "all",
+                 plant: bool = False) -> None:
+        self.base, self.minutes, self.rate, self.faults, self.plant = base, minutes, rate, faults, plant
+        self.planted: dict[str, tuple[str, tuple[int, int]]] = {}  # "collection/doc_id" -> (how, version)
         self.rng = random.Random(seed)
         self.settings = Settings.from_env(
             mongo_uri=f"mongodb://127.0.0.1:{free_port()}/", kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",
@@ -205,14 +220,20 @@ class Chaos:
         started = time.monotonic()
         duration = self.minutes * 60
         faults: list[tuple[float, Callable[[], None]]] = []
-        for name in ("producer", "streaming", "loader"):
-            for _ in range(3):
-                faults.append((self.rng.uniform(0.1, 0.9) * duration, lambda n=name: self.kill(self.stages[n])))
-        faults.append((0.3 * duration, self.restart_mongo))
-        faults.append((0.5 * duration, self.restart_kafka))
-        faults.append((0.7 * duration, self.kill_kafka))
-        faults.append((0.85 * duration, self.recreate_orders_topic))
-        faults.append((0.4 * duration, lambda: self.hold_reader(15)))
+        if self.faults == "all":
+            for name in ("producer", "streaming", "loader"):
+                for _ in range(3):
+                    faults.append((self.rng.uniform(0.1, 0.9) * duration, lambda n=name: self.kill(self.stages[n])))
+            faults.append((0.3 * duration, self.restart_mongo))
+            faults.append((0.5 * duration, self.restart_kafka))
+            faults.append((0.7 * duration, self.kill_kafka))
+            faults.append((0.85 * duration, self.recreate_orders_topic))
+            faults.append((0.4 * duration, lambda: self.hold_reader(15)))
+        elif self.faults == "restarts":
+            faults.append((0.3 * duration, lambda: self.kill(self.stages["streaming"])))
+            faults.append((0.6 * duration, self.restart_kafka))
+        if self.plant:
+            faults += [(at * duration, self.plant_losses) for at in (0.25, 0.5, 0.75)]
         faults.sort(key=lambda f: f[0])
         try:
             while time.monotonic() - started < duration:
@@ -240,6 +261,76 @@ class Chaos:
                 say(line)
         print("\n".join(report), flush=True)
         return 0 if ok else 1
+
+    def plant_losses(self, each: int = 3) -> None:
+        """Make the warehouse wrong on purpose, between two of the loader's loads: `each` orders removed,
+        `each` changed and `each` rows MongoDB never had."""
+        from warehouse.loader import connect
+        from warehouse.schema import WarehouseSchema
+
+        s = self.settings
+        table = s.collection("orders").table
+        deadline = time.monotonic() + 300
+        while self._warehouse_rows(table) <= 2 * each:  # the first loads come after Spark's start
+            if time.monotonic() > deadline:
+                self.note("could not plant losses: the warehouse has loaded no orders yet")
+                return
+            time.sleep(2)
+        client = connect_mongo(s)
+        try:
+            at = client[s.mongo_db].command("ping")["operationTime"]
+        finally:
+            client.close()
+        con = connect(s.warehouse_path, schema=WarehouseSchema.of(s), wait=120)
+        try:
+            rows = con.execute(f"SELECT doc_id, document, cluster_time_s, cluster_time_inc FROM {table} "
+                               f"ORDER BY random() LIMIT {2 * each}").fetchall()
+            removed, changed = rows[:each], rows[each:]
+            con.executemany(f"DELETE FROM {table} WHERE doc_id = ?", [[d] for d, *_ in removed])
+            for doc_id, document, *_ in changed:
+                tampered = {**json.loads(document), "planted": self.rng.randrange(1 << 30)}
+                con.execute(f"UPDATE {table} SET document = ? WHERE doc_id = ?", [json.dumps(tampered), doc_id])
+            extra = [json.dumps(f"planted-{len(self.planted)}-{n}") for n in range(each)]
+            for doc_id in extra:
+                con.execute(f"INSERT INTO {table} SELECT * REPLACE (? AS doc_id) FROM {table} LIMIT 1", [doc_id])
+        finally:
+            con.close()
+        # A planted row is set right by any change newer than the version it held, loaded after the planting.
+        self.planted.update({f"orders/{d}": ("removed", (t, i)) for d, _, t, i in removed})
+        self.planted.update({f"orders/{d}": ("changed", (t, i)) for d, _, t, i in changed})
+        self.planted.update({f"orders/{d}": ("extra", (at.time, at.inc)) for d in extra})
+        self.note(f"planted {len(removed)} removed, {len(changed)} changed and {len(extra)} extra orders in the "
+                  "warehouse")
+
+    def _warehouse_rows(self, table: str) -> int:
+        from warehouse.loader import WarehouseError, connect
+
+        try:
+            con = connect(self.settings.warehouse_path, read_only=True)
+        except WarehouseError:
+            return 0
+        try:
+            return int(con.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+        except Exception:  # noqa: BLE001 - no table yet
+            return 0
+        finally:
+            con.close()
+
+    def rounds(self) -> tuple[list[tuple[int, bool, str]], set[str]]:
+        """The loader's periodic reconciles: (differences, deferred, line) per round, and every document
+        a round repaired ("collection/doc_id")."""
+        log = (self.logs / "loader.log").read_text(errors="replace") if (self.logs / "loader.log").exists() else ""
+        found, repaired = [], set()
+        for line in log.splitlines():
+            text = line.split(" INFO ", 1)[-1].split(": ", 1)[-1] if " INFO " in line else line
+            match = ROUND.match(text.strip())
+            if match:
+                found.append((sum(int(g) for g in match.groups()[:3]), "deferred" in match.group(4), text.strip()))
+            if REPAIRED in line:
+                named, _ = json.JSONDecoder().raw_decode(line.split(REPAIRED, 1)[1])
+                for collection, ids in named.items():
+                    repaired |= {f"{collection}/{k}" for k in ids}
+        return found, repaired
 
     def restart_mongo(self) -> None:
         say(servers.stop_mongo(self.settings))
@@ -341,10 +432,38 @@ class Chaos:
         recreated = per_fault.get("orders topic re-created")
         loader_log = (self.logs / "loader.log").read_text(errors="replace")
         repaired = sum(int(part.split()[0]) for part in loader_log.split("repair: published ")[1:])
+        rounds, repaired_docs = self.rounds()
+        decided = [r for r in rounds if not r[1]]
+        wolf: list[str] = []  # what the periodic rounds got wrong
+        if self.plant:
+            healed = set()
+            con = connect(s.warehouse_path, read_only=True)
+            try:
+                for key, (how, at) in self.planted.items():
+                    doc_id = key.split("/", 1)[1]
+                    if how != "extra" and con.execute(
+                            f"SELECT count(*) FROM {ident(s.collection('orders').changes)} WHERE doc_id = ? AND "
+                            "op <> 'snapshot' AND (cluster_time_s, cluster_time_inc) > (?, ?)",
+                            [doc_id, at[0], at[1]]).fetchone()[0]:
+                        healed.add(key)
+            finally:
+                con.close()
+            stray = repaired_docs - set(self.planted)
+            missed = set(self.planted) - repaired_docs - healed
+            if stray:
+                wolf.append(f"repaired {len(stray)} documents that were not planted, e.g. {sorted(stray)[:3]}")
+            wolf += [f"{len(missed)} planted documents neither repaired nor set right by a later change, e.g. "
+                     f"{sorted(missed)[:3]}"] if missed else []
+        elif self.faults != "all":
+            wolf += [f"{len(repaired_docs)} documents repaired with nothing lost"] if repaired_docs else []
+            wolf += [f"{len(r)} rounds reported differences with nothing lost, e.g. {r[0][2]}"
+                     for r in [[r for r in decided if r[0]]] if r]
+        if self.faults != "all" or self.plant:
+            wolf += ["no periodic reconcile decided anything (all deferred or none ran)"] if not decided else []
         slow = {n: max(st.recoveries, default=0) for n, st in self.stages.items()
                 if max(st.recoveries, default=0) > RECOVERY_LIMIT_S[n]}
         ok = bool(result and result.ok) and not missing_changes and len(facts) == len(set(facts)) and not slow \
-            and broker_losses == 0 and (recreated is None or sum(recreated) > 0)
+            and broker_losses == 0 and (recreated is None or sum(recreated) > 0) and not wolf
         report = ["", "chaos summary", f"  changes generated {self.generated}, witnessed {len(witness)}"]
         for name, st in self.stages.items():
             times = ", ".join(f"{t:.1f}s" for t in st.recoveries)
@@ -361,6 +480,10 @@ class Chaos:
             f"witnessed changes missing from the facts {len(missing_changes)} (besides {len(unread_destroyed)} whose "
             f"only copy was in the deleted topic, unread, or made before its re-snapshot: their documents' state is "
             f"repaired, that history is gone)",
+            f"  periodic reconciles: {len(rounds)} rounds, {len(rounds) - len(decided)} deferred, "
+            f"{sum(1 for r in decided if r[0])} with differences; documents repaired {len(repaired_docs)}"
+            + (f", planted {len(self.planted)}" if self.plant else ""),
+            *(f"  WRONG: {w}" for w in wolf),
             *(f"  {line}" for line in (lines(results) if result else ["reconcile never ran"])),
             f"  {'PASSED' if ok else 'FAILED'}; logs in {self.logs}",
         ]
@@ -373,10 +496,15 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=150.0, help="changes per second")
     parser.add_argument("--seed", type=int, default=int(time.time()))
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder (logs, lake, warehouse)")
+    parser.add_argument("--faults", choices=FAULTS, default="all",
+                        help="all (default); restarts: the streaming job SIGKILLed and Kafka restarted once each; "
+                             "none. With restarts or none, no round may report a difference or repair anything")
+    parser.add_argument("--plant", action="store_true",
+                        help="plant losses in the warehouse three times: exactly those must be repaired")
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="chaos-", dir=Path("data").resolve() if Path("data").exists() else None))
     say(f"chaos run: {args.minutes:g} minutes at {args.rate:g} changes/s, seed {args.seed}, in {base}")
-    code = Chaos(base, args.minutes, args.rate, args.seed).run()
+    code = Chaos(base, args.minutes, args.rate, args.seed, args.faults, args.plant).run()
     if not args.keep and code == 0:
         import shutil
 

@@ -55,6 +55,7 @@ from warehouse.reconcile import SOURCE_COLUMNS, compare, current_documents, curr
 log = logging.getLogger(__name__)
 
 CHUNK = 10_000
+REPAIRS_NAMED = 1_000  # documents a repair names in its log line
 ALL = "all"  # the collection of a result that sums several
 
 
@@ -369,6 +370,10 @@ def repair(settings: Settings, result: Reconciliation, say: Callable[[str], None
             result.dead_lettered = sorted({*result.dead_lettered, *gone})
             result.missing = [k for k in result.missing if k not in gone]
             result.mismatched = [k for k in result.mismatched if k not in gone]
+    sent_ids = [k for k in (*result.missing, *result.mismatched, *result.extra) if k not in set(refused)]
+    if sent_ids:  # which documents, for the operator (and the chaos run's check that only real ones are)
+        say(f"repair: documents {json.dumps({result.collection: sent_ids[:REPAIRS_NAMED]})}"
+            + (f" and {len(sent_ids) - REPAIRS_NAMED} more" if len(sent_ids) > REPAIRS_NAMED else ""))
     say(f"repair: published {result.repaired} repair events to {topic} ({len(result.missing)} missing, "
         f"{len(result.mismatched)} mismatched from MongoDB as of cluster time {at[0]}.{at[1]}, {len(result.extra)} "
         "deleted); the warehouse has them once the streaming job and the loader have caught up")
