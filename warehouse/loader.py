@@ -354,11 +354,61 @@ def current_counts(con: duckdb.DuckDBPyConnection, schema: WarehouseSchema) -> d
     return {spec.name: count(con, spec.table) for spec in schema.collections}
 
 
+LAKE_ID = "lake_silver_table_id"  # warehouse_meta: the silver table (its Delta id) the warehouse was loaded from
+
+
+class LakeMismatch(WarehouseError):
+    """The warehouse was loaded from another lake than the one configured; the message says what to do."""
+
+
+def check_lake(con: duckdb.DuckDBPyConnection, settings: Settings, silver: LakeTable | None) -> None:
+    """Refuse a warehouse loaded from another lake than settings.lake_path: the lake deleted or replaced,
+    another project's lake, or a warehouse copied from elsewhere. Reading on would load nothing, or the
+    wrong versions, or fail deep in delta-rs."""
+    if "load_state" not in _present(con):
+        return
+    loaded = [v for (v,) in con.execute("SELECT delta_version FROM load_state").fetchall() if v is not None]
+    if not loaded:
+        return
+    recorded = (_meta(con) or {}).get(LAKE_ID)
+    newest = max(loaded)
+    where = f"the warehouse {settings.warehouse_path} does not match the lake {settings.lake_path}"
+    fix = ("rebuild the warehouse from this lake with `lakehouse replay --into warehouse --from-beginning`, or "
+           "point WAREHOUSE_PATH and LAKE_PATH at a warehouse and the lake it was loaded from")
+    if silver is None:
+        raise LakeMismatch(f"{where}: it was loaded up to silver v{newest}, and that lake has no silver table; {fix}")
+    if recorded is not None and recorded != silver.table_id():
+        raise LakeMismatch(f"{where}: it was loaded from silver table {recorded}, and that lake's silver table is "
+                           f"{silver.table_id()} (another lake, or one made again); {fix}")
+    if newest > silver.version():
+        raise LakeMismatch(f"{where}: it was loaded up to silver v{newest}, and that lake's silver is at "
+                           f"v{silver.version()}; {fix}")
+
+
+def require_matching_lake(settings: Settings) -> None:
+    """check_lake for readers (reconcile, replay, run-all): one short read-only look."""
+    try:
+        silver = silver_table(settings)
+    except LakeMissing:
+        silver = None  # a loaded warehouse whose lake is gone says so; a new one waits for the lake
+    con = connect(settings.warehouse_path, read_only=True)
+    try:
+        check_lake(con, settings, silver)
+    finally:
+        con.close()
+
+
 def load(settings: Settings) -> LoadResult:
-    silver = silver_table(settings)
+    try:
+        silver = silver_table(settings)
+    except LakeMissing:
+        if settings.warehouse_path.exists():
+            require_matching_lake(settings)
+        raise
     schema = WarehouseSchema.of(settings)
     con = connect(settings.warehouse_path, schema=schema)
     try:
+        check_lake(con, settings, silver)
         if silver is None:
             log.info("no silver table at %s yet; nothing to load", settings.table_path(SOURCE))
             return LoadResult(None, 0, 0, current_counts(con, schema))
@@ -396,6 +446,8 @@ def load(settings: Settings) -> LoadResult:
                         "rows_loaded = load_state.rows_loaded + excluded.rows_loaded, loaded_at = excluded.loaded_at",
                         [load_source(spec), version, added],
                     )
+            con.execute("INSERT INTO warehouse_meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET "
+                        "value = excluded.value", [LAKE_ID, silver.table_id()])
             refresh_lake_views(con, settings)
 
         in_transaction(con, apply_all, "loading silver")
@@ -642,6 +694,7 @@ def summary(settings: Settings) -> dict[str, object]:
     schema = WarehouseSchema.of(settings)
     con = connect(settings.warehouse_path, read_only=True)
     try:
+        check_lake(con, settings, silver_table(settings))
         present = _present(con)
         state = {source: (version, at) for source, version, at in
                  con.execute("SELECT source, delta_version, loaded_at FROM load_state").fetchall()}

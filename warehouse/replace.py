@@ -15,6 +15,7 @@ from lakehouse.core.errors import ConfigError
 from warehouse.loader import (
     WarehouseError,
     apply_collection,
+    check_lake,
     connect,
     current_counts,
     in_transaction,
@@ -86,6 +87,7 @@ def replace_changes(settings: Settings, changes: Changes, dry_run: bool = False)
     incoming = read_silver(silver, schema.collections, where=changes.arrow(), what="replay: read silver")
     con = connect(settings.warehouse_path, schema=schema)
     try:
+        check_lake(con, settings, silver)
         where = changes.sql()
         if changes.since_offsets:
             known = {(t, p) for spec in schema.collections for t, p in con.execute(

@@ -40,6 +40,10 @@ class LakeTable:
     def version(self) -> int:
         return int(self._table.version())
 
+    def table_id(self) -> str:
+        """The id Delta gave the table when it was created: another table at the same path has another."""
+        return str(self._table.metadata().id)
+
     def file_uris(self) -> list[str]:
         return list(self._table.file_uris())
 

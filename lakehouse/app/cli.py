@@ -154,6 +154,7 @@ def load_command(settings: Settings, every: float | None, reconcile_every: float
     from lakehouse.app.reconcile import round_of
     from lakehouse.core.stopping import Interrupted, StopSignals
     from warehouse.loader import (
+        LakeMismatch,
         LakeMissing,
         WarehouseError,
         WarehouseLocked,
@@ -202,7 +203,7 @@ def load_command(settings: Settings, every: float | None, reconcile_every: float
                         waiting_said = True
                     except WarehouseLocked as exc:  # a reader holds it: a service waits, never exits
                         log.warning("%s; trying again", exc)
-                    except Interrupted:
+                    except (Interrupted, LakeMismatch):  # waiting would not set another lake right
                         raise
                     except Exception as exc:  # noqa: BLE001 - a service logs a failed round and goes on
                         from lakehouse.adapters import explain

@@ -49,7 +49,7 @@ from lakehouse.core.files import write_json_atomically
 from lakehouse.core.progress import Progress
 from lakehouse.core.rules import QUALITY_REASON
 from producer.checkpoint import CheckpointUnreadable, FileCheckpointStore
-from warehouse.loader import require_warehouse
+from warehouse.loader import require_matching_lake, require_warehouse
 from warehouse.reconcile import SOURCE_COLUMNS, compare, current_documents, current_keys
 
 log = logging.getLogger(__name__)
@@ -137,6 +137,7 @@ def reconcile(settings: Settings, collection: str = "orders", keys: Reconciliati
     """Compare MongoDB's `collection` with the warehouse; with `keys` (an earlier result), only the
     documents that differed then (a second look: what is still different after the chain caught up)."""
     require_warehouse(settings.warehouse_path)  # no warehouse: say so before asking MongoDB
+    require_matching_lake(settings)  # repairs reach the warehouse through this lake
     client = connect_mongo(settings, "lakehouse-reconcile")
     try:
         db = client[settings.mongo_db]

@@ -34,7 +34,7 @@ from lakehouse.core.logs import cli_options as logging_options
 from lakehouse.core.progress import Progress
 from lakehouse.core.stopping import Interrupted, StopSignals
 from producer.generator import OrderGenerator
-from warehouse.loader import LakeMissing, load, load_if_possible
+from warehouse.loader import LakeMissing, load, load_if_possible, require_matching_lake
 
 FOLLOW_RATE = 20.0  # changes/s in --follow when no rate is given: lively, and the disk fills slowly
 
@@ -229,6 +229,8 @@ def run_all(settings: Settings, events: int, rate: float | None, timeout: float,
             follow_every: float | None = None, reconcile_every: float | None = None) -> int:
     """The bounded run (exit 0 when reconciled), or with `follow_every` the live demo (exit 0 when
     stopped by Ctrl-C or SIGTERM and everything it started has stopped)."""
+    if settings.warehouse_path.exists():
+        require_matching_lake(settings)  # before anything starts: a warehouse of another lake never loads
     started = time.monotonic()
     children: list[Child] = []
     results: list[Reconciliation] | None = None
