@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import socket
 import subprocess
 import sys
@@ -51,36 +50,46 @@ def main() -> None:
         orders = connect_mongo(settings)[settings.mongo_db]["orders"]
         started = time.monotonic()
         now = datetime(2026, 11, 23, tzinfo=UTC)
-        doc_ids, documents = [], []
+        # The warehouse: the same documents, less PLANTED, with PLANTED changed and PLANTED extra; built a
+        # chunk at a time alongside MongoDB, so the bench itself stays small at millions of documents.
+        con = open_warehouse(settings)
         for start in range(0, args.documents, 10_000):
             batch = [{"_id": n, "order_id": f"ord-{n:08d}", "customer_id": f"cust-{n % 997:04d}",
                       "status": "paid", "amount": f"{n % 2500}.50", "currency": "USD", "created_at": now}
                      for n in range(start, min(start + 10_000, args.documents))]
             orders.insert_many(batch, ordered=False)
-            for document in batch:
-                doc_ids.append(events.doc_id_text({"_id": document["_id"]}))
-                documents.append(events.to_extended_json(document))
-        print(f"inserted {args.documents:,} documents in {time.monotonic() - started:.1f}s", flush=True)
-        # The warehouse: the same documents, less PLANTED, with PLANTED changed and PLANTED extra.
-        missing = set(range(0, PLANTED))
-        changed = set(range(PLANTED, 2 * PLANTED))
-        rows = [(d, doc.replace('"paid"', '"lost"') if n in changed else doc)
-                for n, (d, doc) in enumerate(zip(doc_ids, documents, strict=True)) if n not in missing]
-        rows += [(f"extra-{n}", f'{{"_id": "extra-{n}"}}') for n in range(PLANTED)]
-        con = open_warehouse(settings)
-        table = pa.table({"doc_id": [r[0] for r in rows], "document": [r[1] for r in rows]})
-        con.register("rows", table)
-        con.execute("INSERT INTO orders (doc_id, document, last_change_id, cluster_time_s, cluster_time_inc, "
-                    "txn_op_index) SELECT doc_id, document, doc_id, 0, 0, 0 FROM rows")
+            rows = [(events.doc_id_text({"_id": d["_id"]}), events.to_extended_json(d)) for d in batch
+                    if d["_id"] >= PLANTED]  # the first PLANTED are missing
+            rows = [(i, doc.replace('"paid"', '"lost"') if start == 0 and n < PLANTED else doc)
+                    for n, (i, doc) in enumerate(rows)]  # the next PLANTED are changed
+            if start == 0:
+                rows += [(f"extra-{n}", f'{{"_id": "extra-{n}"}}') for n in range(PLANTED)]
+            con.register("rows", pa.table({"doc_id": [r[0] for r in rows], "document": [r[1] for r in rows]}))
+            con.execute("INSERT INTO orders (doc_id, document, last_change_id, cluster_time_s, cluster_time_inc, "
+                        "txn_op_index) SELECT doc_id, document, doc_id, 0, 0, 0 FROM rows")
+            con.unregister("rows")
+            if start % 500_000 == 0:
+                print(f"  {start + len(batch):,} documents in MongoDB and the warehouse", flush=True)
         con.close()
-        del rows, table, documents, doc_ids
+        print(f"inserted {args.documents:,} documents in {time.monotonic() - started:.1f}s", flush=True)
 
-        # `lakehouse reconcile` as its own process, so its peak memory is its own.
+        # A bare find() over the same documents, the ceiling of any reconcile (twice: the first warms the cache).
+        bare = ("import sys, time\nfrom pymongo import MongoClient\nc = MongoClient(sys.argv[1])\n"
+                "t = time.monotonic()\nn = sum(1 for _ in c.bench.orders.find({}, batch_size=10000))\n"
+                "print(n, time.monotonic() - t)")
+        for _ in range(2):
+            out = subprocess.run([sys.executable, "-c", bare, settings.mongo_uri], capture_output=True, text=True,
+                                 check=True).stdout.split()
+        bare_s = float(out[1])
+        # `lakehouse reconcile` as its own process, which reports its own peak memory.
+        wrapped = ("import resource, runpy, sys\nsys.argv = ['lakehouse', 'reconcile']\ntry:\n"
+                   "    runpy.run_module('lakehouse.app.cli', run_name='__main__')\nfinally:\n"
+                   "    print('PEAK_RSS_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)")
         started = time.monotonic()
-        done = subprocess.run([sys.executable, "-m", "lakehouse.app.cli", "reconcile"], env={**os.environ,
-                              **settings.to_env()}, capture_output=True, text=True)
+        done = subprocess.run([sys.executable, "-c", wrapped], env={**os.environ, **settings.to_env()},
+                              capture_output=True, text=True)
         took = time.monotonic() - started
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        peak = int(done.stderr.rsplit("PEAK_RSS_KIB", 1)[1].split()[0])
         if not done.stdout.strip():
             raise SystemExit(f"lakehouse reconcile printed nothing (exit {done.returncode}):\n{done.stderr[-3000:]}")
         line = done.stdout.strip().splitlines()[-1]
@@ -88,6 +97,8 @@ def main() -> None:
         assert f"missing={PLANTED} extra={PLANTED} mismatched={PLANTED}" in line, done.stdout + done.stderr
         print(f"reconcile of {args.documents:,} documents: {took:.1f}s wall clock for the command "
               f"({args.documents / took:,.0f} documents/s); its peak RSS {peak / 1024:,.0f} MiB", flush=True)
+        print(f"bare find() over the same documents: {bare_s:.1f}s ({args.documents / bare_s:,.0f} documents/s); "
+              f"reconcile at {bare_s / took:.2f} of it", flush=True)
     finally:
         print(servers.stop_mongo(settings))
 

@@ -1,16 +1,19 @@
 """The warehouse's side of a reconcile: compare MongoDB's (identity, hash) pairs, streamed in by the
 caller, with the warehouse's current rows, and read back the rows that differ.
 
-MongoDB's pairs go into a scratch DuckDB table as they arrive; the warehouse's hashes are read in one
-short read-only query (the loader gets the file back at once), and DuckDB joins them. Only identities
-and hashes are held, never the documents.
+MongoDB's pairs go into a scratch DuckDB table as they arrive; the warehouse's hashes are streamed into
+another in one short read-only query (the loader gets the file back at once), and DuckDB joins them.
+Only identities and hashes are held, never the documents, and in a scratch database on disk under a
+memory limit: DuckDB spills what does not fit, so memory stays flat however many documents there are.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import duckdb
 import pyarrow as pa
@@ -33,55 +36,74 @@ class Differences:
     digests: dict[str, str | None] = field(default_factory=dict)  # doc_id -> the source's digest of a difference
 
 
+SCRATCH_MEMORY = "256MB"  # DuckDB's limit for the comparison; beyond it, it spills to the scratch folder
+STREAMED_ROWS = 100_000  # warehouse hashes per batch copied into the scratch database
+
+
 def compare(settings: Settings, collection: str, source: Iterable[pa.RecordBatch], only: list[str] | None = None,
             advance: Callable[[int], object] = lambda _: None) -> Differences:
     """Differences between `source` (batches of SOURCE_COLUMNS, the digest a sha256 of the document's
     Extended JSON) and the collection's current rows in the warehouse (all, or `only` those doc_ids)."""
-    scratch = duckdb.connect()
-    try:
-        scratch.execute("CREATE TABLE src (doc_id VARCHAR, id_json VARCHAR, digest VARCHAR)")
-        for batch in source:
-            scratch.register("chunk", batch)
-            scratch.execute("INSERT INTO src SELECT * FROM chunk")
-            scratch.unregister("chunk")
-            advance(batch.num_rows)
-        scratch.register("warehouse_arrow", _warehouse_digests(settings, _table(settings, collection), only))
-        scratch.execute("CREATE TABLE wh AS SELECT * FROM warehouse_arrow")
-        scratch.unregister("warehouse_arrow")
-        found = Differences()
-        rows = scratch.execute(
-            "SELECT coalesce(s.doc_id, w.doc_id), s.id_json, s.digest, w.digest IS NULL "
-            "FROM src s FULL OUTER JOIN wh w ON s.doc_id = w.doc_id "
-            "WHERE s.digest IS DISTINCT FROM w.digest").fetchall()
-        for doc_id, id_json, digest, not_in_warehouse in rows:
-            found.digests[doc_id] = digest
-            if digest is None:
-                found.extra.append(doc_id)
-            else:
-                found.ids[doc_id] = id_json
-                (found.missing if not_in_warehouse else found.mismatched).append(doc_id)
-        found.source = int(scratch.execute("SELECT count(*) FROM src").fetchall()[0][0])
-        found.warehouse = int(scratch.execute("SELECT count(*) FROM wh").fetchall()[0][0])
-        return found
-    finally:
-        scratch.close()
+    settings.state_dir.mkdir(parents=True, exist_ok=True)  # on disk, not a /tmp that may be memory
+    with tempfile.TemporaryDirectory(prefix="reconcile-", dir=settings.state_dir) as folder:
+        scratch = duckdb.connect(str(Path(folder) / "scratch.duckdb"))
+        try:
+            scratch.execute(f"SET memory_limit = '{SCRATCH_MEMORY}'")
+            scratch.execute(f"SET temp_directory = '{Path(folder) / 'spill'}'")
+            scratch.execute("SET preserve_insertion_order = false")
+            return _compare(scratch, settings, collection, source, only, advance)
+        finally:
+            scratch.close()
+
+
+def _compare(scratch: duckdb.DuckDBPyConnection, settings: Settings, collection: str,
+             source: Iterable[pa.RecordBatch], only: list[str] | None, advance: Callable[[int], object]) -> Differences:
+    scratch.execute("CREATE TABLE src (doc_id VARCHAR, id_json VARCHAR, digest VARCHAR)")
+    for batch in source:
+        scratch.register("chunk", batch)
+        scratch.execute("INSERT INTO src SELECT * FROM chunk")
+        scratch.unregister("chunk")
+        advance(batch.num_rows)
+    scratch.execute("CREATE TABLE wh (doc_id VARCHAR, digest VARCHAR)")
+    _copy_warehouse_digests(scratch, settings, _table(settings, collection), only)
+    found = Differences()
+    rows = scratch.execute(
+        "SELECT coalesce(s.doc_id, w.doc_id), s.id_json, s.digest, w.digest IS NULL "
+        "FROM src s FULL OUTER JOIN wh w ON s.doc_id = w.doc_id "
+        "WHERE s.digest IS DISTINCT FROM w.digest").fetchall()
+    for doc_id, id_json, digest, not_in_warehouse in rows:
+        found.digests[doc_id] = digest
+        if digest is None:
+            found.extra.append(doc_id)
+        else:
+            found.ids[doc_id] = id_json
+            (found.missing if not_in_warehouse else found.mismatched).append(doc_id)
+    found.source = int(scratch.execute("SELECT count(*) FROM src").fetchall()[0][0])
+    found.warehouse = int(scratch.execute("SELECT count(*) FROM wh").fetchall()[0][0])
+    return found
 
 
 def _table(settings: Settings, collection: str) -> str:
     return settings.collection(collection).table
 
 
-def _warehouse_digests(settings: Settings, table: str, only: list[str] | None) -> pa.Table:
-    """(doc_id, digest) of a current-state table; empty when a collection new to the spec has no table yet."""
+def _copy_warehouse_digests(scratch: duckdb.DuckDBPyConnection, settings: Settings, table: str,
+                            only: list[str] | None) -> None:
+    """(doc_id, digest) of a current-state table into the scratch table `wh`, a batch at a time (none when
+    a collection new to the spec has no table yet)."""
     con = connect(settings.warehouse_path, read_only=True)
     try:
         if not con.execute("SELECT 1 FROM information_schema.tables WHERE table_name = ?", [table]).fetchall():
-            return pa.table({"doc_id": pa.array([], pa.string()), "digest": pa.array([], pa.string())})
-        if only is None:
-            return con.sql(f"SELECT doc_id, sha256(document) AS digest FROM {ident(table)}").to_arrow_table()
-        con.register("wanted", pa.table({"doc_id": pa.array(only, pa.string())}))
-        return con.sql(f"SELECT doc_id, sha256(document) AS digest FROM {ident(table)} "
-                       "WHERE doc_id IN (SELECT doc_id FROM wanted)").to_arrow_table()
+            return
+        query = f"SELECT doc_id, sha256(document) AS digest FROM {ident(table)}"
+        if only is not None:
+            con.register("wanted", pa.table({"doc_id": pa.array(only, pa.string())}))
+            query += " WHERE doc_id IN (SELECT doc_id FROM wanted)"
+        reader = con.execute(query).fetch_record_batch(STREAMED_ROWS)
+        for batch in reader:
+            scratch.register("chunk", batch)
+            scratch.execute("INSERT INTO wh SELECT * FROM chunk")
+            scratch.unregister("chunk")
     finally:
         con.close()
 
