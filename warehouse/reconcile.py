@@ -99,7 +99,7 @@ def _copy_warehouse_digests(scratch: duckdb.DuckDBPyConnection, settings: Settin
         if only is not None:
             con.register("wanted", pa.table({"doc_id": pa.array(only, pa.string())}))
             query += " WHERE doc_id IN (SELECT doc_id FROM wanted)"
-        reader = con.execute(query).fetch_record_batch(STREAMED_ROWS)
+        reader = con.sql(query).to_arrow_reader(STREAMED_ROWS)
         for batch in reader:
             scratch.register("chunk", batch)
             scratch.execute("INSERT INTO wh SELECT * FROM chunk")
