@@ -464,7 +464,8 @@ class Chaos:
                 if max(st.recoveries, default=0) > RECOVERY_LIMIT_S[n]}
         ok = bool(result and result.ok) and not missing_changes and len(facts) == len(set(facts)) and not slow \
             and broker_losses == 0 and (recreated is None or sum(recreated) > 0) and not wolf
-        report = ["", "chaos summary", f"  changes generated {self.generated}, witnessed {len(witness)}"]
+        report = ["", "chaos summary", f"  changes generated {self.generated}, witnessed {len(witness)} "
+                  f"({len(witness) / (self.minutes * 60):.0f} changes/s in MongoDB over the run)"]
         for name, st in self.stages.items():
             times = ", ".join(f"{t:.1f}s" for t in st.recoveries)
             report.append(f"  {name:9} killed {st.kills}x, exited by itself {st.exits}x, back after: {times or '-'} "
