@@ -111,3 +111,45 @@ def test_the_checkpoint_keeps_the_cut_it_was_saved_with(settings: Settings) -> N
     _producer_read(settings, (7, 3))
     loaded = FileCheckpointStore(settings.producer_checkpoint).load()
     assert loaded is not None and loaded.read_until == (7, 3)
+
+
+def test_a_repair_kafka_refuses_is_counted_dead_lettered_and_not_retried(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A document too large for Kafka: its repair is refused for good, so the round reports it as
+    dead-lettered and succeeds (a loader service would otherwise fail on it every round)."""
+    import mongomock
+
+    from lakehouse.adapters.kafka import Sent
+    from lakehouse.contracts import events
+
+    client = mongomock.MongoClient()
+    client[settings.mongo_db]["orders"].insert_many([{"_id": "big", "pad": "x" * 10}, {"_id": "small"}])
+    client.close = lambda: None  # type: ignore[method-assign]
+    big, small = events.doc_id_text({"_id": "big"}), events.doc_id_text({"_id": "small"})
+
+    class Refusing:
+        sent: list[str] = []
+
+        def send_all(self, items, route, flush_timeout=None):  # noqa: ANN001, ANN201 - the adapter's shape
+            outcome = Sent()
+            for item in items:
+                route(item)
+                if item["doc_id"] == big:
+                    outcome.refused.append((item, "MessageSizeTooLargeError: the message is too large"))
+                else:
+                    outcome.acked.append((item, None))
+                    self.sent.append(item["doc_id"])
+            return outcome
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(rc, "connect_mongo", lambda *a, **k: client)
+    monkeypatch.setattr(rc, "publisher", lambda *a, **k: Refusing())
+    result = Reconciliation(2, 0, missing=[big, small], collection="orders",
+                            ids={big: events.key_json({"_id": "big"}), small: events.key_json({"_id": "small"})})
+    said: list[str] = []
+    assert rc.repair(settings, result, said.append) == 1
+    assert result.dead_lettered == [big] and result.missing == [small] and Refusing.sent == [small]
+    assert any("counted as dead-lettered" in line for line in said), said
+
