@@ -93,6 +93,8 @@ def _copy_warehouse_digests(scratch: duckdb.DuckDBPyConnection, settings: Settin
     a collection new to the spec has no table yet)."""
     con = connect(settings.warehouse_path, read_only=True)
     try:
+        # Its own buffer pool would otherwise keep the documents it scanned, up to most of the machine's memory.
+        con.execute(f"SET memory_limit = '{SCRATCH_MEMORY}'")
         if not con.execute("SELECT 1 FROM information_schema.tables WHERE table_name = ?", [table]).fetchall():
             return
         query = f"SELECT doc_id, sha256(document) AS digest FROM {ident(table)}"
