@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,8 +49,37 @@ def free_port() -> int:
 
 
 def size_of(paths: list[Path]) -> int:
-    return sum(f.stat().st_size for p in paths if p.exists() for f in ([p] if p.is_file() else p.rglob("*"))
-               if f.is_file())
+    """Bytes allocated on disk (Kafka preallocates its index files sparsely: their length overstates)."""
+    return sum(f.stat().st_blocks * 512 for p in paths if p.exists()
+               for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file())
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], list(children.get(pid, []))
+    while todo:
+        found.append(todo.pop())
+        todo.extend(children.get(found[-1], []))
+    return found
+
+
+def _peak_of_children(process: subprocess.Popen[str], peak: list[int]) -> None:
+    """The largest VmHWM (KiB) among the process's descendants (Spark's JVM, which it does not reap)."""
+    while process.poll() is None:
+        for pid in _descendants(process.pid):
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        peak[0] = max(peak[0], int(line.split()[1]))
+            except OSError:
+                continue
+        time.sleep(1.0)
 
 
 def insert(settings: Settings, count: int) -> float:
@@ -64,15 +94,20 @@ def insert(settings: Settings, count: int) -> float:
 
 def run_stage(settings: Settings, args: tuple[str, ...], log: Path) -> tuple[float, int, int, str]:
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-c", MEASURED, *args], env={**os.environ, **settings.to_env()},
-                          capture_output=True, text=True)
+    process = subprocess.Popen([sys.executable, "-c", MEASURED, *args], env={**os.environ, **settings.to_env()},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = [0]
+    watcher = threading.Thread(target=_peak_of_children, args=(process, peak), daemon=True)
+    watcher.start()
+    stdout, stderr = process.communicate()
     took = time.monotonic() - started
-    log.write_text(done.stdout + done.stderr)
-    if done.returncode != 0 or "PEAK_RSS_KIB" not in done.stderr:
-        raise SystemExit(f"`lakehouse {' '.join(args)}` failed (exit {done.returncode}); see {log}")
-    own, children = (int(v) for v in done.stderr.rsplit("PEAK_RSS_KIB", 1)[1].split()[:2])
-    last = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
-    return took, own, children, last
+    watcher.join()
+    log.write_text(stdout + stderr)
+    if process.returncode != 0 or "PEAK_RSS_KIB" not in stderr:
+        raise SystemExit(f"`lakehouse {' '.join(args)}` failed (exit {process.returncode}); see {log}")
+    own, reaped = (int(v) for v in stderr.rsplit("PEAK_RSS_KIB", 1)[1].split()[:2])
+    last = stdout.strip().splitlines()[-1] if stdout.strip() else ""
+    return took, own, max(reaped, peak[0]), last
 
 
 def main() -> None:
