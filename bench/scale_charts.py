@@ -32,7 +32,9 @@ def main() -> None:
         memory = axis.twinx()
         rss = [r["peak_rss_mib"] + (r["children_peak_rss_mib"] if stage == "streaming" else 0) for r in mine]
         memory.plot(documents, rss, "s--", color="tab:red")
-        memory.set_ylabel("peak RSS, MiB" + (" (driver + JVM)" if stage == "streaming" else ""), color="tab:red")
+        jvm = stage == "streaming" and any(r["children_peak_rss_mib"] for r in mine)
+        note = " (driver + JVM)" if jvm else " (driver; JVM not sampled)" if stage == "streaming" else ""
+        memory.set_ylabel("peak RSS, MiB" + note, color="tab:red")
         memory.set_ylim(bottom=0)
         axis.set_ylim(bottom=0)
     figure.tight_layout()
