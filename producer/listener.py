@@ -110,6 +110,7 @@ class ChangeStreamListener:
         self.start_at = start_at
         self._saved_at = 0.0
         self._saved_token: Mapping[str, Any] | None = None
+        self._saved_read_until: tuple[int, int] | None = None
         self.store = FileCheckpointStore(settings.producer_checkpoint)
         self.client = connect_mongo(settings, "lakehouse-producer")
         self.db = self.client[settings.mongo_db]
@@ -515,11 +516,12 @@ class ChangeStreamListener:
     def _save(self, token: Mapping[str, Any] | None) -> None:
         """Persist `token` unless it is already stored. Call only once everything before it is acked."""
         self._saved_at = time.monotonic()
-        if token is None or token == self._saved_token:
+        # An idle stream's token may not move while the cluster time does: the cut moves on all the same.
+        if token is None or (token == self._saved_token and self._read_until == self._saved_read_until):
             return
         self.store.save(Checkpoint(dict(token), self._position, self.stats.published, dict(self._acked),
                                    tuple(self.settings.collections), self._read_until))
-        self._saved_token = token
+        self._saved_token, self._saved_read_until = token, self._read_until
         metrics.PRODUCER_TOKEN_SAVED.set_to_current_time()
         if self._position is not None:
             metrics.PRODUCER_LAST_CHANGE.set(self._position.cluster_time_s)
