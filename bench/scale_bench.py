@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from infra import servers  # noqa: E402
 from lakehouse.adapters.mongo import connect as connect_mongo  # noqa: E402
 from lakehouse.core.config import Settings  # noqa: E402
+from tests.chaos import descendants, free_port  # noqa: E402
 
 STAGES = (("producer", ("produce", "--snapshot", "initial", "--until-idle")),
           ("streaming", ("stream", "--available-now")),
@@ -42,37 +42,16 @@ MEASURED = ("import resource, runpy, sys\nsys.argv = ['lakehouse', *sys.argv[1:]
             "          resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def size_of(paths: list[Path]) -> int:
     """Bytes allocated on disk (Kafka preallocates its index files sparsely: their length overstates)."""
     return sum(f.stat().st_blocks * 512 for p in paths if p.exists()
                for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file())
 
 
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], list(children.get(pid, []))
-    while todo:
-        found.append(todo.pop())
-        todo.extend(children.get(found[-1], []))
-    return found
-
-
 def _peak_of_children(process: subprocess.Popen[str], peak: list[int]) -> None:
     """The largest VmHWM (KiB) among the process's descendants (Spark's JVM, which it does not reap)."""
     while process.poll() is None:
-        for pid in _descendants(process.pid):
+        for pid in descendants(process.pid)[1:]:  # [0] is the process itself
             try:
                 for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                     if line.startswith("VmHWM:"):
