@@ -107,7 +107,7 @@ def test_pipeline_on_a_replicated_kafka_loses_nothing_when_brokers_go(kafka_clus
         generator.start()
         _say("producers ready, changes being made")
         wait_for(lambda: settings.batch_metrics.exists() and settings.batch_metrics.read_text().count("\n") >= 2,
-                 300, "the streaming job's first batches")
+                 600, "the streaming job's first batches")  # 3 brokers, 2 producers, Spark's cold batch: 2 cores
         _say("streaming job running")
         held = replicas(settings, settings.topics)
         assert held and all(r == (3, 3) for r in held.values()), f"the pipeline's topics are not replicated: {held}"
