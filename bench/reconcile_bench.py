@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,15 +26,10 @@ from infra import servers  # noqa: E402
 from lakehouse.adapters.mongo import connect as connect_mongo  # noqa: E402
 from lakehouse.contracts import events  # noqa: E402
 from lakehouse.core.config import Settings  # noqa: E402
+from tests.helpers import free_port  # noqa: E402
 from warehouse.loader import open_warehouse  # noqa: E402
 
 PLANTED = 100  # missing, extra and mismatched each
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def main() -> None:

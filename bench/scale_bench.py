@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from infra import servers  # noqa: E402
 from lakehouse.adapters.mongo import connect as connect_mongo  # noqa: E402
 from lakehouse.core.config import Settings  # noqa: E402
-from tests.chaos import descendants, free_port  # noqa: E402
+from tests.chaos import descendants  # noqa: E402
+from tests.helpers import free_port  # noqa: E402
 
 STAGES = (("producer", ("produce", "--snapshot", "initial", "--until-idle")),
           ("streaming", ("stream", "--available-now")),

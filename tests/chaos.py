@@ -31,7 +31,6 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -47,7 +46,7 @@ from infra import servers
 from lakehouse.adapters.mongo import connect as connect_mongo
 from lakehouse.core.config import Settings
 from producer.generator import OrderGenerator
-from tests.helpers import read_topic, witness_changes
+from tests.helpers import free_port, read_topic, witness_changes
 
 LOSS_LINE = "KAFKA LOST ACKNOWLEDGED RECORDS"  # the producer's error line when Kafka holds less than it acked
 RECOVERY_LIMIT_S = {"producer": 60.0, "streaming": 240.0, "loader": 60.0}
@@ -56,11 +55,6 @@ RECOVERY_LIMIT_S = {"producer": 60.0, "streaming": 240.0, "loader": 60.0}
 def say(message: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def descendants(pid: int) -> list[int]:

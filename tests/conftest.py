@@ -5,7 +5,6 @@ topics, lake and warehouse, so tests never see each other's data."""
 from __future__ import annotations
 
 import re
-import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from lakehouse.core.config import Settings
+from tests.helpers import free_port
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -21,11 +21,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         item.add_marker(getattr(pytest.mark, kind))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
@@ -33,8 +28,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
 
     base = tmp_path_factory.mktemp("stack")
     settings = Settings.from_env(
-        mongo_uri=f"mongodb://127.0.0.1:{_free_port()}/",
-        kafka_bootstrap_servers=f"127.0.0.1:{_free_port()}",
+        mongo_uri=f"mongodb://127.0.0.1:{free_port()}/",
+        kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",
         stack_dir=base / "servers",
         lake_path=base / "lake",
         warehouse_path=base / "warehouse.duckdb",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -105,11 +106,23 @@ def drain(settings: Settings, snapshot: str = "initial") -> ChangeStreamListener
     return listener
 
 
+def free_port() -> int:
+    """A loopback port nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def lake_rows(settings: Settings, name: str) -> list[dict[str, Any]]:
-    """Every row of a lake Delta table."""
+    """Every row of a lake Delta table ([] before the table exists)."""
+    return delta_rows(str(settings.table_path(name)))
+
+
+def delta_rows(path: str) -> list[dict[str, Any]]:
+    """Every row of the Delta table at `path` ([] before it exists)."""
     from deltalake import DeltaTable
 
-    return DeltaTable(str(settings.table_path(name))).to_pyarrow_table().to_pylist()
+    return DeltaTable(path).to_pyarrow_table().to_pylist() if DeltaTable.is_deltatable(path) else []
 
 
 def warehouse_rows(settings: Settings, query: str) -> list[tuple]:

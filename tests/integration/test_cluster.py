@@ -19,16 +19,16 @@ from lakehouse.contracts import tables
 from lakehouse.core.config import Settings
 from producer.generator import OrderGenerator
 from producer.listener import ChangeStreamListener
-from tests.conftest import _free_port, wait_for
-from tests.helpers import lake_rows, start_cli
+from tests.conftest import wait_for
+from tests.helpers import free_port, lake_rows, start_cli
 
 
 @pytest.fixture
 def cluster(settings: Settings, tmp_path: Path) -> Iterator[Settings]:
-    on_cluster = settings.replace(spark_master=f"spark://127.0.0.1:{_free_port()}", stack_dir=tmp_path / "cluster",
+    on_cluster = settings.replace(spark_master=f"spark://127.0.0.1:{free_port()}", stack_dir=tmp_path / "cluster",
                                   max_rows_per_batch=200, trigger_seconds=0.5, streaming_metrics_port=0)
     try:
-        for line in servers.start_spark_cluster(on_cluster, webui_port=_free_port()):
+        for line in servers.start_spark_cluster(on_cluster, webui_port=free_port()):
             print(line)
         yield on_cluster
     finally:

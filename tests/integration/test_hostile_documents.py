@@ -10,7 +10,6 @@ from decimal import Decimal
 from bson import Binary, Decimal128, Int64, ObjectId
 from bson.son import SON
 from click.testing import CliRunner
-from deltalake import DeltaTable
 
 from lakehouse.adapters.kafka import end_offsets
 from lakehouse.adapters.mongo import connect as connect_mongo
@@ -18,7 +17,7 @@ from lakehouse.app.cli import cli
 from lakehouse.app.reconcile import reconcile
 from lakehouse.contracts import events, tables
 from lakehouse.core.config import Settings
-from tests.helpers import drain, read_topic, stream_lake
+from tests.helpers import drain, lake_rows, read_topic, stream_lake
 from warehouse.loader import connect, load
 
 OID = ObjectId("6b038060dfb53f1723db4377")
@@ -36,7 +35,7 @@ AMOUNTS = {  # amount value -> (amount, amount_error start) silver must hold
 
 
 def silver(settings: Settings) -> list[dict]:
-    return DeltaTable(str(settings.table_path(tables.SILVER))).to_pyarrow_table().to_pylist()
+    return lake_rows(settings, tables.SILVER)
 
 
 def test_every_document_reaches_the_warehouse_as_mongodb_holds_it_or_the_dead_letter_topic(

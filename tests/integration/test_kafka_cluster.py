@@ -23,8 +23,8 @@ from lakehouse.contracts.types import ident
 from lakehouse.core.config import Settings
 from producer.checkpoint import FileCheckpointStore, shortfall
 from producer.generator import OrderGenerator
-from tests.conftest import _free_port, wait_for
-from tests.helpers import start_cli, warehouse_rows
+from tests.conftest import wait_for
+from tests.helpers import free_port, start_cli, warehouse_rows
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def kafka_cluster(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> 
     """Three brokers on free ports beside the session's one-broker Kafka (the session's MongoDB)."""
     ports = []
     while len(ports) < kafka_broker.CLUSTER_BROKERS:
-        port = _free_port()
+        port = free_port()
         if port not in ports:
             ports.append(port)
     cluster = stack.replace(stack_dir=tmp_path_factory.mktemp("kafka-cluster"),

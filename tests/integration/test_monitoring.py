@@ -18,8 +18,8 @@ from lakehouse.adapters.kafka import end_offsets
 from lakehouse.adapters.mongo import connect as connect_mongo
 from lakehouse.core.config import Settings
 from producer.generator import OrderGenerator
-from tests.conftest import _free_port, wait_for
-from tests.helpers import start_cli
+from tests.conftest import wait_for
+from tests.helpers import free_port, start_cli
 
 DASHBOARD = servers.ROOT / "infra" / "grafana" / "dashboards" / "lakehouse.json"
 ALERTS = servers.ROOT / "infra" / "prometheus" / "alerts.yml"
@@ -43,9 +43,9 @@ def scalar(settings: Settings, expr: str) -> float | None:
 
 
 def test_prometheus_scrapes_the_running_pipeline_and_every_panel_has_data(settings: Settings, tmp_path: Path) -> None:
-    settings = settings.replace(stack_dir=tmp_path / "monitoring", prometheus_port=_free_port(),
-                                producer_metrics_port=_free_port(), streaming_metrics_port=_free_port(),
-                                loader_metrics_port=_free_port(), monitor_metrics_port=_free_port())
+    settings = settings.replace(stack_dir=tmp_path / "monitoring", prometheus_port=free_port(),
+                                producer_metrics_port=free_port(), streaming_metrics_port=free_port(),
+                                loader_metrics_port=free_port(), monitor_metrics_port=free_port())
     print(servers.start_prometheus(settings, scrape_interval="2s"))
     logs = tmp_path / "logs"
     logs.mkdir()

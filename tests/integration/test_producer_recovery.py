@@ -18,8 +18,8 @@ from lakehouse.core.config import KAFKA_CLIENTS, Settings
 from producer.checkpoint import FileCheckpointStore
 from producer.generator import OrderGenerator
 from producer.listener import ChangeStreamListener
-from tests.conftest import _free_port, wait_for
-from tests.helpers import drain, mongo_state, read_topic, replay, start_cli, witness_change_ids
+from tests.conftest import wait_for
+from tests.helpers import drain, free_port, mongo_state, read_topic, replay, start_cli, witness_change_ids
 
 
 def published(settings: Settings) -> int:
@@ -74,7 +74,7 @@ def test_kill_9_five_times_during_10k_changes_loses_nothing(settings: Settings, 
 def tiny_oplog(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """A second MongoDB whose history keeps only 200 entries (pruned every 1000 writes)."""
     base = tmp_path_factory.mktemp("tiny-oplog")
-    settings = stack.replace(mongo_uri=f"mongodb://127.0.0.1:{_free_port()}/", stack_dir=base)
+    settings = stack.replace(mongo_uri=f"mongodb://127.0.0.1:{free_port()}/", stack_dir=base)
     print(servers.start_mongo(settings, ("--oplog-max-entries", "200")))
     yield settings
     print(servers.stop_mongo(settings))

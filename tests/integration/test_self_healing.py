@@ -12,7 +12,6 @@ from pathlib import Path
 import duckdb
 import pytest
 from click.testing import CliRunner
-from deltalake import DeltaTable
 from kafka import KafkaProducer
 
 from lakehouse.adapters.kafka import end_offsets, ensure_topics, recreate_topics
@@ -24,13 +23,12 @@ from lakehouse.core.config import Settings
 from producer.checkpoint import FileCheckpointStore, shortfall
 from producer.generator import OrderGenerator
 from tests.conftest import wait_for
-from tests.helpers import drain, mongo_state, read_topic, replay, start_cli, stream_lake
+from tests.helpers import drain, lake_rows, mongo_state, read_topic, replay, start_cli, stream_lake
 from warehouse.loader import load
 
 
 def bronze(settings: Settings) -> list[dict]:
-    path = str(settings.table_path(tables.BRONZE))
-    return DeltaTable(path).to_pyarrow_table().to_pylist() if DeltaTable.is_deltatable(path) else []
+    return lake_rows(settings, tables.BRONZE)
 
 
 def test_producer_finds_records_the_broker_lost_and_publishes_them_again(settings: Settings) -> None:

@@ -12,8 +12,8 @@ from lakehouse.adapters.mongo import connect as connect_mongo
 from lakehouse.app.cli import cli
 from lakehouse.core.config import Settings
 from producer.generator import OrderGenerator
-from tests.conftest import _free_port, wait_for
-from tests.helpers import drain, start_cli, stream_lake
+from tests.conftest import wait_for
+from tests.helpers import drain, free_port, start_cli, stream_lake
 from warehouse.loader import load
 
 
@@ -63,7 +63,7 @@ def test_status_and_metrics_follow_the_pipeline(spark: object, settings: Setting
     assert re.search(rf"^lakehouse_warehouse_orders {orders}(\.0)?$", metrics, re.M), metrics
     assert re.search(r'^lakehouse_warehouse_documents\{collection="products"\} \d+(\.0)?$', metrics, re.M), metrics
 
-    port = _free_port()
+    port = free_port()
     server = start_cli(settings, settings.state_dir / "metrics.log", "metrics", "--serve", "--port", str(port))
     try:
         url = f"http://127.0.0.1:{port}/metrics"

@@ -1,6 +1,5 @@
 import json
 
-from deltalake import DeltaTable
 from kafka import KafkaProducer
 from pymongo import MongoClient
 
@@ -11,12 +10,7 @@ from lakehouse.core.config import Settings
 from producer.generator import OrderGenerator
 from producer.listener import ChangeStreamListener
 from streaming.amounts import is_high_value, parse_amount, parse_thresholds
-from tests.helpers import stream_lake
-
-
-def table(settings: Settings, name: str) -> list[dict]:
-    path = str(settings.table_path(name))
-    return DeltaTable(path).to_pyarrow_table().to_pylist() if DeltaTable.is_deltatable(path) else []
+from tests.helpers import lake_rows, stream_lake
 
 
 def test_bad_messages_are_quarantined_and_reruns_add_nothing(spark: object, settings: Settings) -> None:
@@ -43,17 +37,17 @@ def test_bad_messages_are_quarantined_and_reruns_add_nothing(spark: object, sett
     stream_lake(spark, settings)
     stream_lake(spark, settings)  # nothing new: must not write anything again
 
-    silver = table(settings, tables.SILVER)
+    silver = lake_rows(settings, tables.SILVER)
     assert len(silver) == published
     assert len({r["change_id"] for r in silver}) == published
-    reasons = sorted(r["quarantine_reason"] for r in table(settings, tables.QUARANTINE))
+    reasons = sorted(r["quarantine_reason"] for r in lake_rows(settings, tables.QUARANTINE))
     assert len(reasons) == len(bad)
     assert any(r == "malformed JSON" for r in reasons), reasons
     assert any(r == "empty message value" for r in reasons), reasons
     assert any(r.startswith("missing required field(s): change_id") for r in reasons), reasons
     assert any(r == "unknown op explode" for r in reasons), reasons
     assert f"field(s) of the wrong type for envelope schema v{SCHEMA_VERSION}: cluster_time_inc" in reasons, reasons
-    assert len(table(settings, tables.BRONZE)) == published + len(bad)
+    assert len(lake_rows(settings, tables.BRONZE)) == published + len(bad)
     parquet_rows = sum(1 for _ in settings.parquet_silver_path.rglob("*.parquet"))
     assert parquet_rows >= 1
 
@@ -74,10 +68,10 @@ def test_schema_evolution_mid_stream_keeps_running_and_says_what_happened(spark:
     OrderGenerator(orders, seed=5).run(50)
     listener.run(until_idle=True)
     stream_lake(spark, settings)
-    before = len(table(settings, tables.SILVER))
+    before = len(lake_rows(settings, tables.SILVER))
 
     # A newer producer adds a field, and another changes a field's type; then normal traffic goes on.
-    template = json.loads(json.dumps(table(settings, tables.SILVER)[0], default=str))
+    template = json.loads(json.dumps(lake_rows(settings, tables.SILVER)[0], default=str))
     envelope = {k: template[k] for k in ("schema_version", "op", "db", "collection", "doc_id", "order_id",
                                          "full_document", "cluster_time_s", "cluster_time_inc", "txn_op_index")}
     evolved = [
@@ -94,10 +88,10 @@ def test_schema_evolution_mid_stream_keeps_running_and_says_what_happened(spark:
     listener.close()
     stream_lake(spark, settings)
 
-    silver = {r["change_id"]: r for r in table(settings, tables.SILVER)}
+    silver = {r["change_id"]: r for r in lake_rows(settings, tables.SILVER)}
     assert json.loads(silver["new-field"]["extra"]) == {"priority": "high", "tags": '["a","b"]'}
     assert "new-type" not in silver
-    reasons = [r["quarantine_reason"] for r in table(settings, tables.QUARANTINE)]
+    reasons = [r["quarantine_reason"] for r in lake_rows(settings, tables.QUARANTINE)]
     assert reasons == [f"field(s) of the wrong type for envelope schema v{SCHEMA_VERSION}: wall_time_ms"]
     assert len(silver) > before + 1  # the traffic after the change went through
     metrics = [json.loads(line) for line in settings.batch_metrics.read_text().splitlines()]
@@ -142,15 +136,15 @@ def test_late_events_are_recorded_and_left_out_of_the_windowed_aggregates(spark:
     stream_lake(spark, settings)
     aggregate()
 
-    silver = table(settings, tables.SILVER)
+    silver = lake_rows(settings, tables.SILVER)
     assert {"late", "tick"} <= {r["change_id"] for r in silver}  # late is not lost
-    late = table(settings, tables.LATE_EVENTS)
+    late = lake_rows(settings, tables.LATE_EVENTS)
     assert [r["change_id"] for r in late] == ["late"] and late[0]["watermark"] is not None
     metrics = [json.loads(line) for line in settings.batch_metrics.read_text().splitlines()]
     assert sum(m["late"] for m in metrics) == 1
 
     counted = [r for r in silver if r["op"] in ORDER_STATES and r["change_id"] not in ("late", "tick")]
-    aggregates = table(settings, tables.AGGREGATES)
+    aggregates = lake_rows(settings, tables.AGGREGATES)
     for granularity in ("1m", "1h"):
         rows = [a for a in aggregates if a["granularity"] == granularity]
         assert sum(a["order_count"] for a in rows) == len(counted), granularity
@@ -184,7 +178,7 @@ def test_a_checkpoint_of_the_earlier_python_kafka_source_is_carried_on_by_sparks
     second.run(until_idle=True)
     second.close()
     stream_lake(spark, settings)
-    bronze = table(settings, tables.BRONZE)
+    bronze = lake_rows(settings, tables.BRONZE)
     coordinates = [(r["kafka_topic"], r["kafka_partition"], r["kafka_offset"]) for r in bronze]
     # The listener's count carries on from its checkpoint: the second's is every event published so far.
     assert first.stats.published < second.stats.published

@@ -21,12 +21,7 @@ from lakehouse.contracts import tables
 from lakehouse.core.config import Settings
 from producer.generator import OrderGenerator
 from tests.conftest import wait_for
-from tests.helpers import drain, start_cli, stream_lake
-
-
-def rows(settings: Settings, name: str) -> list[dict]:
-    path = str(settings.table_path(name))
-    return DeltaTable(path).to_pyarrow_table().to_pylist() if DeltaTable.is_deltatable(path) else []
+from tests.helpers import drain, lake_rows, start_cli, stream_lake
 
 
 def tick(settings: Settings, hours_ahead: int = 3) -> None:
@@ -75,11 +70,11 @@ def test_on_an_empty_lake_every_table_exists_and_the_aggregates_read_the_right_c
         stream_lake(spark, settings)
         tick(settings)
         stream_lake(spark, settings)
-        silver = rows(settings, tables.SILVER)
+        silver = lake_rows(settings, tables.SILVER)
         want = {g: expected_windows(silver, g) for g in tables.WINDOWS}
 
         def written() -> bool:
-            got = rows(settings, tables.AGGREGATES)
+            got = lake_rows(settings, tables.AGGREGATES)
             return all(sum(1 for a in got if a["granularity"] == g) >= len(want[g]) for g in want)
 
         wait_for(lambda: any(q.exception() for q in queries) or written(), 240, "the windows to be written")
@@ -87,7 +82,7 @@ def test_on_an_empty_lake_every_table_exists_and_the_aggregates_read_the_right_c
     finally:
         for query in queries:
             query.stop()
-    aggregates = rows(settings, tables.AGGREGATES)
+    aggregates = lake_rows(settings, tables.AGGREGATES)
     assert list(aggregates[0]) == [name for name, _ in tables.AGGREGATES_COLUMNS]
     for granularity, windows in want.items():
         got = {(int(a["window_start"].timestamp()), a["status"]): (a["order_count"], a["revenue"] or Decimal(0))
@@ -143,8 +138,10 @@ def test_kills_in_every_query_first_batches_then_restart_by_itself_and_sigterm_e
     try:
         def caught_up() -> bool:
             assert job.poll() is None, log.read_text()[-4000:]
-            seen = {(r["kafka_topic"], r["kafka_partition"], r["kafka_offset"]) for r in rows(settings, tables.BRONZE)}
-            return len(seen) == total and {a["granularity"] for a in rows(settings, tables.AGGREGATES)} == {"1m", "1h"}
+            bronze = lake_rows(settings, tables.BRONZE)
+            seen = {(r["kafka_topic"], r["kafka_partition"], r["kafka_offset"]) for r in bronze}
+            windows = {a["granularity"] for a in lake_rows(settings, tables.AGGREGATES)}
+            return len(seen) == total and windows == {"1m", "1h"}
 
         wait_for(caught_up, 400, "every offset in the lake and both aggregates written")
     finally:
@@ -153,7 +150,7 @@ def test_kills_in_every_query_first_batches_then_restart_by_itself_and_sigterm_e
     text = log.read_text()
     assert code == 0, text[-4000:]
     assert "Cannot call methods on a stopped SparkContext" not in text
-    bronze = [(r["kafka_topic"], r["kafka_partition"], r["kafka_offset"]) for r in rows(settings, tables.BRONZE)]
-    silver = rows(settings, tables.SILVER) + rows(settings, tables.QUARANTINE)
+    bronze = [(r["kafka_topic"], r["kafka_partition"], r["kafka_offset"]) for r in lake_rows(settings, tables.BRONZE)]
+    silver = lake_rows(settings, tables.SILVER) + lake_rows(settings, tables.QUARANTINE)
     assert len(bronze) == len(set(bronze)) == total, "an offset is missing or was written twice"
     assert len(silver) == total

@@ -10,8 +10,6 @@ import signal
 from collections import defaultdict
 from pathlib import Path
 
-from deltalake import DeltaTable
-
 from lakehouse.adapters.kafka import end_offsets
 from lakehouse.adapters.mongo import connect as connect_mongo
 from lakehouse.contracts import tables
@@ -22,17 +20,12 @@ from streaming import inventory
 from streaming.enrichment import order_items
 from streaming.inventory import crossings
 from tests.conftest import wait_for
-from tests.helpers import start_cli
+from tests.helpers import lake_rows, start_cli
 
 
 def batches_done(settings: Settings) -> int:
     path = settings.batch_metrics
     return len(path.read_text().splitlines()) if path.exists() else 0
-
-
-def rows(settings: Settings, name: str) -> list[dict]:
-    path = str(settings.table_path(name))
-    return DeltaTable(path).to_pyarrow_table().to_pylist() if DeltaTable.is_deltatable(path) else []
 
 
 def test_kill_9_mid_stream_then_restart_reflects_every_offset_once(settings: Settings, tmp_path: Path) -> None:
@@ -57,9 +50,9 @@ def test_kill_9_mid_stream_then_restart_reflects_every_offset_once(settings: Set
     job = start_cli(settings, log, "stream", "--available-now")
     assert job.wait(300) == 0, log.read_text()[-3000:]
 
-    silver = rows(settings, tables.SILVER)
-    quarantined = rows(settings, tables.QUARANTINE)
-    bronze = rows(settings, tables.BRONZE)
+    silver = lake_rows(settings, tables.SILVER)
+    quarantined = lake_rows(settings, tables.QUARANTINE)
+    bronze = lake_rows(settings, tables.BRONZE)
     seen = [(r["kafka_topic"], r["kafka_partition"], r["kafka_offset"]) for r in silver + quarantined]
     assert len(seen) == len(set(seen)) == total, "an offset is missing or was written twice"
     assert len(bronze) == total
@@ -75,12 +68,12 @@ def test_kill_9_mid_stream_then_restart_reflects_every_offset_once(settings: Set
             history[row["doc_id"]].append(row)
     expected = sorted((a["change_id"], a["level"]) for changes in history.values()
                       for a in crossings(changes, None, settings.inventory_low, settings.inventory_critical)[0])
-    alerts = sorted((a["change_id"], a["level"]) for a in rows(settings, tables.INVENTORY_ALERTS))
+    alerts = sorted((a["change_id"], a["level"]) for a in lake_rows(settings, tables.INVENTORY_ALERTS))
     assert alerts == expected and len(expected) > 0, "an alert is missing or was written twice"
-    lines_written = [(r["change_id"], r["sku"], r["qty"]) for r in rows(settings, tables.ORDER_LINES)]
+    lines_written = [(r["change_id"], r["sku"], r["qty"]) for r in lake_rows(settings, tables.ORDER_LINES)]
     placed = [r for r in silver if r["collection"] == "orders" and r["op"] == "insert"]
     assert len({c for c, _, _ in lines_written}) == len(placed)
     assert sum(len(order_items(json.loads(r["full_document"]))) for r in placed) == len(lines_written)
     windows = [(r["granularity"], r["window_start"], r["category"], r["currency"])
-               for r in rows(settings, tables.REVENUE_BY_CATEGORY)]
+               for r in lake_rows(settings, tables.REVENUE_BY_CATEGORY)]
     assert len(windows) == len(set(windows))

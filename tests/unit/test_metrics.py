@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 import urllib.request
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from lakehouse.app.status import prometheus
 from lakehouse.core import metrics
 from lakehouse.core.config import Settings
+from tests.helpers import free_port
 from tests.lake_fakes import append_silver, lake_settings, silver_row
 from warehouse.loader import load
 
@@ -52,15 +52,10 @@ def test_the_monitor_exposition_parses_and_carries_lag_freshness_loss_and_reconc
     assert not any(name == "lakehouse_warehouse_orders" for name, _ in got)  # unknown: absent, not 0
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 def test_a_service_serves_its_metrics_and_a_busy_port_is_a_warning_not_a_failure(
         caplog: pytest.LogCaptureFixture) -> None:
-    port = _free_port()
+    port = free_port()
     settings = Settings(loader_metrics_port=port, producer_metrics_port=0)
     assert metrics.serve(settings, "producer") is None  # 0: off
     server = metrics.serve(settings, "loader")

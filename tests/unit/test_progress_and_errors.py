@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import socket
 from pathlib import Path
 
 import pytest
@@ -14,12 +13,7 @@ from click.testing import CliRunner
 from lakehouse.app.cli import cli
 from lakehouse.core import logs
 from lakehouse.core.progress import Progress
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.helpers import free_port
 
 
 @pytest.fixture
@@ -80,10 +74,10 @@ def test_unknown_totals_show_count_and_rate_only(captured: list[logging.LogRecor
     ["produce", "--until-idle"],
 ], ids=lambda c: c[0])
 def test_a_stopped_kafka_is_one_line_naming_it_and_what_to_do(tmp_path: Path, command: list[str]) -> None:
-    port = _closed_port()
+    port = free_port()
     env = {"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}", "STATE_DIR": str(tmp_path / "state"),
            "LAKE_PATH": str(tmp_path / "lake"), "WAREHOUSE_PATH": str(tmp_path / "w.duckdb"),
-           "MONGO_URI": f"mongodb://127.0.0.1:{_closed_port()}/?directConnection=true&serverSelectionTimeoutMS=300"}
+           "MONGO_URI": f"mongodb://127.0.0.1:{free_port()}/?directConnection=true&serverSelectionTimeoutMS=300"}
     result = CliRunner().invoke(cli, command, env=env)
     assert result.exit_code == 1
     assert f"Kafka at 127.0.0.1:{port} is not reachable" in result.output, result.output
@@ -92,7 +86,7 @@ def test_a_stopped_kafka_is_one_line_naming_it_and_what_to_do(tmp_path: Path, co
 
 
 def test_a_stopped_mongodb_is_one_line_naming_it_with_the_password_hidden(tmp_path: Path) -> None:
-    port = _closed_port()
+    port = free_port()
     uri = f"mongodb://reader:s3cret@127.0.0.1:{port}/?directConnection=true&serverSelectionTimeoutMS=300"
     from lakehouse.core.config import Settings
     from warehouse.loader import open_warehouse
@@ -107,7 +101,7 @@ def test_a_stopped_mongodb_is_one_line_naming_it_with_the_password_hidden(tmp_pa
 
 
 def test_status_reports_each_unreachable_server_by_address_and_goes_on(tmp_path: Path) -> None:
-    kafka, mongo = _closed_port(), _closed_port()
+    kafka, mongo = free_port(), free_port()
     env = {"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{kafka}", "STATE_DIR": str(tmp_path / "state"),
            "MONGO_URI": f"mongodb://127.0.0.1:{mongo}/?directConnection=true&serverSelectionTimeoutMS=300",
            "LAKE_PATH": str(tmp_path / "lake"), "WAREHOUSE_PATH": str(tmp_path / "w.duckdb")}
@@ -166,7 +160,7 @@ def test_a_server_selection_timeout_in_the_uri_wins_over_the_commands_default(qu
     from lakehouse.adapters.mongo import connect
     from lakehouse.core.config import Settings
 
-    settings = Settings(mongo_uri=f"mongodb://127.0.0.1:{_closed_port()}/?directConnection=true{query}")
+    settings = Settings(mongo_uri=f"mongodb://127.0.0.1:{free_port()}/?directConnection=true{query}")
     client = connect(settings, "test", timeout_ms=5000)
     try:
         assert client.options.server_selection_timeout == expected
