@@ -19,9 +19,10 @@ from warehouse.loader import load
 def test_every_table_spark_wrote_reads_with_delta_rs_and_loads_into_duckdb(settings: Settings) -> None:
     client = connect_mongo(settings)
     drain(settings)  # an empty snapshot first: the changes below are streamed (orders placed are inserts)
-    OrderGenerator.for_database(client[settings.mongo_db], settings.collections, seed=26).run(600)
+    OrderGenerator.for_database(client[settings.mongo_db], settings.collections, seed=26).run(300)
     drain(settings)
-    run = settings.replace(max_rows_per_batch=25)  # many small batches: more than 10 commits, so a checkpoint
+    # Just past Delta's checkpoint interval (10 commits): each batch has a fixed cost of seconds here.
+    run = settings.replace(max_rows_per_batch=25)
     done = subprocess.run([sys.executable, "-m", "lakehouse.app.cli", "stream", "--available-now"],
                           env=run.to_env(), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]

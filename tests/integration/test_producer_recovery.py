@@ -27,11 +27,16 @@ def published(settings: Settings) -> int:
     return checkpoint.events_published if checkpoint else -1
 
 
-CHANGES = 10_000
+# Enough changes for five kills at random points while they flow (each after 150-500 more acknowledged
+# events), with changes still flowing after the last: 10,000 took 7 minutes per client on a busy machine.
+CHANGES = 3_000
 
 
 @pytest.mark.parametrize("client", KAFKA_CLIENTS)
-def test_kill_9_five_times_during_10k_changes_loses_nothing(settings: Settings, tmp_path: Path, client: str) -> None:
+def test_kill_9_five_times_during_changes_loses_nothing(settings: Settings, tmp_path: Path, client: str) -> None:
+    """Property: a producer SIGKILLed at any point while changes flow, and started again, publishes every
+    change at least once (nothing lost), and what it publishes again is the same event (same change_id,
+    same content): the resume token is saved only after Kafka acknowledged."""
     settings = settings.replace(kafka_client=client)
     db = connect_mongo(settings)[settings.mongo_db]
     start_at = db.command("ping")["operationTime"]
@@ -45,7 +50,7 @@ def test_kill_9_five_times_during_10k_changes_loses_nothing(settings: Settings, 
     rng = random.Random(9)
     for kill in range(5):
         # Kill at a random point while changes are flowing: after some more events were acknowledged.
-        target = published(settings) + rng.randrange(200, 1500)
+        target = published(settings) + rng.randrange(150, 500)
         wait_for(lambda t=target: published(settings) >= t or not writer.is_alive(), 120,
                  f"the producer to pass {target} events before kill {kill + 1}")
         producer.send_signal(signal.SIGKILL)
