@@ -56,7 +56,6 @@ def say(message: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
 
 
-
 def descendants(pid: int) -> list[int]:
     """pid and every process below it (the streaming job's JVM and its Python workers)."""
     children: dict[int, list[int]] = {}

@@ -115,13 +115,9 @@ def free_port() -> int:
 
 def lake_rows(settings: Settings, name: str) -> list[dict[str, Any]]:
     """Every row of a lake Delta table ([] before the table exists)."""
-    return delta_rows(str(settings.table_path(name)))
-
-
-def delta_rows(path: str) -> list[dict[str, Any]]:
-    """Every row of the Delta table at `path` ([] before it exists)."""
     from deltalake import DeltaTable
 
+    path = str(settings.table_path(name))
     return DeltaTable(path).to_pyarrow_table().to_pylist() if DeltaTable.is_deltatable(path) else []
 
 

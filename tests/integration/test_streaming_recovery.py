@@ -29,9 +29,9 @@ def batches_done(settings: Settings) -> int:
 
 
 def test_kill_9_mid_stream_then_restart_reflects_every_offset_once(settings: Settings, tmp_path: Path) -> None:
-    """Property: a job SIGKILLed mid-stream, once before the stateful queries committed anything and once
-    after, and then run to the end, writes every Kafka offset to the lake once and every alert, enriched
-    line and revenue window once. Six batches are enough: each costs 10-30 s here, whatever its size."""
+    """Property: a job SIGKILLed mid-stream, once after two lake batches and once after the alerts query's
+    first commit, and then run to the end, writes every Kafka offset to the lake once and every alert,
+    enriched line and revenue window once. Six batches are enough: each costs 10-30 s here, whatever its size."""
     settings = settings.replace(max_rows_per_batch=150, trigger_seconds=0.5)
     listener = ChangeStreamListener(settings)
     listener.run(until_idle=True)  # an empty snapshot: what follows is streamed, change by change

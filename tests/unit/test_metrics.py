@@ -52,7 +52,6 @@ def test_the_monitor_exposition_parses_and_carries_lag_freshness_loss_and_reconc
     assert not any(name == "lakehouse_warehouse_orders" for name, _ in got)  # unknown: absent, not 0
 
 
-
 def test_a_service_serves_its_metrics_and_a_busy_port_is_a_warning_not_a_failure(
         caplog: pytest.LogCaptureFixture) -> None:
     port = free_port()
