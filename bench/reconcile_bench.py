@@ -1,8 +1,8 @@
 """How long `lakehouse reconcile` takes on N documents, and its peak memory.
 
 Starts its own MongoDB (a scratch folder, a free port), inserts N order documents, builds a warehouse
-whose `orders` holds the same documents (as the loader would: the producer's Extended JSON) except for a
-few planted differences, then times one reconcile and checks it found exactly those.
+whose `orders` holds the same documents (as the loader would: the producer's Extended JSON and digest)
+except for a few planted differences, then times one reconcile and checks it found exactly those.
 
     .venv/bin/python bench/reconcile_bench.py --documents 1000000
 """
@@ -35,6 +35,8 @@ PLANTED = 100  # missing, extra and mismatched each
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--documents", type=int, default=200_000)
+    parser.add_argument("--keep", action="store_true",
+                        help="leave MongoDB running and print the settings, to profile `lakehouse reconcile` by hand")
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="reconcile-bench-"))
     settings = Settings.from_env(mongo_uri=f"mongodb://127.0.0.1:{free_port()}/", stack_dir=base / "servers",
@@ -52,15 +54,18 @@ def main() -> None:
                       "status": "paid", "amount": f"{n % 2500}.50", "currency": "USD", "created_at": now}
                      for n in range(start, min(start + 10_000, args.documents))]
             orders.insert_many(batch, ordered=False)
-            rows = [(events.doc_id_text({"_id": d["_id"]}), events.to_extended_json(d)) for d in batch
-                    if d["_id"] >= PLANTED]  # the first PLANTED are missing
-            rows = [(i, doc.replace('"paid"', '"lost"') if start == 0 and n < PLANTED else doc)
-                    for n, (i, doc) in enumerate(rows)]  # the next PLANTED are changed
+            rows = [(events.doc_id_text(d), text, events.document_digest(d, text)) for d in batch
+                    if d["_id"] >= PLANTED and (text := events.to_extended_json(d))]  # the first PLANTED are missing
+            # The next PLANTED are changed in the warehouse after their digest was made (as a bad load would).
+            rows = [(i, doc.replace('"paid"', '"lost"') if start == 0 and n < PLANTED else doc, digest)
+                    for n, (i, doc, digest) in enumerate(rows)]
             if start == 0:
-                rows += [(f"extra-{n}", f'{{"_id": "extra-{n}"}}') for n in range(PLANTED)]
-            con.register("rows", pa.table({"doc_id": [r[0] for r in rows], "document": [r[1] for r in rows]}))
-            con.execute("INSERT INTO orders (doc_id, document, last_change_id, cluster_time_s, cluster_time_inc, "
-                        "txn_op_index) SELECT doc_id, document, doc_id, 0, 0, 0 FROM rows")
+                rows += [(f"extra-{n}", f'{{"_id": "extra-{n}"}}', None) for n in range(PLANTED)]
+            con.register("rows", pa.table({"doc_id": [r[0] for r in rows], "document": [r[1] for r in rows],
+                                           "document_digest": pa.array([r[2] for r in rows], pa.string())}))
+            con.execute("INSERT INTO orders (doc_id, document, document_digest, last_change_id, cluster_time_s, "
+                        "cluster_time_inc, txn_op_index) SELECT doc_id, document, document_digest, doc_id, 0, 0, 0 "
+                        "FROM rows")
             con.unregister("rows")
             if start % 500_000 == 0:
                 print(f"  {start + len(batch):,} documents in MongoDB and the warehouse", flush=True)
@@ -86,6 +91,8 @@ def main() -> None:
         peak = int(done.stderr.rsplit("PEAK_RSS_KIB", 1)[1].split()[0])
         if not done.stdout.strip():
             raise SystemExit(f"lakehouse reconcile printed nothing (exit {done.returncode}):\n{done.stderr[-3000:]}")
+        if os.environ.get("BENCH_VERBOSE"):  # the command's own log
+            print(done.stderr)
         line = done.stdout.strip().splitlines()[-1]
         print(line)
         assert f"missing={PLANTED} extra={PLANTED} mismatched={PLANTED}" in line, done.stdout + done.stderr
@@ -94,7 +101,10 @@ def main() -> None:
         print(f"bare find() over the same documents: {bare_s:.1f}s ({args.documents / bare_s:,.0f} documents/s); "
               f"reconcile at {bare_s / took:.2f} of it", flush=True)
     finally:
-        print(servers.stop_mongo(settings))
+        if args.keep:
+            print("kept; reconcile again with:", " ".join(f"{k}={v}" for k, v in settings.to_env().items()))
+        else:
+            print(servers.stop_mongo(settings))
 
 
 if __name__ == "__main__":

@@ -294,7 +294,7 @@ def silver_table(settings: Settings) -> LakeTable | None:
     if table is None:
         return None
     have = set(table.arrow_schema().names)
-    missing = [c for c in SILVER_COLUMNS_NEEDED if c not in have]
+    missing = [c for c in SILVER_COLUMNS_NEEDED if c not in have and c not in tables.OPTIONAL_SILVER]
     if missing:
         raise WarehouseError(
             f"the silver table {path} lacks column(s) {', '.join(missing)} that the warehouse loads: it was "
@@ -337,6 +337,8 @@ def read_silver(silver: LakeTable, collections: tuple[CollectionSpec, ...], file
                 seen.add(name)
                 progress.advance(int(rows_in.get(name) or 0))
     table = pa.Table.from_batches(batches, schema=scanner.projected_schema)
+    for name in sorted(tables.OPTIONAL_SILVER - set(table.column_names)):
+        table = table.append_column(name, pa.nulls(table.num_rows, pa.string()))
     for spec in collections:
         for name, kind in spec.columns:
             if name not in table.column_names:

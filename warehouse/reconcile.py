@@ -1,8 +1,9 @@
 """The warehouse's side of a reconcile: compare MongoDB's (identity, hash) pairs, streamed in by the
 caller, with the warehouse's current rows, and read back the rows that differ.
 
-MongoDB's pairs go into a scratch DuckDB table as they arrive; the warehouse's hashes are streamed into
-another in one short read-only query (the loader gets the file back at once), and DuckDB joins them.
+MongoDB's pairs go into a scratch DuckDB table as they arrive; meanwhile the warehouse's digests are
+streamed into another in one short read-only query (the loader gets the file back at once); then
+DuckDB joins them.
 Only identities and hashes are held, never the documents, and in a scratch database on disk under a
 memory limit: DuckDB spills what does not fit, so memory stays flat however many documents there are.
 """
@@ -12,17 +13,29 @@ from __future__ import annotations
 import json
 import tempfile
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 
+from lakehouse.contracts.events import DIGEST_CHARS
 from lakehouse.contracts.types import ident
 from lakehouse.core.config import Settings
 from warehouse.loader import connect
 
-SOURCE_COLUMNS = ("doc_id", "id_json", "digest")  # what the caller streams in, per document
+SOURCE_COLUMNS = ("doc_id", "digest")  # what the caller streams in, per document
+# The warehouse's digest of a row: the raw-BSON half of its document_digest (as bytes, like the source's),
+# while its document is still the text that digest was made with (events.document_digest); else null,
+# which differs from anything.
+_VERIFIED_DIGEST = (f"CASE WHEN right(document_digest, {DIGEST_CHARS}) = left(sha256(document), {DIGEST_CHARS}) "
+                    f"THEN unhex(left(document_digest, {DIGEST_CHARS})) END")
+
+
+def _key_json(doc_id: str) -> str:
+    """The documentKey of a doc_id, as events.key_json spells it ({"_id": <the _id's Extended JSON>})."""
+    return f'{{"_id": {doc_id}}}'
 
 
 @dataclass
@@ -33,17 +46,18 @@ class Differences:
     extra: list[str] = field(default_factory=list)  # in the warehouse, not in the source
     mismatched: list[str] = field(default_factory=list)  # in both, different hash
     ids: dict[str, str] = field(default_factory=dict)  # doc_id -> _id as Extended JSON (missing, mismatched)
-    digests: dict[str, str | None] = field(default_factory=dict)  # doc_id -> the source's digest of a difference
+    digests: dict[str, bytes | None] = field(default_factory=dict)  # doc_id -> the source's digest of a difference
 
 
-SCRATCH_MEMORY = "256MB"  # DuckDB's limit for the comparison; beyond it, it spills to the scratch folder
+SCRATCH_MEMORY = "128MB"  # DuckDB's limit for the comparison; beyond it, it spills to the scratch folder
+WAREHOUSE_SCAN_MEMORY = "64MB"  # the read-only scan of the warehouse: it streams, a small pool is enough
 STREAMED_ROWS = 100_000  # warehouse hashes per batch copied into the scratch database
 
 
 def compare(settings: Settings, collection: str, source: Iterable[pa.RecordBatch], only: list[str] | None = None,
             advance: Callable[[int], object] = lambda _: None) -> Differences:
-    """Differences between `source` (batches of SOURCE_COLUMNS, the digest a sha256 of the document's
-    Extended JSON) and the collection's current rows in the warehouse (all, or `only` those doc_ids)."""
+    """Differences between `source` (batches of SOURCE_COLUMNS, the digest events.raw_digest of the
+    document's BSON) and the collection's current rows in the warehouse (all, or `only` those doc_ids)."""
     settings.state_dir.mkdir(parents=True, exist_ok=True)  # on disk, not a /tmp that may be memory
     with tempfile.TemporaryDirectory(prefix="reconcile-", dir=settings.state_dir) as folder:
         scratch = duckdb.connect(str(Path(folder) / "scratch.duckdb"))
@@ -58,25 +72,31 @@ def compare(settings: Settings, collection: str, source: Iterable[pa.RecordBatch
 
 def _compare(scratch: duckdb.DuckDBPyConnection, settings: Settings, collection: str,
              source: Iterable[pa.RecordBatch], only: list[str] | None, advance: Callable[[int], object]) -> Differences:
-    scratch.execute("CREATE TABLE src (doc_id VARCHAR, id_json VARCHAR, digest VARCHAR)")
-    for batch in source:
-        scratch.register("chunk", batch)
-        scratch.execute("INSERT INTO src SELECT * FROM chunk")
-        scratch.unregister("chunk")
-        advance(batch.num_rows)
-    scratch.execute("CREATE TABLE wh (doc_id VARCHAR, digest VARCHAR)")
-    _copy_warehouse_digests(scratch, settings, _table(settings, collection), only)
+    scratch.execute("CREATE TABLE src (doc_id VARCHAR, digest BLOB)")
+    scratch.execute("CREATE TABLE wh (doc_id VARCHAR, digest BLOB)")
+    # The warehouse's side is copied meanwhile, on a connection of its own: DuckDB runs without the GIL,
+    # so it uses the time the caller waits for MongoDB instead of adding its own after the read.
+    with ThreadPoolExecutor(1, thread_name_prefix="reconcile-warehouse") as pool:
+        copied = pool.submit(_copy_warehouse_digests, scratch.cursor(), settings, _table(settings, collection), only)
+        try:
+            for batch in source:
+                scratch.register("chunk", batch)
+                scratch.execute("INSERT INTO src SELECT * FROM chunk")
+                scratch.unregister("chunk")
+                advance(batch.num_rows)
+        finally:
+            copied.result()  # its error, if any; and never a scratch database closed under it
     found = Differences()
     rows = scratch.execute(
-        "SELECT coalesce(s.doc_id, w.doc_id), s.id_json, s.digest, w.digest IS NULL "
+        "SELECT coalesce(s.doc_id, w.doc_id), s.digest, s.doc_id IS NULL, w.doc_id IS NULL "
         "FROM src s FULL OUTER JOIN wh w ON s.doc_id = w.doc_id "
-        "WHERE s.digest IS DISTINCT FROM w.digest").fetchall()
-    for doc_id, id_json, digest, not_in_warehouse in rows:
+        "WHERE s.doc_id IS NULL OR w.doc_id IS NULL OR s.digest IS DISTINCT FROM w.digest").fetchall()
+    for doc_id, digest, not_in_source, not_in_warehouse in rows:  # a warehouse digest may be null (a mismatch)
         found.digests[doc_id] = digest
-        if digest is None:
+        if not_in_source:
             found.extra.append(doc_id)
         else:
-            found.ids[doc_id] = id_json
+            found.ids[doc_id] = _key_json(doc_id)
             (found.missing if not_in_warehouse else found.mismatched).append(doc_id)
     found.source = int(scratch.execute("SELECT count(*) FROM src").fetchall()[0][0])
     found.warehouse = int(scratch.execute("SELECT count(*) FROM wh").fetchall()[0][0])
@@ -94,10 +114,10 @@ def _copy_warehouse_digests(scratch: duckdb.DuckDBPyConnection, settings: Settin
     con = connect(settings.warehouse_path, read_only=True)
     try:
         # Its own buffer pool would otherwise keep the documents it scanned, up to most of the machine's memory.
-        con.execute(f"SET memory_limit = '{SCRATCH_MEMORY}'")
+        con.execute(f"SET memory_limit = '{WAREHOUSE_SCAN_MEMORY}'")
         if not con.execute("SELECT 1 FROM information_schema.tables WHERE table_name = ?", [table]).fetchall():
             return
-        query = f"SELECT doc_id, sha256(document) AS digest FROM {ident(table)}"
+        query = f"SELECT doc_id, {_VERIFIED_DIGEST} AS digest FROM {ident(table)}"
         if only is not None:
             con.register("wanted", pa.table({"doc_id": pa.array(only, pa.string())}))
             query += " WHERE doc_id IN (SELECT doc_id FROM wanted)"
@@ -106,6 +126,18 @@ def _copy_warehouse_digests(scratch: duckdb.DuckDBPyConnection, settings: Settin
             scratch.register("chunk", batch)
             scratch.execute("INSERT INTO wh SELECT * FROM chunk")
             scratch.unregister("chunk")
+    finally:
+        con.close()
+
+
+def current_rows(settings: Settings, collection: str) -> int:
+    """How many documents the warehouse holds of `collection` (0 before its table exists)."""
+    con = connect(settings.warehouse_path, read_only=True)
+    try:
+        table = _table(settings, collection)
+        if not con.execute("SELECT 1 FROM information_schema.tables WHERE table_name = ?", [table]).fetchall():
+            return 0
+        return int(con.execute(f"SELECT count(*) FROM {ident(table)}").fetchall()[0][0])
     finally:
         con.close()
 

@@ -8,12 +8,17 @@ import contextlib
 import queue
 import threading
 from collections.abc import Iterator, Mapping
+from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any
 
+import bson
+from bson.codec_options import CodecOptions
 from pymongo import MongoClient
+from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import OperationFailure, PyMongoError, ServerSelectionTimeoutError
 
+from lakehouse.contracts import events
 from lakehouse.core.config import Settings
 from lakehouse.core.errors import (
     START_HINT,
@@ -194,6 +199,107 @@ class ChangeStream:
 
 _FAILED = object()  # in place of an event: the reader's error follows
 HANDOVER_EVENTS = 256  # at most this many events per hand-over from the reading thread
+
+
+def raw_batches_ahead(collection: Collection, query: Mapping[str, Any] | None = None,
+                      batch_size: int = 10_000) -> Iterator[bytes]:
+    """The batches of a find() as raw BSON (documents back to back), read by a thread one batch ahead.
+
+    A cursor alone asks for its next batch only when the caller is done with this one, so MongoDB and
+    the caller take turns: a scan that does work per document (reconcile hashes each one) costs the
+    server's time plus the caller's. Here the server builds the next batch meanwhile. The thread only
+    moves bytes, so it hardly competes with the caller for the GIL."""
+    ahead: queue.Queue[Any] = queue.Queue(maxsize=2)
+    done = threading.Event()
+
+    def hand_over(item: Any) -> bool:
+        while not done.is_set():
+            try:
+                ahead.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            with translated():
+                cursor = collection.find_raw_batches(dict(query or {}), batch_size=batch_size)
+                try:
+                    for raw in cursor:
+                        if not hand_over(raw):
+                            return  # the caller stopped reading
+                finally:
+                    cursor.close()
+            hand_over(None)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            hand_over((_FAILED, exc))
+
+    reader = threading.Thread(target=read, name="find-read-ahead", daemon=True)
+    reader.start()
+    try:
+        while True:
+            try:
+                item = ahead.get(timeout=0.2)
+            except queue.Empty:
+                if not reader.is_alive() and ahead.empty():
+                    raise MongoFailed("the find()'s reading thread stopped") from None
+                continue
+            if item is None:
+                return
+            if isinstance(item, tuple):
+                raise item[1]
+            yield item
+    finally:
+        done.set()
+        reader.join(timeout=10)
+
+
+def raw_documents(batch: bytes) -> Iterator[memoryview]:
+    """Each document of a raw batch, as a view of its bytes (no copy, no decoding)."""
+    view = memoryview(batch)
+    at = 0
+    while at < len(view):
+        size = int.from_bytes(view[at:at + 4], "little")
+        yield view[at:at + size]
+        at += size
+
+
+# Bytes after an element's name, by BSON type, for the types an _id mostly has (the rest: a full decode).
+_FIXED_SIZE = {0x01: 8, 0x07: 12, 0x08: 1, 0x09: 8, 0x0A: 0, 0x10: 4, 0x11: 8, 0x12: 8, 0x13: 16}
+_SIZED = {0x02: 4, 0x03: 0, 0x04: 0, 0x05: 5}  # the int32 at the value's start, plus this many bytes
+
+
+def raw_doc_id(document: memoryview, options: CodecOptions) -> str:
+    """events.doc_id_text of a raw document, read straight from the bytes for the _ids most collections
+    have (an int, an ObjectId, a string first in the document); any other through a decode of the _id."""
+    if document[5:9] == b"_id\x00":
+        kind = document[4]
+        if kind == 0x10:  # int32
+            return str(int.from_bytes(document[9:13], "little", signed=True))
+        if kind == 0x12:  # int64: relaxed Extended JSON writes it as a plain number
+            return str(int.from_bytes(document[9:17], "little", signed=True))
+        if kind == 0x07:  # ObjectId
+            return f'{{"$oid": "{document[9:21].hex()}"}}'
+        if kind == 0x02:  # string: JSON's own escaping (ASCII), as json.dumps writes it
+            size = int.from_bytes(document[9:13], "little")
+            if 13 + size < len(document):
+                return encode_basestring_ascii(str(document[13:13 + size - 1], "utf-8"))
+    return events.doc_id_text({"_id": raw_id(document, options)})
+
+
+def raw_id(document: memoryview, options: CodecOptions) -> Any:
+    """A raw document's _id, decoding only that element when it comes first (MongoDB keeps _id first)."""
+    if document[5:9] == b"_id\x00":
+        kind = document[4]
+        size = _FIXED_SIZE.get(kind)
+        if size is None and kind in _SIZED:
+            size = int.from_bytes(document[9:13], "little") + _SIZED[kind]
+        if size is not None and 9 + size < len(document):
+            element = document[4:9 + size]
+            return bson.decode(b"".join(((len(element) + 5).to_bytes(4, "little"), element, b"\x00")),
+                               options)["_id"]
+    return bson.decode(document, options)["_id"]
 
 
 @contextlib.contextmanager

@@ -1,9 +1,13 @@
 """Is the warehouse's current state equal to MongoDB's? Per document, by a hash of its content; and
 repair what is not, through the pipeline's own path.
 
-MongoDB's documents are hashed as they arrive (the same Extended JSON the producer writes) and streamed
-to the warehouse's side of the comparison (warehouse/reconcile.py), which joins them with the
-warehouse's current rows. Only identities and hashes are held, never the documents.
+MongoDB's documents are hashed as they arrive, as raw BSON (never decoded but for the _id), and streamed
+to the warehouse's side of the comparison (warehouse/reconcile.py), which joins them with the digest
+the producer made of each document it published (events.document_digest). Only identities and hashes
+are held, never the documents. A document whose digests differ is compared in full, one canonical
+spelling each side, before it counts: a digest that cannot speak for a row (loaded before digests
+existed, a type that does not re-encode byte for byte, a document changed after capture) costs time,
+never a false difference or a missed one.
 
 A difference is counted, and repaired, only where the warehouse is really wrong. A periodic round
 (`confirmed`) takes a cut after its first look: MongoDB's cluster time then. It waits until the whole chain
@@ -24,7 +28,6 @@ a rebuild.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import time
@@ -38,7 +41,7 @@ from bson import json_util
 
 from lakehouse.adapters.delta import LakeTable
 from lakehouse.adapters.kafka import KafkaTransient, end_offsets, publisher, read_values
-from lakehouse.adapters.mongo import cluster_time
+from lakehouse.adapters.mongo import cluster_time, raw_batches_ahead, raw_doc_id, raw_documents
 from lakehouse.adapters.mongo import connect as connect_mongo
 from lakehouse.contracts import events, tables
 from lakehouse.contracts.positions import committed_offsets, split_key
@@ -50,7 +53,7 @@ from lakehouse.core.progress import Progress
 from lakehouse.core.rules import QUALITY_REASON
 from producer.checkpoint import CheckpointUnreadable, FileCheckpointStore
 from warehouse.loader import require_matching_lake, require_warehouse
-from warehouse.reconcile import SOURCE_COLUMNS, compare, current_documents, current_keys
+from warehouse.reconcile import SOURCE_COLUMNS, compare, current_documents, current_keys, current_rows
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +79,13 @@ class Reconciliation:
     # In MongoDB as a version a quality rule of severity quarantine kept out of silver (its change is in
     # the lake's quarantine table with the rule's name): accounted for, reported, not repaired.
     quarantined: list[str] = field(default_factory=list)
-    digests: dict[str, str | None] = field(default_factory=dict)  # doc_id -> MongoDB's digest (None: absent)
+    digests: dict[str, bytes | None] = field(default_factory=dict)  # doc_id -> MongoDB's digest (None: absent)
     # Differences whose document has a newer change on its way: not counted, not repaired.
     in_flight: list[str] = field(default_factory=list)
     deferred: bool = False  # the chain did not pass the round's cut in time: nothing was decided
+    # Documents in both whose digests differed, compared in full (content, one spelling each side): real
+    # mismatches, plus rows whose digest cannot speak for them (loaded before digests, or changed since).
+    compared_in_full: int = 0
 
     @property
     def ok(self) -> bool:
@@ -112,25 +118,17 @@ class Reconciliation:
         return out
 
 
-def _digest(text: str | None) -> str:
-    return hashlib.sha256((text or "").encode()).hexdigest()
-
-
 def _source_chunks(collection: Any, query: dict[str, Any] | None = None) -> Iterator[pa.RecordBatch]:
-    """MongoDB's documents as (doc_id, id_json, digest) batches."""
-    doc_ids: list[str] = []
-    id_jsons: list[str] = []
-    digests: list[str] = []
-    for document in collection.find(query or {}, batch_size=CHUNK):
-        key = {"_id": document["_id"]}
-        doc_ids.append(events.doc_id_text(key))
-        id_jsons.append(events.key_json(key))
-        digests.append(_digest(events.to_extended_json(document)))
-        if len(doc_ids) >= CHUNK:
-            yield pa.record_batch([doc_ids, id_jsons, digests], names=list(SOURCE_COLUMNS))
-            doc_ids, id_jsons, digests = [], [], []
-    if doc_ids:
-        yield pa.record_batch([doc_ids, id_jsons, digests], names=list(SOURCE_COLUMNS))
+    """MongoDB's documents as (doc_id, digest) batches: the digest of each one's raw BSON, so nothing is
+    decoded but the _id; the next batch is read while this one is hashed."""
+    options = collection.codec_options
+    for raw in raw_batches_ahead(collection, query, CHUNK):
+        doc_ids, digests = [], []
+        for document in raw_documents(raw):
+            doc_ids.append(raw_doc_id(document, options))
+            digests.append(events.raw_digest(document))
+        yield pa.record_batch([pa.array(doc_ids, pa.string()), pa.array(digests, pa.binary())],
+                              names=list(SOURCE_COLUMNS))
 
 
 def reconcile(settings: Settings, collection: str = "orders", keys: Reconciliation | None = None) -> Reconciliation:
@@ -143,8 +141,9 @@ def reconcile(settings: Settings, collection: str = "orders", keys: Reconciliati
         db = client[settings.mongo_db]
         began = cluster_time(db)
         if keys is None:
-            query, only = None, None
-            total = db[collection].estimated_document_count()
+            # The warehouse's count stands in for MongoDB's: this server's count scans the collection,
+            # which cost half the read itself only to show an ETA.
+            query, only, total = None, None, current_rows(settings, collection) or None
         else:
             ids = [json_util.loads(keys.ids[k])["_id"] for k in (*keys.missing, *keys.mismatched)]
             query, only, total = {"_id": {"$in": ids}}, [*keys.missing, *keys.extra, *keys.mismatched], len(ids)
@@ -154,7 +153,10 @@ def reconcile(settings: Settings, collection: str = "orders", keys: Reconciliati
                                 collection=collection, cluster_time=(began.time, began.inc), ids=found.ids,
                                 digests=found.digests)
         if result.mismatched:
+            result.compared_in_full = len(result.mismatched)
             result.mismatched = _really_different(settings, db[collection], result)
+            log.info("reconcile %s: %d documents compared in full (digests differed), %d really differ",
+                     collection, result.compared_in_full, len(result.mismatched))
         if result.missing or result.mismatched:
             # A document whose change the producer dead-lettered (too large for Kafka, say) is behind in the
             # warehouse by design, and a repair would be refused the same way: accounted for, not repaired.
@@ -389,7 +391,8 @@ def reconcile_each(settings: Settings, names: tuple[str, ...] | None = None) -> 
 def combined(results: list[Reconciliation]) -> Reconciliation:
     """The sum of several collections' results (differences named collection/doc_id)."""
     total = Reconciliation(sum(r.source for r in results), sum(r.warehouse for r in results), collection=ALL,
-                           repaired=sum(r.repaired for r in results), deferred=any(r.deferred for r in results))
+                           repaired=sum(r.repaired for r in results), deferred=any(r.deferred for r in results),
+                           compared_in_full=sum(r.compared_in_full for r in results))
     for r in results:
         for mine, theirs in ((total.missing, r.missing), (total.extra, r.extra), (total.mismatched, r.mismatched),
                              (total.dead_lettered, r.dead_lettered), (total.quarantined, r.quarantined),
@@ -402,7 +405,8 @@ def _summary(result: Reconciliation) -> dict[str, Any]:
     return {"collection": result.collection, "source": result.source, "warehouse": result.warehouse,
             "missing": len(result.missing), "extra": len(result.extra), "mismatched": len(result.mismatched),
             "dead_lettered": len(result.dead_lettered), "quarantined": len(result.quarantined),
-            "in_flight": len(result.in_flight), "deferred": int(result.deferred), "repaired": result.repaired}
+            "in_flight": len(result.in_flight), "deferred": int(result.deferred), "repaired": result.repaired,
+            "compared_in_full": result.compared_in_full}
 
 
 def record(settings: Settings, results: list[Reconciliation], confirmed_after: float | None = None) -> None:

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import bson
 import orjson
 from bson import ObjectId, json_util
 from bson.json_util import JSONMode, JSONOptions
@@ -50,6 +51,9 @@ ENVELOPE_FIELDS: tuple[tuple[str, str], ...] = (
     ("wall_time_ms", "long"),
     ("resume_token", "string"),
     ("captured_at_ms", "long"),  # when the producer saw it (not part of change_id)
+    # document_digest(full_document): lets reconcile compare MongoDB's raw BSON without decoding it.
+    # Optional: events without it (and documents it cannot speak for) are compared in full.
+    ("document_digest", "string"),
 )
 ENVELOPE_FIELD_NAMES: tuple[str, ...] = tuple(name for name, _ in ENVELOPE_FIELDS)
 REQUIRED_FIELDS: tuple[str, ...] = ("change_id", "op", "db", "collection", "doc_id", "cluster_time_s")
@@ -136,6 +140,38 @@ def canonical_document(document: Mapping[str, Any] | str) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+DIGEST_BYTES = 12  # each half of a document digest: 96 bits, short enough for DuckDB to keep inline
+DIGEST_CHARS = 2 * DIGEST_BYTES  # ... as hex
+
+
+def raw_digest(raw: bytes | memoryview) -> bytes:
+    """The digest of a document's BSON bytes, as find() returns them (reconcile's side)."""
+    return hashlib.blake2b(raw, digest_size=DIGEST_BYTES).digest()
+
+
+def text_digest(text: str | None) -> str:
+    """The digest of a document's Extended JSON text (hex): it binds a document_digest to its text."""
+    return hashlib.sha256((text or "").encode()).hexdigest()[:DIGEST_CHARS]
+
+
+def document_digest(document: Mapping[str, Any] | None, text: str | None) -> str | None:
+    """raw_digest of the document's BSON (hex), then text_digest of `text` (its Extended JSON as published).
+
+    The BSON is the decoded document encoded again, which gives MongoDB's own bytes for every type a
+    decode keeps (all but deprecated ones such as undefined and symbol) in the document's own key order.
+    Reconcile hashes find()'s raw bytes and compares them with the first half without decoding a
+    document; the warehouse trusts that half only while its stored document still has the second half's
+    digest, so a document changed anywhere after capture is compared in full, never taken as equal.
+    None (compared in full) for no document, or one that does not encode."""
+    if document is None:
+        return None
+    try:
+        encoded = bson.encode(document)
+    except (bson.errors.InvalidDocument, TypeError, ValueError, OverflowError):
+        return None
+    return raw_digest(encoded).hex() + text_digest(text)
+
+
 def _sha(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
 
@@ -177,6 +213,7 @@ def from_change(change: Mapping[str, Any], position: SourcePosition, key_field: 
     full = post_image(change)
     doc_id = doc_id_text(document_key)
     wall = change.get("wallTime")
+    full_json = to_extended_json(full)
     return {
         "schema_version": SCHEMA_VERSION,
         "change_id": _sha(f"{ns['db']}.{ns['coll']}", token),
@@ -186,7 +223,7 @@ def from_change(change: Mapping[str, Any], position: SourcePosition, key_field: 
         "doc_id": doc_id,
         "document_key": key_json(document_key),
         "order_id": order_id_of(full, before, key_field=key_field) or doc_id,
-        "full_document": to_extended_json(full),
+        "full_document": full_json,
         "before_document": to_extended_json(before),
         "update_description": to_extended_json(change.get("updateDescription")),
         "cluster_time_s": position.cluster_time_s,
@@ -196,6 +233,7 @@ def from_change(change: Mapping[str, Any], position: SourcePosition, key_field: 
         "wall_time_ms": int(wall.timestamp() * 1000) if wall is not None else None,
         "resume_token": token,
         "captured_at_ms": int(time.time() * 1000),
+        "document_digest": document_digest(full if isinstance(full, Mapping) else None, full_json),
     }
 
 
@@ -290,6 +328,7 @@ def from_snapshot(
         "wall_time_ms": None,
         "resume_token": None,
         "captured_at_ms": int(time.time() * 1000),
+        "document_digest": document_digest(document, full),
     }
 
 

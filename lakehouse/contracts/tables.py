@@ -114,7 +114,10 @@ CHANGE_COLUMNS: Columns = (
     ("change_id", "string"), ("op", "string"), ("collection", "string"), ("doc_id", "string"),
     ("order_id", "string"), ("cluster_time_s", "long"), ("cluster_time_inc", "long"), ("txn_op_index", "long"),
     ("event_time", "timestamp"), ("wall_time_ms", "long"), ("resume_token", "string"), ("document", "string"),
+    ("document_digest", "string"),
 )
+# Silver columns a lake written before they existed lacks: the warehouse loads them as nulls.
+OPTIONAL_SILVER = frozenset({"document_digest"})
 # NOT NULL per column of the warehouse's tables (the rest may be null). change_id (changes) and doc_id
 # (current) are unique, kept so by the loader's apply: no PRIMARY KEY index, whose upkeep was half a load.
 _CONSTRAINTS = {"change_id": "NOT NULL", "op": "NOT NULL", "collection": "NOT NULL", "doc_id": "NOT NULL",
@@ -133,8 +136,8 @@ def changes_columns(spec: CollectionSpec) -> Columns:
 def current_columns(spec: CollectionSpec) -> Columns:
     """A collection's current state: one row per live document, the newest version in source order."""
     return (("doc_id", "string"), ("order_id", "string"), *spec.columns, ("document", "string"),
-            ("last_change_id", "string"), ("cluster_time_s", "long"), ("cluster_time_inc", "long"),
-            ("txn_op_index", "long"), ("updated_at", "timestamp"))
+            ("document_digest", "string"), ("last_change_id", "string"), ("cluster_time_s", "long"),
+            ("cluster_time_inc", "long"), ("txn_op_index", "long"), ("updated_at", "timestamp"))
 
 
 LOAD_STATE_COLUMNS: Columns = (("source", "string"), ("delta_version", "long"), ("rows_loaded", "long"),

@@ -33,9 +33,9 @@ _KEYS = {"key", "table", "changes", "money", "columns", "rules"}
 RESERVED_COLUMNS = frozenset({
     "schema_version", "change_id", "op", "db", "collection", "doc_id", "document_key", "order_id", "full_document",
     "before_document", "update_description", "cluster_time_s", "cluster_time_inc", "txn_op_index", "txn_number",
-    "wall_time_ms", "resume_token", "captured_at_ms", "event_time", "event_date", "extra", "kafka_topic",
-    "kafka_partition", "kafka_offset", "kafka_timestamp", "kafka_key", "batch_id", "ingested_at", "document",
-    "loaded_at", "last_change_id", "updated_at", "valid_from", "valid_to", "is_tombstone", "is_current",
+    "wall_time_ms", "resume_token", "captured_at_ms", "document_digest", "event_time", "event_date", "extra",
+    "kafka_topic", "kafka_partition", "kafka_offset", "kafka_timestamp", "kafka_key", "batch_id", "ingested_at",
+    "document", "loaded_at", "last_change_id", "updated_at", "valid_from", "valid_to", "is_tombstone", "is_current",
     "quarantine_reason", "raw_value", QUALITY_FLAGS,
 })
 # What the money UDF derives from a document's amount and currency fields (streaming/udfs.py).
