@@ -10,6 +10,7 @@ except for a few planted differences, then times one reconcile and checks it fou
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -85,8 +86,13 @@ def main() -> None:
                    "    runpy.run_module('lakehouse.app.cli', run_name='__main__')\nfinally:\n"
                    "    print('PEAK_RSS_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)")
         started = time.monotonic()
-        done = subprocess.run([sys.executable, "-c", wrapped], env={**os.environ, **settings.to_env()},
-                              capture_output=True, text=True)
+        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+            command = subprocess.Popen([sys.executable, "-c", wrapped], env={**os.environ, **settings.to_env()},
+                                       stdout=out, stderr=err, text=True)
+            timeline = _rss_timeline(command)
+            out.seek(0)
+            err.seek(0)
+            done = subprocess.CompletedProcess(command.args, command.returncode, out.read(), err.read())
         took = time.monotonic() - started
         peak = int(done.stderr.rsplit("PEAK_RSS_KIB", 1)[1].split()[0])
         if not done.stdout.strip():
@@ -98,6 +104,8 @@ def main() -> None:
         assert f"missing={PLANTED} extra={PLANTED} mismatched={PLANTED}" in line, done.stdout + done.stderr
         print(f"reconcile of {args.documents:,} documents: {took:.1f}s wall clock for the command "
               f"({args.documents / took:,.0f} documents/s); its peak RSS {peak / 1024:,.0f} MiB", flush=True)
+        print("its RSS over time (MiB, every 10th of the run):",
+              " ".join(f"{at:.0f}s:{mib}" for at, mib in timeline[::max(1, len(timeline) // 10)]))
         print(f"bare find() over the same documents: {bare_s:.1f}s ({args.documents / bare_s:,.0f} documents/s); "
               f"reconcile at {bare_s / took:.2f} of it", flush=True)
     finally:
@@ -105,6 +113,17 @@ def main() -> None:
             print("kept; reconcile again with:", " ".join(f"{k}={v}" for k, v in settings.to_env().items()))
         else:
             print(servers.stop_mongo(settings))
+
+
+def _rss_timeline(command: subprocess.Popen[str]) -> list[tuple[float, int]]:
+    """(seconds since start, RSS MiB) of a running command, twice a second until it ends."""
+    samples, started = [], time.monotonic()
+    while command.poll() is None:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            pages = int(Path(f"/proc/{command.pid}/statm").read_text().split()[1])
+            samples.append((time.monotonic() - started, pages * os.sysconf("SC_PAGE_SIZE") // 2**20))
+        time.sleep(0.5)
+    return samples
 
 
 if __name__ == "__main__":

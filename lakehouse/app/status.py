@@ -333,7 +333,8 @@ def metric_families(report: dict[str, Any]) -> list[GaugeMetricFamily]:
     gauge("dead_lettered_by_reason", "Dead-lettered events by reason (of the newest read)",
           [({"reason": reason}, n) for reason, n in (letters.get("by_reason") or {}).items()])
     r = report.get("reconcile", {})
-    for key in ("missing", "extra", "mismatched", "repaired", "quarantined", "dead_lettered", "in_flight", "deferred"):
+    for key in ("missing", "extra", "mismatched", "repaired", "quarantined", "dead_lettered", "in_flight", "deferred",
+                "compared_in_full"):  # compared in full: digests differed (real mismatches, or rows without one)
         gauge(f"reconcile_{key}", f"Documents {key} at the last reconcile", [({}, r.get(key))])
         gauge(f"reconcile_collection_{key}", f"Documents {key} per collection at the last reconcile",
               [({"collection": c["collection"]}, c.get(key)) for c in r.get("collections") or []])
