@@ -23,6 +23,7 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.measured import MEASURED, peaks  # noqa: E402
 from infra import servers  # noqa: E402
 from lakehouse.adapters.mongo import connect as connect_mongo  # noqa: E402
 from lakehouse.contracts import events  # noqa: E402
@@ -82,19 +83,16 @@ def main() -> None:
                                  check=True).stdout.split()
         bare_s = float(out[1])
         # `lakehouse reconcile` as its own process, which reports its own peak memory.
-        wrapped = ("import resource, runpy, sys\nsys.argv = ['lakehouse', 'reconcile']\ntry:\n"
-                   "    runpy.run_module('lakehouse.app.cli', run_name='__main__')\nfinally:\n"
-                   "    print('PEAK_RSS_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)")
         started = time.monotonic()
         with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-            command = subprocess.Popen([sys.executable, "-c", wrapped], env={**os.environ, **settings.to_env()},
-                                       stdout=out, stderr=err, text=True)
+            command = subprocess.Popen([sys.executable, "-c", MEASURED, "reconcile"],
+                                       env={**os.environ, **settings.to_env()}, stdout=out, stderr=err, text=True)
             timeline = _rss_timeline(command)
             out.seek(0)
             err.seek(0)
             done = subprocess.CompletedProcess(command.args, command.returncode, out.read(), err.read())
         took = time.monotonic() - started
-        peak = int(done.stderr.rsplit("PEAK_RSS_KIB", 1)[1].split()[0])
+        peak = peaks(done.stderr)[0]
         if not done.stdout.strip():
             raise SystemExit(f"lakehouse reconcile printed nothing (exit {done.returncode}):\n{done.stderr[-3000:]}")
         if os.environ.get("BENCH_VERBOSE"):  # the command's own log

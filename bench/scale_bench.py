@@ -26,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.measured import MEASURED, peaks  # noqa: E402
 from infra import servers  # noqa: E402
 from lakehouse.adapters.mongo import connect as connect_mongo  # noqa: E402
 from lakehouse.core.config import Settings  # noqa: E402
@@ -36,13 +37,6 @@ STAGES = (("producer", ("produce", "--snapshot", "initial", "--until-idle")),
           ("streaming", ("stream", "--available-now")),
           ("warehouse", ("load",)),
           ("reconcile", ("reconcile",)))
-# Runs a `lakehouse` command and reports its own peak RSS and its children's (Spark's JVM) on exit.
-MEASURED = ("import resource, runpy, sys\nsys.argv = ['lakehouse', *sys.argv[1:]]\ntry:\n"
-            "    runpy.run_module('lakehouse.app.cli', run_name='__main__')\nfinally:\n"
-            "    print('PEAK_RSS_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,\n"
-            "          resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)")
-
-
 def size_of(paths: list[Path]) -> int:
     """Bytes allocated on disk (Kafka preallocates its index files sparsely: their length overstates)."""
     return sum(f.stat().st_blocks * 512 for p in paths if p.exists()
@@ -85,7 +79,7 @@ def run_stage(settings: Settings, args: tuple[str, ...], log: Path) -> tuple[flo
     log.write_text(stdout + stderr)
     if process.returncode != 0 or "PEAK_RSS_KIB" not in stderr:
         raise SystemExit(f"`lakehouse {' '.join(args)}` failed (exit {process.returncode}); see {log}")
-    own, reaped = (int(v) for v in stderr.rsplit("PEAK_RSS_KIB", 1)[1].split()[:2])
+    own, reaped = peaks(stderr)
     last = stdout.strip().splitlines()[-1] if stdout.strip() else ""
     return took, own, max(reaped, peak[0]), last
 
