@@ -5,14 +5,16 @@
 #   and the jars of every pinned pom under infra/jars/ (Apache Kafka's broker; Spark's Kafka source and
 #   delta-spark for the streaming job), fetched from Maven Central
 #   with `mvn dependency:copy-dependencies` into .tools/jars/<name>/; nothing is downloaded at run time.
-# Re-running it is cheap: the venv is rebuilt only when requirements.txt or pyproject.toml change, a jar
-# folder only when its pom changes.
+# With --test (make test, lint, chaos) it adds the test tools of requirements-test.txt to the same venv.
+# Re-running it is cheap: the venv is rebuilt only when requirements.txt or pyproject.toml change (the test
+# tools when requirements-test.txt does), a jar folder only when its pom changes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON="${PYTHON:-python3.11}"
 VENV=.venv
 STAMP="$VENV/.requirements.sha256"
+TEST_STAMP="$VENV/.requirements-test.sha256"
 
 log() { printf '[setup] %s\n' "$*"; }
 
@@ -104,6 +106,18 @@ else
   echo "$want" > "$STAMP"
   log "done: $("$VENV/bin/python" -c 'import pyspark, deltalake, duckdb; print("pyspark", pyspark.__version__, "deltalake", deltalake.__version__, "duckdb", duckdb.__version__)')"
   rm -f .tools/jars/spark/.pom.sha256  # a new pyspark: its own jars decide which fetched ones are left out
+fi
+
+# The test tools (pytest, mongomock, ruff ...) only for `setup.sh --test` (make test, lint, chaos).
+if [ "${1:-}" = "--test" ]; then
+  want_test=$(cat requirements-test.txt | sha256sum | cut -d' ' -f1)
+  if [ -f "$TEST_STAMP" ] && [ "$(cat "$TEST_STAMP")" = "$want_test" ]; then
+    log "test tools up to date"
+  else
+    log "installing the test tools (requirements-test.txt)"
+    "$VENV/bin/pip" install -q --disable-pip-version-check -r requirements-test.txt
+    echo "$want_test" > "$TEST_STAMP"
+  fi
 fi
 
 # Spark's Kafka source and delta-spark for the streaming job (after the venv: pyspark's jars are left out).
