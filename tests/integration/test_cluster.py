@@ -22,6 +22,9 @@ from producer.listener import ChangeStreamListener
 from tests.conftest import wait_for
 from tests.helpers import free_port, lake_rows, start_cli
 
+# Minutes of kills (make chaos runs it; make test does not).
+pytestmark = pytest.mark.faults
+
 
 @pytest.fixture
 def cluster(settings: Settings, tmp_path: Path) -> Iterator[Settings]:

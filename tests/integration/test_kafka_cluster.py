@@ -26,6 +26,9 @@ from producer.generator import OrderGenerator
 from tests.conftest import wait_for
 from tests.helpers import free_port, start_cli, warehouse_rows
 
+# Minutes of kills (make chaos runs it; make test does not).
+pytestmark = pytest.mark.faults
+
 
 @pytest.fixture(scope="module")
 def kafka_cluster(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
 from deltalake import DeltaTable
 from kafka import KafkaProducer
 
@@ -110,6 +111,7 @@ def committed(checkpoint: Path) -> bool:
     return any((checkpoint / "commits").glob("[0-9]*"))
 
 
+@pytest.mark.faults
 def test_kills_in_every_query_first_batches_then_restart_by_itself_and_sigterm_exits_zero(
         settings: Settings, tmp_path: Path) -> None:
     settings = settings.replace(max_rows_per_batch=200, trigger_seconds=0.5, watermark_delay="1 second")

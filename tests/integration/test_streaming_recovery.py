@@ -10,6 +10,8 @@ import signal
 from collections import defaultdict
 from pathlib import Path
 
+import pytest
+
 from lakehouse.adapters.kafka import end_offsets
 from lakehouse.adapters.mongo import connect as connect_mongo
 from lakehouse.contracts import tables
@@ -21,6 +23,9 @@ from streaming.enrichment import order_items
 from streaming.inventory import crossings
 from tests.conftest import wait_for
 from tests.helpers import lake_rows, start_cli
+
+# Minutes of kills (make chaos runs it; make test does not).
+pytestmark = pytest.mark.faults
 
 
 def batches_done(settings: Settings) -> int:
