@@ -1,7 +1,8 @@
 # Two commands do everything on a fresh machine:
 #   make run-all   set up, start the servers, run the pipeline end to end, reconcile
 #                  (FOLLOW=1: a live demo that keeps going until Ctrl-C; EVENTS=, RATE=, STOP=1)
-#   make test      set up, run the whole test suite (it starts its own servers on other ports)
+#   make test      set up, run the test suite but the long fault tests (own servers on other ports);
+#                  make chaos runs those, then a chaos run of the whole pipeline
 PY := .venv/bin/python
 RUN_ALL_FLAGS := $(if $(EVENTS),--events $(EVENTS)) $(if $(RATE),--rate $(RATE)) $(if $(filter 1 true yes,$(STOP)),--stop) \
                  $(if $(filter 1 true yes,$(FOLLOW)),--follow)
