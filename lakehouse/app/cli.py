@@ -16,10 +16,22 @@ from lakehouse.core.logs import configure
 log = logging.getLogger("lakehouse.app.cli")
 
 
-def _finite(param: click.Parameter, value: float | None) -> float | None:
-    if value is not None and value != value:  # NaN passes click's range check
-        raise click.BadParameter(f"{value} is not a number", param=param)
-    return value
+class _Number(click.FloatRange):
+    """A float in a range that is also a number: click's range check lets NaN by (every comparison with
+    it is false)."""
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> object:
+        number = super().convert(value, param, ctx)
+        if number != number:
+            self.fail(f"{value} is not a number", param, ctx)
+        return number
+
+
+WEEK = 7 * 24 * 3600.0  # the longest interval an option takes: longer is a typo (milliseconds as seconds)
+SECONDS = _Number(min=0, min_open=True, max=WEEK)
+WAIT = _Number(min=0, max=WEEK)  # 0: do not wait
+RATE = _Number(min=0, min_open=True, max=1e6)
+SHARE = _Number(0, 1)
 
 
 class LakehouseGroup(click.Group):
@@ -103,10 +115,9 @@ def produce(settings: Settings, snapshot: str, until_idle: bool) -> None:
 
 @cli.command()
 @click.option("--events", type=click.IntRange(min=1), default=1000, show_default=True, help="How many changes to make.")
-@click.option("--rate", type=click.FloatRange(min=0, min_open=True, max=1e6), default=None, callback=lambda _c, p, v:
-              _finite(p, v), help="Changes per second (default: as fast as possible).")
+@click.option("--rate", type=RATE, default=None, help="Changes per second (default: as fast as possible).")
 @click.option("--seed", default=42, show_default=True)
-@click.option("--violations", envvar="VIOLATIONS", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+@click.option("--violations", envvar="VIOLATIONS", type=SHARE, default=0.0, show_default=True,
               help="Share of order changes that break a business rule on purpose (e.g. 0.02), for the quality checks.")
 @click.pass_obj
 def generate(settings: Settings, events: int, rate: float | None, seed: int, violations: float) -> None:
@@ -135,14 +146,14 @@ def stream(settings: Settings, available_now: bool) -> None:
 
 
 @cli.command("load")
-@click.option("--every", type=float, default=None,
+@click.option("--every", type=SECONDS, default=None,
               help="Keep loading until Ctrl-C/SIGTERM (a loader service): look for a new silver version every "
                    "this many seconds (cheap: the warehouse is opened only when there is one).")
-@click.option("--reconcile-every", type=float, default=None,
+@click.option("--reconcile-every", type=SECONDS, default=None,
               help="With --every: reconcile with MongoDB every this many seconds.")
 @click.option("--repair/--report-only", default=True, show_default=True,
               help="What a periodic reconcile does with differences that persist.")
-@click.option("--settle", type=float, default=15.0, show_default=True,
+@click.option("--settle", type=WAIT, default=15.0, show_default=True,
               help="A periodic reconcile looks again after this many seconds of loading; only what still "
                    "differs counts (changes in flight are not differences).")
 @click.pass_obj
@@ -222,7 +233,7 @@ def load_command(settings: Settings, every: float | None, reconcile_every: float
               help="Reconcile this captured collection (repeatable); default: every captured collection.")
 @click.option("--repair", "do_repair", is_flag=True,
               help="Publish every difference as a repair event (MongoDB's state, or a delete) through Kafka.")
-@click.option("--settle", type=click.FloatRange(min=0), default=0.0, show_default=True,
+@click.option("--settle", type=WAIT, default=0.0, show_default=True,
               help="Look again after this many seconds of loading; only what still differs counts.")
 @click.pass_obj
 def reconcile_command(settings: Settings, collections: tuple[str, ...], do_repair: bool, settle: float) -> None:
@@ -339,17 +350,20 @@ def metrics_command(settings: Settings, serve: bool, port: int | None) -> None:
 
 
 @cli.command("run-all")
-@click.option("--events", envvar="EVENTS", default=3000, show_default=True, help="Changes to generate.")
-@click.option("--rate", envvar="RATE", type=float, default=None, help="Changes per second (default: unthrottled).")
-@click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait for the warehouse to catch up.")
+@click.option("--events", envvar="EVENTS", type=click.IntRange(min=1), default=3000, show_default=True,
+              help="Changes to generate.")
+@click.option("--rate", envvar="RATE", type=RATE, default=None, help="Changes per second (default: unthrottled).")
+@click.option("--timeout", type=SECONDS, default=600.0, show_default=True,
+              help="Seconds to wait for the warehouse to catch up.")
 @click.option("--stop/--no-stop", "stop_servers", envvar="STOP", default=False,
               help="Stop the servers afterwards (default: leave them up for the notebooks).")
 @click.option("--follow", envvar="FOLLOW", is_flag=True,
               help="Live demo: keep generating (RATE, default 20/s) and print a status line until Ctrl-C.")
-@click.option("--every", default=5.0, show_default=True, help="Seconds between status lines with --follow.")
-@click.option("--violations", envvar="VIOLATIONS", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+@click.option("--every", type=SECONDS, default=5.0, show_default=True,
+              help="Seconds between status lines with --follow.")
+@click.option("--violations", envvar="VIOLATIONS", type=SHARE, default=0.0, show_default=True,
               help="Share of order changes that break a business rule on purpose (e.g. 0.02), for the quality checks.")
-@click.option("--reconcile-every", type=float, default=None,
+@click.option("--reconcile-every", type=SECONDS, default=None,
               help="With --follow: reconcile with MongoDB (and repair what persists) this often, in seconds.")
 @click.pass_obj
 def run_all_command(settings: Settings, events: int, rate: float | None, timeout: float, stop_servers: bool,
