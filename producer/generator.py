@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from lakehouse.core.collections import CUSTOMERS, ORDERS, PRODUCTS
+
 if TYPE_CHECKING:  # types only: the generator writes through whatever client it is handed
     from pymongo.collection import Collection
     from pymongo.database import Database
@@ -37,7 +39,6 @@ COUNTRIES = ("DE", "FR", "GB", "US", "NL", "ES")
 CATEGORIES = ("books", "electronics", "garden", "kitchen", "toys", "sports")
 RESTOCK_BELOW = 20  # a product at or under this stock may be restocked (INVENTORY_LOW's default)
 RESTOCK_SHARE = 0.03  # share of steps that restock one such product
-CUSTOMERS, PRODUCTS = "customers", "products"
 VIOLATIONS = ("missing_customer", "negative_amount", "unknown_status", "unknown_currency", "backwards_status",
               "unknown_customer", "unknown_product")
 
@@ -100,7 +101,7 @@ class OrderGenerator:
     def for_database(cls, db: Database, collections: tuple[str, ...], seed: int = 42,
                      violations: float = 0.0) -> OrderGenerator:
         """Orders, plus every other configured collection as a reference collection."""
-        return cls(db["orders"], seed, tuple(db[name] for name in collections if name != "orders"), violations)
+        return cls(db[ORDERS], seed, tuple(db[name] for name in collections if name != ORDERS), violations)
 
     def _first_free_number(self) -> int:
         numbers = [int(o.split("-")[1]) for o in self.live if o.startswith("ord-") and o[4:].isdigit()]

@@ -26,16 +26,16 @@ from pyspark.sql import functions as F
 
 from lakehouse.contracts import tables
 from lakehouse.contracts.events import DOCUMENT_OPERATIONS, identity_of
+from lakehouse.core.collections import CUSTOMERS, ORDERS, PRODUCTS
+from streaming.amounts import CENT
 from streaming.quality import json_key, shown_id
 
 log = logging.getLogger(__name__)
 
-ORDERS, CUSTOMERS, PRODUCTS = "orders", "customers", "products"
 # line column -> attribute of the referenced document (a silver column the collections spec lifts)
 CUSTOMER_ATTRIBUTES = {"customer_segment": "segment", "customer_country": "country"}
 PRODUCT_ATTRIBUTES = {"product_name": "name", "product_category": "category"}
 ORDER = tables.SOURCE_ORDER
-CENT = Decimal("0.01")
 LINE_COLUMNS = [name for name, _ in tables.ORDER_LINES_COLUMNS if name not in ("batch_id", "ingested_at")]
 
 

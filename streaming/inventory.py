@@ -21,11 +21,11 @@ from pyspark.sql import functions as F
 from pyspark.sql.streaming.state import GroupStateTimeout
 
 from lakehouse.contracts import tables, types
+from lakehouse.core.collections import PRODUCTS
 from lakehouse.core.config import Settings
 from streaming.aggregates import ORDER_STATES, AggregateWriter, read_silver, start_writer
 from streaming.enrichment import readable_id
 
-PRODUCTS = "products"
 OK, LOW, CRITICAL, OUT_OF_STOCK, RESTOCKED = "ok", "low", "critical", "out_of_stock", "restocked"
 _ORDER = tables.SOURCE_ORDER
 _INPUT = ("doc_id", "name", "stock", "event_time", "change_id", *_ORDER)

@@ -16,10 +16,10 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from lakehouse.contracts import tables
+from lakehouse.core.collections import ORDERS
 from lakehouse.core.config import Settings
 from streaming.aggregates import AggregateWriter, read_silver, start_writer
 
-ORDERS = "orders"
 ACTIVITY = ("insert", "update", "replace", "delete")
 
 

@@ -4,13 +4,9 @@ TYPE_NAMES plus decimal(p,s)."""
 
 from __future__ import annotations
 
-import re
-
 import pyarrow as pa
 
-from lakehouse.core.collections import TYPE_NAMES
-
-_DECIMAL = re.compile(r"decimal\((\d+),\s*(\d+)\)")
+from lakehouse.core.collections import DECIMAL, TYPE_NAMES
 
 _SPARK = {"string": "STRING", "int": "INT", "long": "BIGINT", "double": "DOUBLE", "bool": "BOOLEAN",
           "date": "DATE", "timestamp": "TIMESTAMP"}
@@ -24,7 +20,7 @@ Columns = tuple[tuple[str, str], ...]  # (name, vocabulary type), in order
 
 
 def _decimal(kind: str) -> tuple[int, int] | None:
-    match = _DECIMAL.fullmatch(kind)
+    match = DECIMAL.fullmatch(kind)
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 

@@ -25,7 +25,9 @@ from lakehouse.core.rules import QUALITY_FLAGS, QualityRule, RuleError, parse_ru
 
 # The one type vocabulary (lakehouse/contracts/types.py maps it to Spark SQL, Arrow and DuckDB).
 TYPE_NAMES = ("string", "int", "long", "double", "bool", "date", "timestamp")
-_DECIMAL = re.compile(r"decimal\((\d{1,2}),\s*(\d{1,2})\)")
+DECIMAL = re.compile(r"decimal\((\d{1,2}),\s*(\d{1,2})\)")  # decimal(precision, scale), both under 100
+# The collections the analytics (enrichment, inventory alerts, sessions) and the generator know by name.
+ORDERS, CUSTOMERS, PRODUCTS = "orders", "customers", "products"
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _FIELD_PATH = re.compile(r"[A-Za-z0-9_$-]+(\.[A-Za-z0-9_$-]+)*")
 _KEYS = {"key", "table", "changes", "money", "columns", "rules"}
@@ -47,7 +49,7 @@ DEFAULT_SPEC = Path(__file__).resolve().parents[2] / "collections.toml"
 
 
 def is_type(name: str) -> bool:
-    return name in TYPE_NAMES or bool(_DECIMAL.fullmatch(name))
+    return name in TYPE_NAMES or bool(DECIMAL.fullmatch(name))
 
 
 @dataclass(frozen=True)
