@@ -63,7 +63,7 @@ def read_lake_table(spark: SparkSession, settings: Settings, name: str) -> DataF
             .load(str(settings.table_path(name))))
 
 
-def read_silver(spark: SparkSession, settings: Settings) -> DataFrame:
+def stream_silver(spark: SparkSession, settings: Settings) -> DataFrame:
     return read_lake_table(spark, settings, tables.SILVER)
 
 
@@ -108,7 +108,7 @@ def start_aggregates(spark: SparkSession, settings: Settings, available_now: boo
         log.info("no captured collection has money and a status column: no windowed aggregates")
         return []
     silver = (
-        read_silver(spark, settings)
+        stream_silver(spark, settings)
         .where(F.col("collection").isin(*with_money))
         .where(F.col("op").isin(*ORDER_STATES))
         .withWatermark("event_time", settings.watermark_delay)

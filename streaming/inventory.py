@@ -23,7 +23,7 @@ from pyspark.sql.streaming.state import GroupStateTimeout
 from lakehouse.contracts import tables, types
 from lakehouse.core.collections import PRODUCTS
 from lakehouse.core.config import Settings
-from streaming.aggregates import ORDER_STATES, AggregateWriter, read_silver, start_writer
+from streaming.aggregates import ORDER_STATES, AggregateWriter, start_writer, stream_silver
 from streaming.enrichment import readable_id
 
 OK, LOW, CRITICAL, OUT_OF_STOCK, RESTOCKED = "ok", "low", "critical", "out_of_stock", "restocked"
@@ -91,7 +91,7 @@ def start_inventory_alerts(spark: SparkSession, settings: Settings, available_no
     """The alerts query, when products (with a stock column) are captured."""
     if PRODUCTS not in settings.collections or "stock" not in dict(settings.collection(PRODUCTS).columns):
         return []
-    changes = (read_silver(spark, settings)
+    changes = (stream_silver(spark, settings)
                .where((F.col("collection") == PRODUCTS) & F.col("op").isin(*ORDER_STATES) & F.col("stock").isNotNull())
                .select(*_INPUT))
     alerts = changes.groupBy("doc_id").applyInPandasWithState(

@@ -18,7 +18,7 @@ from pyspark.sql import functions as F
 from lakehouse.contracts import tables
 from lakehouse.core.collections import ORDERS
 from lakehouse.core.config import Settings
-from streaming.aggregates import AggregateWriter, read_silver, start_writer
+from streaming.aggregates import AggregateWriter, start_writer, stream_silver
 
 ACTIVITY = ("insert", "update", "replace", "delete")
 
@@ -32,7 +32,7 @@ def start_customer_sessions(spark: SparkSession, settings: Settings, available_n
         return []
     placed = F.col("op") == "insert"
     sessions = (
-        read_silver(spark, settings)
+        stream_silver(spark, settings)
         .where((F.col("collection") == ORDERS) & F.col("op").isin(*ACTIVITY) & F.col("customer_id").isNotNull())
         .withWatermark("event_time", settings.watermark_delay)
         .groupBy(F.session_window("event_time", settings.session_gap).alias("session"), "customer_id")
