@@ -38,8 +38,8 @@ from lakehouse.core.files import write_text_atomically
 from lakehouse.core.progress import Progress
 from warehouse.schema import (
     LAKE_VIEWS,
-    SCHEMA_VERSION,
     SOURCE_ORDER,
+    WAREHOUSE_VERSION,
     WarehouseSchema,
     cutoff,
     empty_select,
@@ -177,7 +177,7 @@ def _meta(con: duckdb.DuckDBPyConnection) -> dict[str, str] | None:
 
 def _check_or_create(con: duckdb.DuckDBPyConnection, path: Path, schema: WarehouseSchema | None) -> None:
     meta = _meta(con)
-    if meta is not None and meta.get("schema_version") == str(SCHEMA_VERSION) and (
+    if meta is not None and meta.get("schema_version") == str(WAREHOUSE_VERSION) and (
             schema is None or meta.get("schema_fingerprint") == schema.fingerprint()):
         return  # this version, made by these very statements: nothing to check or create (milliseconds)
     present = _present(con)
@@ -192,9 +192,9 @@ def _check_or_create(con: duckdb.DuckDBPyConnection, path: Path, schema: Warehou
         found = con.execute("SELECT value FROM warehouse_meta WHERE key = 'schema_version'").fetchall()
         version = found[0][0] if found else "?"
         upgradable = version in UPGRADABLE_FROM and schema is not None
-        if version != str(SCHEMA_VERSION) and not upgradable:
+        if version != str(WAREHOUSE_VERSION) and not upgradable:
             raise OtherSchemaVersion(
-                f"{path} holds warehouse schema v{version}; this code needs v{SCHEMA_VERSION}"
+                f"{path} holds warehouse schema v{version}; this code needs v{WAREHOUSE_VERSION}"
                 + (" (a writer such as `lakehouse load` upgrades it in place)" if version in UPGRADABLE_FROM
                    else f". Rebuild it from the lake with `{REBUILD}` (the file is replaced only once the rebuild "
                         "is complete)")
@@ -218,7 +218,7 @@ def _check_or_create(con: duckdb.DuckDBPyConnection, path: Path, schema: Warehou
             con.execute(statement)
         _add_new_columns(con, path, schema, _present(con))
         con.execute("INSERT INTO warehouse_meta VALUES ('schema_version', ?) ON CONFLICT DO NOTHING",
-                    [str(SCHEMA_VERSION)])
+                    [str(WAREHOUSE_VERSION)])
         for view, (_, columns) in LAKE_VIEWS.items():  # before the views that read them
             if not con.execute("SELECT 1 FROM information_schema.tables WHERE table_name = ?", [view]).fetchall():
                 con.execute(f"CREATE VIEW {view} AS {empty_select(columns)}")
@@ -266,9 +266,9 @@ def _upgrade_from_v4(con: duckdb.DuckDBPyConnection, path: Path, schema: Warehou
             columns = ", ".join(ident(c) for c in kept)
             con.execute(f"INSERT INTO {ident(name)} ({columns}) SELECT {columns} FROM {ident(name + '__v4')}")
             con.execute(f"DROP TABLE {ident(name + '__v4')}")
-    con.execute("UPDATE warehouse_meta SET value = ? WHERE key = 'schema_version'", [str(SCHEMA_VERSION)])
+    con.execute("UPDATE warehouse_meta SET value = ? WHERE key = 'schema_version'", [str(WAREHOUSE_VERSION)])
     log.warning("upgraded the warehouse %s to schema v%d in place (tables without primary-key indexes)", path,
-                SCHEMA_VERSION)
+                WAREHOUSE_VERSION)
 
 
 def _add_new_columns(con: duckdb.DuckDBPyConnection, path: Path, schema: WarehouseSchema,

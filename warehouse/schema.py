@@ -4,7 +4,7 @@ Per collection: a table of every change it had (`fact_<...>_changes`) and its cu
 per live document, derived by ordered apply), plus a `<table>_history` view (SCD type 2). The tables'
 columns are lakehouse/contracts/tables.py's; this module turns them into DDL and writes the views.
 Orders (a collection with money, customer_id and status) also get the analytics views. Everything but
-the tables is a view, so it can never disagree with them. `SCHEMA_VERSION` is stored in the file.
+the tables is a view, so it can never disagree with them. `WAREHOUSE_VERSION` is stored in the file.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from lakehouse.contracts.types import ident
 from lakehouse.core.collections import CollectionSpec
 from lakehouse.core.config import Settings
 
-SCHEMA_VERSION = 5  # v5: no PRIMARY KEY indexes on the collections' tables (the apply keeps keys unique).
+WAREHOUSE_VERSION = 5  # v5: no PRIMARY KEY indexes on the collections' tables (the apply keeps keys unique).
 # v4: one pair of tables per collection (collections.toml); load_state per collection. Upgraded in place.
 # v3: doc_id is the _id's type-exact identity (envelope v2); orders only. Upgraded in place (loader).
 
@@ -190,7 +190,7 @@ class WarehouseSchema:
         """Of every statement that makes this schema: a file stamped with it needs none of them again."""
         import hashlib
 
-        text = "\n".join([str(SCHEMA_VERSION), *self.ddl(), *self.view_ddl(),
+        text = "\n".join([str(WAREHOUSE_VERSION), *self.ddl(), *self.view_ddl(),
                           *(empty_select(columns) for _, columns in LAKE_VIEWS.values())])
         return hashlib.sha256(text.encode()).hexdigest()
 

@@ -25,7 +25,7 @@ from lakehouse.contracts import tables
 from lakehouse.core.config import Settings
 from tests.lake_fakes import SCHEMA, append_silver, lake_settings, silver_row
 from warehouse.loader import LakeMissing, WarehouseError, connect, load, open_warehouse, rebuild
-from warehouse.schema import SCHEMA_VERSION, WarehouseSchema
+from warehouse.schema import WAREHOUSE_VERSION, WarehouseSchema
 
 
 def query(settings, sql: str) -> list[tuple]:  # noqa: ANN001
@@ -181,11 +181,11 @@ def test_an_older_warehouse_schema_asks_for_a_rebuild_which_replaces_it(lake) ->
     con = duckdb.connect(str(lake.warehouse_path))
     con.execute("UPDATE warehouse_meta SET value = '1' WHERE key = 'schema_version'")
     con.close()
-    with pytest.raises(WarehouseError, match=f"schema v1; this code needs v{SCHEMA_VERSION}.*replay --into "
+    with pytest.raises(WarehouseError, match=f"schema v1; this code needs v{WAREHOUSE_VERSION}.*replay --into "
                                              "warehouse --from-beginning"):
         load(lake)
     rebuild(lake)
-    assert query(lake, "SELECT value FROM warehouse_meta WHERE key = 'schema_version'") == [(str(SCHEMA_VERSION),)]
+    assert query(lake, "SELECT value FROM warehouse_meta WHERE key = 'schema_version'") == [(str(WAREHOUSE_VERSION),)]
     assert query(lake, "SELECT count(*) FROM orders") == [(2,)]
     assert not [p for p in lake.warehouse_path.parent.iterdir() if "rebuild" in p.name]
 
@@ -253,14 +253,14 @@ def test_a_v3_warehouse_is_upgraded_in_place_and_the_other_collections_load_from
     con.execute("UPDATE load_state SET source = 'silver_changes'")
     con.execute("UPDATE warehouse_meta SET value = '3' WHERE key = 'schema_version'")
     con.close()
-    with pytest.raises(WarehouseError, match=f"schema v3; this code needs v{SCHEMA_VERSION} .a writer such as "
+    with pytest.raises(WarehouseError, match=f"schema v3; this code needs v{WAREHOUSE_VERSION} .a writer such as "
                                              "`lakehouse load` upgrades it in place"):
         query(settings, "SELECT 1")
     everything = settings.replace(collections=("orders", "customers"))
     result = load(everything)
     assert result.current == {"orders": 1, "customers": 2}
     version = query(everything, "SELECT value FROM warehouse_meta WHERE key = 'schema_version'")
-    assert version == [(str(SCHEMA_VERSION),)]
+    assert version == [(str(WAREHOUSE_VERSION),)]
     assert sorted(query(everything, "SELECT source, delta_version FROM load_state")) == [
         ("silver_changes:customers", 0), ("silver_changes:orders", 0)]
     assert query(everything, "SELECT name, score FROM customers ORDER BY name") == [("Ada", 1), ("Bob", 2)]
@@ -283,7 +283,8 @@ def test_a_v4_warehouse_loses_its_primary_keys_in_place_and_keeps_loading(tmp_pa
     assert (result.new_changes, result.orders) == (1, 1)
     assert query(settings, "SELECT count(*) FROM duckdb_constraints() WHERE constraint_type = 'PRIMARY KEY' "
                            "AND table_name IN ('orders', 'fact_order_changes')") == [(0,)]
-    assert query(settings, "SELECT value FROM warehouse_meta WHERE key = 'schema_version'") == [(str(SCHEMA_VERSION),)]
+    stored = query(settings, "SELECT value FROM warehouse_meta WHERE key = 'schema_version'")
+    assert stored == [(str(WAREHOUSE_VERSION),)]
     assert query(settings, "SELECT status, amount FROM orders") == [("paid", Decimal("12.00"))]
     assert query(settings, "SELECT count(*), count(DISTINCT change_id) FROM fact_order_changes") == [(4, 4)]
 
