@@ -62,7 +62,7 @@ def start_mongo(settings: Settings, extra_args: tuple[str, ...] = ()) -> str:
     command = [
         bin_path("secantusd-py"), "--host", host, "--port", str(port),
         "--storage-path", str(folder / "data"),
-        "--oplog-retention-seconds", os.environ.get("MONGO_OPLOG_RETENTION_SECONDS", "604800"),
+        "--oplog-retention-seconds", str(settings.mongo_oplog_retention_seconds),
         *extra_args,
     ]
     pid = spawn(command, log, pid_file)

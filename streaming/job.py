@@ -177,9 +177,7 @@ def _event_time(settings: Settings, document: Column) -> Column:
     cluster_time = F.timestamp_seconds(F.col("event.cluster_time_s"))
     if settings.event_time_source == "cluster_time":
         return cluster_time
-    if settings.event_time_source == "order_updated_at":
-        return F.coalesce(F.to_timestamp(F.get_json_object(document, "$.updated_at['$date']")), cluster_time)
-    raise ConfigError(f"EVENT_TIME must be cluster_time or order_updated_at, not {settings.event_time_source!r}")
+    return F.coalesce(F.to_timestamp(F.get_json_object(document, "$.updated_at['$date']")), cluster_time)  # updated_at
 
 
 def parse(raw: DataFrame, settings: Settings) -> DataFrame:

@@ -57,25 +57,52 @@ class LakehouseGroup(click.Group):
             raise click.ClickException(redact(str(known))) from exc
 
 
+def _setting_options(command: Any) -> Any:
+    """The global options, one per setting declared with a flag in lakehouse/core/config.py."""
+    from lakehouse.core.config import cli_options
+
+    for flag, field, help_text in reversed(list(cli_options())):
+        command = click.option(flag, field, default=None, help=help_text)(command)
+    return command
+
+
 @click.group(cls=LakehouseGroup)
-@click.option("--mongo-uri", envvar="MONGO_URI", help="MongoDB replica set URI.")
-@click.option("--mongo-db", envvar="MONGO_DB", help="Database to capture.")
-@click.option("--kafka", "kafka_bootstrap_servers", envvar="KAFKA_BOOTSTRAP_SERVERS", help="Kafka bootstrap servers.")
-@click.option("--master", "spark_master", envvar="SPARK_MASTER", help="Spark master, e.g. local[2], spark://host:7077.")
-@click.option("--lake-path", envvar="LAKE_PATH", help="Root folder (or URI) of the Delta/Parquet lake.")
-@click.option("--warehouse-path", envvar="WAREHOUSE_PATH", help="DuckDB file of the warehouse.")
-@click.option("--collections-spec", envvar="COLLECTIONS_SPEC",
-              help="The collections spec (TOML); default: the repository's collections.toml.")
+@_setting_options
 @click.option("--log-level", default="INFO", show_default=True)
 @click.option("--log-format", type=click.Choice(["plain", "json"]), default="plain", show_default=True)
 @click.pass_context
 def cli(ctx: click.Context, log_level: str, log_format: str, **options: Any) -> None:
     """MongoDB change streams -> Kafka -> Spark -> Delta/Parquet -> DuckDB."""
     configure(log_level, log_format)
-    try:
-        ctx.obj = Settings.from_env(**options)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from exc
+    ctx.meta["setting_flags"] = options
+    ctx.obj = Settings.from_env(**options)
+
+
+@cli.command("config")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document, for machines.")
+@click.option("--table", is_flag=True, help="Every setting as the README's Markdown table, instead.")
+@click.pass_context
+def config_command(ctx: click.Context, as_json: bool, table: bool) -> None:
+    """The effective settings, each with where it came from (default, env or flag); passwords masked."""
+    import json
+
+    from lakehouse.core.config import effective, settings_table
+
+    if table:
+        click.echo(settings_table())
+        return
+    rows = list(effective(ctx.obj, ctx.meta.get("setting_flags", {})))
+    if as_json:
+        click.echo(json.dumps([dict(zip(("section", "variable", "value", "source"), row, strict=True))
+                               for row in rows], indent=2))
+        return
+    width = max(len(variable) for _, variable, _, _ in rows)
+    section = None
+    for name, variable, value, source in rows:
+        if name != section:
+            click.echo(f"[{name}]" if section is None else f"\n[{name}]")
+            section = name
+        click.echo(f"  {variable:<{width}}  {value}  ({source})")
 
 
 @cli.command("servers")

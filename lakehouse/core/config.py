@@ -1,169 +1,189 @@
-"""The pipeline's configuration, in one place.
+"""The pipeline's configuration: every setting declared once, here.
 
-Every component is reached only through these settings, so a real MongoDB replica set, a Kafka
-cluster or a Spark cluster drop in by changing environment variables (or CLI options, which
-override them). Defaults are loopback addresses and folders under the current directory.
+Each field of `Settings` carries its environment variable, type, default, range or validator, one
+line of help and the section (stage) it belongs to. From that one declaration come the reading of the
+environment (pydantic-settings), the one-line errors, the CLI's global options (`cli_options()`), the
+README's settings table (`settings_table()`) and `lakehouse config` (`effective()`). A real MongoDB
+replica set, Kafka cluster or Spark cluster drop in by changing environment variables, or CLI options,
+which override them. Defaults are loopback addresses and folders under the current directory.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from lakehouse.core.collections import DEFAULT_SPEC, CollectionSpec, CollectionsSpec, load_spec
 from lakehouse.core.errors import ConfigError, redact
 
-# Each setting's environment variable: the one place that names them.
-ENV_NAMES = {
-    "mongo_uri": "MONGO_URI",
-    "mongo_db": "MONGO_DB",
-    "collections": "COLLECTIONS",
-    "collections_spec": "COLLECTIONS_SPEC",
-    "kafka_bootstrap_servers": "KAFKA_BOOTSTRAP_SERVERS",
-    "topic_prefix": "TOPIC_PREFIX",
-    "kafka_partitions": "KAFKA_PARTITIONS",
-    "kafka_replication_factor": "KAFKA_REPLICATION_FACTOR",
-    "spark_master": "SPARK_MASTER",
-    "lake_path": "LAKE_PATH",
-    "warehouse_path": "WAREHOUSE_PATH",
-    "state_dir": "STATE_DIR",
-    "stack_dir": "STACK_DIR",
-    "max_rows_per_batch": "MAX_ROWS_PER_BATCH",
-    "trigger_seconds": "TRIGGER_SECONDS",
-    "high_value_thresholds": "HIGH_VALUE_THRESHOLDS",
-    "watermark_delay": "WATERMARK_DELAY",
-    "event_time_source": "EVENT_TIME",
-    "kafka_fail_on_data_loss": "KAFKA_FAIL_ON_DATA_LOSS",
-    "kafka_client": "KAFKA_CLIENT",
-    "inventory_low": "INVENTORY_LOW",
-    "inventory_critical": "INVENTORY_CRITICAL",
-    "session_gap": "SESSION_GAP",
-    "metrics_host": "METRICS_HOST",
-    "producer_metrics_port": "PRODUCER_METRICS_PORT",
-    "streaming_metrics_port": "STREAMING_METRICS_PORT",
-    "loader_metrics_port": "LOADER_METRICS_PORT",
-    "monitor_metrics_port": "MONITOR_METRICS_PORT",
-    "prometheus_port": "PROMETHEUS_PORT",
-}
-_PATHS = {"lake_path", "warehouse_path", "state_dir", "stack_dir", "collections_spec"}
-_PORTS = {"producer_metrics_port", "streaming_metrics_port", "loader_metrics_port", "monitor_metrics_port",
-          "prometheus_port"}
-_INTS = {"kafka_partitions", "kafka_replication_factor", "max_rows_per_batch", "inventory_low", "inventory_critical",
-         *_PORTS}
-_BOOLS = {"kafka_fail_on_data_loss"}
-KAFKA_CLIENTS = ("confluent", "kafka-python")
-_MONGO_DB_NAME = re.compile(r"[^/\\. \"$*<>:|?]{1,63}")
+Section = Literal["connections", "producer", "streaming", "warehouse", "monitoring", "servers"]
+SECTIONS: tuple[str, ...] = get_args(Section)
+KafkaClient = Literal["confluent", "kafka-python"]
+KAFKA_CLIENTS: tuple[str, ...] = get_args(KafkaClient)
+EventTime = Literal["cluster_time", "order_updated_at"]
+WEEK = 7 * 24 * 3600.0  # the longest interval anything takes: longer is a typo (milliseconds as seconds)
 _COLLECTION_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,119}")
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
-_INTERVAL = re.compile(r"[1-9][0-9]* (second|minute|hour|day)s?")
+_INTERVAL = r"^[1-9][0-9]* (second|minute|hour|day)s?$"
+_POSITIVE = "must be a positive number"
+_PORT = "is not a TCP port (1-65535, or 0 for none)"
+_DURATION = "is not a duration Spark reads; give e.g. '30 minutes' or '45 seconds'"
 
 
-def _parse(name: str, raw: str) -> object:
-    if name == "collections":
-        names = tuple(part.strip() for part in raw.split(",") if part.strip())
-        if not names:
-            raise ConfigError("COLLECTIONS names no collection; give e.g. COLLECTIONS=orders,customers (or leave it "
-                              "unset to capture every collection collections.toml describes)")
-        return names
-    if name in _PATHS:
-        return Path(raw).resolve()
-    if name in _INTS:
-        try:
-            return int(raw)
-        except ValueError:
-            raise ConfigError(f"{ENV_NAMES[name]}={raw!r} is not a whole number") from None
-    if name == "trigger_seconds":
-        try:
-            return float(raw)
-        except ValueError:
-            raise ConfigError(f"{ENV_NAMES[name]}={raw!r} is not a number of seconds") from None
-    if name in _BOOLS:
-        if raw.strip().lower() not in ("true", "false", "1", "0", "yes", "no"):
-            raise ConfigError(f"{ENV_NAMES[name]}={raw!r} is not true or false")
-        return raw.strip().lower() in ("true", "1", "yes")
-    return raw
+def setting(env: str, default: Any, section: Section, help: str, *, flag: str | None = None,
+            rule: str | None = None, shown: str | None = None, secret: bool = False, **constraints: Any) -> Any:
+    """One setting's whole declaration.
+
+    `default` may be a function (computed per process, e.g. a path under the current folder); `rule` is
+    the one-line complaint when a range or pattern refuses a value; `shown` is the default as the README
+    prints it; `flag` gives the setting a global CLI option; `secret` masks it wherever it is printed."""
+    initial = {"default_factory": default} if callable(default) else {"default": default}
+    return Field(**initial, validation_alias=env, description=help, **constraints,
+                 json_schema_extra={"env": env, "section": section, "flag": flag, "rule": rule, "shown": shown,
+                                    "secret": secret})
 
 
-@dataclass(frozen=True)
-class Settings:
-    mongo_uri: str = "mongodb://127.0.0.1:27017/"
-    mongo_db: str = "shop"
-    # The captured collections: every one collections.toml describes, unless COLLECTIONS names some.
-    collections: tuple[str, ...] = ()
-    collections_spec: Path = DEFAULT_SPEC
-    kafka_bootstrap_servers: str = "127.0.0.1:9092"
-    topic_prefix: str = "cdc"
-    kafka_partitions: int = 3
-    # Replicas of each topic the pipeline creates; 0 leaves it to the broker's default.replication.factor
-    # (1 on the embedded broker, 3 on the embedded cluster).
-    kafka_replication_factor: int = 0
-    spark_master: str = "local[2]"
-    lake_path: Path = field(default_factory=lambda: Path("data/lake").resolve())
-    warehouse_path: Path = field(default_factory=lambda: Path("data/warehouse.duckdb").resolve())
-    state_dir: Path = field(default_factory=lambda: Path("data/state").resolve())
-    stack_dir: Path = field(default_factory=lambda: Path(".stack").resolve())
-    max_rows_per_batch: int = 20_000
-    trigger_seconds: float = 2.0
-    # Amount at or above which an order is high value, per currency ("default" for the rest).
-    high_value_thresholds: str = "USD:1000,EUR:900,GBP:800,default:1000"
-    # How long after an event's time it may still arrive and count in the windowed aggregates.
-    watermark_delay: str = "10 minutes"
-    # Event time: the change's cluster time, or the order document's updated_at.
-    event_time_source: str = "cluster_time"
-    # When Kafka no longer holds records the streaming job read (or planned to), stop the job (true, as
-    # Spark's failOnDataLoss) or record the loss and go on, leaving the repair to reconcile (false).
-    kafka_fail_on_data_loss: bool = False
-    # The producer's Kafka client: "kafka-python" (pure Python) or "confluent" (librdkafka, its I/O off the
-    # GIL). Both are tested against the broker; with the change stream read ahead they capture at the same
-    # rate here (bench/producer_bench.py, README), so the default is the one the fault runs have proven.
-    kafka_client: str = "kafka-python"
-    # Inventory alerts: a product's stock at or under `low` is low, at or under `critical` critical, 0 out of stock.
-    inventory_low: int = 20
-    inventory_critical: int = 5
-    # Customer sessions: a customer's order changes further apart than this start a new session.
-    session_gap: str = "30 minutes"
-    # Each long-running service serves Prometheus metrics at http://METRICS_HOST:<its port>/metrics (0: off);
-    # the monitor (`lakehouse metrics --serve`) serves lag, freshness and the last reconcile. Loopback by
-    # default; a container sets METRICS_HOST=0.0.0.0 so Prometheus in another container can scrape it.
-    metrics_host: str = "127.0.0.1"
-    producer_metrics_port: int = 9101
-    streaming_metrics_port: int = 9102
-    loader_metrics_port: int = 9103
-    monitor_metrics_port: int = 9108
-    # The Prometheus server infra/servers.py starts (`make monitoring`), scraping the ports above.
-    prometheus_port: int = 9090
+def _under_cwd(relative: str) -> Callable[[], Path]:
+    return lambda: Path(relative).resolve()
+
+
+Port = Annotated[int, Field(ge=0, le=65535)]
+
+
+class Settings(BaseSettings):
+    """Every setting, each declared once. Built by `from_env` (environment, then overrides); built
+    directly, it also reads the environment (pydantic-settings), keyword arguments winning."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="forbid", case_sensitive=True, env_ignore_empty=True,
+                                      validate_by_name=True, validate_by_alias=True, validate_default=False)
+
+    # connections: where the servers and the data are
+    mongo_uri: str = setting("MONGO_URI", "mongodb://127.0.0.1:27017/", "connections",
+                             "a MongoDB **replica set** (change streams need one)", flag="--mongo-uri", secret=True)
+    mongo_db: str = setting("MONGO_DB", "shop", "connections", "the database to capture", flag="--mongo-db",
+                            pattern=r"^[^/\\. \"$*<>:|?]{1,63}$",
+                            rule="is not a database name MongoDB accepts (1-63 characters, none of / \\ . \" $ * "
+                                 "< > : | ? or spaces)")
+    kafka_bootstrap_servers: str = setting("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092", "connections",
+                                           "Kafka bootstrap servers, host:port,...", flag="--kafka")
+    spark_master: str = setting("SPARK_MASTER", "local[2]", "connections",
+                                "any Spark master URL, e.g. local[2], spark://host:7077", flag="--master")
+    lake_path: Path = setting("LAKE_PATH", _under_cwd("data/lake"), "connections",
+                              "root folder of the Delta/Parquet lake", flag="--lake-path", shown="data/lake")
+    warehouse_path: Path = setting("WAREHOUSE_PATH", _under_cwd("data/warehouse.duckdb"), "warehouse",
+                                   "DuckDB file of the warehouse", flag="--warehouse-path",
+                                   shown="data/warehouse.duckdb")
+    state_dir: Path = setting("STATE_DIR", _under_cwd("data/state"), "connections",
+                              "each stage's checkpoints and state files", flag="--state-dir", shown="data/state")
+    stack_dir: Path = setting("STACK_DIR", _under_cwd(".stack"), "servers",
+                              "where `make servers` keeps the local servers' data and logs", shown=".stack")
+    collections_spec: Path = setting("COLLECTIONS_SPEC", DEFAULT_SPEC, "connections",
+                                     "the collections spec: what is captured and what each collection becomes",
+                                     flag="--collections-spec", shown="collections.toml (the repository's)")
+    collections: Annotated[tuple[str, ...], NoDecode] = setting(
+        "COLLECTIONS", (), "connections",
+        "a comma-separated subset to capture (one the spec does not describe is keyed by `_id`, with no typed "
+        "columns)", shown="every collection the spec describes")
+    topic_prefix: str = setting("TOPIC_PREFIX", "cdc", "connections",
+                                "topics are `<prefix>.<db>.<collection>`")
+    # producer
+    kafka_client: KafkaClient = setting(
+        "KAFKA_CLIENT", "kafka-python", "producer",
+        "the producer's Kafka client: kafka-python (pure Python) or confluent (librdkafka); both are tested, "
+        "and capture at the same rate here (bench/producer_bench.py)")
+    kafka_partitions: int = setting("KAFKA_PARTITIONS", 3, "producer", "partitions of each topic the pipeline "
+                                    "creates", ge=1, rule=_POSITIVE)
+    kafka_replication_factor: int = setting(
+        "KAFKA_REPLICATION_FACTOR", 0, "producer",
+        "replicas of each topic the pipeline creates; 0 takes the broker's default.replication.factor (1 on the "
+        "embedded broker, 3 on `make kafka-cluster`)", ge=0,
+        rule="must be 1 or more, or 0 for the broker's default.replication.factor")
+    # streaming
+    max_rows_per_batch: int = setting("MAX_ROWS_PER_BATCH", 20_000, "streaming",
+                                      "the most Kafka records one streaming batch reads", ge=1, rule=_POSITIVE)
+    trigger_seconds: float = setting("TRIGGER_SECONDS", 2.0, "streaming", "the streaming job's trigger interval",
+                                     gt=0, lt=86_400, allow_inf_nan=False, rule=_POSITIVE + " of seconds under a day")
+    high_value_thresholds: str = setting("HIGH_VALUE_THRESHOLDS", "USD:1000,EUR:900,GBP:800,default:1000",
+                                         "streaming", "per-currency amount at or above which an order is high value")
+    watermark_delay: str = setting("WATERMARK_DELAY", "10 minutes", "streaming",
+                                   "how late an event may arrive and still count in the windowed aggregates",
+                                   pattern=_INTERVAL, rule=_DURATION)
+    event_time_source: EventTime = setting("EVENT_TIME", "cluster_time", "streaming",
+                                           "event time: the change's cluster time, or the order's updated_at")
+    kafka_fail_on_data_loss: bool = setting(
+        "KAFKA_FAIL_ON_DATA_LOSS", False, "streaming",
+        "when Kafka lost records the streaming job read or planned: false records the loss and goes on (repair "
+        "with `reconcile --repair`), true stops the job (Spark's failOnDataLoss)")
+    inventory_low: int = setting("INVENTORY_LOW", 20, "streaming",
+                                 "a product's stock at or under this is low (inventory alerts)", ge=0)
+    inventory_critical: int = setting("INVENTORY_CRITICAL", 5, "streaming",
+                                      "a product's stock at or under this is critical (0 is out of stock)", ge=0)
+    session_gap: str = setting("SESSION_GAP", "30 minutes", "streaming",
+                               "a customer's order changes further apart than this start a new session",
+                               pattern=_INTERVAL, rule=_DURATION)
+    # monitoring
+    metrics_host: str = setting("METRICS_HOST", "127.0.0.1", "monitoring",
+                                "where each service serves /metrics (Compose sets 0.0.0.0)")
+    producer_metrics_port: Port = setting("PRODUCER_METRICS_PORT", 9101, "monitoring",
+                                          "the producer's metrics port (0: none)", rule=_PORT)
+    streaming_metrics_port: Port = setting("STREAMING_METRICS_PORT", 9102, "monitoring",
+                                           "the streaming job's metrics port (0: none)", rule=_PORT)
+    loader_metrics_port: Port = setting("LOADER_METRICS_PORT", 9103, "monitoring",
+                                        "the loader service's metrics port (0: none)", rule=_PORT)
+    monitor_metrics_port: Port = setting("MONITOR_METRICS_PORT", 9108, "monitoring",
+                                         "the monitor's (`lakehouse metrics --serve`) port (0: none)", rule=_PORT)
+    prometheus_port: Port = setting("PROMETHEUS_PORT", 9090, "monitoring",
+                                    "the Prometheus `make monitoring` starts", rule=_PORT)
+    # servers: the local ones infra/servers.py starts
+    mongo_oplog_retention_seconds: int = setting(
+        "MONGO_OPLOG_RETENTION_SECONDS", 604_800, "servers",
+        "how long the local MongoDB keeps its oplog (a resume token older than this needs a new snapshot)",
+        ge=1, rule=_POSITIVE)
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
-        """Settings from environment variables (ENV_NAMES); keyword overrides (CLI options) win."""
-        values: dict[str, object] = {}
-        for f in dataclasses.fields(cls):
-            raw = os.environ.get(ENV_NAMES[f.name])
-            if raw not in (None, ""):
-                values[f.name] = _parse(f.name, raw)
-        values.update({k: _parse(k, v) if isinstance(v, str) else v for k, v in overrides.items() if v is not None})
-        return cls(**values)  # type: ignore[arg-type]
+        """Settings from the environment; keyword overrides (CLI options) win. None means not given."""
+        given = {name: value for name, value in overrides.items() if value is not None}
+        try:
+            return cls(**given)
+        except ValidationError as exc:
+            raise ConfigError(one_line(exc, flags=set(given))) from None
 
-    def __post_init__(self) -> None:
-        """Refuse, where they enter, values a server or Spark would refuse later with a traceback."""
+    @field_validator("collections", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        names = tuple(part.strip() for part in value.split(",") if part.strip())
+        if not names:
+            raise ValueError("COLLECTIONS names no collection; give e.g. COLLECTIONS=orders,customers (or leave it "
+                             "unset to capture every collection collections.toml describes)")
+        return names
+
+    @field_validator("lake_path", "warehouse_path", "state_dir", "stack_dir", "collections_spec")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.resolve()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        """Refuse, where they enter, combinations a server or Spark would refuse later with a traceback."""
         if not self.collections:
             object.__setattr__(self, "collections", tuple(self.spec.collections))  # may raise SpecError
-        problems = [p for p in (self._uri_problem(), *self._name_problems(), *self._number_problems(),
-                                *self._path_problems(), self._client_problem()) if p]
+        problems = [p for p in (self._address_problem(), *self._name_problems(), self._inventory_problem(),
+                                *self._path_problems()) if p]
         if problems:
-            raise ConfigError("; ".join(problems))
+            raise ValueError("; ".join(problems))
+        return self
 
-    def _client_problem(self) -> str | None:
-        if self.kafka_client in KAFKA_CLIENTS:
-            return None
-        return f"KAFKA_CLIENT={self.kafka_client!r} is not a Kafka client this pipeline has; give one of " + \
-            ", ".join(KAFKA_CLIENTS)
-
-    def _uri_problem(self) -> str | None:
+    def _address_problem(self) -> str | None:
         from pymongo.errors import ConfigurationError
         from pymongo.uri_parser import parse_uri
 
@@ -181,9 +201,6 @@ class Settings:
 
     def _name_problems(self) -> list[str]:
         problems = []
-        if not _MONGO_DB_NAME.fullmatch(self.mongo_db):
-            problems.append(f"MONGO_DB={self.mongo_db!r} is not a database name MongoDB accepts (1-63 characters, "
-                            "none of / \\ . \" $ * < > : | ? or spaces)")
         if not self.collections:
             problems.append(f"{self.collections_spec} describes no collection, and COLLECTIONS names none")
         for name in self.collections:
@@ -205,25 +222,11 @@ class Settings:
                                 "accepts (letters, digits, . _ - only, at most 249)")
         return problems
 
-    def _number_problems(self) -> list[str]:
-        checks = (("kafka_partitions", self.kafka_partitions >= 1),
-                  ("max_rows_per_batch", self.max_rows_per_batch >= 1),
-                  ("trigger_seconds", 0 < self.trigger_seconds < 86_400))
-        problems = [f"{ENV_NAMES[name]}={getattr(self, name)!r} must be a positive number"
-                    for name, ok in checks if not ok]
-        if self.kafka_replication_factor < 0:
-            problems.append(f"KAFKA_REPLICATION_FACTOR={self.kafka_replication_factor!r} must be 1 or more, or 0 for "
-                            "the broker's default.replication.factor")
-        problems += [f"{ENV_NAMES[name]}={getattr(self, name)!r} is not a TCP port (1-65535, or 0 for none)"
-                     for name in sorted(_PORTS) if not 0 <= getattr(self, name) < 65536]
-        if not 0 <= self.inventory_critical < self.inventory_low:
-            problems.append(f"INVENTORY_CRITICAL={self.inventory_critical} and INVENTORY_LOW={self.inventory_low}: "
-                            "give 0 <= critical < low (e.g. 5 and 20)")
-        for name in ("session_gap", "watermark_delay"):
-            if not _INTERVAL.fullmatch(getattr(self, name)):
-                problems.append(f"{ENV_NAMES[name]}={getattr(self, name)!r} is not a duration Spark reads; give e.g. "
-                                "'30 minutes' or '45 seconds'")
-        return problems
+    def _inventory_problem(self) -> str | None:
+        if self.inventory_critical < self.inventory_low:
+            return None
+        return (f"INVENTORY_CRITICAL={self.inventory_critical} and INVENTORY_LOW={self.inventory_low}: "
+                "give 0 <= critical < low (e.g. 5 and 20)")
 
     def _path_problems(self) -> list[str]:
         """A folder setting whose path runs through a regular file can never be created."""
@@ -232,7 +235,7 @@ class Settings:
                              ("state_dir", self.state_dir), ("stack_dir", self.stack_dir)):
             blocking = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
             if blocking is not None:
-                problems.append(f"{ENV_NAMES[name]}={getattr(self, name)} goes through {blocking}, which is a "
+                problems.append(f"{env_name(name)}={getattr(self, name)} goes through {blocking}, which is a "
                                 "file, not a folder; point it somewhere else")
         if self.warehouse_path.is_dir():
             problems.append(f"WAREHOUSE_PATH={self.warehouse_path} is a folder; give the DuckDB file's path")
@@ -240,26 +243,27 @@ class Settings:
 
     @property
     def spec(self) -> CollectionsSpec:
-        """collections.toml, read (again when it changed) and checked."""
-        try:
-            mtime = self.collections_spec.stat().st_mtime_ns
-        except OSError:
-            mtime = 0
-        return load_spec(self.collections_spec, mtime)
+        """collections.toml, read once per process, and again when its file changed."""
+        return _current_spec(self.collections_spec)
 
     def collection(self, name: str) -> CollectionSpec:
         return self.spec.get(name)
 
     def to_env(self) -> dict[str, str]:
         """The same settings as environment variables, for the processes run-all starts."""
-        return {
-            ENV_NAMES[f.name]: ",".join(v) if isinstance(v := getattr(self, f.name), tuple)
-            else str(v).lower() if isinstance(v, bool) else str(v)
-            for f in dataclasses.fields(self)
-        }
+        return {env_name(name): _as_text(getattr(self, name)) for name in type(self).model_fields}
 
     def replace(self, **changes: object) -> Settings:
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+        """A copy with `changes`, checked again like any other settings."""
+        try:
+            return type(self)(**{**{name: getattr(self, name) for name in type(self).model_fields}, **changes})
+        except ValidationError as exc:
+            raise ConfigError(one_line(exc, flags=set(changes))) from None
+
+    def section(self, name: Section) -> dict[str, object]:
+        """One stage's settings: what `lakehouse config` shows under that heading."""
+        return {field: getattr(self, field) for field, info in type(self).model_fields.items()
+                if _extra(info)["section"] == name}
 
     # Names derived from the settings, so no module spells a topic or path on its own.
     def topic_for(self, collection: str) -> str:
@@ -342,3 +346,115 @@ class Settings:
         first = self.kafka_bootstrap_servers.split(",")[0].strip()
         name, _, port = first.rpartition(":")
         return name or "127.0.0.1", int(port or 9092)
+
+
+# ---- what the declaration gives: errors, CLI options, the README's table, `lakehouse config` ----
+
+def _extra(info: Any) -> dict[str, Any]:
+    return info.json_schema_extra  # type: ignore[no-any-return]
+
+
+def env_name(field: str) -> str:
+    return str(_extra(Settings.model_fields[field])["env"])
+
+
+ENV_NAMES: dict[str, str] = {field: env_name(field) for field in Settings.model_fields}
+_FIELD_OF = {env: field for field, env in ENV_NAMES.items()}
+_PARSING = {"int_parsing": "is not a whole number", "int_from_float": "is not a whole number",
+            "float_parsing": "is not a number", "bool_parsing": "is not true or false"}
+
+
+def one_line(exc: ValidationError, flags: Collection[str] = ()) -> str:
+    """A ValidationError as the one line the CLI prints: each bad value named by its variable (or by its
+    CLI option, when it came from one), with what to give instead."""
+    problems = []
+    for error in exc.errors():
+        where = error["loc"][0] if error["loc"] else None
+        field = _FIELD_OF.get(str(where), str(where)) if where is not None else None
+        if field not in Settings.model_fields or error["type"] == "value_error":
+            problems.append(str(error.get("ctx", {}).get("error", error["msg"])))
+            continue
+        extra = _extra(Settings.model_fields[field])
+        name = extra["flag"] if field in flags and extra["flag"] else extra["env"]
+        value = error["input"]
+        if error["type"] in _PARSING:
+            problems.append(f"{name}={value!r} {_PARSING[error['type']]}")
+        elif error["type"] == "literal_error":
+            choices = ", ".join(get_args(Settings.model_fields[field].annotation))
+            problems.append(f"{name}={value!r} is not one of: {choices}")
+        else:  # a range or pattern: numbers as typed, text quoted
+            shown = value if isinstance(value, int | float) or _is_number(value) else repr(value)
+            problems.append(f"{name}={shown} {extra['rule'] or error['msg']}")
+    return redact("; ".join(problems))
+
+
+def _is_number(value: object) -> bool:
+    try:
+        float(str(value))
+    except ValueError:
+        return False
+    return True
+
+
+def _as_text(value: object) -> str:
+    if isinstance(value, tuple):
+        return ",".join(value)
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def cli_options() -> Iterator[tuple[str, str, str]]:
+    """(option, field, help) for each setting that has a global CLI option."""
+    for field, info in Settings.model_fields.items():
+        extra = _extra(info)
+        if extra["flag"]:
+            yield extra["flag"], field, f"{info.description} [env: {extra['env']}]"
+
+
+def _default_text(field: str) -> str:
+    info = Settings.model_fields[field]
+    extra = _extra(info)
+    if extra["shown"]:
+        return str(extra["shown"])
+    return _as_text(info.default)
+
+
+def settings_table() -> str:
+    """The README's settings table, one row per setting, grouped by section."""
+    rows = ["| section | variable | default | meaning |", "|---|---|---|---|"]
+    for section in SECTIONS:
+        for field, info in Settings.model_fields.items():
+            extra = _extra(info)
+            if extra["section"] == section:
+                flag = f" (`{extra['flag']}`)" if extra["flag"] else ""
+                rows.append(f"| {section} | `{extra['env']}`{flag} | `{_default_text(field)}` | {info.description} |")
+    return "\n".join(rows)
+
+
+def effective(settings: Settings, flags: Mapping[str, object]) -> Iterator[tuple[str, str, str, str]]:
+    """(section, variable, value, source) of every setting: where each value came from (flag, env or
+    default), secrets masked."""
+    for section in SECTIONS:
+        for field, value in settings.section(section).items():  # type: ignore[arg-type]
+            extra = _extra(Settings.model_fields[field])
+            if flags.get(field) is not None:
+                source = f"flag {extra['flag']}"
+            elif os.environ.get(extra["env"], "") != "":
+                source = "env"
+            elif field == "collections":
+                source = f"default (from {settings.collections_spec.name})"
+            else:
+                source = "default"
+            text = _as_text(value)
+            yield section, extra["env"], redact(text) if extra["secret"] else text, source
+
+
+def _current_spec(path: Path) -> CollectionsSpec:
+    """The spec file is read once per process and again only when it changed: a stat() per call (about a
+    microsecond) is the whole check, and load_spec caches by modification time."""
+    try:
+        mtime = path.stat().st_mtime_ns
+    except OSError:
+        mtime = 0
+    return load_spec(path, mtime)

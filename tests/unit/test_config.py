@@ -28,3 +28,58 @@ def test_bad_number_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KAFKA_PARTITIONS", "three")
     with pytest.raises(ValueError, match="KAFKA_PARTITIONS='three'"):
         Settings.from_env()
+
+
+def test_a_bad_value_from_a_flag_is_named_by_its_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MONGO_DB", "a/b")  # the flag wins: only its value is judged
+    with pytest.raises(ValueError, match=r"^--mongo-db='c\$d' is not a database name"):
+        Settings.from_env(mongo_db="c$d")
+
+
+def test_replace_checks_the_new_values_like_the_environment() -> None:
+    with pytest.raises(ValueError, match="KAFKA_PARTITIONS=0 must be a positive number"):
+        Settings().replace(kafka_partitions=0)
+
+
+def test_every_setting_is_declared_with_its_variable_section_and_help() -> None:
+    from lakehouse.core.config import ENV_NAMES, SECTIONS
+
+    for name, info in Settings.model_fields.items():
+        extra = info.json_schema_extra
+        assert isinstance(extra, dict) and extra["section"] in SECTIONS and info.description, name
+        assert ENV_NAMES[name] == extra["env"] and extra["env"].isupper(), name
+    assert len(set(ENV_NAMES.values())) == len(ENV_NAMES)
+
+
+def test_the_readme_table_is_the_declaration() -> None:
+    from lakehouse.core.config import settings_table
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert settings_table() in readme, "README's settings table is stale: paste `lakehouse config --table`"
+
+
+def test_config_prints_each_value_with_its_source_and_masks_passwords(monkeypatch: pytest.MonkeyPatch,
+                                                                       tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from lakehouse.app.cli import cli
+
+    env = {"MONGO_URI": "mongodb://admin:S3cretPW@db.example:27017/?replicaSet=rs0", "KAFKA_PARTITIONS": "6",
+           "STATE_DIR": str(tmp_path / "state"), "LAKE_PATH": "", "TRIGGER_SECONDS": "0.5"}
+    result = CliRunner().invoke(cli, ["--kafka", "k1:9093", "config", "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "S3cretPW" not in result.output
+    rows = {row["variable"]: row for row in json.loads(result.output)}
+    assert set(rows) == set(Settings.model_fields[name].json_schema_extra["env"]  # type: ignore[index]
+                            for name in Settings.model_fields)
+    assert rows["MONGO_URI"]["value"] == "mongodb://admin:***@db.example:27017/?replicaSet=rs0"
+    assert (rows["MONGO_URI"]["source"], rows["KAFKA_PARTITIONS"]["source"]) == ("env", "env")
+    assert rows["KAFKA_BOOTSTRAP_SERVERS"] == {"section": "connections", "variable": "KAFKA_BOOTSTRAP_SERVERS",
+                                               "value": "k1:9093", "source": "flag --kafka"}
+    assert rows["LAKE_PATH"]["source"] == "default"  # an empty variable is unset
+    assert rows["TRIGGER_SECONDS"]["value"] == "0.5" and rows["SESSION_GAP"]["source"] == "default"
+    plain = CliRunner().invoke(cli, ["config"], env=env)
+    assert plain.exit_code == 0 and "[monitoring]" in plain.output and "S3cretPW" not in plain.output
+    assert not (tmp_path / "state").exists()  # printing the settings creates nothing
