@@ -20,6 +20,7 @@ from pyspark.sql import functions as F
 
 from lakehouse.contracts import tables, types
 from lakehouse.contracts.events import DOCUMENT_OPERATIONS
+from lakehouse.core.collections import ORDERS
 from lakehouse.core.config import Settings
 from streaming.lake_writer import OnceAppender, conform, writer_app_id
 
@@ -140,7 +141,7 @@ def revenue_checkpoint(settings: Settings, granularity: str) -> Path:
 def start_revenue_by_category(spark: SparkSession, settings: Settings, available_now: bool) -> list[Any]:
     """Revenue of the orders placed per window, product category and currency, from the enriched order
     lines (streaming/enrichment.py). A line of a product the lake did not know counts as '(unknown)'."""
-    if "orders" not in settings.collections:
+    if ORDERS not in settings.collections:
         return []
     lines = (read_lake_table(spark, settings, tables.ORDER_LINES)
              .withWatermark("event_time", settings.watermark_delay)

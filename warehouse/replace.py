@@ -68,10 +68,6 @@ class Replaced:
     matching: int  # silver rows in the range
     current: dict[str, int]  # per collection, documents in its current state afterwards
 
-    @property
-    def orders(self) -> int:
-        return self.current.get("orders", 0)
-
 
 class UnknownPartitions(ConfigError):
     """The range names Kafka partitions neither the warehouse nor the lake has changes from."""

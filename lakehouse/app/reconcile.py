@@ -69,7 +69,7 @@ class Reconciliation:
     missing: list[str] = field(default_factory=list)  # in MongoDB, not in the warehouse
     extra: list[str] = field(default_factory=list)  # in the warehouse, not in MongoDB
     mismatched: list[str] = field(default_factory=list)  # in both, different content
-    collection: str = "orders"
+    collection: str = field(kw_only=True)
     cluster_time: tuple[int, int] = (0, 0)  # MongoDB's cluster time when the reconcile began
     ids: dict[str, str] = field(default_factory=dict)  # doc_id -> _id as Extended JSON (missing, mismatched)
     repaired: int = 0
@@ -131,7 +131,7 @@ def _source_chunks(collection: Any, query: dict[str, Any] | None = None) -> Iter
                               names=list(SOURCE_COLUMNS))
 
 
-def reconcile(settings: Settings, collection: str = "orders", keys: Reconciliation | None = None) -> Reconciliation:
+def reconcile(settings: Settings, collection: str, keys: Reconciliation | None = None) -> Reconciliation:
     """Compare MongoDB's `collection` with the warehouse; with `keys` (an earlier result), only the
     documents that differed then (a second look: what is still different after the chain caught up)."""
     require_warehouse(settings.warehouse_path)  # no warehouse: say so before asking MongoDB

@@ -314,7 +314,7 @@ def _into_warehouse(settings: Settings, start: StartPoint, dry_run: bool, say: C
             return
         result = rebuild(settings)
         say(f"rebuilt {settings.warehouse_path} from silver v{result.delta_version}: {result.new_changes} changes, "
-            f"{result.orders} current orders")
+            f"current documents: {_counts(result.current)}")
         return
     try:
         done = replace_changes(settings, _warehouse_changes(settings, start), dry_run=dry_run)
@@ -322,7 +322,11 @@ def _into_warehouse(settings: Settings, start: StartPoint, dry_run: bool, say: C
         raise ReplayError(str(exc)) from exc
     if dry_run:
         say(f"dry run: would replace {done.replaced} warehouse changes from {start.describe()} with the "
-            f"{done.matching} silver rows that match, and re-derive the orders they touch")
+            f"{done.matching} silver rows that match, and re-derive the documents they touch")
         return
     say(f"replayed into the warehouse from {start.describe()}: {done.replaced} changes replaced by {done.inserted} "
-        f"from the lake; {done.orders} current orders")
+        f"from the lake; current documents: {_counts(done.current)}")
+
+
+def _counts(current: dict[str, int]) -> str:
+    return ", ".join(f"{name} {count}" for name, count in current.items())

@@ -142,8 +142,6 @@ def warehouse_status(settings: Settings) -> dict[str, Any]:
         "versions_behind": None if silver_version is None else silver_version - (version if version is not None
                                                                                  else -1),
         "loaded_at": loaded_at.isoformat() if loaded_at is not None else None,
-        "fact_order_changes": held["collections"].get("orders", {}).get("changes"),
-        "orders": held["collections"].get("orders", {}).get("current"),
         "collections": {name: {k: v for k, v in c.items() if k != "loaded_at"}
                         for name, c in held["collections"].items()},
         "newest_change": _iso(held["newest_cluster_time_s"]),
@@ -151,7 +149,8 @@ def warehouse_status(settings: Settings) -> dict[str, Any]:
 
 
 def mongo_status(settings: Settings) -> dict[str, Any]:
-    """Documents per captured collection, and the newest change (orders' updated_at, else any collection's)."""
+    """Documents per captured collection, and the newest change: the first captured collection's (in
+    collections.toml's order) newest updated_at, else the next's."""
     from lakehouse.adapters.mongo import connect as connect_mongo
 
     client = connect_mongo(settings, "lakehouse-status", timeout_ms=5000)
@@ -159,12 +158,12 @@ def mongo_status(settings: Settings) -> dict[str, Any]:
         db = client[settings.mongo_db]
         counts = {name: db[name].estimated_document_count() for name in settings.collections}
         newest = None
-        for name in sorted(settings.collections, key=lambda n: n != "orders"):
+        for name in settings.collections:
             found = next(iter(db[name].find({}, {"updated_at": 1}).sort("updated_at", -1).limit(1)), None)
             newest = _epoch(found.get("updated_at")) if found else None
             if newest is not None:
                 break
-        return {"state": "ok", "orders": counts.get("orders"), "collections": counts, "newest_change": _iso(newest)}
+        return {"state": "ok", "collections": counts, "newest_change": _iso(newest)}
     finally:
         client.close()
 
@@ -272,11 +271,12 @@ def one_line(report: dict[str, Any]) -> str:
     """The report in one line, for a live view (`run-all --follow`)."""
     m, k, s, w = (report[n] for n in ("mongodb", "kafka", "spark", "warehouse"))
     parts = [
-        f"mongodb {m['orders'] or 0:,} orders" if m["state"] == "ok" else "mongodb unavailable",
+        f"mongodb {sum(m['collections'].values()):,} documents" if m["state"] == "ok" else "mongodb unavailable",
         f"kafka lag {k['total_lag']:,}" if k["state"] == "ok" else "kafka unavailable",
         f"spark {s['batches']:,} batches, {s['silver_rows']:,} silver rows, {s['quarantined']:,} quarantined"
         if s["state"] == "ok" else "spark no batches yet",
-        f"warehouse {w['orders'] or 0:,} orders ({w['versions_behind']} versions behind)"
+        f"warehouse {sum(c.get('current') or 0 for c in w['collections'].values()):,} documents "
+        f"({w['versions_behind']} versions behind)"
         if w["state"] == "ok" and w["loaded_version"] is not None else "warehouse not loaded yet",
     ]
     fresh = report["freshness_seconds"]
@@ -319,8 +319,8 @@ def metric_families(report: dict[str, Any]) -> list[GaugeMetricFamily]:
     gauge("quality_failed", "Changes that broke each quality rule", [({"rule": r}, n[1]) for r, n in quality.items()])
     gauge("warehouse_loaded_version", "Silver Delta version the warehouse has loaded", [({}, w.get("loaded_version"))])
     gauge("warehouse_versions_behind", "Silver versions not yet loaded", [({}, w.get("versions_behind"))])
-    gauge("warehouse_orders", "Current orders in the warehouse", [({}, w.get("orders"))])
-    gauge("warehouse_changes", "Rows of fact_order_changes", [({}, w.get("fact_order_changes"))])
+    gauge("warehouse_changes", "Rows of each collection's changes table",
+          [({"collection": n}, c.get("changes")) for n, c in (w.get("collections") or {}).items()])
     gauge("warehouse_documents", "Documents in each collection's current-state table",
           [({"collection": n}, c.get("current")) for n, c in (w.get("collections") or {}).items()])
     gauge("mongodb_documents", "Documents in each captured collection (estimated count)",

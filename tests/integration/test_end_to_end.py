@@ -38,13 +38,13 @@ def test_follow_runs_until_ctrl_c_then_stops_everything_it_started(settings: Set
     demo = start_cli(settings, log, "run-all", "--follow", "--every", "2", "--rate", "30")
     try:
         def warehouse_grows_after(line: int) -> bool:
-            counts = [int(n.replace(",", "")) for n in re.findall(r"warehouse ([\d,]+) orders",
+            counts = [int(n.replace(",", "")) for n in re.findall(r"warehouse ([\d,]+) documents",
                                                                    "\n".join(log.read_text().splitlines()[line:]))]
             return len(counts) >= 2 and counts[0] < counts[-1]
 
         def warehouse_grows() -> bool:
-            # The warehouse exists (empty) from the start: it must have orders, and then more.
-            counts = [int(n.replace(",", "")) for n in re.findall(r"warehouse ([\d,]+) orders", log.read_text())]
+            # The warehouse exists (empty) from the start: it must have documents, and then more.
+            counts = [int(n.replace(",", "")) for n in re.findall(r"warehouse ([\d,]+) documents", log.read_text())]
             counts = [n for n in counts if n > 0]
             return len(counts) >= 2 and counts[0] < counts[-1]
 

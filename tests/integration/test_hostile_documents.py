@@ -61,7 +61,7 @@ def test_every_document_reaches_the_warehouse_as_mongodb_holds_it_or_the_dead_le
     stream_lake(spark, settings)
     load(settings)
 
-    result = reconcile(settings)
+    result = reconcile(settings, "orders")
     assert result.ok, (result.line(), result.examples())
     assert result.dead_lettered == [events.doc_id_text({"_id": "near-limit"})]
     assert result.source == len(IDS) - 1 + len(order_ids) + len(AMOUNTS) + 1 + 2
@@ -96,7 +96,7 @@ def test_every_document_reaches_the_warehouse_as_mongodb_holds_it_or_the_dead_le
     fits = events.doc_id_text({"_id": "fits"})
     orders.update_one({"_id": "fits"}, {"$set": {"pad": "z" * 1_100_000}})
     drain(settings)
-    result = reconcile(settings)
+    result = reconcile(settings, "orders")
     assert result.ok and fits in result.dead_lettered, (result.line(), result.examples())
     published = end_offsets(settings, settings.topics)
     repaired = CliRunner().invoke(cli, ["reconcile", "--repair"], env=settings.to_env())

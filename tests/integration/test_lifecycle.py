@@ -33,7 +33,7 @@ def test_drop_rename_and_drop_database_reach_the_warehouse_and_capture_goes_on(s
         drain(settings)
         stream_lake(spark, settings)
         load(settings)
-        result = reconcile(settings)
+        result = reconcile(settings, "orders")
         assert result.ok, f"after {what}: {result.line()} {result.examples()}"
         return result.source
 

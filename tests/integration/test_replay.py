@@ -47,7 +47,7 @@ def silver_rows(settings: Settings) -> int:
 
 
 def assert_reconciled(settings: Settings, label: str) -> None:
-    result = reconcile(settings)
+    result = reconcile(settings, "orders")
     assert result.ok and result.source > 0, f"after {label}: {result.line()} {result.examples()}"
 
 

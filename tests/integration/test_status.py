@@ -33,12 +33,13 @@ def test_status_and_metrics_follow_the_pipeline(spark: object, settings: Setting
 
     caught_up = status(settings)
     orders = client[settings.mongo_db]["orders"].count_documents({})
-    assert caught_up["mongodb"]["orders"] == orders
+    assert caught_up["mongodb"]["collections"]["orders"] == orders
     assert caught_up["producer"]["events_published"] > 0
     assert caught_up["kafka"]["total_lag"] == 0 and caught_up["kafka"]["partitions"]
     assert caught_up["spark"]["batches"] >= 1 and caught_up["spark"]["input_rows"] == sum(
         p["end_offset"] for p in caught_up["kafka"]["partitions"])
-    assert caught_up["warehouse"]["orders"] == orders and caught_up["warehouse"]["versions_behind"] == 0
+    assert caught_up["warehouse"]["collections"]["orders"]["current"] == orders
+    assert caught_up["warehouse"]["versions_behind"] == 0
     assert caught_up["freshness_seconds"] == 0
     # A row per captured collection (collections.toml): MongoDB's count and the warehouse's current state.
     db = client[settings.mongo_db]
@@ -60,7 +61,9 @@ def test_status_and_metrics_follow_the_pipeline(spark: object, settings: Setting
     metrics = CliRunner().invoke(cli, ["metrics"], env=settings.to_env()).output
     lag = sum(float(v) for v in re.findall(r"^lakehouse_kafka_lag_messages\{.*\} (\S+)$", metrics, re.M))
     assert lag == behind["kafka"]["total_lag"], metrics
-    assert re.search(rf"^lakehouse_warehouse_orders {orders}(\.0)?$", metrics, re.M), metrics
+    documents = rf'^lakehouse_warehouse_documents\{{collection="orders"\}} {orders}(\.0)?$'
+    assert re.search(documents, metrics, re.M), metrics
+    assert re.search(r'^lakehouse_warehouse_changes\{collection="orders"\} [1-9]\d*(\.0)?$', metrics, re.M), metrics
     assert re.search(r'^lakehouse_warehouse_documents\{collection="products"\} \d+(\.0)?$', metrics, re.M), metrics
 
     port = free_port()
