@@ -56,7 +56,7 @@ def source_history(changes: int, rng: np.random.Generator) -> tuple[pa.Table, di
     ]
     n = changes
     table = pa.table({
-        "schema_version": pa.array(np.ones(n, np.int32)),
+        "schema_version": pa.array(np.full(n, 2, np.int32)),
         "change_id": pa.array([f"c{i}" for i in range(n)]),
         "op": pa.array(ops),
         "db": pa.array(["bench"] * n),

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lakehouse.contracts.events import SourcePosition
+from lakehouse.contracts.formats import Format, OtherFormat
 from lakehouse.core.errors import Permanent
 from lakehouse.core.files import write_json_atomically
 
@@ -27,6 +28,10 @@ class CheckpointUnreadable(Permanent, RuntimeError):
     """The token file cannot be used; the message says how to start again."""
 
 
+# The token file's format (lakehouse/contracts/formats.py); a later release adds its upgrade steps here.
+CHECKPOINT_FORMAT: Format[dict[str, Any]] = Format(
+    "a producer checkpoint", 1, "lakehouse replay --into kafka --from-beginning (or move the file away and run "
+    "`lakehouse produce --snapshot initial`)")
 JOURNAL_ENTRIES = 300  # checkpoints kept to rewind to; one a second while busy: five minutes of them
 
 
@@ -37,7 +42,7 @@ class Checkpoint:
     events_published: int = 0
     # "topic:partition" -> offset after the last record Kafka acknowledged, up to this token.
     acked_offsets: dict[str, int] = field(default_factory=dict)
-    # The collections captured up to this token (None: a checkpoint from before it was recorded).
+    # The collections captured up to this token (None: not known, so every captured one is copied again).
     collections: tuple[str, ...] | None = None
     # (seconds, inc): every change of a cluster time before this one is published and acknowledged (the
     # last event's time while busy; while idle, a time the stream was read past). A reconcile's cut.
@@ -94,6 +99,15 @@ class FileCheckpointStore:
         if raw is None:
             self._journal = []
             return None
+        if not isinstance(raw, dict):
+            raise CheckpointUnreadable(f"producer checkpoint {self.path} is not a checkpoint of this producer; move "
+                                       "it away and restart with --snapshot initial to rebuild the stream from a "
+                                       "fresh copy")
+        try:
+            for step in CHECKPOINT_FORMAT.steps(raw.get("format_version"), f"the file {self.path}"):
+                step(raw)
+        except OtherFormat as exc:
+            raise CheckpointUnreadable(str(exc)) from None
         try:
             current = _checkpoint(raw)
             self._journal = [_checkpoint(e) for e in raw.get("journal", [])]
@@ -120,7 +134,8 @@ class FileCheckpointStore:
         else:
             journal.append(checkpoint)
         journal = journal[-self.journal_entries:]
-        write_json_atomically(self.path, {**_entry(checkpoint), "journal": [_entry(c) for c in journal[:-1]]})
+        write_json_atomically(self.path, {"format_version": CHECKPOINT_FORMAT.current, **_entry(checkpoint),
+                                          "journal": [_entry(c) for c in journal[:-1]]})
         self._journal = journal
 
     def rewind_to(self, checkpoint: Checkpoint, held: dict[str, int]) -> None:

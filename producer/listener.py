@@ -265,9 +265,9 @@ class ChangeStreamListener:
 
     def _copy_new_collections(self, checkpoint: Checkpoint, stream: ChangeStream) -> None:
         """Collections captured now that the token's run did not capture (added to collections.toml or
-        COLLECTIONS) are copied first, as of now: the stream then carries their later changes. A
-        checkpoint from before collections were recorded captured the old default, orders."""
-        before = checkpoint.collections if checkpoint.collections is not None else ("orders",)
+        COLLECTIONS) are copied first, as of now: the stream then carries their later changes. When the
+        checkpoint does not say, every one is copied again (a copy is one more version, never a loss)."""
+        before = checkpoint.collections or ()
         new = tuple(name for name in self.settings.collections if name not in before)
         if not new:
             return

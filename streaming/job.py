@@ -166,6 +166,10 @@ def _quarantine_reason(event: Column, fields: Column, raw: Column) -> Column:
         .when(fields.isNull(), F.lit("not a JSON object"))
         .when(F.coalesce(event["schema_version"], F.lit(0)) > SCHEMA_VERSION,
               F.concat(F.lit("unsupported schema_version "), event["schema_version"].cast("string")))
+        .when(event["schema_version"] < SCHEMA_VERSION,
+              F.concat(F.lit("schema_version "), event["schema_version"].cast("string"),
+                       F.lit(f" is a development build's envelope, before release 1 (this release reads "
+                             f"v{SCHEMA_VERSION}); capture again with `lakehouse replay --into kafka`")))
         .when(mistyped != "",
               F.concat(F.lit(f"field(s) of the wrong type for envelope schema v{SCHEMA_VERSION}: "), mistyped))
         .when(missing != "", F.concat(F.lit("missing required field(s): "), missing))

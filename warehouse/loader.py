@@ -29,6 +29,7 @@ import pyarrow.dataset as pads
 
 from lakehouse.adapters.delta import LakeTable
 from lakehouse.contracts import events, tables, types
+from lakehouse.contracts.formats import Format, OtherFormat
 from lakehouse.contracts.types import ident
 from lakehouse.core import metrics
 from lakehouse.core.collections import CollectionSpec
@@ -54,8 +55,11 @@ REBUILD = "lakehouse replay --into warehouse --from-beginning"
 _FROM_SILVER = {"document": "full_document"}
 # Silver columns every load needs (collection columns missing from an older lake are read as nulls).
 SILVER_COLUMNS_NEEDED = (*(_FROM_SILVER.get(c, c) for c, _ in tables.CHANGE_COLUMNS), "kafka_topic",
-                         "kafka_partition", "kafka_offset", "schema_version", "document_key")
-UPGRADABLE_FROM = ("3", "4")  # such a file is upgraded in place; older ones are rebuilt
+                         "kafka_partition", "kafka_offset", "schema_version")
+# The warehouse file's format. A later release that changes it adds a step here (version -> a function of
+# the open connection, inside the transaction that then stamps the new version): `lakehouse load` carries
+# the file forward in place; readers refuse it until then.
+WAREHOUSE_FORMAT: Format[duckdb.DuckDBPyConnection] = Format("a warehouse", WAREHOUSE_VERSION, REBUILD)
 
 
 @dataclass(frozen=True)
@@ -64,10 +68,6 @@ class LoadResult:
     rows_read: int
     new_changes: int
     current: dict[str, int] = field(default_factory=dict)  # collection -> documents in its current state
-
-    @property
-    def orders(self) -> int:
-        return self.current.get("orders", 0)
 
 
 class WarehouseError(LakehouseError, RuntimeError):
@@ -79,7 +79,7 @@ class LakeMissing(WarehouseError, Transient):
 
 
 class OtherSchemaVersion(WarehouseError, Permanent):
-    """The file is this pipeline's warehouse, of another schema version: what a rebuild replaces."""
+    """The file is this pipeline's warehouse, of another format: what a rebuild replaces."""
 
 
 class WarehouseLocked(WarehouseError, Transient):
@@ -92,9 +92,9 @@ LOCK_WAIT_S = 60.0  # how long a one-off command waits for another process to le
 def connect(path: Path, read_only: bool = False, wait: float = LOCK_WAIT_S,
             schema: WarehouseSchema | None = None) -> duckdb.DuckDBPyConnection:
     """Open the warehouse; a writer (not read_only) creates what `schema` (the captured collections)
-    needs when the file is new, a v3 file is upgraded in place, and a collection new to the spec gets
-    its tables. A file that is not a warehouse of this schema version is refused rather than written
-    into. While another process holds the file (a reader holds it against the writer and the writer
+    needs when the file is new, a file of an older format is upgraded in place (WAREHOUSE_FORMAT), and a
+    collection new to the spec gets its tables. A file that is not a warehouse of this format is refused
+    rather than written into. While another process holds the file (a reader holds it against the writer and the writer
     against readers) wait up to `wait` seconds with backoff, then raise WarehouseLocked."""
     if read_only:
         require_warehouse(path)
@@ -177,9 +177,9 @@ def _meta(con: duckdb.DuckDBPyConnection) -> dict[str, str] | None:
 
 def _check_or_create(con: duckdb.DuckDBPyConnection, path: Path, schema: WarehouseSchema | None) -> None:
     meta = _meta(con)
-    if meta is not None and meta.get("schema_version") == str(WAREHOUSE_VERSION) and (
+    if meta is not None and meta.get("format_version") == str(WAREHOUSE_VERSION) and (
             schema is None or meta.get("schema_fingerprint") == schema.fingerprint()):
-        return  # this version, made by these very statements: nothing to check or create (milliseconds)
+        return  # this format, made by these very statements: nothing to check or create (milliseconds)
     present = _present(con)
     if present and "warehouse_meta" not in present:
         raise WarehouseError(
@@ -187,18 +187,9 @@ def _check_or_create(con: duckdb.DuckDBPyConnection, path: Path, schema: Warehou
             f"{', '.join(sorted(present))} and no warehouse_meta). Point WAREHOUSE_PATH/--warehouse-path at "
             f"another file, or move this one away and run `{REBUILD}`"
         )
-    version = None
+    steps: list[Callable[[duckdb.DuckDBPyConnection], None]] = []
     if present:
-        found = con.execute("SELECT value FROM warehouse_meta WHERE key = 'schema_version'").fetchall()
-        version = found[0][0] if found else "?"
-        upgradable = version in UPGRADABLE_FROM and schema is not None
-        if version != str(WAREHOUSE_VERSION) and not upgradable:
-            raise OtherSchemaVersion(
-                f"{path} holds warehouse schema v{version}; this code needs v{WAREHOUSE_VERSION}"
-                + (" (a writer such as `lakehouse load` upgrades it in place)" if version in UPGRADABLE_FROM
-                   else f". Rebuild it from the lake with `{REBUILD}` (the file is replaced only once the rebuild "
-                        "is complete)")
-            )
+        steps = _upgrade_steps(meta or {}, path, writer=schema is not None)
         for name in ("load_state", "warehouse_meta"):
             if name not in present:
                 raise WarehouseError(f"{path}: table {name} is missing; the file was changed by hand or by another "
@@ -210,15 +201,15 @@ def _check_or_create(con: duckdb.DuckDBPyConnection, path: Path, schema: Warehou
     fingerprint = schema.fingerprint()
     con.execute("BEGIN TRANSACTION")
     try:
-        if version == "3":
-            _upgrade_from_v3(con, path, schema)
-        if version in UPGRADABLE_FROM:
-            _upgrade_from_v4(con, path, schema)
+        for step in steps:
+            step(con)
+        if steps:
+            log.warning("upgraded the warehouse %s in place to format v%d", path, WAREHOUSE_VERSION)
         for statement in schema.ddl():
             con.execute(statement)
         _add_new_columns(con, path, schema, _present(con))
-        con.execute("INSERT INTO warehouse_meta VALUES ('schema_version', ?) ON CONFLICT DO NOTHING",
-                    [str(WAREHOUSE_VERSION)])
+        con.execute("INSERT INTO warehouse_meta VALUES ('format_version', ?) ON CONFLICT (key) DO UPDATE SET "
+                    "value = excluded.value", [str(WAREHOUSE_VERSION)])
         for view, (_, columns) in LAKE_VIEWS.items():  # before the views that read them
             if not con.execute("SELECT 1 FROM information_schema.tables WHERE table_name = ?", [view]).fetchall():
                 con.execute(f"CREATE VIEW {view} AS {empty_select(columns)}")
@@ -232,43 +223,24 @@ def _check_or_create(con: duckdb.DuckDBPyConnection, path: Path, schema: Warehou
         raise
 
 
-def _upgrade_from_v3(con: duckdb.DuckDBPyConnection, path: Path, schema: WarehouseSchema) -> None:
-    """v3 held orders only, in fact_order_changes and orders, loaded up to one silver version: those
-    become the orders collection's tables and load state; the other collections load from the lake."""
-    orders = schema.owner("orders")
-    if orders is not None:
-        for old, new in (("fact_order_changes", orders.changes), ("orders", orders.table)):
-            if old != new:
-                con.execute(f"ALTER TABLE {old} RENAME TO {ident(new)}")
-        con.execute("UPDATE load_state SET source = ? WHERE source = ?", [load_source(orders), SOURCE])
-    con.execute("DELETE FROM load_state WHERE source = ?", [SOURCE])
-    con.execute("DROP VIEW IF EXISTS orders_history")
-    log.warning("upgrading the warehouse %s from schema v3 in place: orders keep their tables; %s load from "
-                "the lake", path,
-                ", ".join(s.name for s in schema.collections if s.name != "orders") or "no other collection")
-
-
-def _upgrade_from_v4(con: duckdb.DuckDBPyConnection, path: Path, schema: WarehouseSchema) -> None:
-    """v4's tables had PRIMARY KEYs (change_id, doc_id); v5's have none: their indexes doubled a load's
-    cost and grew the commit with the warehouse, and the apply keeps both unique itself. DuckDB cannot
-    drop a constraint, so each such table is copied into one made by v5's DDL."""
-    ddl = tables.warehouse_tables_of(schema.collections)
-    keyed = {name for (name,) in con.execute(
-        "SELECT DISTINCT table_name FROM duckdb_constraints() WHERE constraint_type = 'PRIMARY KEY'").fetchall()}
-    present = _present(con)
-    for spec in schema.collections:
-        for name in (spec.changes, spec.table):
-            if name not in keyed:
-                continue
-            kept = [c for c, _ in schema.tables[name] if c in present[name]]
-            con.execute(f"ALTER TABLE {ident(name)} RENAME TO {ident(name + '__v4')}")
-            con.execute(ddl[name])
-            columns = ", ".join(ident(c) for c in kept)
-            con.execute(f"INSERT INTO {ident(name)} ({columns}) SELECT {columns} FROM {ident(name + '__v4')}")
-            con.execute(f"DROP TABLE {ident(name + '__v4')}")
-    con.execute("UPDATE warehouse_meta SET value = ? WHERE key = 'schema_version'", [str(WAREHOUSE_VERSION)])
-    log.warning("upgraded the warehouse %s to schema v%d in place (tables without primary-key indexes)", path,
-                WAREHOUSE_VERSION)
+def _upgrade_steps(meta: dict[str, str], path: Path,
+                   writer: bool) -> list[Callable[[duckdb.DuckDBPyConnection], None]]:
+    """The steps that carry this file to the current format (none when it is current). A file of a
+    development build (no format_version), or of a format this release cannot upgrade, is refused with
+    the rebuild command; a reader refuses any file not yet upgraded."""
+    stored = meta.get("format_version")
+    found = int(stored) if stored is not None and stored.isdigit() else None
+    if stored is not None and found is None:
+        raise OtherSchemaVersion(f"{path}: warehouse_meta's format_version is {stored!r}, not a version; the file "
+                                 f"was changed by hand or by another program. Rebuild it with `{REBUILD}`")
+    try:
+        steps = WAREHOUSE_FORMAT.steps(found, str(path))
+    except OtherFormat as exc:
+        raise OtherSchemaVersion(f"{exc} (the file is replaced only once the rebuild is complete)") from None
+    if steps and not writer:
+        raise OtherSchemaVersion(f"{path} is a warehouse of format v{found}; this release reads "
+                                 f"v{WAREHOUSE_VERSION}, and a writer such as `lakehouse load` upgrades it in place")
+    return list(steps)
 
 
 def _add_new_columns(con: duckdb.DuckDBPyConnection, path: Path, schema: WarehouseSchema,
@@ -544,7 +516,8 @@ def apply_collection(con: duckdb.DuckDBPyConnection, spec: CollectionSpec, incom
         "now() AS loaded_at" if c == "loaded_at" else f"i.{_FROM_SILVER[c]} AS {c}" if c in _FROM_SILVER
         else f"i.{ident(c)}" for c in change_cols
     )
-    rows = with_v2_identity(incoming)
+    refuse_development_events(incoming)
+    rows = incoming
     con.register("incoming_arrow", rows.append_column("_row", pa.array(range(rows.num_rows), pa.int64())))
     try:
         everything = bool(con.execute(
@@ -637,20 +610,18 @@ def _rederive(con: duckdb.DuckDBPyConnection, spec: CollectionSpec) -> None:
     con.execute("DROP TABLE newest")
 
 
-def with_v2_identity(rows: pa.Table) -> pa.Table:
-    """Envelope v1 events carry the _id as text (1001 and "1001" collided); their identity is derived
-    again from their document_key, as v2 events carry it (lakehouse/contracts/events.py)."""
+def refuse_development_events(rows: pa.Table) -> None:
+    """Release 1 reads envelope v2 (lakehouse/contracts/formats.py); a lake holding v1 events (a development
+    build's, whose doc_id was the _id as text, where 1001 and "1001" collided) is made again, not upgraded."""
     if rows.num_rows == 0 or "schema_version" not in rows.column_names:
-        return rows
-    v1 = pc.fill_null(pc.less(rows["schema_version"], 2), True)
-    if not pc.any(v1).as_py():
-        return rows
-    doc_ids = [
-        events.identity_of_v1(key, doc_id) if old and doc_id != events.WHOLE_COLLECTION else doc_id
-        for old, key, doc_id in zip(v1.to_pylist(), rows["document_key"].to_pylist(), rows["doc_id"].to_pylist(),
-                                    strict=True)
-    ]
-    return rows.set_column(rows.column_names.index("doc_id"), "doc_id", pa.array(doc_ids, pa.string()))
+        return
+    old = pc.sum(pc.cast(pc.fill_null(pc.less(rows["schema_version"], events.SCHEMA_VERSION), False), pa.int64()))
+    if old.as_py():
+        raise LakeMismatch(
+            f"the lake's silver holds {old.as_py()} change events of envelope v1, from a development build before "
+            f"release 1 (this release reads v{events.SCHEMA_VERSION}); make the lake again: move LAKE_PATH, "
+            "STATE_DIR/spark and the warehouse away, then run `lakehouse replay --into kafka --from-beginning` "
+            "and the streaming job (or `make run-all`)")
 
 
 def _lake_select(path: Path, columns: types.Columns) -> str:

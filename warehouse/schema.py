@@ -4,7 +4,8 @@ Per collection: a table of every change it had (`fact_<...>_changes`) and its cu
 per live document, derived by ordered apply), plus a `<table>_history` view (SCD type 2). The tables'
 columns are lakehouse/contracts/tables.py's; this module turns them into DDL and writes the views.
 Orders (a collection with money, customer_id and status) also get the analytics views. Everything but
-the tables is a view, so it can never disagree with them. `WAREHOUSE_VERSION` is stored in the file.
+the tables is a view, so it can never disagree with them. The file's format (`WAREHOUSE_FORMAT`, release
+1's v1; lakehouse/contracts/formats.py) is stored in it.
 """
 
 from __future__ import annotations
@@ -14,12 +15,10 @@ from dataclasses import dataclass
 from lakehouse.contracts import tables, types
 from lakehouse.contracts.tables import SOURCE_ORDER
 from lakehouse.contracts.types import ident
-from lakehouse.core.collections import CollectionSpec
+from lakehouse.core.collections import ORDERS, CollectionSpec
 from lakehouse.core.config import Settings
 
-WAREHOUSE_VERSION = 5  # v5: no PRIMARY KEY indexes on the collections' tables (the apply keeps keys unique).
-# v4: one pair of tables per collection (collections.toml); load_state per collection. Upgraded in place.
-# v3: doc_id is the _id's type-exact identity (envelope v2); orders only. Upgraded in place (loader).
+WAREHOUSE_VERSION = 1  # release 1's warehouse format (warehouse_meta's format_version); loader.WAREHOUSE_FORMAT
 
 _ORDER = ", ".join(SOURCE_ORDER)
 _CREATED = "try_cast(json_extract_string(document, '$.created_at.$date') AS TIMESTAMPTZ)"
@@ -179,7 +178,7 @@ class WarehouseSchema:
         if open_references:
             views["quality_open_references"] = open_references
         for spec in self.collections:
-            if _is_orders_like(spec) and spec.table == "orders":
+            if _is_orders_like(spec) and spec.table == ORDERS:
                 views.update(analytics_views(spec))
         return views
 

@@ -28,8 +28,8 @@ from bson.tz_util import utc as bson_utc
 SCHEMA_VERSION = 2
 # v2: `doc_id` is the _id as relaxed Extended JSON in its own key order, so it is type-exact: 1001 and
 #     "1001", an ObjectId and its hex string, {a, b} and {b, a}, null and "null" are distinct documents,
-#     as they are in MongoDB. v1's doc_id was the _id as text, where those collided; the warehouse
-#     derives v1 events' identity from their document_key (lakehouse/contracts/events.identity_of_v1).
+#     as they are in MongoDB. v2 is release 1's envelope (lakehouse/contracts/formats.py); v1, a
+#     development build's, whose doc_id was the _id as text (those collided), is quarantined.
 
 # name -> type, in a small vocabulary every consumer maps: string, long, int.
 ENVELOPE_FIELDS: tuple[tuple[str, str], ...] = (
@@ -121,17 +121,6 @@ def identity_of(value: Any) -> str:
 def key_json(document_key: Mapping[str, Any]) -> str:
     """documentKey as Extended JSON, in its own key order (part of the identity for a document _id)."""
     return _IN_ORDER_JSON.encode(_convert(document_key))
-
-
-def identity_of_v1(document_key: str | None, doc_id: str) -> str:
-    """The v2 identity of a v1 event, from its document_key (written with sorted keys: an _id that is a
-    document keeps its keys sorted, the one thing v1 lost for good)."""
-    if not document_key:
-        return doc_id
-    try:
-        return doc_id_text(json_util.loads(document_key, json_options=_JSON))
-    except (ValueError, TypeError):
-        return doc_id
 
 
 def canonical_document(document: Mapping[str, Any] | str) -> str:

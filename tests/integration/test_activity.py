@@ -67,7 +67,7 @@ def test_enrichment_alerts_and_sessions_over_two_runs_and_a_replayed_batch(spark
     stream_lake(spark, settings)
     # An order far in the future moves the watermark past every real session (it stays open itself).
     now = int(time.time())
-    tick = {"schema_version": 1, "op": "insert", "db": settings.mongo_db, "collection": "orders", "txn_op_index": 0,
+    tick = {"schema_version": 2, "op": "insert", "db": settings.mongo_db, "collection": "orders", "txn_op_index": 0,
             "cluster_time_inc": 1, "change_id": "tick", "doc_id": "tick", "cluster_time_s": now + 3 * 3600,
             "full_document": json.dumps({"order_id": "tick", "customer_id": "tick", "status": "created",
                                          "amount": "1.00", "currency": "USD", "items": []})}

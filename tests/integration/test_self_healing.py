@@ -60,7 +60,7 @@ def recreate_topic(settings: Settings, records: int) -> None:
     topic = settings.topic_for("orders")
     recreate_topics(settings, [topic], timeout=30)
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
-    template = {"schema_version": 1, "op": "insert", "db": settings.mongo_db, "collection": "orders",
+    template = {"schema_version": 2, "op": "insert", "db": settings.mongo_db, "collection": "orders",
                 "txn_op_index": 0, "cluster_time_inc": 0, "full_document": json.dumps({"status": "created"})}
     for n in range(records):
         event = {**template, "change_id": f"new-{n}", "doc_id": f"new-{n}", "cluster_time_s": int(time.time())}
@@ -122,7 +122,7 @@ def test_loader_service_waits_while_a_reader_holds_the_warehouse(spark: object, 
         stream_lake(spark, settings)
         wait_for(lambda: "held by another process" in log.read_text(), 30, "the loader to find the file held")
         assert reader.wait(30) == 0
-        wait_for(lambda: reconcile(settings).ok, 120, "the loader to load after the reader let go")
+        wait_for(lambda: reconcile(settings, "orders").ok, 120, "the loader to load after the reader let go")
         assert loader.poll() is None, log.read_text()
     finally:
         loader.terminate()
@@ -138,7 +138,7 @@ def test_reconcile_repair_turns_differences_into_events_and_the_warehouse_conver
     drain(settings)
     stream_lake(spark, settings)
     load(settings)
-    assert reconcile(settings).ok
+    assert reconcile(settings, "orders").ok
     # The warehouse drifts: a row lost, a row MongoDB never had, a row with other content.
     con = duckdb.connect(str(settings.warehouse_path))
     victim, changed = [r[0] for r in con.execute("SELECT doc_id FROM orders ORDER BY doc_id LIMIT 2").fetchall()]
@@ -155,6 +155,6 @@ def test_reconcile_repair_turns_differences_into_events_and_the_warehouse_conver
     assert "published 3 repair events" in result.output and result.exit_code == 0, result.output
     stream_lake(spark, settings)
     load(settings)
-    assert reconcile(settings).ok, reconcile(settings).line()
+    assert reconcile(settings, "orders").ok, reconcile(settings, "orders").line()
     status = json.loads(CliRunner().invoke(cli, ["status", "--json"], env=settings.to_env()).output)
     assert status["reconcile"]["repaired"] == 3

@@ -27,7 +27,9 @@ def test_bad_messages_are_quarantined_and_reruns_add_nothing(spark: object, sett
            json.dumps({"change_id": "x", "op": "explode", "db": "d", "collection": "orders", "doc_id": "1",
                        "cluster_time_s": 1}).encode(),
            json.dumps({"change_id": "y", "op": "insert", "db": "d", "collection": "orders", "doc_id": "1",
-                       "cluster_time_s": 1, "cluster_time_inc": "not a number"}).encode()]
+                       "cluster_time_s": 1, "cluster_time_inc": "not a number"}).encode(),
+           json.dumps({"schema_version": 1, "change_id": "z", "op": "insert", "db": "d", "collection": "orders",
+                       "doc_id": "1", "cluster_time_s": 1, "cluster_time_inc": 0, "txn_op_index": 0}).encode()]
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
     for value in bad:
         producer.send(topic, key=b"bad", value=value)
@@ -47,6 +49,7 @@ def test_bad_messages_are_quarantined_and_reruns_add_nothing(spark: object, sett
     assert any(r.startswith("missing required field(s): change_id") for r in reasons), reasons
     assert any(r == "unknown op explode" for r in reasons), reasons
     assert f"field(s) of the wrong type for envelope schema v{SCHEMA_VERSION}: cluster_time_inc" in reasons, reasons
+    assert any(r.startswith("schema_version 1 is a development build's envelope") for r in reasons), reasons
     assert len(lake_rows(settings, tables.BRONZE)) == published + len(bad)
     parquet_rows = sum(1 for _ in settings.parquet_silver_path.rglob("*.parquet"))
     assert parquet_rows >= 1
@@ -121,7 +124,7 @@ def test_late_events_are_recorded_and_left_out_of_the_windowed_aggregates(spark:
     aggregate()
 
     now = int(clock.time())
-    template = {"schema_version": 1, "op": "insert", "db": settings.mongo_db, "collection": "orders",
+    template = {"schema_version": 2, "op": "insert", "db": settings.mongo_db, "collection": "orders",
                 "txn_op_index": 0, "cluster_time_inc": 1}
     doc = json.dumps({"order_id": "x", "customer_id": "c", "status": "paid", "amount": "$5.00", "currency": "USD"})
     injected = [

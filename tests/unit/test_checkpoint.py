@@ -43,3 +43,21 @@ def test_journal_keeps_one_entry_per_acknowledged_state_and_rewinds(tmp_path: Pa
     current = third.load()
     assert current.resume_token == {"_data": "03"} and current.acked_offsets == {"t:0": 33}
     assert [c.resume_token["_data"] for c in third.journal()] == ["02", "03"]
+
+
+def test_a_checkpoint_of_a_development_build_or_a_newer_release_is_refused_with_what_to_run(tmp_path: Path) -> None:
+    import json
+
+    path = tmp_path / "token.json"
+    FileCheckpointStore(path).save(Checkpoint({"_data": "82AB"}, None, 3, collections=("orders",)))
+    raw = json.loads(path.read_text())
+    assert raw["format_version"] == 1
+    for stored, says in ((None, "a producer checkpoint of a development build"),
+                         (2, "a producer checkpoint format v2, newer than this release reads")):
+        path.write_text(json.dumps({k: v for k, v in raw.items() if k != "format_version"}
+                                   | ({} if stored is None else {"format_version": stored})))
+        with pytest.raises(RuntimeError, match=f"{says}.*lakehouse replay --into kafka --from-beginning"):
+            FileCheckpointStore(path).load()
+    path.write_text("[1, 2]")
+    with pytest.raises(RuntimeError, match="not a checkpoint of this producer"):
+        FileCheckpointStore(path).load()

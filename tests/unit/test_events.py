@@ -81,7 +81,7 @@ def test_canonical_document_is_key_order_independent() -> None:
     assert events.canonical_document('{"b": 1, "a": [1, 2]}') == events.canonical_document({"a": [1, 2], "b": 1})
 
 
-def test_identity_is_type_exact_and_v1_identities_are_derived_again() -> None:
+def test_identity_is_type_exact() -> None:
     from bson import ObjectId
     from bson.son import SON
 
@@ -91,11 +91,6 @@ def test_identity_is_type_exact_and_v1_identities_are_derived_again() -> None:
     identities = [events.doc_id_text({"_id": value}) for value in ids]
     assert len(set(identities)) == len(ids), identities
     assert events.WHOLE_COLLECTION not in identities
-    # A v1 event (text doc_id) gets the v2 identity from its document_key.
-    assert events.identity_of_v1('{"_id": 1001}', "1001") == "1001"
-    assert events.identity_of_v1('{"_id": "1001"}', "1001") == '"1001"'
-    assert events.identity_of_v1('{"_id": {"$oid": "6b038060dfb53f1723db4377"}}', str(oid)) == identities[2]
-    assert events.identity_of_v1(None, "x") == "x"
 
 
 def test_an_update_description_applies_to_the_pre_image() -> None:

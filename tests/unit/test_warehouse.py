@@ -177,17 +177,57 @@ def test_a_foreign_duckdb_file_is_refused_not_written(tmp_path: Path) -> None:
     con.close()
 
 
-def test_an_older_warehouse_schema_asks_for_a_rebuild_which_replaces_it(lake) -> None:  # noqa: ANN001
-    con = duckdb.connect(str(lake.warehouse_path))
-    con.execute("UPDATE warehouse_meta SET value = '1' WHERE key = 'schema_version'")
+def test_a_development_warehouse_asks_for_a_rebuild_which_replaces_it(lake) -> None:  # noqa: ANN001
+    con = duckdb.connect(str(lake.warehouse_path))  # what the builds before release 1 wrote: no format_version
+    con.execute("DELETE FROM warehouse_meta WHERE key = 'format_version'")
+    con.execute("INSERT INTO warehouse_meta VALUES ('schema_version', '5')")
     con.close()
-    with pytest.raises(WarehouseError, match=f"schema v1; this code needs v{WAREHOUSE_VERSION}.*replay --into "
-                                             "warehouse --from-beginning"):
-        load(lake)
+    for attempt in (lambda: load(lake), lambda: query(lake, "SELECT 1")):
+        with pytest.raises(WarehouseError, match="a warehouse of a development build .before release 1.; this "
+                                                 "release reads format v1. Make it again with `lakehouse replay "
+                                                 "--into warehouse --from-beginning`"):
+            attempt()
     rebuild(lake)
-    assert query(lake, "SELECT value FROM warehouse_meta WHERE key = 'schema_version'") == [(str(WAREHOUSE_VERSION),)]
+    assert query(lake, "SELECT value FROM warehouse_meta WHERE key = 'format_version'") == [(str(WAREHOUSE_VERSION),)]
     assert query(lake, "SELECT count(*) FROM orders") == [(2,)]
     assert not [p for p in lake.warehouse_path.parent.iterdir() if "rebuild" in p.name]
+
+
+def test_a_warehouse_of_a_newer_format_is_refused_and_left_as_it_was(lake) -> None:  # noqa: ANN001
+    con = duckdb.connect(str(lake.warehouse_path))
+    con.execute("UPDATE warehouse_meta SET value = '7' WHERE key = 'format_version'")
+    con.close()
+    before = lake.warehouse_path.read_bytes()
+    with pytest.raises(WarehouseError, match="format v7, newer than this release reads .v1."):
+        load(lake)
+    assert lake.warehouse_path.read_bytes() == before
+
+
+def test_a_later_format_upgrades_an_older_file_in_place_once_and_readers_wait_for_it(
+        lake, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """The mechanism a later release uses: one step per version, run by the writer in the transaction
+    that stamps the new version; readers refuse the file until then."""
+    from lakehouse.contracts.formats import Format
+    from warehouse import loader
+
+    calls = []
+    before = query(lake, "SELECT * FROM orders ORDER BY doc_id")
+
+    def to_v2(con: duckdb.DuckDBPyConnection) -> None:
+        calls.append(2)
+        con.execute("CREATE TABLE upgraded_to_v2 AS SELECT 1 AS marker")
+
+    monkeypatch.setattr(loader, "WAREHOUSE_VERSION", 2)
+    monkeypatch.setattr(loader, "WAREHOUSE_FORMAT", Format("a warehouse", 2, loader.REBUILD, {1: to_v2}))
+    with pytest.raises(WarehouseError, match="format v1; this release reads v2, and a writer such as `lakehouse "
+                                             "load` upgrades it in place"):
+        query(lake, "SELECT 1")
+    load(lake)
+    load(lake)
+    assert calls == [2]
+    assert query(lake, "SELECT value FROM warehouse_meta WHERE key = 'format_version'") == [("2",)]
+    assert query(lake, "SELECT * FROM upgraded_to_v2") == [(1,)]
+    assert query(lake, "SELECT * FROM orders ORDER BY doc_id") == before
 
 
 def test_a_missing_lake_is_an_error_naming_the_path(tmp_path: Path) -> None:
@@ -242,51 +282,6 @@ def _customer_row(seq: int, doc: str, name: str) -> dict:
     document = json.dumps({"_id": doc, "name": name, "score": seq})
     return {**row, "collection": "customers", "doc_id": json.dumps(doc), "order_id": json.dumps(doc),
             "full_document": document, "customer_id": None, "name": name, "score": seq, "kafka_offset": 100 + seq}
-
-
-def test_a_v3_warehouse_is_upgraded_in_place_and_the_other_collections_load_from_the_lake(tmp_path: Path) -> None:
-    settings = lake_settings(tmp_path).replace(collections=("orders",))
-    append_silver(settings, [silver_row(0, 1, "insert", "created", "10.00"),
-                             _customer_row(1, "cust-1", "Ada"), _customer_row(2, "cust-2", "Bob")])
-    load(settings)
-    con = duckdb.connect(str(settings.warehouse_path))  # what schema v3 looked like: orders only
-    con.execute("UPDATE load_state SET source = 'silver_changes'")
-    con.execute("UPDATE warehouse_meta SET value = '3' WHERE key = 'schema_version'")
-    con.close()
-    with pytest.raises(WarehouseError, match=f"schema v3; this code needs v{WAREHOUSE_VERSION} .a writer such as "
-                                             "`lakehouse load` upgrades it in place"):
-        query(settings, "SELECT 1")
-    everything = settings.replace(collections=("orders", "customers"))
-    result = load(everything)
-    assert result.current == {"orders": 1, "customers": 2}
-    version = query(everything, "SELECT value FROM warehouse_meta WHERE key = 'schema_version'")
-    assert version == [(str(WAREHOUSE_VERSION),)]
-    assert sorted(query(everything, "SELECT source, delta_version FROM load_state")) == [
-        ("silver_changes:customers", 0), ("silver_changes:orders", 0)]
-    assert query(everything, "SELECT name, score FROM customers ORDER BY name") == [("Ada", 1), ("Bob", 2)]
-    assert query(everything, "SELECT count(*) FROM customers_history WHERE is_current") == [(2,)]
-    assert load(everything).new_changes == 0  # loaded once
-
-
-def test_a_v4_warehouse_loses_its_primary_keys_in_place_and_keeps_loading(tmp_path: Path) -> None:
-    settings = lake_settings(tmp_path)
-    append_silver(settings, [silver_row(0, 1, "insert", "created", "10.00"), silver_row(1, 2, "insert", "created"),
-                             silver_row(2, 1, "update", "paid", "12.00")])
-    load(settings)
-    con = duckdb.connect(str(settings.warehouse_path))  # what schema v4 looked like: primary keys
-    con.execute("ALTER TABLE fact_order_changes ADD PRIMARY KEY (change_id)")
-    con.execute("ALTER TABLE orders ADD PRIMARY KEY (doc_id)")
-    con.execute("UPDATE warehouse_meta SET value = '4' WHERE key = 'schema_version'")
-    con.close()
-    append_silver(settings, [silver_row(3, 2, "delete", None), silver_row(2, 1, "update", "paid", "12.00")])
-    result = load(settings)
-    assert (result.new_changes, result.orders) == (1, 1)
-    assert query(settings, "SELECT count(*) FROM duckdb_constraints() WHERE constraint_type = 'PRIMARY KEY' "
-                           "AND table_name IN ('orders', 'fact_order_changes')") == [(0,)]
-    stored = query(settings, "SELECT value FROM warehouse_meta WHERE key = 'schema_version'")
-    assert stored == [(str(WAREHOUSE_VERSION),)]
-    assert query(settings, "SELECT status, amount FROM orders") == [("paid", Decimal("12.00"))]
-    assert query(settings, "SELECT count(*), count(DISTINCT change_id) FROM fact_order_changes") == [(4, 4)]
 
 
 def test_a_collection_added_to_the_spec_later_loads_from_the_whole_lake(tmp_path: Path) -> None:
@@ -351,3 +346,12 @@ def test_each_load_records_when_its_transaction_began_and_committed(tmp_path: Pa
     assert record["committed_us"] >= record["began_us"]
     # loaded_at of the changes it inserted is the start of its transaction: a change's load is found
     assert query(settings, "SELECT epoch_us(loaded_at) FROM fact_order_changes") == [(record["began_us"],)]
+
+
+def test_a_lake_of_development_envelope_v1_events_is_refused_with_how_to_make_it_again(tmp_path: Path) -> None:
+    settings = lake_settings(tmp_path)
+    append_silver(settings, [silver_row(0, 1, "insert", "created", "10.00") | {"schema_version": 1}])
+    with pytest.raises(WarehouseError, match="holds 1 change events of envelope v1, from a development build.*"
+                                             "lakehouse replay --into kafka --from-beginning"):
+        load(settings)
+    assert query(settings, "SELECT count(*) FROM fact_order_changes") == [(0,)]
