@@ -28,11 +28,11 @@ from lakehouse.adapters.mongo import connect as connect_mongo
 from lakehouse.contracts import events
 from lakehouse.contracts.events import SourcePosition
 from lakehouse.contracts.positions import partition_key
-from lakehouse.core import metrics
 from lakehouse.core.config import Settings
 from lakehouse.core.errors import ConfigError, Permanent, Transient
 from lakehouse.core.files import write_json_atomically
 from lakehouse.core.progress import Progress
+from producer import metrics
 from producer.checkpoint import Checkpoint, FileCheckpointStore, shortfall
 
 log = logging.getLogger(__name__)

@@ -35,13 +35,12 @@ from lakehouse.contracts.events import (
     REQUIRED_FIELDS,
     SCHEMA_VERSION,
 )
-from lakehouse.core import metrics
 from lakehouse.core.collections import MONEY_COLUMNS
 from lakehouse.core.config import Settings
 from lakehouse.core.errors import ConfigError, LakehouseError
 from lakehouse.core.rules import QUALITY_FLAGS
 from lakehouse.core.stopping import StopSignals
-from streaming import inventory, sessions
+from streaming import inventory, metrics, sessions
 from streaming.aggregates import reset_derived_if_old, revenue_checkpoint, start_aggregates, start_revenue_by_category
 from streaming.enrichment import (
     CUSTOMER_ATTRIBUTES,

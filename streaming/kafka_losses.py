@@ -30,9 +30,9 @@ from lakehouse.contracts.positions import (
     spark_form,
     split_key,
 )
-from lakehouse.core import metrics
 from lakehouse.core.errors import Permanent
 from lakehouse.core.files import write_json_atomically
+from streaming import metrics
 
 log = logging.getLogger(__name__)
 KEPT_BATCHES = 3  # positions kept for the batches a restart may replay

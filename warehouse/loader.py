@@ -31,12 +31,12 @@ from lakehouse.adapters.delta import LakeTable
 from lakehouse.contracts import events, tables, types
 from lakehouse.contracts.formats import Format, OtherFormat
 from lakehouse.contracts.types import ident
-from lakehouse.core import metrics
 from lakehouse.core.collections import CollectionSpec
 from lakehouse.core.config import Settings
 from lakehouse.core.errors import LakehouseError, Permanent, Transient
 from lakehouse.core.files import write_text_atomically
 from lakehouse.core.progress import Progress
+from warehouse import metrics
 from warehouse.schema import (
     LAKE_VIEWS,
     SOURCE_ORDER,

@@ -45,13 +45,13 @@ from lakehouse.adapters.mongo import cluster_time, raw_batches_ahead, raw_doc_id
 from lakehouse.adapters.mongo import connect as connect_mongo
 from lakehouse.contracts import events, tables
 from lakehouse.contracts.positions import committed_offsets, split_key
-from lakehouse.core import metrics
 from lakehouse.core.config import Settings
 from lakehouse.core.errors import ServerUnreachable
 from lakehouse.core.files import write_json_atomically
 from lakehouse.core.progress import Progress
 from lakehouse.core.rules import QUALITY_REASON
 from producer.checkpoint import CheckpointUnreadable, FileCheckpointStore
+from warehouse import metrics as warehouse_metrics
 from warehouse.loader import require_matching_lake, require_warehouse
 from warehouse.reconcile import SOURCE_COLUMNS, compare, current_documents, current_keys, current_rows
 
@@ -351,7 +351,7 @@ def repair(settings: Settings, result: Reconciliation, say: Callable[[str], None
             say(f"repair: Kafka refused {result.collection} {event['doc_id']} ({reason}); it is counted as "
                 "dead-lettered, not repaired")
         result.repaired += len(sent.acked)
-        metrics.LOADER_REPAIRED.inc(len(sent.acked))
+        warehouse_metrics.LOADER_REPAIRED.inc(len(sent.acked))
 
     refused: list[str] = []
     try:

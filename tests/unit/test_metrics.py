@@ -15,6 +15,7 @@ from lakehouse.core import metrics
 from lakehouse.core.config import Settings
 from tests.helpers import free_port
 from tests.lake_fakes import append_silver, lake_settings, silver_row
+from warehouse import metrics as warehouse_metrics
 from warehouse.loader import load
 
 REPORT = {
@@ -59,7 +60,7 @@ def test_a_service_serves_its_metrics_and_a_busy_port_is_a_warning_not_a_failure
     assert metrics.serve(settings, "producer") is None  # 0: off
     server = metrics.serve(settings, "loader")
     try:
-        metrics.LOADER_REPAIRED.inc(0)
+        warehouse_metrics.LOADER_REPAIRED.inc(0)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:  # noqa: S310
             text = response.read().decode()
         assert "# TYPE lakehouse_loader_repaired_total counter" in text

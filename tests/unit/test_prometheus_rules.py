@@ -12,7 +12,9 @@ from pathlib import Path
 import yaml
 from prometheus_client import REGISTRY
 
-import lakehouse.core.metrics  # noqa: F401 - registers the services' metrics
+import producer.metrics  # noqa: F401 - each registers its stage's metrics
+import streaming.metrics  # noqa: F401
+import warehouse.metrics  # noqa: F401
 from infra import servers
 from lakehouse.app.status import metric_families
 from lakehouse.core.config import Settings
