@@ -187,72 +187,40 @@ def stream(settings: Settings, available_now: bool) -> None:
 def load_command(settings: Settings, every: float | None, reconcile_every: float | None, repair: bool,
                  settle: float) -> None:
     """Load what is new in the lake into the DuckDB warehouse."""
-    import time
-
-    from lakehouse.app.reconcile import round_of
+    from lakehouse.app.service import LoaderService
     from lakehouse.core.stopping import Interrupted, StopSignals
-    from warehouse.loader import (
-        LakeMismatch,
-        LakeMissing,
-        WarehouseError,
-        WarehouseLocked,
-        load,
-        load_if_possible,
-        silver_version,
-    )
-
-    ready, loaded_version = False, None
-
-    def once() -> None:
-        nonlocal ready, loaded_version
-        result = load(settings)
-        loaded_version = result.delta_version
-        if every is None or result.rows_read:
-            current = ", ".join(f"{n} {c}" for n, c in result.current.items())
-            click.echo(f"loaded delta version {result.delta_version}: {result.rows_read} rows read, "
-                       f"{result.new_changes} new changes; current documents: {current}")
-        if every is not None and not ready:
-            ready = True
-            click.echo(f"loader ready: the warehouse has silver v{result.delta_version}")
+    from warehouse.errors import WarehouseError
+    from warehouse.loader import load
 
     try:
         if every is None:
-            once()
+            result = load(settings)
+            click.echo(_loaded(result))
             return
         click.echo(f"loading {settings.lake_path} into {settings.warehouse_path} every {every:g}s; Ctrl-C stops")
         metrics.serve(settings, "loader")
-        waiting_said = False
-        reconciled_at = time.monotonic()
         with StopSignals() as signals:
+            service = LoaderService(settings, every, reconcile_every, repair, settle, say=click.echo,
+                                    wait=signals.wait)
             try:
                 while True:
-                    try:
-                        # DuckDB is opened only when silver has a new version: polling often is cheap,
-                        # and a change is loaded within `every` of the streaming job's commit.
-                        if not ready or silver_version(settings) != loaded_version:
-                            once()
-                        if reconcile_every is not None and time.monotonic() - reconciled_at >= reconcile_every:
-                            round_of(settings, repair, settle, lambda: load_if_possible(settings), signals.wait,
-                                     say=click.echo)
-                            reconciled_at = time.monotonic()
-                    except LakeMissing as exc:  # the streaming job will create it
-                        if not waiting_said:
-                            click.echo(f"waiting for the lake: {exc}")
-                        waiting_said = True
-                    except WarehouseLocked as exc:  # a reader holds it: a service waits, never exits
-                        log.warning("%s; trying again", exc)
-                    except (Interrupted, LakeMismatch):  # waiting would not set another lake right
-                        raise
-                    except Exception as exc:  # noqa: BLE001 - a service logs a failed round and goes on
-                        from lakehouse.adapters import explain
-
-                        log.error("load or reconcile failed, trying again in %gs: %s", every,
-                                  explain(settings, exc) or f"{type(exc).__name__}: {exc}")
+                    was_ready = service.ready
+                    result = service.round()
+                    if result is not None and result.rows_read:
+                        click.echo(_loaded(result))
+                    if service.ready and not was_ready:
+                        click.echo(f"loader ready: the warehouse has silver v{service.loaded_version}")
                     signals.wait(every)
             except Interrupted:
                 click.echo("loader stopped")
     except WarehouseError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+def _loaded(result: Any) -> str:
+    current = ", ".join(f"{n} {c}" for n, c in result.current.items())
+    return (f"loaded delta version {result.delta_version}: {result.rows_read} rows read, {result.new_changes} new "
+            f"changes; current documents: {current}")
 
 
 @cli.command("reconcile")
@@ -268,7 +236,8 @@ def reconcile_command(settings: Settings, collections: tuple[str, ...], do_repai
     collection, then the total. Exit 1 when they differ (with --repair: when a difference could not be
     sent for repair)."""
     from lakehouse.app.reconcile import combined, confirmed, lines, reconcile_each, record, repair
-    from warehouse.loader import WarehouseError, load_if_possible
+    from warehouse.errors import WarehouseError
+    from warehouse.loader import load_if_possible
 
     unknown = [c for c in collections if c not in settings.collections]
     if unknown:
@@ -315,7 +284,7 @@ def replay_command(settings: Settings, target: str, from_token: str | None, from
     lakehouse replay --into warehouse --from-beginning --dry-run
     """
     from lakehouse.app.replay import ReplayError, replay, start_point
-    from warehouse.loader import WarehouseError
+    from warehouse.errors import WarehouseError
 
     try:
         start = start_point(from_token, from_time, from_offsets, from_beginning)

@@ -25,7 +25,8 @@ from pathlib import Path
 
 from infra import servers
 from lakehouse.adapters.mongo import connect as connect_mongo
-from lakehouse.app.reconcile import Reconciliation, combined, lines, reconcile_each, record, round_of
+from lakehouse.app.reconcile import Reconciliation, combined, lines, reconcile_each, record
+from lakehouse.app.service import LoaderService
 from lakehouse.app.status import collect, one_line
 from lakehouse.core import metrics
 from lakehouse.core.config import Settings
@@ -34,7 +35,9 @@ from lakehouse.core.logs import cli_options as logging_options
 from lakehouse.core.progress import Progress
 from lakehouse.core.stopping import Interrupted, StopSignals
 from producer.generator import OrderGenerator
-from warehouse.loader import LakeMissing, load, load_if_possible, require_matching_lake
+from warehouse.errors import LakeMissing
+from warehouse.lake import require_matching_lake
+from warehouse.loader import load, load_if_possible
 
 FOLLOW_RATE = 20.0  # changes/s in --follow when no rate is given: lively, and the disk fills slowly
 
@@ -204,7 +207,9 @@ def follow(settings: Settings, generator: OrderGenerator, children: list[Child],
     loader_log = logging.getLogger("warehouse.loader")
     if loader_log.getEffectiveLevel() == logging.INFO:
         loader_log.setLevel(logging.WARNING)  # the status line says what each load did
-    tick = reconciled_at = time.monotonic()
+    service = LoaderService(settings, every, reconcile_every, True,
+                            min(15.0, reconcile_every / 2) if reconcile_every else 15.0, say=say, wait=signals.wait)
+    tick = time.monotonic()
     while True:
         # Generating fills what is left of the interval after loading and collecting the status.
         tick = max(tick + every, time.monotonic() + 0.5)
@@ -213,12 +218,8 @@ def follow(settings: Settings, generator: OrderGenerator, children: list[Child],
             signals.check()
         for child in children:
             child.check()
-        load_if_possible(settings)
+        service.round()
         signals.check()
-        if reconcile_every is not None and time.monotonic() - reconciled_at >= reconcile_every:
-            round_of(settings, True, min(15.0, reconcile_every / 2), lambda: load_if_possible(settings),
-                     signals.wait, say=say)
-            reconciled_at = time.monotonic()
         restarts = ", ".join(f"{c.name} restarted {c.restarts}x" for c in children if c.restarts)
         say(f"{one_line(collect(settings))} | generated {generator.stats.total:,}"
             + (f" | {restarts}" if restarts else ""))
