@@ -26,7 +26,8 @@ from deltalake import write_deltalake
 from lakehouse.contracts import tables
 from lakehouse.core.config import Settings
 from lakehouse.core.logs import configure
-from warehouse.loader import connect, load
+from warehouse.connection import connect
+from warehouse.loader import load
 
 SCHEMA = tables.silver_schema(Settings())
 

@@ -258,7 +258,7 @@ class Chaos:
     def plant_losses(self, each: int = 3) -> None:
         """Make the warehouse wrong on purpose, between two of the loader's loads: `each` orders removed,
         `each` changed and `each` rows MongoDB never had."""
-        from warehouse.loader import connect
+        from warehouse.connection import connect
         from warehouse.schema import WarehouseSchema
 
         s = self.settings
@@ -296,7 +296,8 @@ class Chaos:
                   "warehouse")
 
     def _warehouse_rows(self, table: str) -> int:
-        from warehouse.loader import WarehouseError, connect
+        from warehouse.connection import connect
+        from warehouse.errors import WarehouseError
 
         try:
             con = connect(self.settings.warehouse_path, read_only=True)
@@ -377,7 +378,8 @@ class Chaos:
     def drain(self, began: object, timeout: float = 900) -> tuple[bool, list[str]]:
         from lakehouse.app.reconcile import combined, lines, reconcile_each
         from lakehouse.contracts.types import ident
-        from warehouse.loader import WarehouseError, connect
+        from warehouse.connection import connect
+        from warehouse.errors import WarehouseError
 
         s = self.settings
         drain_started = time.monotonic()

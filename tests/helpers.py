@@ -123,7 +123,7 @@ def lake_rows(settings: Settings, name: str) -> list[dict[str, Any]]:
 
 def warehouse_rows(settings: Settings, query: str) -> list[tuple]:
     """A query's rows from the warehouse, opened read-only for it."""
-    from warehouse.loader import connect
+    from warehouse.connection import connect
 
     con = connect(settings.warehouse_path, read_only=True)
     try:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from warehouse.loader import connect
+from warehouse.connection import connect
 
 
 def sql_reader(path: Path) -> Callable[..., pd.DataFrame]:

@@ -23,7 +23,7 @@ import pyarrow as pa
 from lakehouse.contracts.events import DIGEST_CHARS
 from lakehouse.contracts.types import ident
 from lakehouse.core.config import Settings
-from warehouse.loader import connect
+from warehouse.connection import connect
 
 SOURCE_COLUMNS = ("doc_id", "digest")  # what the caller streams in, per document
 # The warehouse's digest of a row: the raw-BSON half of its document_digest (as bytes, like the source's),

@@ -12,17 +12,11 @@ from lakehouse.contracts import tables
 from lakehouse.contracts.types import ident
 from lakehouse.core.config import Settings
 from lakehouse.core.errors import ConfigError
-from warehouse.loader import (
-    WarehouseError,
-    apply_collection,
-    check_lake,
-    connect,
-    current_counts,
-    in_transaction,
-    read_silver,
-    refresh_lake_views,
-    silver_table,
-)
+from warehouse.apply import apply_collection, in_transaction
+from warehouse.connection import connect
+from warehouse.errors import WarehouseError
+from warehouse.lake import check_lake, read_silver, silver_table
+from warehouse.loader import current_counts, refresh_lake_views
 from warehouse.schema import WarehouseSchema
 
 

@@ -52,7 +52,8 @@ from lakehouse.core.progress import Progress
 from lakehouse.core.rules import QUALITY_REASON
 from producer.checkpoint import CheckpointUnreadable, FileCheckpointStore
 from warehouse import metrics as warehouse_metrics
-from warehouse.loader import require_matching_lake, require_warehouse
+from warehouse.connection import require_warehouse
+from warehouse.lake import require_matching_lake
 from warehouse.reconcile import SOURCE_COLUMNS, compare, current_documents, current_keys, current_rows
 
 log = logging.getLogger(__name__)

@@ -302,7 +302,8 @@ def _warehouse_changes(settings: Settings, start: StartPoint) -> Changes:
 
 
 def _into_warehouse(settings: Settings, start: StartPoint, dry_run: bool, say: Callable[[str], None]) -> None:
-    from warehouse.loader import rebuild, silver_table
+    from warehouse.lake import silver_table
+    from warehouse.loader import rebuild
     from warehouse.replace import UnknownPartitions, replace_changes
 
     if start.kind == "beginning":

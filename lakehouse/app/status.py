@@ -124,7 +124,8 @@ def spark_status(settings: Settings) -> dict[str, Any]:
 
 def warehouse_status(settings: Settings) -> dict[str, Any]:
     from lakehouse.adapters.delta import version_of
-    from warehouse.loader import WarehouseError, summary
+    from warehouse.errors import WarehouseError
+    from warehouse.summary import summary
 
     silver_version = version_of(settings.table_path(tables.SILVER))
     if not settings.warehouse_path.exists():

@@ -21,7 +21,8 @@ from streaming import inventory, sessions
 from streaming.aggregates import revenue_checkpoint
 from streaming.inventory import crossings
 from tests.helpers import drain, lake_rows, stream_lake
-from warehouse.loader import connect, load
+from warehouse.connection import connect
+from warehouse.loader import load
 
 SOURCE_ORDER = tables.SOURCE_ORDER
 

@@ -18,7 +18,8 @@ from lakehouse.app.reconcile import reconcile
 from lakehouse.contracts import events, tables
 from lakehouse.core.config import Settings
 from tests.helpers import drain, lake_rows, read_topic, stream_lake
-from warehouse.loader import connect, load
+from warehouse.connection import connect
+from warehouse.loader import load
 
 OID = ObjectId("6b038060dfb53f1723db4377")
 IDS = [1001, "1001", OID, str(OID), SON([("a", 1), ("b", 2)]), SON([("b", 2), ("a", 1)]), '{"a": 1, "b": 2}',

@@ -13,7 +13,8 @@ from lakehouse.app.reconcile import reconcile
 from lakehouse.core.config import Settings
 from producer.generator import OrderGenerator
 from tests.helpers import drain, stream_lake
-from warehouse.loader import connect, load
+from warehouse.connection import connect
+from warehouse.loader import load
 
 
 def warehouse_orders(settings: Settings) -> int:

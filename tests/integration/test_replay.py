@@ -19,7 +19,8 @@ from producer.checkpoint import FileCheckpointStore
 from producer.generator import OrderGenerator
 from tests.conftest import wait_for
 from tests.helpers import drain, stream_lake
-from warehouse.loader import connect, load
+from warehouse.connection import connect
+from warehouse.loader import load
 
 
 def change_ids(settings: Settings) -> set[str]:

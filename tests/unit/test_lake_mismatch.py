@@ -14,7 +14,9 @@ from click.testing import CliRunner
 from lakehouse.app.cli import cli
 from lakehouse.core.config import Settings
 from tests.lake_fakes import append_silver, lake_settings, silver_row
-from warehouse.loader import LAKE_ID, connect, load
+from warehouse.connection import connect
+from warehouse.lake import LAKE_ID
+from warehouse.loader import load
 from warehouse.schema import WarehouseSchema
 
 pytestmark = pytest.mark.unit

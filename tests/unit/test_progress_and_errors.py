@@ -89,7 +89,7 @@ def test_a_stopped_mongodb_is_one_line_naming_it_with_the_password_hidden(tmp_pa
     port = free_port()
     uri = f"mongodb://reader:s3cret@127.0.0.1:{port}/?directConnection=true&serverSelectionTimeoutMS=300"
     from lakehouse.core.config import Settings
-    from warehouse.loader import open_warehouse
+    from warehouse.connection import open_warehouse
 
     # a warehouse to reconcile: MongoDB is what is missing
     open_warehouse(Settings.from_env(warehouse_path=tmp_path / "w.duckdb", state_dir=tmp_path)).close()

@@ -24,7 +24,7 @@ from lakehouse.adapters.mongo import raw_batches_ahead, raw_doc_id, raw_document
 from lakehouse.contracts import events
 from lakehouse.core.config import Settings
 from tests.unit.test_extended_json import values
-from warehouse.loader import open_warehouse
+from warehouse.connection import open_warehouse
 from warehouse.reconcile import compare
 
 # How the pipeline's MongoDB client decodes (lakehouse/adapters/mongo.connect).

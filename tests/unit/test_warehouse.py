@@ -24,7 +24,9 @@ from lakehouse.app.replay import (
 from lakehouse.contracts import tables
 from lakehouse.core.config import Settings
 from tests.lake_fakes import SCHEMA, append_silver, lake_settings, silver_row
-from warehouse.loader import LakeMissing, WarehouseError, connect, load, open_warehouse, rebuild
+from warehouse.connection import connect, open_warehouse
+from warehouse.errors import LakeMissing, WarehouseError
+from warehouse.loader import load, rebuild
 from warehouse.schema import WAREHOUSE_VERSION, WarehouseSchema
 
 
@@ -208,7 +210,8 @@ def test_a_later_format_upgrades_an_older_file_in_place_once_and_readers_wait_fo
     """The mechanism a later release uses: one step per version, run by the writer in the transaction
     that stamps the new version; readers refuse the file until then."""
     from lakehouse.contracts.formats import Format
-    from warehouse import loader
+    from warehouse import migrate
+    from warehouse.errors import REBUILD
 
     calls = []
     before = query(lake, "SELECT * FROM orders ORDER BY doc_id")
@@ -217,8 +220,8 @@ def test_a_later_format_upgrades_an_older_file_in_place_once_and_readers_wait_fo
         calls.append(2)
         con.execute("CREATE TABLE upgraded_to_v2 AS SELECT 1 AS marker")
 
-    monkeypatch.setattr(loader, "WAREHOUSE_VERSION", 2)
-    monkeypatch.setattr(loader, "WAREHOUSE_FORMAT", Format("a warehouse", 2, loader.REBUILD, {1: to_v2}))
+    monkeypatch.setattr(migrate, "WAREHOUSE_VERSION", 2)
+    monkeypatch.setattr(migrate, "WAREHOUSE_FORMAT", Format("a warehouse", 2, REBUILD, {1: to_v2}))
     with pytest.raises(WarehouseError, match="format v1; this release reads v2, and a writer such as `lakehouse "
                                              "load` upgrades it in place"):
         query(lake, "SELECT 1")
@@ -334,7 +337,7 @@ def test_a_column_added_to_the_spec_is_added_to_the_tables_on_the_next_load(tmp_
 
 
 def test_each_load_records_when_its_transaction_began_and_committed(tmp_path: Path) -> None:
-    from warehouse.loader import silver_version
+    from warehouse.lake import silver_version
 
     settings = lake_settings(tmp_path)
     assert silver_version(settings) is None  # no lake yet: nothing to load, and no warehouse opened

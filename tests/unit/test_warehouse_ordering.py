@@ -8,7 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.lake_fakes import append_silver, lake_settings, silver_row
-from warehouse.loader import connect, load
+from warehouse.connection import connect
+from warehouse.loader import load
 
 
 def history(ops: list[tuple[int, int]]) -> list[dict]:
