@@ -10,28 +10,31 @@ import click
 
 from lakehouse.adapters.mongo import connect as connect_mongo
 from lakehouse.core import metrics
-from lakehouse.core.config import Settings
+from lakehouse.core.config import Rate, Seconds, Settings, Share, Wait
 from lakehouse.core.logs import configure
 
 log = logging.getLogger("lakehouse.app.cli")
 
 
-class _Number(click.FloatRange):
-    """A float in a range that is also a number: click's range check lets NaN by (every comparison with
-    it is false)."""
+class _Checked(click.ParamType):
+    """A number option checked by its type in lakehouse/core/config.py, as the settings are (a range that
+    also refuses NaN and infinity, which click's own range check lets by)."""
+
+    name = "number"
+
+    def __init__(self, kind: Any) -> None:
+        self.kind = kind
 
     def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> object:
-        number = super().convert(value, param, ctx)
-        if number != number:
-            self.fail(f"{value} is not a number", param, ctx)
-        return number
+        from lakehouse.core.config import check_number
+
+        try:
+            return check_number(self.kind, value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
 
 
-WEEK = 7 * 24 * 3600.0  # the longest interval an option takes: longer is a typo (milliseconds as seconds)
-SECONDS = _Number(min=0, min_open=True, max=WEEK)
-WAIT = _Number(min=0, max=WEEK)  # 0: do not wait
-RATE = _Number(min=0, min_open=True, max=1e6)
-SHARE = _Number(0, 1)
+SECONDS, WAIT, RATE, SHARE = (_Checked(kind) for kind in (Seconds, Wait, Rate, Share))
 
 
 class LakehouseGroup(click.Group):

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from lakehouse.core.collections import DEFAULT_SPEC, CollectionSpec, CollectionsSpec, load_spec
@@ -55,6 +55,39 @@ def _under_cwd(relative: str) -> Callable[[], Path]:
 
 
 Port = Annotated[int, Field(ge=0, le=65535)]
+# Numbers the commands take as options of their own (lakehouse/app/cli.py), checked like the settings.
+Seconds = Annotated[float, Field(gt=0, le=WEEK, allow_inf_nan=False)]
+Wait = Annotated[float, Field(ge=0, le=WEEK, allow_inf_nan=False)]  # 0: do not wait
+Rate = Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False)]
+Share = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+
+
+def check_number(kind: Any, text: object) -> float:
+    """`text` as a number of `kind` (Seconds, Wait, Rate, Share); ValueError with the one line to print."""
+    try:
+        return float(TypeAdapter(kind).validate_python(text))
+    except ValidationError:
+        pass
+    try:
+        number = float(str(text))
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number") from None
+    if number != number:
+        raise ValueError(f"{text} is not a number")
+    raise ValueError(f"{number} is not in the range {_bounds(kind)}")
+
+
+def _bounds(kind: Any) -> str:
+    """A number type's range as click prints one, e.g. 0<x<=604800."""
+    low = high = ""
+    for constraint in kind.__metadata__[0].metadata:
+        name = type(constraint).__name__
+        if name not in ("Gt", "Ge", "Lt", "Le"):
+            continue
+        shown = f"{getattr(constraint, name.lower()):g}"
+        low = {"Gt": f"{shown}<", "Ge": f"{shown}<="}.get(name, low)
+        high = {"Lt": f"<{shown}", "Le": f"<={shown}"}.get(name, high)
+    return f"{low}x{high}"
 
 
 class Settings(BaseSettings):
