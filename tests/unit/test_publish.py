@@ -1,5 +1,5 @@
-"""The producer's publish loop against a scripted Kafka client: what it retries, dead-letters, stops on,
-and how it notices a broker that re-uses offsets it had acknowledged."""
+"""The producer's publishing (producer/publishing.py) against a scripted Kafka client: what it retries,
+dead-letters, stops on, and how it notices a broker that re-uses offsets it had acknowledged."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from kafka.errors import KafkaConnectionError, MessageSizeTooLargeError, TopicAu
 from lakehouse.adapters.kafka import Publisher
 from lakehouse.core.config import Settings
 from producer.checkpoint import FileCheckpointStore
-from producer.listener import ChangeStreamListener, KafkaDataLost, ListenerStats, Outgoing, PublishFailed, Stopped
+from producer.publishing import EventPublisher, KafkaDataLost, ListenerStats, Outgoing, PublishFailed, Stopped
 
 Metadata = namedtuple("Metadata", "topic partition offset")
 
@@ -50,15 +50,14 @@ class ScriptedKafka:
         pass
 
 
-def listener(tmp_path: Path, kafka: ScriptedKafka) -> ChangeStreamListener:
-    made = ChangeStreamListener.__new__(ChangeStreamListener)
-    made.settings = Settings.from_env(state_dir=tmp_path)
-    made.kafka = Publisher.__new__(Publisher)
-    made.kafka.settings, made.kafka._producer = made.settings, kafka
-    made.stats, made._stopping, made._acked = ListenerStats(), False, {}
-    made.store = FileCheckpointStore(tmp_path / "token.json")
-    made.store.load()
-    made._broker_holds = lambda: {"cdc.shop.orders:0": kafka.offsets.get("cdc.shop.orders", 0)}  # type: ignore[method-assign]
+def listener(tmp_path: Path, kafka: ScriptedKafka) -> EventPublisher:
+    settings = Settings.from_env(state_dir=tmp_path)
+    adapter = Publisher.__new__(Publisher)
+    adapter.settings, adapter._producer = settings, kafka
+    store = FileCheckpointStore(tmp_path / "token.json")
+    store.load()
+    made = EventPublisher(settings, ListenerStats(), store, lambda: False, kafka=adapter)
+    made.broker_holds = lambda: {"cdc.shop.orders:0": kafka.offsets.get("cdc.shop.orders", 0)}  # type: ignore[method-assign]
     return made
 
 
@@ -69,31 +68,31 @@ def batch(n: int) -> list[Outgoing]:
 def test_a_record_the_broker_refuses_as_too_large_is_dead_lettered_and_the_rest_published(tmp_path: Path) -> None:
     kafka = ScriptedKafka([None, MessageSizeTooLargeError("too big"), None])
     made = listener(tmp_path, kafka)
-    made._publish(batch(3))
+    made.publish(batch(3))
     assert made.stats.published == 2 and made.stats.dead_lettered == 1
     assert b"the broker refused the record" in kafka.sent[-1]
 
 
 def test_retriable_errors_are_retried_and_a_stop_request_ends_the_wait(tmp_path: Path) -> None:
     made = listener(tmp_path, ScriptedKafka([KafkaConnectionError("down"), None, None]))
-    made._publish(batch(2))  # the first try failed, the second went through
+    made.publish(batch(2))  # the first try failed, the second went through
     assert made.stats.published == 2
     stopping = listener(tmp_path, ScriptedKafka([KafkaConnectionError("down")] * 100))
-    stopping._stopping = True
+    stopping.stopping = lambda: True  # type: ignore[method-assign]
     with pytest.raises(Stopped):
-        stopping._publish(batch(1))
+        stopping.publish(batch(1))
 
 
 def test_a_permanent_refusal_stops_with_the_event_named(tmp_path: Path) -> None:
     made = listener(tmp_path, ScriptedKafka([TopicAuthorizationFailedError("no")]))
     with pytest.raises(PublishFailed, match="event 0.*Retrying cannot fix this"):
-        made._publish(batch(1))
+        made.publish(batch(1))
 
 
 def test_an_acknowledgement_at_an_offset_acknowledged_before_means_the_broker_lost_records(tmp_path: Path) -> None:
     kafka = ScriptedKafka([])
     made = listener(tmp_path, kafka)
-    made._publish(batch(5))  # offsets 0..4 acknowledged
+    made.publish(batch(5))  # offsets 0..4 acknowledged
     kafka.answers = [2]  # the broker lost 2..4 and gives offset 2 again
     with pytest.raises(KafkaDataLost, match="offsets 2..4"):
-        made._publish(batch(1))
+        made.publish(batch(1))
