@@ -29,7 +29,7 @@ from lakehouse.adapters.mongo import connect as connect_mongo  # noqa: E402
 from lakehouse.contracts import events  # noqa: E402
 from lakehouse.core.config import Settings  # noqa: E402
 from tests.helpers import free_port  # noqa: E402
-from warehouse.loader import open_warehouse  # noqa: E402
+from warehouse.connection import open_warehouse  # noqa: E402
 
 PLANTED = 100  # missing, extra and mismatched each
 

@@ -185,7 +185,7 @@ class Chaos:
                 time.sleep(ahead)
 
     def hold_reader(self, seconds: float) -> None:
-        code = ("import sys, time\nfrom pathlib import Path\nfrom warehouse.loader import connect\n"
+        code = ("import sys, time\nfrom pathlib import Path\nfrom warehouse.connection import connect\n"
                 "con = connect(Path(sys.argv[1]), read_only=True)\n"  # waits while the loader writes
                 "time.sleep(float(sys.argv[2]))\n")
         if self.settings.warehouse_path.exists():
