@@ -111,7 +111,7 @@ def main() -> None:
             loading += took
             rates.append(result.rows_read / took)
             print(f"  load {i + 1}/{args.batches}: {result.rows_read:,} rows, {result.new_changes:,} new changes, "
-                  f"{result.orders:,} orders in {took:.2f} s = {rates[-1]:,.0f} rows/s", flush=True)
+                  f"{result.current.get('orders', 0):,} orders in {took:.2f} s = {rates[-1]:,.0f} rows/s", flush=True)
         con = connect(settings.warehouse_path, read_only=True)
         state = dict(con.execute("SELECT doc_id, status FROM orders").fetchall())
         facts = con.execute("SELECT count(*) FROM fact_order_changes").fetchall()[0][0]
