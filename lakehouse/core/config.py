@@ -99,7 +99,7 @@ class Settings(BaseSettings):
 
     # connections: where the servers and the data are
     mongo_uri: str = setting("MONGO_URI", "mongodb://127.0.0.1:27017/", "connections",
-                             "a MongoDB **replica set** (change streams need one)", flag="--mongo-uri", secret=True)
+                             "a MongoDB replica set (change streams need one)", flag="--mongo-uri", secret=True)
     mongo_db: str = setting("MONGO_DB", "shop", "connections", "the database to capture", flag="--mongo-db",
                             pattern=r"^[^/\\. \"$*<>:|?]{1,63}$",
                             rule="is not a database name MongoDB accepts (1-63 characters, none of / \\ . \" $ * "
@@ -476,7 +476,7 @@ def effective(settings: Settings, flags: Mapping[str, object]) -> Iterator[tuple
             elif os.environ.get(extra["env"], "") != "":
                 source = "env"
             elif field == "collections":
-                source = f"default (from {settings.collections_spec.name})"
+                source = f"default: all of {settings.collections_spec.name}"
             else:
                 source = "default"
             text = _as_text(value)
