@@ -45,6 +45,11 @@ from warehouse.schema import LAKE_VIEWS, WarehouseSchema, load_source
 log = logging.getLogger(__name__)
 
 
+def current_documents(current: dict[str, int]) -> str:
+    """Documents in each collection's current state, as the load and replay lines print them."""
+    return ", ".join(f"{name} {count}" for name, count in current.items())
+
+
 @dataclass(frozen=True)
 class LoadResult:
     delta_version: int | None

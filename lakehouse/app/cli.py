@@ -221,9 +221,10 @@ def load_command(settings: Settings, every: float | None, reconcile_every: float
 
 
 def _loaded(result: Any) -> str:
-    current = ", ".join(f"{n} {c}" for n, c in result.current.items())
+    from warehouse.loader import current_documents
+
     return (f"loaded delta version {result.delta_version}: {result.rows_read} rows read, {result.new_changes} new "
-            f"changes; current documents: {current}")
+            f"changes; current documents: {current_documents(result.current)}")
 
 
 @cli.command("reconcile")

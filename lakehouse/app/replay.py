@@ -303,7 +303,7 @@ def _warehouse_changes(settings: Settings, start: StartPoint) -> Changes:
 
 def _into_warehouse(settings: Settings, start: StartPoint, dry_run: bool, say: Callable[[str], None]) -> None:
     from warehouse.lake import silver_table
-    from warehouse.loader import rebuild
+    from warehouse.loader import current_documents, rebuild
     from warehouse.replace import UnknownPartitions, replace_changes
 
     if start.kind == "beginning":
@@ -315,7 +315,7 @@ def _into_warehouse(settings: Settings, start: StartPoint, dry_run: bool, say: C
             return
         result = rebuild(settings)
         say(f"rebuilt {settings.warehouse_path} from silver v{result.delta_version}: {result.new_changes} changes, "
-            f"current documents: {_counts(result.current)}")
+            f"current documents: {current_documents(result.current)}")
         return
     try:
         done = replace_changes(settings, _warehouse_changes(settings, start), dry_run=dry_run)
@@ -326,8 +326,4 @@ def _into_warehouse(settings: Settings, start: StartPoint, dry_run: bool, say: C
             f"{done.matching} silver rows that match, and re-derive the documents they touch")
         return
     say(f"replayed into the warehouse from {start.describe()}: {done.replaced} changes replaced by {done.inserted} "
-        f"from the lake; current documents: {_counts(done.current)}")
-
-
-def _counts(current: dict[str, int]) -> str:
-    return ", ".join(f"{name} {count}" for name, count in current.items())
+        f"from the lake; current documents: {current_documents(done.current)}")
