@@ -51,9 +51,12 @@ notebooks: setup
 	@PYTHONPATH=$(CURDIR) .venv/bin/jupyter lab --no-browser --ip 127.0.0.1 notebooks/
 
 # The import rule (.importlinter: one-way layers, client libraries only in the adapters) is checked first.
+# Two pytest-xdist workers (TEST_WORKERS=1 for one process) share one set of servers; worksteal evens
+# out the long integration tests between them.
+TEST_WORKERS ?= 2
 test: setup-test
 	@.venv/bin/lint-imports --no-cache --config .importlinter
-	@$(PY) -m pytest -m "not faults" $(PYTEST_ARGS)
+	@$(PY) -m pytest -m "not faults" $(if $(filter-out 0 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist worksteal) $(PYTEST_ARGS)
 
 test-unit: setup-test
 	@$(PY) -m pytest -m unit tests/unit $(PYTEST_ARGS)

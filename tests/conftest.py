@@ -1,18 +1,28 @@
 """Shared fixtures. Integration tests share one real MongoDB replica set and one Kafka broker per
-session, started by the project's own infra code on free ports; each test gets its own database,
-topics, lake and warehouse, so tests never see each other's data."""
+test run, started by the project's own infra code on free ports: under pytest-xdist (`make test` runs
+two workers) the first worker that needs them starts them and the others use the same ones, and the
+run's controller stops them at the end. Each test gets its own database, topics, lake and warehouse,
+so tests never see each other's data."""
 
 from __future__ import annotations
 
+import fcntl
+import json
+import os
 import re
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from lakehouse.core.config import Settings
 from tests.helpers import free_port
+
+# Where a run's workers find the servers the first of them started (in the run's shared temp folder).
+STACK_FILE = "lakehouse-stack.json"
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -21,27 +31,60 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         item.add_marker(getattr(pytest.mark, kind))
 
 
+def _new_stack(base: Path) -> dict[str, str]:
+    return {"mongo_uri": f"mongodb://127.0.0.1:{free_port()}/", "kafka_bootstrap_servers": f"127.0.0.1:{free_port()}",
+            "stack_dir": str(base / "servers"), "lake_path": str(base / "lake"),
+            "warehouse_path": str(base / "warehouse.duckdb"), "state_dir": str(base / "state"),
+            "spark_master": "local[2]", "trigger_seconds": "1.0"}
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     from infra import servers
 
-    base = tmp_path_factory.mktemp("stack")
-    settings = Settings.from_env(
-        mongo_uri=f"mongodb://127.0.0.1:{free_port()}/",
-        kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",
-        stack_dir=base / "servers",
-        lake_path=base / "lake",
-        warehouse_path=base / "warehouse.duckdb",
-        state_dir=base / "state",
-        spark_master="local[2]",
-        trigger_seconds=1.0,
-    )
-    for line in servers.start(settings):
-        print(line)
-    try:
-        yield settings
-    finally:
-        for line in servers.stop(settings):
+    if not WORKER:  # one process: this session starts and stops them
+        settings = Settings.from_env(**_new_stack(tmp_path_factory.mktemp("stack")))
+        for line in servers.start(settings):
+            print(line)
+        try:
+            yield settings
+        finally:
+            for line in servers.stop(settings):
+                print(line)
+        return
+    shared = tmp_path_factory.getbasetemp().parent  # the controller's, one per run
+    with _locked(shared / f"{STACK_FILE}.lock"):
+        file = shared / STACK_FILE
+        if file.exists():
+            settings = Settings.from_env(**json.loads(file.read_text()))
+        else:
+            overrides = _new_stack(shared / "stack")
+            settings = Settings.from_env(**overrides)
+            file.write_text(json.dumps(overrides))  # first: a start that fails half-way is still stopped
+            for line in servers.start(settings):
+                print(line)
+    yield settings  # stopped by the controller, once every worker is done (pytest_unconfigure)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The controller of an xdist run stops the servers its workers shared."""
+    if hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None):
+        return
+    file = config._tmp_path_factory.getbasetemp() / STACK_FILE  # type: ignore[attr-defined]
+    if file.exists():
+        from infra import servers
+
+        for line in servers.stop(Settings.from_env(**json.loads(file.read_text()))):
             print(line)
 
 
@@ -54,7 +97,7 @@ def settings(stack: Settings, tmp_path: Path, request: pytest.FixtureRequest) ->
     database are removed after the test (a broker's work grows with the partitions it holds, so what
     earlier tests left would slow later ones)."""
     name = re.sub(r"\W+", "_", request.node.name)[:30].strip("_")
-    n = next(_counter)
+    n = f"{WORKER.removeprefix('gw')}x{next(_counter)}" if WORKER else str(next(_counter))  # unique in the run
     yield stack.replace(
         mongo_db=f"t{n}_{name}",
         topic_prefix=f"t{n}",

@@ -4,9 +4,6 @@ after it."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 from deltalake import DeltaTable
 
 from lakehouse.adapters.delta import ensure_table
@@ -14,12 +11,13 @@ from lakehouse.adapters.mongo import connect as connect_mongo
 from lakehouse.contracts import tables
 from lakehouse.core.config import Settings
 from producer.generator import OrderGenerator
+from streaming.job import start_derived
 from streaming.lake_writer import TABLE_PROPERTIES
-from tests.helpers import drain, lake_rows, warehouse_rows
+from tests.helpers import drain, lake_rows, stream_lake, warehouse_rows
 from warehouse.loader import load
 
 
-def test_every_table_spark_wrote_reads_with_delta_rs_and_loads_into_duckdb(settings: Settings) -> None:
+def test_every_table_spark_wrote_reads_with_delta_rs_and_loads_into_duckdb(spark: object, settings: Settings) -> None:
     client = connect_mongo(settings)
     drain(settings)  # an empty snapshot first: the changes below are streamed (orders placed are inserts)
     OrderGenerator.for_database(client[settings.mongo_db], settings.collections, seed=26).run(120)
@@ -28,10 +26,13 @@ def test_every_table_spark_wrote_reads_with_delta_rs_and_loads_into_duckdb(setti
     # so a few batches of 30 rows reach past a checkpoint: each batch costs seconds here whatever its size.
     for name, schema in tables.lake_schemas(tables.attribute_columns(settings)).items():
         ensure_table(settings.table_path(name), schema, {**TABLE_PROPERTIES, "delta.checkpointInterval": "3"})
+    # What `lakehouse stream --available-now` runs (the lake query, then the derived ones), in the session's
+    # Spark: no JVM of its own to start.
     run = settings.replace(max_rows_per_batch=30)
-    done = subprocess.run([sys.executable, "-m", "lakehouse.app.cli", "stream", "--available-now"],
-                          env=run.to_env(), capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
+    stream_lake(spark, run)
+    for query in start_derived(spark, run, available_now=True):  # type: ignore[arg-type]
+        query.awaitTermination(600)
+        assert query.exception() is None, query.exception()
 
     silver = DeltaTable(str(settings.table_path(tables.SILVER)))
     assert silver.version() > 3  # commits after the checkpoint too: a reader combines both
