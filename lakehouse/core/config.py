@@ -392,6 +392,23 @@ def env_name(field: str) -> str:
 
 
 ENV_NAMES: dict[str, str] = {field: env_name(field) for field in Settings.model_fields}
+
+# What each stage's package reads: the connections (where the servers and the data are, and the names
+# derived from them) and its own section, never another stage's, monitoring's or the local servers'
+# (tests/unit/test_config.py checks the code keeps to it). The app layer, which runs the stages, reads all.
+STAGE_SECTIONS: dict[str, tuple[Section, ...]] = {
+    "producer": ("connections", "producer"),
+    "streaming": ("connections", "streaming"),
+    "warehouse": ("connections", "warehouse"),
+}
+
+
+def section_of(field: str) -> Section | None:
+    """The section a setting is declared in; None for a name that is not a setting."""
+    info = Settings.model_fields.get(field)
+    return None if info is None else _extra(info)["section"]  # type: ignore[no-any-return]
+
+
 _FIELD_OF = {env: field for field, env in ENV_NAMES.items()}
 _PARSING = {"int_parsing": "is not a whole number", "int_from_float": "is not a whole number",
             "float_parsing": "is not a number", "bool_parsing": "is not true or false"}

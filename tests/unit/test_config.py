@@ -83,3 +83,21 @@ def test_config_prints_each_value_with_its_source_and_masks_passwords(monkeypatc
     plain = CliRunner().invoke(cli, ["config"], env=env)
     assert plain.exit_code == 0 and "[monitoring]" in plain.output and "S3cretPW" not in plain.output
     assert not (tmp_path / "state").exists()  # printing the settings creates nothing
+
+
+def test_each_stage_reads_only_the_connections_and_its_own_section() -> None:
+    """producer/, streaming/ and warehouse/ read a setting only of the `connections` section (where the
+    servers and the data are; the names derived from them too) or of their own: a stage never depends on
+    another stage's tuning, nor on monitoring or the local servers."""
+    import ast
+
+    from lakehouse.core.config import STAGE_SECTIONS, section_of
+
+    read: list[tuple[str, str, int, str, str]] = []
+    for stage, allowed in STAGE_SECTIONS.items():
+        for module in sorted((Path(__file__).parents[2] / stage).glob("*.py")):
+            for node in ast.walk(ast.parse(module.read_text())):
+                if isinstance(node, ast.Attribute) and (section := section_of(node.attr)) is not None:
+                    read.append((stage, module.name, node.lineno, node.attr, section))
+                    assert section in allowed, f"{stage}/{module.name}:{node.lineno} reads {node.attr} ({section})"
+    assert {stage for stage, *_ in read} == set(STAGE_SECTIONS)  # the check sees each stage's reads
