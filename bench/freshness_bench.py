@@ -33,6 +33,7 @@ from lakehouse.adapters.kafka import delete_topics
 from lakehouse.adapters.mongo import connect as connect_mongo
 from lakehouse.app.run_all import spawn, stop_all
 from lakehouse.contracts import tables
+from lakehouse.core.collections import ORDERS
 from lakehouse.core.config import Settings
 from lakehouse.core.logs import configure
 from producer.generator import OrderGenerator
@@ -82,14 +83,14 @@ def main() -> None:
     name = f"fresh{int(time.time())}"
     with tempfile.TemporaryDirectory() as scratch:
         root = args.keep or Path(scratch)
-        overrides: dict[str, object] = {"mongo_db": name, "topic_prefix": name, "collections": ("orders",),
+        overrides: dict[str, object] = {"mongo_db": name, "topic_prefix": name, "collections": (ORDERS,),
                                         "lake_path": root / "lake", "warehouse_path": root / "warehouse.duckdb",
                                         "state_dir": root / "state"}
         if args.trigger is not None:
             overrides["trigger_seconds"] = args.trigger
         settings = Settings.from_env(**overrides)
         client = connect_mongo(settings, "freshness-bench")
-        orders = client[name]["orders"]
+        orders = client[name][ORDERS]
         children = []
         try:
             children.append(spawn(settings, "producer", "produce", "--snapshot", "when_needed"))

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from lakehouse.adapters.kafka import delete_topics
 from lakehouse.adapters.mongo import connect as connect_mongo
+from lakehouse.core.collections import ORDERS
 from lakehouse.core.config import Settings
 from lakehouse.core.logs import configure
 from producer.checkpoint import Checkpoint, FileCheckpointStore
@@ -47,7 +48,7 @@ def main() -> None:
         db = client[name]
         listener = ChangeStreamListener(settings, snapshot_mode="never")
         listener.prepare()  # topics and pre-images, outside the timed part
-        with db.watch([{"$match": {"ns.coll": "orders"}}]) as opening:
+        with db.watch([{"$match": {"ns.coll": ORDERS}}]) as opening:
             start_token = opening.resume_token
         half = args.events // 2
         print(f"writing {args.events} changes to {name}.orders ...", flush=True)
@@ -57,7 +58,7 @@ def main() -> None:
 
         t0, cpu0 = time.perf_counter(), _cpu()
         seen = 0
-        with db.watch([{"$match": {"ns.coll": "orders"}}], full_document="updateLookup",
+        with db.watch([{"$match": {"ns.coll": ORDERS}}], full_document="updateLookup",
                       full_document_before_change="whenAvailable", start_after=start_token) as stream:
             while seen < total and stream.try_next() is not None:
                 seen += 1

@@ -27,6 +27,7 @@ from bench.measured import MEASURED, peaks  # noqa: E402
 from infra import servers  # noqa: E402
 from lakehouse.adapters.mongo import connect as connect_mongo  # noqa: E402
 from lakehouse.contracts import events  # noqa: E402
+from lakehouse.core.collections import ORDERS  # noqa: E402
 from lakehouse.core.config import Settings  # noqa: E402
 from tests.helpers import free_port  # noqa: E402
 from warehouse.connection import open_warehouse  # noqa: E402
@@ -45,7 +46,7 @@ def main() -> None:
                                  warehouse_path=base / "wh.duckdb", state_dir=base / "state", mongo_db="bench")
     print(servers.start_mongo(settings), flush=True)
     try:
-        orders = connect_mongo(settings)[settings.mongo_db]["orders"]
+        orders = connect_mongo(settings)[settings.mongo_db][ORDERS]
         started = time.monotonic()
         now = datetime(2026, 11, 23, tzinfo=UTC)
         # The warehouse: the same documents, less PLANTED, with PLANTED changed and PLANTED extra; built a

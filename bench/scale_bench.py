@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.measured import MEASURED, peaks  # noqa: E402
 from infra import servers  # noqa: E402
 from lakehouse.adapters.mongo import connect as connect_mongo  # noqa: E402
+from lakehouse.core.collections import ORDERS  # noqa: E402
 from lakehouse.core.config import Settings  # noqa: E402
 from tests.chaos import descendants  # noqa: E402
 from tests.helpers import free_port  # noqa: E402
@@ -57,7 +58,7 @@ def _peak_of_children(process: subprocess.Popen[str], peak: list[int]) -> None:
 
 
 def insert(settings: Settings, count: int) -> float:
-    orders = connect_mongo(settings)[settings.mongo_db]["orders"]
+    orders = connect_mongo(settings)[settings.mongo_db][ORDERS]
     started, now = time.monotonic(), datetime(2026, 11, 23, tzinfo=UTC)
     for start in range(0, count, 10_000):
         orders.insert_many([{"_id": n, "order_id": f"ord-{n:08d}", "customer_id": f"cust-{n % 997:04d}",
@@ -92,7 +93,7 @@ def main() -> None:
     base = Path(tempfile.mkdtemp(prefix="scale-bench-"))
     stack = Settings.from_env(mongo_uri=f"mongodb://127.0.0.1:{free_port()}/",
                               kafka_bootstrap_servers=f"127.0.0.1:{free_port()}", stack_dir=base / "servers",
-                              collections=("orders",))
+                              collections=(ORDERS,))
     for line in servers.start(stack):
         print(line, flush=True)
     try:

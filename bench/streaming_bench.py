@@ -23,6 +23,7 @@ from deltalake import DeltaTable
 
 from lakehouse.adapters.kafka import delete_topics, ensure_topics, idempotent_producer
 from lakehouse.contracts import events, tables
+from lakehouse.core.collections import ORDERS
 from lakehouse.core.config import Settings
 from lakehouse.core.logs import configure
 from streaming.job import build_session, start
@@ -32,7 +33,7 @@ def envelope(n: int, now: int) -> bytes:
     doc = json.dumps({"order_id": f"ord-{n:08d}", "status": "paid", "amount": f"${n % 3000}.50", "currency": "USD"})
     body = {name: None for name in events.ENVELOPE_FIELD_NAMES} | {
         "schema_version": events.SCHEMA_VERSION, "change_id": f"bench-{n}", "op": "insert", "db": "bench",
-        "collection": "orders", "doc_id": str(n), "order_id": f"ord-{n:08d}", "full_document": doc,
+        "collection": ORDERS, "doc_id": str(n), "key": f"ord-{n:08d}", "full_document": doc,
         "cluster_time_s": now, "cluster_time_inc": n, "txn_op_index": 0,
     }
     return events.encode(body)

@@ -23,7 +23,8 @@ import numpy as np
 import pyarrow as pa
 from deltalake import write_deltalake
 
-from lakehouse.contracts import tables
+from lakehouse.contracts import events, tables
+from lakehouse.core.collections import ORDERS
 from lakehouse.core.config import Settings
 from lakehouse.core.logs import configure
 from warehouse.connection import connect
@@ -57,13 +58,13 @@ def source_history(changes: int, rng: np.random.Generator) -> tuple[pa.Table, di
     ]
     n = changes
     table = pa.table({
-        "schema_version": pa.array(np.full(n, 2, np.int32)),
+        "schema_version": pa.array(np.full(n, events.SCHEMA_VERSION, np.int32)),
         "change_id": pa.array([f"c{i}" for i in range(n)]),
         "op": pa.array(ops),
         "db": pa.array(["bench"] * n),
-        "collection": pa.array(["orders"] * n),
+        "collection": pa.array([ORDERS] * n),
         "doc_id": pa.array([str(d) for d in docs.tolist()]),
-        "order_id": pa.array([f"o{d}" for d in docs.tolist()]),
+        "key": pa.array([f"o{d}" for d in docs.tolist()]),
         "full_document": pa.array(documents),
         "cluster_time_s": pa.array(base + seq // 100),
         "cluster_time_inc": pa.array(seq % 100),

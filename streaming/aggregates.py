@@ -18,6 +18,7 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from lakehouse.adapters.delta import LakeTable
 from lakehouse.contracts import tables, types
 from lakehouse.contracts.events import DOCUMENT_OPERATIONS
 from lakehouse.core.collections import ORDERS
@@ -72,17 +73,30 @@ def stream_silver(spark: SparkSession, settings: Settings) -> DataFrame:
 DERIVED_TABLES = (tables.AGGREGATES, tables.REVENUE_BY_CATEGORY, tables.INVENTORY_ALERTS, tables.CUSTOMER_SESSIONS)
 
 
+def _older_columns(settings: Settings) -> list[str]:
+    """Derived tables of a release whose columns were named otherwise (release 1's revenue_by_category
+    counted orders in `orders`, now `order_count`)."""
+    old = []
+    for name, columns in ((tables.REVENUE_BY_CATEGORY, tables.REVENUE_BY_CATEGORY_COLUMNS),):
+        table = LakeTable.open(settings.table_path(name))
+        if table is not None and not {c for c, _ in columns} <= set(table.arrow_schema().names):
+            old.append(str(settings.table_path(name)))
+    return old
+
+
 def reset_derived_if_old(settings: Settings, checkpoints: list[Path]) -> bool:
     """Derived queries that read the Parquet copies (before they read the Delta tables) cannot go on from
-    their checkpoints: those and the tables they wrote are removed, and the queries rebuild them from
-    silver at their next start. True when that was done."""
-    old = [c for c in checkpoints if any("logOffset" in line for p in (c / "offsets").glob("[0-9]*")
-                                         for line in p.read_text().splitlines()[2:3])]
+    their checkpoints, nor can a derived table whose columns an older release named otherwise: those
+    checkpoints and the tables they wrote are removed, and the queries rebuild them from silver at their
+    next start. True when that was done."""
+    old = [str(c) for c in checkpoints if any("logOffset" in line for p in (c / "offsets").glob("[0-9]*")
+                                              for line in p.read_text().splitlines()[2:3])]
+    old += _older_columns(settings)
     if not old:
         return False
-    log.warning("the derived queries' checkpoints (%s) are from the Parquet-copy source: rebuilding the windowed "
-                "aggregates, revenue by category, inventory alerts and sessions from silver",
-                ", ".join(str(c) for c in old))
+    log.warning("the derived queries' checkpoints or tables (%s) are from an older release: rebuilding the "
+                "windowed aggregates, revenue by category, inventory alerts and sessions from silver",
+                ", ".join(old))
     for checkpoint in checkpoints:
         shutil.rmtree(checkpoint, ignore_errors=True)
     for name in DERIVED_TABLES:
@@ -150,7 +164,7 @@ def start_revenue_by_category(spark: SparkSession, settings: Settings, available
     for granularity, duration in tables.CATEGORY_WINDOWS.items():
         windowed = (
             lines.groupBy(F.window("event_time", duration).alias("window"), "category", "currency")
-            .agg(F.sum(F.col("first_in_category").cast("long")).alias("orders"), F.sum("qty").alias("items"),
+            .agg(F.sum(F.col("first_in_category").cast("long")).alias("order_count"), F.sum("qty").alias("items"),
                  F.sum("line_revenue").alias("revenue"))
             .select(F.col("window.start").alias("window_start"), F.col("window.end").alias("window_end"), "*")
             .drop("window")

@@ -89,7 +89,8 @@ def order_lines(silver: DataFrame, history: Callable[[], DataFrame | None]) -> D
     placed = silver.where((F.col("collection") == ORDERS) & (F.col("op") == "insert"))
     customer_ref = F.try_variant_get(F.try_parse_json("full_document"), "$.customer_id", "variant")
     items = placed.select(
-        "_row", "change_id", "order_id", "event_time", "customer_id", "amount", "amount_currency", "event_date",
+        "_row", "change_id", F.col("key").alias("order_id"), "event_time", "customer_id", "amount", "amount_currency",
+        "event_date",
         F.when(~F.is_variant_null(customer_ref), F.to_json(customer_ref)).alias("customer_key"),
         F.posexplode(_items(F.col("full_document"))).alias("_at", "_item"))
     line = Window.partitionBy("_row")

@@ -24,14 +24,16 @@ from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from lakehouse.adapters.delta import ensure_table
+from lakehouse.adapters.delta import add_missing_columns, ensure_table
 from lakehouse.adapters.kafka import require_broker
 from lakehouse.contracts import batches, tables, types
 from lakehouse.contracts.batches import BatchRecord
 from lakehouse.contracts.events import (
     ENVELOPE_FIELD_NAMES,
     ENVELOPE_FIELDS,
+    OLDEST_READ_VERSION,
     OPERATIONS,
+    RENAMED_FIELDS,
     REQUIRED_FIELDS,
     SCHEMA_VERSION,
 )
@@ -59,7 +61,8 @@ from streaming.watermark import WatermarkTracker
 
 log = logging.getLogger(__name__)
 
-ENVELOPE_DDL = types.spark_ddl(ENVELOPE_FIELDS)
+# The envelope as parsed: this version's fields and the older versions' renamed ones (read, then renamed).
+ENVELOPE_DDL = types.spark_ddl((*ENVELOPE_FIELDS, *((old, "string") for old in RENAMED_FIELDS)))
 
 
 # How long an executor's Kafka consumer waits for a record before asking the broker whether the offset still
@@ -165,15 +168,23 @@ def _quarantine_reason(event: Column, fields: Column, raw: Column) -> Column:
         .when(fields.isNull(), F.lit("not a JSON object"))
         .when(F.coalesce(event["schema_version"], F.lit(0)) > SCHEMA_VERSION,
               F.concat(F.lit("unsupported schema_version "), event["schema_version"].cast("string")))
-        .when(event["schema_version"] < SCHEMA_VERSION,
+        .when(event["schema_version"] < OLDEST_READ_VERSION,
               F.concat(F.lit("schema_version "), event["schema_version"].cast("string"),
                        F.lit(f" is a development build's envelope, before release 1 (this release reads "
-                             f"v{SCHEMA_VERSION}); capture again with `lakehouse replay --into kafka`")))
+                             f"v{OLDEST_READ_VERSION} to v{SCHEMA_VERSION}); capture again with "
+                             "`lakehouse replay --into kafka`")))
         .when(mistyped != "",
               F.concat(F.lit(f"field(s) of the wrong type for envelope schema v{SCHEMA_VERSION}: "), mistyped))
         .when(missing != "", F.concat(F.lit("missing required field(s): "), missing))
         .when(~event["op"].isin(*OPERATIONS), F.concat(F.lit("unknown op "), event["op"]))
     )
+
+
+def _renamed(event: Column) -> Column:
+    """An older envelope's renamed fields under this version's names (v2's order_id is v3's key)."""
+    for old, new in RENAMED_FIELDS.items():
+        event = event.withField(new, F.coalesce(event[new], event[old])).dropFields(old)
+    return event
 
 
 def _event_time(settings: Settings, document: Column) -> Column:
@@ -194,10 +205,10 @@ def parse(raw: DataFrame, settings: Settings) -> DataFrame:
         F.col("timestamp").alias("kafka_timestamp"),
         F.col("key").cast("string").alias("kafka_key"),
         value.alias("raw_value"),
-        F.from_json(value, ENVELOPE_DDL, {"mode": "PERMISSIVE"}).alias("event"),
+        _renamed(F.from_json(value, ENVELOPE_DDL, {"mode": "PERMISSIVE"})).alias("event"),
         F.from_json(value, "MAP<STRING, STRING>", {"mode": "PERMISSIVE"}).alias("fields"),
     )
-    known = F.array(*[F.lit(name) for name in ENVELOPE_FIELD_NAMES])
+    known = F.array(*[F.lit(name) for name in (*ENVELOPE_FIELD_NAMES, *RENAMED_FIELDS)])
     unknown = F.map_filter("fields", lambda k, _: ~F.array_contains(known, k))
     document = F.coalesce(F.col("event.full_document"), F.col("event.before_document"))
     collection = F.col("event.collection")
@@ -491,10 +502,17 @@ class QueryFailed(LakehouseError, RuntimeError):
 
 
 def ensure_lake_tables(settings: Settings) -> None:
-    """Every Delta table of the lake, empty with its schema, from the job's first start."""
+    """Every Delta table of the lake, empty with its schema, from the job's first start; an existing one
+    gets the columns it lacks (a column the spec gained, or a release's new one) before any query starts.
+    A query reading a Delta table as a stream fails when the table's schema changes under it, as it would
+    at the first batch's schema merge."""
     for name, schema in tables.lake_schemas(tables.attribute_columns(settings)).items():
-        if ensure_table(settings.table_path(name), schema, TABLE_PROPERTIES):
-            log.info("created the empty Delta table %s", settings.table_path(name))
+        path = settings.table_path(name)
+        if ensure_table(path, schema, TABLE_PROPERTIES):
+            log.info("created the empty Delta table %s", path)
+        elif added := add_missing_columns(path, schema):
+            log.warning("added the column(s) %s to the Delta table %s (rows written before have them null)",
+                        ", ".join(added), path)
 
 
 def query_checkpoints(settings: Settings) -> list[Path]:

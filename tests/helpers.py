@@ -20,7 +20,7 @@ from producer.listener import ChangeStreamListener
 
 
 def read_topic(settings: Settings, topic: str) -> list[dict[str, Any]]:
-    """Every message in `topic`, with its key and partition."""
+    """Every message in `topic`, with its Kafka key (kafka_key) and partition."""
     total = sum(end_offsets(settings, [topic]).values())
     if total == 0:
         return []
@@ -29,7 +29,7 @@ def read_topic(settings: Settings, topic: str) -> list[dict[str, Any]]:
     messages = []
     try:
         for record in consumer:
-            messages.append({"key": record.key.decode() if record.key else None, "partition": record.partition,
+            messages.append({"kafka_key": record.key.decode() if record.key else None, "partition": record.partition,
                              **json.loads(record.value)})
             if len(messages) >= total:
                 break

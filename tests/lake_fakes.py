@@ -23,7 +23,7 @@ def silver_row(seq: int, doc: int, op: str, status: str | None, amount: str | No
         {"_id": doc, "order_id": f"o{doc}", "status": status, "amount": amount,
          "created_at": {"$date": "2026-11-20T10:15:00Z"}})
     return {
-        "change_id": f"c{seq}", "op": op, "collection": "orders", "doc_id": str(doc), "order_id": f"o{doc}",
+        "change_id": f"c{seq}", "op": op, "collection": "orders", "doc_id": str(doc), "key": f"o{doc}",
         "cluster_time_s": 1000 + seq // 3, "cluster_time_inc": seq % 3, "txn_op_index": 0,
         "event_time": datetime.fromtimestamp(1000 + seq // 3, UTC), "resume_token": f"{seq:04x}",
         "full_document": document, "customer_id": customer, "status": status, "amount_raw": amount,

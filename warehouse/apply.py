@@ -14,7 +14,7 @@ from lakehouse.contracts import events, tables
 from lakehouse.contracts.types import ident
 from lakehouse.core.collections import CollectionSpec
 from warehouse.errors import WarehouseError
-from warehouse.lake import FROM_SILVER, refuse_development_events
+from warehouse.lake import sources_of
 from warehouse.schema import SOURCE_ORDER, cutoff
 
 
@@ -45,11 +45,11 @@ def apply_collection(con: duckdb.DuckDBPyConnection, spec: CollectionSpec, incom
     Returns changes inserted."""
     changes = ident(spec.changes)
     change_cols = [c for c, _ in tables.changes_columns(spec)]
+    sources = sources_of(spec)
     select_incoming = ", ".join(
-        "now() AS loaded_at" if c == "loaded_at" else f"i.{FROM_SILVER[c]} AS {c}" if c in FROM_SILVER
+        "now() AS loaded_at" if c == "loaded_at" else f"i.{ident(sources[c])} AS {ident(c)}" if c in sources
         else f"i.{ident(c)}" for c in change_cols
     )
-    refuse_development_events(incoming)
     rows = incoming
     con.register("incoming_arrow", rows.append_column("_row", pa.array(range(rows.num_rows), pa.int64())))
     try:

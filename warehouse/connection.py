@@ -22,12 +22,14 @@ LOCK_WAIT_S = 60.0  # how long a one-off command waits for another process to le
 
 
 def connect(path: Path, read_only: bool = False, wait: float = LOCK_WAIT_S,
-            schema: WarehouseSchema | None = None) -> duckdb.DuckDBPyConnection:
+            schema: WarehouseSchema | None = None, bookkeeping_only: bool = False) -> duckdb.DuckDBPyConnection:
     """Open the warehouse; a writer (not read_only) creates what `schema` (the captured collections)
     needs when the file is new, a file of an older format is upgraded in place (WAREHOUSE_FORMAT), and a
     collection new to the spec gets its tables. A file that is not a warehouse of this format is refused
-    rather than written into. While another process holds the file (a reader holds it against the writer and the writer
-    against readers) wait up to `wait` seconds with backoff, then raise WarehouseLocked."""
+    rather than written into; a reader of `bookkeeping_only` (load_state and warehouse_meta, the same in
+    every format) also takes a file a writer has yet to upgrade. While another process holds the file (a
+    reader holds it against the writer and the writer against readers) wait up to `wait` seconds with
+    backoff, then raise WarehouseLocked."""
     if read_only:
         require_warehouse(path)
     elif schema is None:
@@ -62,7 +64,7 @@ def connect(path: Path, read_only: bool = False, wait: float = LOCK_WAIT_S,
         except duckdb.Error as exc:
             raise _unopenable(path, exc) from exc
     try:
-        check_or_create(con, path, schema)
+        check_or_create(con, path, schema, bookkeeping_only)
     except BaseException:
         con.close()
         raise

@@ -27,8 +27,16 @@ SOURCE = tables.SILVER
 FROM_SILVER = {"document": "full_document"}
 
 # Silver columns every load needs (collection columns missing from an older lake are read as nulls).
-SILVER_COLUMNS_NEEDED = (*(FROM_SILVER.get(c, c) for c, _ in tables.CHANGE_COLUMNS), "kafka_topic",
+SILVER_COLUMNS_NEEDED = (*(FROM_SILVER.get(c, c) for c, _ in tables.CHANGE_COLUMNS), "key", "kafka_topic",
                          "kafka_partition", "kafka_offset", "schema_version")
+# A silver column of an older envelope -> the column it became: a lake written before has the old one
+# (and, once the streaming job of this release appended to it, both), and is read as the new one.
+RENAMED_SILVER = events.RENAMED_FIELDS
+
+
+def sources_of(spec: CollectionSpec) -> dict[str, str]:
+    """A collection's change-table column -> the silver column it is loaded from, where the names differ."""
+    return {**FROM_SILVER, **({spec.key_column: "key"} if spec.key_column else {})}
 
 
 def silver_table(settings: Settings) -> LakeTable | None:
@@ -43,6 +51,7 @@ def silver_table(settings: Settings) -> LakeTable | None:
     if table is None:
         return None
     have = set(table.arrow_schema().names)
+    have |= {new for old, new in RENAMED_SILVER.items() if old in have}
     missing = [c for c in SILVER_COLUMNS_NEEDED if c not in have and c not in tables.OPTIONAL_SILVER]
     if missing:
         raise WarehouseError(
@@ -70,7 +79,7 @@ def read_silver(silver: LakeTable, collections: tuple[CollectionSpec, ...], file
     schema = silver.arrow_schema()
     dataset = pads.dataset(files, schema=schema, format="parquet")
     rows_in = silver.rows_per_file()
-    wanted: dict[str, str] = dict.fromkeys(SILVER_COLUMNS_NEEDED, "")
+    wanted: dict[str, str] = dict.fromkeys((*SILVER_COLUMNS_NEEDED, *RENAMED_SILVER), "")
     for spec in collections:
         wanted.update(dict.fromkeys(name for name, _ in spec.columns))
     condition = pads.field("collection").isin([spec.name for spec in collections])
@@ -85,7 +94,8 @@ def read_silver(silver: LakeTable, collections: tuple[CollectionSpec, ...], file
             if name not in seen:
                 seen.add(name)
                 progress.advance(int(rows_in.get(name) or 0))
-    table = pa.Table.from_batches(batches, schema=scanner.projected_schema)
+    table = _renamed_columns(pa.Table.from_batches(batches, schema=scanner.projected_schema))
+    refuse_development_events(table)  # once per read, before any of it is applied
     for name in sorted(tables.OPTIONAL_SILVER - set(table.column_names)):
         table = table.append_column(name, pa.nulls(table.num_rows, pa.string()))
     for spec in collections:
@@ -93,6 +103,18 @@ def read_silver(silver: LakeTable, collections: tuple[CollectionSpec, ...], file
             if name not in table.column_names:
                 table = table.append_column(name, pa.nulls(table.num_rows, types.arrow(kind)))
     return table
+
+
+def _renamed_columns(table: pa.Table) -> pa.Table:
+    """An older envelope's columns as this release names them: the new column where a row has it, the old
+    one's value where it has not (rows written before the rename)."""
+    for old, new in RENAMED_SILVER.items():
+        if old not in table.column_names:
+            continue
+        merged = table[old] if new not in table.column_names else pc.coalesce(table[new], table[old])
+        table = table.drop_columns([c for c in (old, new) if c in table.column_names]).append_column(new, merged)
+    return table
+
 
 LAKE_ID = "lake_silver_table_id"  # warehouse_meta: the silver table (its Delta id) the warehouse was loaded from
 
@@ -127,7 +149,8 @@ def require_matching_lake(settings: Settings) -> None:
         silver = silver_table(settings)
     except LakeMissing:
         silver = None  # a loaded warehouse whose lake is gone says so; a new one waits for the lake
-    con = connect(settings.warehouse_path, read_only=True)
+    # Only the bookkeeping tables are read: a warehouse the next load will upgrade passes too.
+    con = connect(settings.warehouse_path, read_only=True, bookkeeping_only=True)
     try:
         check_lake(con, settings, silver)
     finally:
@@ -144,17 +167,19 @@ def silver_version(settings: Settings) -> int | None:
 
 
 def refuse_development_events(rows: pa.Table) -> None:
-    """Release 1 reads envelope v2 (lakehouse/contracts/formats.py); a lake holding v1 events (a development
-    build's, whose doc_id was the _id as text, where 1001 and "1001" collided) is made again, not upgraded."""
+    """This release reads envelopes v2 and v3 (lakehouse/contracts/formats.py); a lake holding v1 events (a
+    development build's, whose doc_id was the _id as text, where 1001 and "1001" collided) is made again,
+    not upgraded."""
     if rows.num_rows == 0 or "schema_version" not in rows.column_names:
         return
-    old = pc.sum(pc.cast(pc.fill_null(pc.less(rows["schema_version"], events.SCHEMA_VERSION), False), pa.int64()))
+    older = pc.less(rows["schema_version"], events.OLDEST_READ_VERSION)
+    old = pc.sum(pc.cast(pc.fill_null(older, False), pa.int64()))
     if old.as_py():
         raise LakeMismatch(
             f"the lake's silver holds {old.as_py()} change events of envelope v1, from a development build before "
-            f"release 1 (this release reads v{events.SCHEMA_VERSION}); make the lake again: move LAKE_PATH, "
-            "STATE_DIR/spark and the warehouse away, then run `lakehouse replay --into kafka --from-beginning` "
-            "and the streaming job (or `make run-all`)")
+            f"release 1 (this release reads v{events.OLDEST_READ_VERSION} to v{events.SCHEMA_VERSION}); make the "
+            "lake again: move LAKE_PATH, STATE_DIR/spark and the warehouse away, then run `lakehouse replay --into "
+            "kafka --from-beginning` and the streaming job (or `make run-all`)")
 
 
 def lake_select(path: Path, columns: types.Columns) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
@@ -18,10 +19,36 @@ from warehouse.schema import LAKE_VIEWS, WAREHOUSE_VERSION, WarehouseSchema, emp
 
 log = logging.getLogger(__name__)
 
-# The warehouse file's format. A later release that changes it adds a step here (version -> a function of
-# the open connection, inside the transaction that then stamps the new version): `lakehouse load` carries
-# the file forward in place; readers refuse it until then.
-WAREHOUSE_FORMAT: Format[duckdb.DuckDBPyConnection] = Format("a warehouse", WAREHOUSE_VERSION, REBUILD)
+
+
+@dataclass(frozen=True)
+class Upgrading:
+    """What an upgrade step works on: the open file (inside the transaction that then stamps the new
+    version) and the schema the writer opened it with."""
+
+    con: duckdb.DuckDBPyConnection
+    schema: WarehouseSchema
+
+
+def _key_columns_named_by_the_spec(file: Upgrading) -> None:
+    """v1 -> v2 (release 2): every collection's tables held its Kafka key in a column `order_id`. Now the
+    spec names it (orders: `order_id`, unchanged), and a collection keyed by its _id has none: doc_id holds
+    that. Tables of a collection no longer configured keep the old column, which no statement reads."""
+    present = present_tables(file.con)
+    for spec in file.schema.collections:
+        for table in (spec.table, spec.changes):
+            if "order_id" not in present.get(table, set()) or spec.key_column == "order_id":
+                continue
+            if spec.key_column is None:
+                file.con.execute(f"ALTER TABLE {ident(table)} DROP COLUMN order_id")
+            else:
+                file.con.execute(f"ALTER TABLE {ident(table)} RENAME COLUMN order_id TO {ident(spec.key_column)}")
+
+
+# The warehouse file's format. A release that changes it adds a step here (version -> a function of the
+# file being upgraded): `lakehouse load` carries the file forward in place; readers refuse it until then.
+WAREHOUSE_FORMAT: Format[Upgrading] = Format("a warehouse", WAREHOUSE_VERSION, REBUILD,
+                                             {1: _key_columns_named_by_the_spec})
 
 
 def present_tables(con: duckdb.DuckDBPyConnection) -> dict[str, set[str]]:
@@ -43,7 +70,8 @@ def stored_meta(con: duckdb.DuckDBPyConnection) -> dict[str, str] | None:
         return None
 
 
-def check_or_create(con: duckdb.DuckDBPyConnection, path: Path, schema: WarehouseSchema | None) -> None:
+def check_or_create(con: duckdb.DuckDBPyConnection, path: Path, schema: WarehouseSchema | None,
+                    bookkeeping_only: bool = False) -> None:
     meta = stored_meta(con)
     if meta is not None and meta.get("format_version") == str(WAREHOUSE_VERSION) and (
             schema is None or meta.get("schema_fingerprint") == schema.fingerprint()):
@@ -55,9 +83,9 @@ def check_or_create(con: duckdb.DuckDBPyConnection, path: Path, schema: Warehous
             f"{', '.join(sorted(present))} and no warehouse_meta). Point WAREHOUSE_PATH/--warehouse-path at "
             f"another file, or move this one away and run `{REBUILD}`"
         )
-    steps: list[Callable[[duckdb.DuckDBPyConnection], None]] = []
+    steps: list[Callable[[Upgrading], None]] = []
     if present:
-        steps = _upgrade_steps(meta or {}, path, writer=schema is not None)
+        steps = _upgrade_steps(meta or {}, path, writer=schema is not None or bookkeeping_only)
         for name in ("load_state", "warehouse_meta"):
             if name not in present:
                 raise WarehouseError(f"{path}: table {name} is missing; the file was changed by hand or by another "
@@ -70,7 +98,7 @@ def check_or_create(con: duckdb.DuckDBPyConnection, path: Path, schema: Warehous
     con.execute("BEGIN TRANSACTION")
     try:
         for step in steps:
-            step(con)
+            step(Upgrading(con, schema))
         if steps:
             log.warning("upgraded the warehouse %s in place to format v%d", path, WAREHOUSE_VERSION)
         for statement in schema.ddl():
@@ -91,8 +119,7 @@ def check_or_create(con: duckdb.DuckDBPyConnection, path: Path, schema: Warehous
         raise
 
 
-def _upgrade_steps(meta: dict[str, str], path: Path,
-                   writer: bool) -> list[Callable[[duckdb.DuckDBPyConnection], None]]:
+def _upgrade_steps(meta: dict[str, str], path: Path, writer: bool) -> list[Callable[[Upgrading], None]]:
     """The steps that carry this file to the current format (none when it is current). A file of a
     development build (no format_version), or of a format this release cannot upgrade, is refused with
     the rebuild command; a reader refuses any file not yet upgraded."""

@@ -157,21 +157,23 @@ def current_documents(settings: Settings, collection: str, doc_ids: list[str]) -
 
 def current_keys(settings: Settings, collection: str,
                  doc_ids: list[str]) -> list[tuple[str, str | None, str | None]]:
-    """(doc_id, documentKey as Extended JSON, order_id) of warehouse rows, for their tombstones."""
+    """(doc_id, documentKey as Extended JSON, Kafka key) of warehouse rows, for their tombstones."""
     if not doc_ids:
         return []
     con = connect(settings.warehouse_path, read_only=True)
     try:
         con.register("wanted", pa.table({"doc_id": pa.array(doc_ids, pa.string())}))
-        rows = con.execute(f"SELECT doc_id, document, order_id FROM {ident(_table(settings, collection))} "
+        key_column = settings.collection(collection).key_column
+        key = ident(key_column) if key_column else "doc_id"
+        rows = con.execute(f"SELECT doc_id, document, {key} FROM {ident(_table(settings, collection))} "
                            "WHERE doc_id IN (SELECT doc_id FROM wanted)").fetchall()
     finally:
         con.close()
     keys = []
-    for doc_id, document, order_id in rows:
+    for doc_id, document, kafka_key in rows:
         try:
-            key = json.dumps({"_id": json.loads(document)["_id"]}, sort_keys=True)
+            document_key = json.dumps({"_id": json.loads(document)["_id"]}, sort_keys=True)
         except (TypeError, ValueError, KeyError):
-            key = None
-        keys.append((doc_id, key, order_id))
+            document_key = None
+        keys.append((doc_id, document_key, kafka_key))
     return keys

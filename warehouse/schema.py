@@ -18,7 +18,9 @@ from lakehouse.contracts.types import ident
 from lakehouse.core.collections import ORDERS, CollectionSpec
 from lakehouse.core.config import Settings
 
-WAREHOUSE_VERSION = 1  # release 1's warehouse format (warehouse_meta's format_version); loader.WAREHOUSE_FORMAT
+# The warehouse format (warehouse_meta's format_version; migrate.WAREHOUSE_FORMAT): 1 in release 1, 2 in release 2
+# (each collection's key column named by the spec instead of `order_id` everywhere).
+WAREHOUSE_VERSION = 2
 
 _ORDER = ", ".join(SOURCE_ORDER)
 _CREATED = "try_cast(json_extract_string(document, '$.created_at.$date') AS TIMESTAMPTZ)"
@@ -32,6 +34,7 @@ def cutoff(changes: str) -> str:
 
 
 def history_view(spec: CollectionSpec) -> str:
+    key = "".join(f"v.{ident(name)}, " for name, _ in tables.key_columns(spec))
     own = "".join(f"v.{ident(name)}, " for name, _ in spec.columns)
     return f"""
 WITH cutoff AS {cutoff(spec.changes)},
@@ -42,7 +45,7 @@ versions AS (
   WHERE op <> 'snapshot_end' AND (op = 'delete' OR document IS NOT NULL)
   WINDOW w AS (PARTITION BY doc_id ORDER BY {_ORDER})
 )
-SELECT v.doc_id, v.order_id, v.change_id, v.op, {own}v.document,
+SELECT v.doc_id, {key}v.change_id, v.op, {own}v.document,
        v.cluster_time_s, v.cluster_time_inc, v.txn_op_index,
        to_timestamp(v.cluster_time_s) AS valid_from,
        CASE WHEN NOT v.is_latest THEN v.next_version_at
@@ -64,6 +67,7 @@ def analytics_views(spec: CollectionSpec) -> dict[str, str]:
     current orders that are not cancelled, per currency (amounts in different currencies are never added
     together); orders with an unreadable amount count as orders but add no revenue."""
     table, history = ident(spec.table), ident(spec.history)
+    order_id = ident(spec.key_column) if spec.key_column else "doc_id"
 
     def revenue_per(unit: str) -> str:
         return f"""
@@ -80,7 +84,8 @@ SELECT status, count(*) AS orders, count(*) FILTER (WHERE is_high_value) AS high
        count(*) FILTER (WHERE amount IS NULL) AS orders_without_amount
 FROM {table} GROUP BY ALL""",
         "high_value_orders": f"""
-SELECT order_id, customer_id, status, amount, amount_currency AS currency, {_CREATED} AS created_at, updated_at
+SELECT {order_id} AS order_id, customer_id, status, amount, amount_currency AS currency, {_CREATED} AS created_at,
+       updated_at
 FROM {table} WHERE is_high_value""",
         "top_customers": f"""
 WITH per_customer AS (
@@ -140,10 +145,11 @@ def open_references_view(specs: tuple[CollectionSpec, ...]) -> str | None:
             path = "$." + rule.field.replace("[]", "[*]")
             value = (f"unnest(json_extract(document, '{path}'))" if "[]" in rule.field
                      else f"json_extract(document, '{path}')")
+            key = ident(spec.key_column) if spec.key_column else "doc_id"
             parts.append(f"""
-SELECT '{rule.name}' AS rule, '{spec.name}' AS collection, doc_id, order_id, '{rule.references}' AS referenced,
+SELECT '{rule.name}' AS rule, '{spec.name}' AS collection, doc_id, key, '{rule.references}' AS referenced,
        ref AS missing_id
-FROM (SELECT doc_id, order_id, {value}::VARCHAR AS ref FROM {ident(spec.table)})
+FROM (SELECT doc_id, {key} AS key, {value}::VARCHAR AS ref FROM {ident(spec.table)})
 WHERE ref IS NOT NULL AND ref <> 'null' AND ref NOT IN (SELECT doc_id FROM {ident(tables_of[rule.references])})""")
     return "\nUNION ALL".join(parts) or None
 

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 import pyarrow as pa
-from deltalake import DeltaTable
+from deltalake import DeltaTable, Schema
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +23,19 @@ def ensure_table(table: Path, schema: pa.Schema, properties: dict[str, str] | No
     table.parent.mkdir(parents=True, exist_ok=True)
     DeltaTable.create(str(table), schema=schema, mode="ignore", configuration=properties)
     return True
+
+
+def add_missing_columns(table: Path, schema: pa.Schema) -> list[str]:
+    """Add to an existing `table` the columns of `schema` it lacks (nullable; rows written before read
+    them as null); their names. A metadata commit only: no data file is rewritten, the protocol stays."""
+    if not DeltaTable.is_deltatable(str(table)):
+        return []
+    current = DeltaTable(str(table))
+    have = set(current.schema().to_arrow().names)
+    missing = [f.with_nullable(True) for f in schema if f.name not in have]
+    if missing:
+        current.alter.add_columns(list(Schema.from_arrow(pa.schema(missing)).fields))
+    return [f.name for f in missing]
 
 
 class LakeTable:

@@ -364,8 +364,8 @@ def repair(settings: Settings, result: Reconciliation, say: Callable[[str], None
                      for document in collection.find({"_id": {"$in": wanted[start:start + CHUNK]}})])
         tombstones = current_keys(settings, result.collection, result.extra)
         for start in range(0, len(tombstones), CHUNK):
-            publish([events.repair_tombstone(settings.mongo_db, result.collection, doc_id, document_key, order_id, at)
-                     for doc_id, document_key, order_id in tombstones[start:start + CHUNK]])
+            publish([events.repair_tombstone(settings.mongo_db, result.collection, doc_id, document_key, key, at)
+                     for doc_id, document_key, key in tombstones[start:start + CHUNK]])
     finally:
         sender.close()
         client.close()

@@ -25,11 +25,16 @@ from bson import ObjectId, json_util
 from bson.json_util import JSONMode, JSONOptions
 from bson.tz_util import utc as bson_utc
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # v2: `doc_id` is the _id as relaxed Extended JSON in its own key order, so it is type-exact: 1001 and
 #     "1001", an ObjectId and its hex string, {a, b} and {b, a}, null and "null" are distinct documents,
 #     as they are in MongoDB. v2 is release 1's envelope (lakehouse/contracts/formats.py); v1, a
 #     development build's, whose doc_id was the _id as text (those collided), is quarantined.
+# v3 (release 2): the Kafka key's field is `key`, not `order_id` (every collection has one, and a
+#     customer's is not an order's id). v2 events are still read: their `order_id` is their key.
+OLDEST_READ_VERSION = 2
+# Envelope fields of older versions still read, and the field of this version each one became.
+RENAMED_FIELDS: dict[str, str] = {"order_id": "key"}
 
 # name -> type, in a small vocabulary every consumer maps: string, long, int.
 ENVELOPE_FIELDS: tuple[tuple[str, str], ...] = (
@@ -40,7 +45,7 @@ ENVELOPE_FIELDS: tuple[tuple[str, str], ...] = (
     ("collection", "string"),
     ("doc_id", "string"),  # documentKey._id as Extended JSON (type-exact); the warehouse's row identity
     ("document_key", "string"),  # documentKey as Extended JSON, in its own key order
-    ("order_id", "string"),  # the Kafka key; falls back to doc_id when the document has none
+    ("key", "string"),  # the Kafka key: the spec's key field of the document, else doc_id
     ("full_document", "string"),  # post-image (updateLookup) as Extended JSON; null for delete
     ("before_document", "string"),  # pre-image when the collection records them
     ("update_description", "string"),  # updatedFields / removedFields as Extended JSON
@@ -178,7 +183,7 @@ class SourcePosition:
         return SourcePosition(seconds, inc, self.txn_op_index + 1 if same else 0)
 
 
-def order_id_of(*documents: Mapping[str, Any] | None, key_field: str = "order_id") -> str | None:
+def key_of(*documents: Mapping[str, Any] | None, key_field: str = "_id") -> str | None:
     """The Kafka key's text: the first document's `key_field` (a dotted path for a nested one), or None
     (the caller keys by doc_id) when the field is _id or no document has it."""
     if key_field == "_id":
@@ -192,9 +197,9 @@ def order_id_of(*documents: Mapping[str, Any] | None, key_field: str = "order_id
     return None
 
 
-def from_change(change: Mapping[str, Any], position: SourcePosition, key_field: str = "order_id") -> dict[str, Any]:
+def from_change(change: Mapping[str, Any], position: SourcePosition, key_field: str = "_id") -> dict[str, Any]:
     """Envelope for one change-stream event; `position` orders it among same-time events; the Kafka key
-    (envelope field order_id) is the document's `key_field` (collections.toml), else its doc_id."""
+    (envelope field `key`) is the document's `key_field` (collections.toml), else its doc_id."""
     ns = change["ns"]
     token = change["_id"]["_data"]
     document_key = change.get("documentKey") or {}
@@ -211,7 +216,7 @@ def from_change(change: Mapping[str, Any], position: SourcePosition, key_field: 
         "collection": ns["coll"],
         "doc_id": doc_id,
         "document_key": key_json(document_key),
-        "order_id": order_id_of(full, before, key_field=key_field) or doc_id,
+        "key": key_of(full, before, key_field=key_field) or doc_id,
         "full_document": full_json,
         "before_document": to_extended_json(before),
         "update_description": to_extended_json(change.get("updateDescription")),
@@ -290,7 +295,7 @@ def _walk(document: dict[str, Any], path: str, create: bool) -> tuple[Any, str]:
 
 
 def from_snapshot(
-    db: str, collection: str, document: Mapping[str, Any], cluster_time: tuple[int, int], key_field: str = "order_id"
+    db: str, collection: str, document: Mapping[str, Any], cluster_time: tuple[int, int], key_field: str = "_id"
 ) -> dict[str, Any]:
     """Envelope for a copied document. It sorts before any streamed change at the same time
     (txn_op_index -1); copying the same content in the same snapshot again gives the same change_id."""
@@ -306,7 +311,7 @@ def from_snapshot(
         "collection": collection,
         "doc_id": doc_id,
         "document_key": key_json(document_key),
-        "order_id": order_id_of(document, key_field=key_field) or doc_id,
+        "key": key_of(document, key_field=key_field) or doc_id,
         "full_document": full,
         "before_document": None,
         "update_description": None,
@@ -332,7 +337,7 @@ def snapshot_end(db: str, collection: str, cluster_time: tuple[int, int]) -> dic
         "db": db,
         "collection": collection,
         "doc_id": WHOLE_COLLECTION,
-        "order_id": WHOLE_COLLECTION,
+        "key": WHOLE_COLLECTION,
         "cluster_time_s": cluster_time[0],
         "cluster_time_inc": cluster_time[1],
         "txn_op_index": -1,
@@ -351,7 +356,7 @@ def collection_ended(db: str, collection: str, cluster_time: tuple[int, int], to
     }
 
 
-def repair_tombstone(db: str, collection: str, doc_id: str, document_key: str | None, order_id: str | None,
+def repair_tombstone(db: str, collection: str, doc_id: str, document_key: str | None, key: str | None,
                      cluster_time: tuple[int, int]) -> dict[str, Any]:
     """A delete published by `reconcile --repair` for a document the warehouse has and MongoDB no longer
     has, as of `cluster_time` (a later re-insert has a later cluster time and wins)."""
@@ -364,7 +369,7 @@ def repair_tombstone(db: str, collection: str, doc_id: str, document_key: str | 
         "collection": collection,
         "doc_id": doc_id,
         "document_key": document_key,
-        "order_id": order_id or doc_id,
+        "key": key or doc_id,
         "cluster_time_s": cluster_time[0],
         "cluster_time_inc": cluster_time[1],
         "txn_op_index": -1,
@@ -382,7 +387,7 @@ def encode(envelope: Mapping[str, Any]) -> bytes:
         return json.dumps(envelope, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-# A key longer than this is replaced by a hash of it (the original stays in the event's order_id), so
+# A key longer than this is replaced by a hash of it (the original stays in the event's `key`), so
 # one document's changes still share a partition and the record still fits.
 MAX_KEY_BYTES = 1024
 
@@ -394,5 +399,5 @@ def bounded_key(key: str) -> bytes:
 
 
 def kafka_key(envelope: Mapping[str, Any]) -> bytes:
-    """The Kafka key of an event: its order_id (the document's identity when it has none), bounded."""
-    return bounded_key(str(envelope["order_id"]))
+    """The Kafka key of an event: its `key` (the document's identity when it has none), bounded."""
+    return bounded_key(str(envelope["key"]))

@@ -1,18 +1,20 @@
-"""The stored formats of release 1, and the one way a file is carried from one format to the next.
+"""The stored formats of each release, and the one way a file is carried from one format to the next.
 
-Release 1 declares each format the pipeline keeps between runs at version 1, except the change event,
-whose `schema_version` is in every record already in Kafka and the lake:
+Release 1 declared each format the pipeline keeps between runs at version 1, except the change event,
+whose `schema_version` is in every record already in Kafka and the lake. Release 2 renamed the event's
+Kafka-key field `order_id` to `key`, and the warehouse's key column after the collections spec:
 
-| what | where its version is | release 1 |
-|---|---|---|
-| change event (Kafka value, lake rows) | `schema_version` field | 2 (lakehouse/contracts/events.py) |
-| producer checkpoint | `format_version` in the token file | 1 |
-| warehouse | `format_version` in `warehouse_meta` | 1 |
+| what | where its version is | release 1 | release 2 (this one) |
+|---|---|---|---|
+| change event (Kafka value) | `schema_version` field | 2 | 3; v2 still read (contracts/events.py) |
+| lake (silver rows) | the event's `schema_version` per row | `order_id` column | `key`; `order_id` still read |
+| producer checkpoint | `format_version` in the token file | 1 | 1 |
+| warehouse | `format_version` in `warehouse_meta` | 1 | 2; v1 upgraded in place by `load` |
 
 Files of the development builds before release 1 carry no `format_version`. They are refused with the
-command that makes them again, not upgraded. A later release that changes a format adds one step per
-version to that format's `upgrades`: a file is then carried forward one version at a time, in place,
-by the stage that writes it, and readers refuse it until then.
+command that makes them again, not upgraded. A release that changes a format adds one step per version
+to that format's `upgrades`: a file is then carried forward one version at a time, in place, by the
+stage that writes it, and readers refuse it until then.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from typing import Generic, TypeVar
 
 from lakehouse.core.errors import Permanent
 
-RELEASE = 1
+FIRST_RELEASE = 1  # what came before it is a development build's
+RELEASE = 2
 Target = TypeVar("Target")
 
 
@@ -47,7 +50,7 @@ class Format(Generic[Target]):
         if found == self.current:
             return []
         if found is None:
-            raise OtherFormat(f"{where} is {self.what} of a development build (before release {RELEASE}); this "
+            raise OtherFormat(f"{where} is {self.what} of a development build (before release {FIRST_RELEASE}); this "
                               f"release reads format v{self.current}. Make it again with `{self.remake}`")
         if found > self.current:
             raise OtherFormat(f"{where} is {self.what} format v{found}, newer than this release reads "

@@ -58,7 +58,7 @@ ORDER_LINES_COLUMNS: Columns = (
 # Revenue of the orders placed per event-time window, product category and currency (streaming/aggregates.py).
 REVENUE_BY_CATEGORY_COLUMNS: Columns = (
     ("window_start", "timestamp"), ("window_end", "timestamp"), ("category", "string"), ("currency", "string"),
-    ("orders", "long"), ("items", "long"), ("revenue", "decimal(28,2)"), ("granularity", "string"),
+    ("order_count", "long"), ("items", "long"), ("revenue", "decimal(28,2)"), ("granularity", "string"),
     ("computed_at", "timestamp"))
 # One row per crossing of a stock threshold (streaming/inventory.py): level low, critical, out_of_stock, or
 # restocked when the product is back above the low threshold; event_time is the stock change's.
@@ -109,13 +109,15 @@ def lake_schemas(attributes: Columns) -> dict[str, pa.Schema]:
 # -- the warehouse ---------------------------------------------------------------------------------
 # Source order of a change: cluster time, then position among changes at that cluster time.
 SOURCE_ORDER = ("cluster_time_s", "cluster_time_inc", "txn_op_index")
-# Envelope/silver columns every collection's table of changes keeps (then its own columns, then loaded_at).
-CHANGE_COLUMNS: Columns = (
-    ("change_id", "string"), ("op", "string"), ("collection", "string"), ("doc_id", "string"),
-    ("order_id", "string"), ("cluster_time_s", "long"), ("cluster_time_inc", "long"), ("txn_op_index", "long"),
+# Envelope/silver columns every collection's table of changes keeps: the change's identity, then (after
+# the collection's key column, key_columns) its source order and content; then its own columns, loaded_at.
+CHANGE_IDENTITY: Columns = (("change_id", "string"), ("op", "string"), ("collection", "string"), ("doc_id", "string"))
+CHANGE_CONTENT: Columns = (
+    ("cluster_time_s", "long"), ("cluster_time_inc", "long"), ("txn_op_index", "long"),
     ("event_time", "timestamp"), ("wall_time_ms", "long"), ("resume_token", "string"), ("document", "string"),
     ("document_digest", "string"),
 )
+CHANGE_COLUMNS: Columns = (*CHANGE_IDENTITY, *CHANGE_CONTENT)
 # Silver columns a lake written before they existed lacks: the warehouse loads them as nulls.
 OPTIONAL_SILVER = frozenset({"document_digest"})
 # NOT NULL per column of the warehouse's tables (the rest may be null). change_id (changes) and doc_id
@@ -127,15 +129,20 @@ _CURRENT_CONSTRAINTS = {"doc_id": "NOT NULL", "document": "NOT NULL", "last_chan
                         "cluster_time_s": "NOT NULL", "cluster_time_inc": "NOT NULL", "txn_op_index": "NOT NULL"}
 
 
+def key_columns(spec: CollectionSpec) -> Columns:
+    """The column holding a collection's Kafka key (named by the spec), or none when that is the _id."""
+    return ((spec.key_column, "string"),) if spec.key_column else ()
+
+
 def changes_columns(spec: CollectionSpec) -> Columns:
     """A collection's table of every change it had (fact_<...>_changes)."""
-    return (*CHANGE_COLUMNS, *spec.columns, ("kafka_topic", "string"), ("kafka_partition", "int"),
-            ("kafka_offset", "long"), ("loaded_at", "timestamp"))
+    return (*CHANGE_IDENTITY, *key_columns(spec), *CHANGE_CONTENT, *spec.columns, ("kafka_topic", "string"),
+            ("kafka_partition", "int"), ("kafka_offset", "long"), ("loaded_at", "timestamp"))
 
 
 def current_columns(spec: CollectionSpec) -> Columns:
     """A collection's current state: one row per live document, the newest version in source order."""
-    return (("doc_id", "string"), ("order_id", "string"), *spec.columns, ("document", "string"),
+    return (("doc_id", "string"), *key_columns(spec), *spec.columns, ("document", "string"),
             ("document_digest", "string"), ("last_change_id", "string"), ("cluster_time_s", "long"),
             ("cluster_time_inc", "long"), ("txn_op_index", "long"), ("updated_at", "timestamp"))
 

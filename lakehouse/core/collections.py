@@ -33,7 +33,7 @@ _FIELD_PATH = re.compile(r"[A-Za-z0-9_$-]+(\.[A-Za-z0-9_$-]+)*")
 _KEYS = {"key", "table", "changes", "money", "columns", "rules"}
 # Columns every collection's silver rows and warehouse tables have: attributes must not take these names.
 RESERVED_COLUMNS = frozenset({
-    "schema_version", "change_id", "op", "db", "collection", "doc_id", "document_key", "order_id", "full_document",
+    "schema_version", "change_id", "op", "db", "collection", "doc_id", "document_key", "key", "full_document",
     "before_document", "update_description", "cluster_time_s", "cluster_time_inc", "txn_op_index", "txn_number",
     "wall_time_ms", "resume_token", "captured_at_ms", "document_digest", "event_time", "event_date", "extra",
     "kafka_topic", "kafka_partition", "kafka_offset", "kafka_timestamp", "kafka_key", "batch_id", "ingested_at",
@@ -79,6 +79,12 @@ class CollectionSpec:
     def typed_columns(self) -> tuple[tuple[str, str], ...]:
         """The columns read from its documents: the lifted attributes, then the money columns if they apply."""
         return (*((a.name, a.type) for a in self.attributes), *(MONEY_COLUMNS if self.money else ()))
+
+    @property
+    def key_column(self) -> str | None:
+        """The warehouse column holding its Kafka key, named after the key field (a.b -> a_b); None when
+        the key is the _id, which doc_id already holds."""
+        return None if self.key == "_id" else re.sub(r"\W", "_", self.key.replace(".", "_")).lower()
 
     @property
     def columns(self) -> tuple[tuple[str, str], ...]:
@@ -151,6 +157,7 @@ def parse_spec(raw: dict[str, object], source: str = "collections spec") -> Coll
             names[setting] = value
         spec = CollectionSpec(name, key, names["table"], names["changes"], _money(where, body.get("money")),
                               _attributes(where, body.get("columns", {})))
+        _check_key_column(where, spec)
         try:
             rules = parse_rules(where, name, body.get("rules"), {column for column, _ in spec.typed_columns})
         except RuleError as exc:
@@ -159,6 +166,18 @@ def parse_spec(raw: dict[str, object], source: str = "collections spec") -> Coll
                                                      spec.attributes, rules))
     _check_together(source, collections)
     return CollectionsSpec(source, collections)
+
+
+def _check_key_column(where: str, spec: CollectionSpec) -> None:
+    column = spec.key_column
+    if column is None:
+        return
+    if not _IDENTIFIER.fullmatch(column) or column in RESERVED_COLUMNS - {"key"}:
+        raise SpecError(f"{where}.key = {spec.key!r} would name the warehouse's key column {column!r}, which is not "
+                        "a free column name (lower-case letters, digits, _; not a column every table has)")
+    if column in {name for name, _ in spec.typed_columns}:
+        raise SpecError(f"{where}.key = {spec.key!r}: the warehouse's key column {column!r} holds it already; "
+                        f"remove columns.{column}")
 
 
 def _money(where: str, value: object) -> Money | None:

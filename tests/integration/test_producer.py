@@ -31,8 +31,8 @@ def test_snapshot_then_stream_across_a_restart_loses_nothing(settings: Settings,
     for m in messages:
         if m["op"] == "snapshot_end":
             continue
-        assert m["key"] == m["order_id"] and m["order_id"].startswith("ord-"), m
-        partitions.setdefault(m["order_id"], set()).add(m["partition"])
+        assert m["kafka_key"] == m["key"] and m["key"].startswith("ord-"), m
+        partitions.setdefault(m["key"], set()).add(m["partition"])
     assert all(len(p) == 1 for p in partitions.values())
     # Either client puts a key where Java's default partitioner does: switching clients keeps partitions.
     java = {k: (murmur2(k.encode()) & 0x7FFFFFFF) % settings.kafka_partitions for k in partitions}

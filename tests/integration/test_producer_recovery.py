@@ -134,7 +134,7 @@ def test_poison_document_goes_to_dead_letter_and_the_stream_goes_on(settings: Se
     dead = read_topic(settings, settings.dead_letter_topic)
     assert len(dead) == 1 and dead[0]["key"] == "huge" and "exceeds max_request_size" in dead[0]["reason"]
     orders = read_topic(settings, settings.topic_for("orders"))
-    assert [m["order_id"] for m in orders if m["op"] in events.STREAMED_OPERATIONS] == ["fine"]
+    assert [m["key"] for m in orders if m["op"] in events.STREAMED_OPERATIONS] == ["fine"]
 
 
 def test_several_collections_from_one_listener(settings: Settings) -> None:
@@ -147,7 +147,8 @@ def test_several_collections_from_one_listener(settings: Settings) -> None:
         assert messages and {m["collection"] for m in messages} == {name}
         assert replay(messages) == mongo_state(settings, name)
         if name != "orders":  # no order_id: keyed by _id
-            assert all(m["key"] == m["doc_id"] for m in messages if m["op"] in events.STREAMED_OPERATIONS)
+            streamed = [m for m in messages if m["op"] in events.STREAMED_OPERATIONS]
+            assert all(m["kafka_key"] == m["key"] == m["doc_id"] for m in streamed)
 
 
 def test_sigterm_flushes_and_exits_zero(settings: Settings, tmp_path: Path) -> None:

@@ -42,12 +42,12 @@ def test_rules_quarantine_flag_count_survive_a_restart_and_reconcile_accounts_fo
     stream_lake(spark, settings)
 
     silver = lake_rows(settings, tables.SILVER)
-    moves = [r for r in silver if r["order_id"] == "ord-moves" and r["op"] == "update"]
+    moves = [r for r in silver if r["key"] == "ord-moves" and r["op"] == "update"]
     assert [r["quality_flags"] for r in sorted(moves, key=lambda r: r["cluster_time_s"] * 10**6 +
                                                 r["cluster_time_inc"])] == [None, "status_transition"]
-    late_ref = next(r for r in silver if r["order_id"] == "ord-late-ref")
+    late_ref = next(r for r in silver if r["key"] == "ord-late-ref")
     assert late_ref["quality_flags"] == "customer_exists"
-    assert not any(r["order_id"] == "ord-bad-status" for r in silver)
+    assert not any(r["key"] == "ord-bad-status" for r in silver)
     reasons = [r["quarantine_reason"] for r in lake_rows(settings, tables.QUARANTINE)]
     assert any(r.startswith("quality rule known_status: status 'teleported'") for r in reasons), reasons
     assert any(r.startswith("quality rule known_status: status 'lost-in-transit'") for r in reasons), reasons
@@ -72,7 +72,7 @@ def test_rules_quarantine_flag_count_survive_a_restart_and_reconcile_accounts_fo
     flagged = warehouse_rows(settings, "SELECT count(*) FROM orders WHERE quality_flags IS NOT NULL")[0][0]
     assert flagged > 0
     # The flag stays on the change; the warehouse's re-check sees the customer that came later.
-    open_refs = {doc for (doc,) in warehouse_rows(settings, "SELECT order_id FROM quality_open_references")}
+    open_refs = {doc for (doc,) in warehouse_rows(settings, "SELECT key FROM quality_open_references")}
     assert "ord-late-ref" not in open_refs
     assert any(o.startswith("ord-") for o in open_refs)  # the generator's unknown customers and products
 

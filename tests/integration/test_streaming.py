@@ -73,13 +73,16 @@ def test_schema_evolution_mid_stream_keeps_running_and_says_what_happened(spark:
     stream_lake(spark, settings)
     before = len(lake_rows(settings, tables.SILVER))
 
-    # A newer producer adds a field, and another changes a field's type; then normal traffic goes on.
+    # A newer producer adds a field, and another changes a field's type; a producer of the release before
+    # still sends envelope v2, whose key field was `order_id`; then normal traffic goes on.
     template = json.loads(json.dumps(lake_rows(settings, tables.SILVER)[0], default=str))
-    envelope = {k: template[k] for k in ("schema_version", "op", "db", "collection", "doc_id", "order_id",
+    envelope = {k: template[k] for k in ("schema_version", "op", "db", "collection", "doc_id", "key",
                                          "full_document", "cluster_time_s", "cluster_time_inc", "txn_op_index")}
+    older = {**{k: v for k, v in envelope.items() if k != "key"}, "schema_version": 2, "order_id": "ord-v2"}
     evolved = [
         {**envelope, "change_id": "new-field", "priority": "high", "tags": ["a", "b"]},
         {**envelope, "change_id": "new-type", "wall_time_ms": "yesterday"},
+        {**older, "change_id": "older-producer"},
     ]
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
     for value in evolved:
@@ -94,6 +97,7 @@ def test_schema_evolution_mid_stream_keeps_running_and_says_what_happened(spark:
     silver = {r["change_id"]: r for r in lake_rows(settings, tables.SILVER)}
     assert json.loads(silver["new-field"]["extra"]) == {"priority": "high", "tags": '["a","b"]'}
     assert "new-type" not in silver
+    assert (silver["older-producer"]["key"], silver["older-producer"]["extra"]) == ("ord-v2", None)
     reasons = [r["quarantine_reason"] for r in lake_rows(settings, tables.QUARANTINE)]
     assert reasons == [f"field(s) of the wrong type for envelope schema v{SCHEMA_VERSION}: wall_time_ms"]
     assert len(silver) > before + 1  # the traffic after the change went through

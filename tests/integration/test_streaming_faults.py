@@ -30,7 +30,7 @@ def tick(settings: Settings, hours_ahead: int = 3) -> None:
     now = int(time.time())
     doc = json.dumps({"order_id": "tick", "customer_id": "c", "status": "paid", "amount": "$1.00", "currency": "USD"})
     event = {"schema_version": 2, "op": "insert", "db": settings.mongo_db, "collection": "orders", "txn_op_index": 0,
-             "cluster_time_inc": 1, "change_id": f"tick-{now}", "doc_id": "tick", "order_id": "tick",
+             "cluster_time_inc": 1, "change_id": f"tick-{now}", "doc_id": "tick", "key": "tick",
              "cluster_time_s": now + hours_ahead * 3600, "full_document": doc}
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
     producer.send(settings.topic_for("orders"), key=b"tick", value=json.dumps(event).encode())

@@ -28,6 +28,12 @@ def test_the_shipped_spec_captures_orders_customers_and_products() -> None:
                                               "customer_exists", "products_exist"]
     customers = settings.collection("customers")
     assert (customers.key, customers.table, customers.changes) == ("_id", "customers", "fact_customers_changes")
+    # The key's warehouse column is named by the spec; a collection keyed by _id has none (doc_id is it).
+    assert (orders.key_column, customers.key_column) == ("order_id", None)
+    assert [n for n, _ in tables.current_columns(orders)][:2] == ["doc_id", "order_id"]
+    assert "order_id" not in {n for n, _ in (*tables.current_columns(customers), *tables.changes_columns(customers))}
+    nested = parse_spec({"items": {"key": "ref.Code"}}).get("items")
+    assert nested.key_column == "ref_code" and ("ref_code", "string") in tables.changes_columns(nested)
     assert customers.columns == (("name", "string"), ("score", "long"), ("segment", "string"), ("country", "string"))
     assert dict(settings.collection("products").columns)["stock"] == "long"
     assert settings.topics == ("cdc.shop.orders", "cdc.shop.customers", "cdc.shop.products")
@@ -61,6 +67,8 @@ def test_every_table_is_derived_once_from_the_vocabulary() -> None:
     ('[orders.columns]\n"Bad Name" = "string"', "'Bad Name' is not a column name"),
     ('[orders.columns]\nx = { path = "a" }', "[orders].columns.x must be"),
     ('[orders]\nmoney = "yes"', "[orders].money must be true or"),
+    ('[o]\nkey = "doc_id"', "[o].key = 'doc_id' would name the warehouse's key column 'doc_id', which is not a free"),
+    ('[o]\nkey = "sku"\n[o.columns]\nsku = "string"', "[o].key = 'sku': the warehouse's key column 'sku' holds it"),
     ('[a.columns]\nx = "long"\n[b.columns]\nx = "string"', "column 'x' is long in [a] but string in [b]"),
     ('[a]\ntable = "t"\n[b]\ntable = "t"', "[b] and [a] both use the warehouse name 't'"),
     ('orders = 3', "[orders] must be a table of settings"),

@@ -85,13 +85,13 @@ def test_items_are_read_from_any_document_shape() -> None:
 
 def silver_rows(rows: list[dict[str, object]]) -> pa.Table:
     base = {"collection": None, "op": "insert", "doc_id": None, "cluster_time_s": 0, "cluster_time_inc": 0,
-            "txn_op_index": 0, "change_id": None, "order_id": None, "event_time": datetime(2026, 1, 1, tzinfo=UTC),
+            "txn_op_index": 0, "change_id": None, "key": None, "event_time": datetime(2026, 1, 1, tzinfo=UTC),
             "event_date": date(2026, 1, 1), "customer_id": None, "amount": None, "amount_currency": None,
             "full_document": None, "segment": None, "country": None, "name": None, "category": None}
     return pa.Table.from_pylist([{**base, **r} for r in rows], pa.schema([
         ("collection", pa.string()), ("op", pa.string()), ("doc_id", pa.string()), ("cluster_time_s", pa.int64()),
         ("cluster_time_inc", pa.int64()), ("txn_op_index", pa.int64()), ("change_id", pa.string()),
-        ("order_id", pa.string()), ("event_time", pa.timestamp("us", tz="UTC")), ("event_date", pa.date32()),
+        ("key", pa.string()), ("event_time", pa.timestamp("us", tz="UTC")), ("event_date", pa.date32()),
         ("customer_id", pa.string()), ("amount", pa.decimal128(18, 2)), ("amount_currency", pa.string()),
         ("full_document", pa.string()), ("segment", pa.string()), ("country", pa.string()), ("name", pa.string()),
         ("category", pa.string())]))
@@ -101,7 +101,7 @@ def silver_rows(rows: list[dict[str, object]]) -> pa.Table:
 def test_orders_are_joined_with_the_newest_attributes_in_source_order(spark_local: object) -> None:
     from pyspark.sql import functions as F
 
-    order = {"collection": "orders", "change_id": "o1", "order_id": "ord-1", "customer_id": "c1",
+    order = {"collection": "orders", "change_id": "o1", "key": "ord-1", "customer_id": "c1",
              "amount": Decimal("10.00"), "amount_currency": "EUR", "cluster_time_s": 5,
              "full_document": json.dumps({"customer_id": "c1", "items": [{"sku": "s1", "qty": 1}, {"sku": 7, "qty": 1},
                                                     {"sku": "s1", "qty": 2}, {"sku": "gone", "qty": 1}]})}

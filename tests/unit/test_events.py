@@ -37,12 +37,14 @@ def test_change_id_is_deterministic_and_ignores_capture_time() -> None:
     assert events.from_change(change(token="82ABD"), POS)["change_id"] != a["change_id"]
 
 
-def test_delete_is_keyed_by_pre_image_order_id_and_falls_back_to_doc_id() -> None:
-    with_pre_image = events.from_change(change("delete", before={"order_id": "o9"}), POS)
-    assert with_pre_image["order_id"] == "o9"
+def test_delete_is_keyed_by_pre_image_key_field_and_falls_back_to_doc_id() -> None:
+    with_pre_image = events.from_change(change("delete", before={"order_id": "o9"}), POS, key_field="order_id")
+    assert with_pre_image["key"] == "o9"
     assert with_pre_image["full_document"] is None
-    without = events.from_change(change("delete"), POS)
-    assert without["order_id"] == without["doc_id"] == '{"$oid": "6b038060dfb53f1723db4377"}'
+    without = events.from_change(change("delete"), POS, key_field="order_id")
+    assert without["key"] == without["doc_id"] == '{"$oid": "6b038060dfb53f1723db4377"}'
+    keyed_by_id = events.from_change(change("delete", before={"order_id": "o9"}), POS)
+    assert keyed_by_id["key"] == keyed_by_id["doc_id"]
 
 
 def test_documents_travel_as_extended_json() -> None:

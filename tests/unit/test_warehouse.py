@@ -26,6 +26,7 @@ from lakehouse.core.config import Settings
 from tests.lake_fakes import SCHEMA, append_silver, lake_settings, silver_row
 from warehouse.connection import connect, open_warehouse
 from warehouse.errors import LakeMissing, WarehouseError
+from warehouse.lake import require_matching_lake
 from warehouse.loader import load, rebuild
 from warehouse.schema import WAREHOUSE_VERSION, WarehouseSchema
 
@@ -186,8 +187,8 @@ def test_a_development_warehouse_asks_for_a_rebuild_which_replaces_it(lake) -> N
     con.close()
     for attempt in (lambda: load(lake), lambda: query(lake, "SELECT 1")):
         with pytest.raises(WarehouseError, match="a warehouse of a development build .before release 1.; this "
-                                                 "release reads format v1. Make it again with `lakehouse replay "
-                                                 "--into warehouse --from-beginning`"):
+                                                 f"release reads format v{WAREHOUSE_VERSION}. Make it again with "
+                                                 "`lakehouse replay --into warehouse --from-beginning`"):
             attempt()
     rebuild(lake)
     assert query(lake, "SELECT value FROM warehouse_meta WHERE key = 'format_version'") == [(str(WAREHOUSE_VERSION),)]
@@ -200,7 +201,7 @@ def test_a_warehouse_of_a_newer_format_is_refused_and_left_as_it_was(lake) -> No
     con.execute("UPDATE warehouse_meta SET value = '7' WHERE key = 'format_version'")
     con.close()
     before = lake.warehouse_path.read_bytes()
-    with pytest.raises(WarehouseError, match="format v7, newer than this release reads .v1."):
+    with pytest.raises(WarehouseError, match=f"format v7, newer than this release reads .v{WAREHOUSE_VERSION}."):
         load(lake)
     assert lake.warehouse_path.read_bytes() == before
 
@@ -215,22 +216,59 @@ def test_a_later_format_upgrades_an_older_file_in_place_once_and_readers_wait_fo
 
     calls = []
     before = query(lake, "SELECT * FROM orders ORDER BY doc_id")
+    now, later = WAREHOUSE_VERSION, WAREHOUSE_VERSION + 1
 
-    def to_v2(con: duckdb.DuckDBPyConnection) -> None:
-        calls.append(2)
-        con.execute("CREATE TABLE upgraded_to_v2 AS SELECT 1 AS marker")
+    def to_later(file: migrate.Upgrading) -> None:
+        calls.append(later)
+        file.con.execute("CREATE TABLE upgraded AS SELECT 1 AS marker")
 
-    monkeypatch.setattr(migrate, "WAREHOUSE_VERSION", 2)
-    monkeypatch.setattr(migrate, "WAREHOUSE_FORMAT", Format("a warehouse", 2, REBUILD, {1: to_v2}))
-    with pytest.raises(WarehouseError, match="format v1; this release reads v2, and a writer such as `lakehouse "
-                                             "load` upgrades it in place"):
+    monkeypatch.setattr(migrate, "WAREHOUSE_VERSION", later)
+    monkeypatch.setattr(migrate, "WAREHOUSE_FORMAT", Format("a warehouse", later, REBUILD, {now: to_later}))
+    with pytest.raises(WarehouseError, match=f"format v{now}; this release reads v{later}, and a writer such as "
+                                             "`lakehouse load` upgrades it in place"):
         query(lake, "SELECT 1")
     load(lake)
     load(lake)
-    assert calls == [2]
-    assert query(lake, "SELECT value FROM warehouse_meta WHERE key = 'format_version'") == [("2",)]
-    assert query(lake, "SELECT * FROM upgraded_to_v2") == [(1,)]
+    assert calls == [later]
+    assert query(lake, "SELECT value FROM warehouse_meta WHERE key = 'format_version'") == [(str(later),)]
+    assert query(lake, "SELECT * FROM upgraded") == [(1,)]
     assert query(lake, "SELECT * FROM orders ORDER BY doc_id") == before
+
+
+def test_a_release_1_warehouse_and_lake_are_read_and_upgraded_to_key_columns_named_by_the_spec(
+        tmp_path: Path) -> None:
+    """Release 1 kept every collection's Kafka key in a column `order_id` (customers.order_id held customer
+    ids), in silver and in the warehouse. Release 2 reads such a lake as it is and carries such a warehouse
+    forward in place: orders keep `order_id` (the spec's key), customers lose it (keyed by _id)."""
+    settings = lake_settings(tmp_path).replace(collections=("orders", "customers"))
+    old_schema = pa.schema([pa.field("order_id", pa.string()) if f.name == "key" else f for f in SCHEMA])
+    release_1 = [{("order_id" if k == "key" else k): v for k, v in row.items()}
+                 for row in (silver_row(0, 1, "insert", "created", "10.00"), _customer_row(1, "cust-1", "Ada"))]
+    write_deltalake(str(settings.table_path(tables.SILVER)), pa.Table.from_pylist(release_1, schema=old_schema))
+    load(settings)
+    con = duckdb.connect(str(settings.warehouse_path))  # as release 1 left it
+    for table in ("customers", "fact_customers_changes"):
+        con.execute(f"ALTER TABLE {table} ADD COLUMN order_id VARCHAR")
+        con.execute(f"UPDATE {table} SET order_id = doc_id")
+    con.execute("UPDATE warehouse_meta SET value = '1' WHERE key = 'format_version'")
+    con.close()
+    with pytest.raises(WarehouseError, match="format v1; this release reads v2, and a writer such as `lakehouse "
+                                             "load` upgrades it in place"):
+        query(settings, "SELECT 1")
+    require_matching_lake(settings)  # what run-all checks before it starts the load that upgrades the file
+
+    # The streaming job of release 2 appends rows with `key` to the same silver (Delta adds the column).
+    write_deltalake(str(settings.table_path(tables.SILVER)),
+                    pa.Table.from_pylist([silver_row(2, 2, "insert", "paid", "20.00")], schema=SCHEMA),
+                    mode="append", schema_mode="merge")
+    assert load(settings).current == {"orders": 2, "customers": 1}
+    assert query(settings, "SELECT value FROM warehouse_meta WHERE key = 'format_version'") == [("2",)]
+    assert query(settings, "SELECT doc_id, order_id FROM orders ORDER BY doc_id") == [("1", "o1"), ("2", "o2")]
+    assert query(settings, "SELECT doc_id, order_id FROM orders_history ORDER BY doc_id") == [("1", "o1"), ("2", "o2")]
+    columns = {c for (c,) in query(settings, "SELECT column_name FROM information_schema.columns "
+                                             "WHERE table_name IN ('customers', 'fact_customers_changes')")}
+    assert "order_id" not in columns and "key" not in columns
+    assert query(settings, "SELECT name FROM customers") == [("Ada",)]
 
 
 def test_a_missing_lake_is_an_error_naming_the_path(tmp_path: Path) -> None:
@@ -283,7 +321,7 @@ def test_a_warehouse_replay_from_offsets_nothing_came_from_is_refused(lake) -> N
 def _customer_row(seq: int, doc: str, name: str) -> dict:
     row = silver_row(seq, 0, "insert", None)
     document = json.dumps({"_id": doc, "name": name, "score": seq})
-    return {**row, "collection": "customers", "doc_id": json.dumps(doc), "order_id": json.dumps(doc),
+    return {**row, "collection": "customers", "doc_id": json.dumps(doc), "key": json.dumps(doc),
             "full_document": document, "customer_id": None, "name": name, "score": seq, "kafka_offset": 100 + seq}
 
 
