@@ -23,6 +23,7 @@ from typing import Any
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.streaming import StreamingQueryListener
 
 from lakehouse.adapters.delta import add_missing_columns, ensure_table
 from lakehouse.adapters.kafka import require_broker
@@ -303,6 +304,9 @@ class BatchWriter:
                                 settings.state_dir / "spark" / "kafka_positions.json", settings.data_loss_log,
                                 settings.kafka_fail_on_data_loss)
 
+    def close(self) -> None:
+        self.losses.close()
+
     def __call__(self, batch_df: DataFrame, batch_id: int) -> None:
         started = time.monotonic()
         self.losses.check(before_batch=batch_id)
@@ -481,9 +485,10 @@ def start(spark: SparkSession, settings: Settings, available_now: bool = False, 
     Python Kafka source is rewritten for Spark's first."""
     migrate_checkpoint(settings.spark_checkpoint)
     ensure_lake_tables(settings)
+    batches = BatchWriter(spark, settings, skip_seen)
     writer = (
         parse(read_kafka(spark, settings, starting_offsets), settings)
-        .writeStream.foreachBatch(BatchWriter(spark, settings, skip_seen))
+        .writeStream.foreachBatch(batches)
         .option("checkpointLocation", str(settings.spark_checkpoint))
         .queryName("lake")
     )
@@ -491,7 +496,52 @@ def start(spark: SparkSession, settings: Settings, available_now: bool = False, 
         writer.trigger(availableNow=True) if available_now
         else writer.trigger(processingTime=f"{settings.trigger_seconds} seconds")
     )
-    return writer.start()
+    query = writer.start()
+    _Closer.of(spark).when_ended(query, batches.close)
+    return query
+
+
+class _Closer(StreamingQueryListener):
+    """Closes what a query's foreachBatch holds open on the driver (the loss watch's Kafka consumers and
+    their threads) when the query ends, however it ends: a query restarted after a failure, or run again
+    in the same process, does not leave the earlier one's clients behind. One per Spark session."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._closers: dict[str, Any] = {}
+
+    @classmethod
+    def of(cls, spark: SparkSession) -> _Closer:
+        closer = getattr(spark, "_lakehouse_closer", None)
+        if closer is None:
+            closer = cls()
+            spark.streams.addListener(closer)
+            spark._lakehouse_closer = closer  # type: ignore[attr-defined]
+        return closer
+
+    def when_ended(self, query: Any, close: Any) -> None:
+        # By run id: a query restarted from its checkpoint keeps its id, and the end of the run before
+        # may be announced after this one has started.
+        self._closers[str(query.runId)] = close
+        if not query.isActive:  # it may have ended before it was registered
+            self._close(str(query.runId))
+
+    def _close(self, run_id: str) -> None:
+        close = self._closers.pop(run_id, None)
+        if close is not None:
+            close()
+
+    def onQueryStarted(self, event: Any) -> None:
+        pass
+
+    def onQueryProgress(self, event: Any) -> None:
+        pass
+
+    def onQueryIdle(self, event: Any) -> None:
+        pass
+
+    def onQueryTerminated(self, event: Any) -> None:
+        self._close(str(event.runId))
 
 
 MAX_FAILURES = 5  # failures in a row without a committed batch before the job gives up

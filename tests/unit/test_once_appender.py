@@ -74,3 +74,30 @@ def test_silver_history_is_the_lake_and_the_batches_since(spark_local: object, t
     monkeypatch.setattr(silver_history, "REFRESH_BATCHES", 1)
     assert seen() == [1, 2] and history._chunks == []
     assert SilverHistory(spark_local, tmp_path / "none", ["orders"], ["n"]).frame() is None  # type: ignore
+
+
+def test_what_a_querys_batches_hold_open_is_closed_when_it_ends(spark_local: object, tmp_path: Path) -> None:
+    """The lake query's foreachBatch holds Kafka consumers (the loss watch's) on the driver: they are closed
+    when the query ends, however it ends, so a restarted or repeated query leaves no clients behind; and
+    the end of a run never closes what the next run of the same query (same checkpoint, same id) holds,
+    however late that end is announced."""
+    from streaming.job import _Closer
+    from tests.conftest import wait_for
+
+    closer = _Closer.of(spark_local)  # type: ignore[arg-type]
+    assert _Closer.of(spark_local) is closer  # type: ignore[arg-type]
+    closed: list[str] = []
+    runs = []
+    for run in ("first", "second"):
+        query = (spark_local.readStream.format("rate").load()  # type: ignore[attr-defined]
+                 .writeStream.foreachBatch(lambda df, batch_id: None)
+                 .option("checkpointLocation", str(tmp_path / "checkpoint")).start())
+        closer.when_ended(query, lambda run=run: closed.append(run))
+        runs.append(query)
+        if run == "second":
+            closer.onQueryTerminated(type("Late", (), {"runId": runs[0].runId})())  # the first run's end, again
+            assert closed == ["first"] and query.isActive
+        query.stop()
+        wait_for(lambda run=run: run in closed, 60, f"the {run} run's resources closed")
+    assert runs[0].id == runs[1].id and runs[0].runId != runs[1].runId
+    assert closed == ["first", "second"]
