@@ -22,7 +22,7 @@ from lakehouse.adapters.kafka import ensure_topics
 from lakehouse.adapters.mongo import ChangeStream, HistoryLost, cluster_time, enable_pre_images, require_replica_set
 from lakehouse.adapters.mongo import connect as connect_mongo
 from lakehouse.contracts import events
-from lakehouse.core.config import Settings
+from lakehouse.core.config import Settings, for_stage
 from lakehouse.core.errors import ConfigError, Permanent
 from lakehouse.core.progress import Progress
 from producer import lifecycle, metrics
@@ -44,6 +44,7 @@ def watch_pipeline(settings: Settings) -> list[dict[str, Any]]:
     """The configured collections' changes out of the database-level stream, and the lifecycle events
     that concern them: a drop or rename of one, a rename onto one, the database dropped (and the
     invalidate that follows it; a filter that hid it would leave the stream dead without a word)."""
+    settings = for_stage(settings, "producer")
     captured = list(settings.collections)
     return [{"$match": {"$or": [
         {"ns.coll": {"$in": captured}},
@@ -57,6 +58,7 @@ class ChangeStreamListener:
                  checkpoint_interval: float = 1.0, start_at: Any = None) -> None:
         """`start_at` (a bson Timestamp): with no stored token and snapshot_mode "never", stream from
         that cluster time instead of from now (replays)."""
+        settings = for_stage(settings, "producer")
         if snapshot_mode not in SNAPSHOT_MODES:
             raise ConfigError(f"--snapshot must be one of {SNAPSHOT_MODES}, not {snapshot_mode!r}")
         self.settings = settings
@@ -262,6 +264,7 @@ def republish(settings: Settings, resume_token: Mapping[str, Any] | None = None,
     """Publish again, with their change_ids, every change after `resume_token` or since cluster time
     `start_at` (a bson Timestamp), or with `snapshot` a fresh copy of every document then the changes
     made meanwhile, until caught up. Runs on a scratch token file: the producer's own is left alone."""
+    settings = for_stage(settings, "producer")
     import tempfile
     from pathlib import Path
 

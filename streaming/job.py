@@ -39,7 +39,7 @@ from lakehouse.contracts.events import (
     SCHEMA_VERSION,
 )
 from lakehouse.core.collections import MONEY_COLUMNS
-from lakehouse.core.config import Settings
+from lakehouse.core.config import Settings, for_stage
 from lakehouse.core.errors import ConfigError, LakehouseError
 from lakehouse.core.rules import QUALITY_FLAGS
 from lakehouse.core.stopping import StopSignals
@@ -85,6 +85,7 @@ def job_jars() -> list[str]:
 
 def build_session(settings: Settings) -> SparkSession:
     # Python workers must run this interpreter, which has pyspark, pyarrow and the UDFs' packages.
+    settings = for_stage(settings, "streaming")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     if settings.spark_master.startswith("local"):
@@ -274,6 +275,7 @@ class BatchWriter:
     delta-spark from the executors; only counts come back to the driver."""
 
     def __init__(self, spark: SparkSession, settings: Settings, skip_seen: bool = False) -> None:
+        settings = for_stage(settings, "streaming")
         self.spark = spark
         self.settings = settings
         self.skip_seen = skip_seen
@@ -483,6 +485,7 @@ def start(spark: SparkSession, settings: Settings, available_now: bool = False, 
     """The lake query: Kafka -> bronze, silver, quarantine, late events, Parquet copy. `skip_seen`
     (replays) leaves out messages whose Kafka coordinates bronze already holds. A checkpoint of the earlier
     Python Kafka source is rewritten for Spark's first."""
+    settings = for_stage(settings, "streaming")
     migrate_checkpoint(settings.spark_checkpoint)
     ensure_lake_tables(settings)
     batches = BatchWriter(spark, settings, skip_seen)
@@ -574,6 +577,7 @@ def query_checkpoints(settings: Settings) -> list[Path]:
 def start_derived(spark: SparkSession, settings: Settings, available_now: bool) -> list[Any]:
     """The queries over what the lake query writes: windowed aggregates, revenue by category, inventory
     alerts and customer sessions. They stream the lake's tables, which exist (empty) before any is written."""
+    settings = for_stage(settings, "streaming")
     ensure_lake_tables(settings)
     return [*start_aggregates(spark, settings, available_now),
             *start_revenue_by_category(spark, settings, available_now),
@@ -604,6 +608,7 @@ def run(settings: Settings, available_now: bool = False, max_failures: int = MAX
     restarted with exponential backoff, its cause logged each time; after `max_failures` failures in a
     row without a committed batch the job raises with the last cause. A stop request lets the batch in
     hand finish."""
+    settings = for_stage(settings, "streaming")
     require_broker(settings)  # a clear error now, rather than Spark's traceback a minute later
     reset_derived_if_old(settings, [c for c in query_checkpoints(settings) if c != settings.spark_checkpoint])
     ensure_lake_tables(settings)

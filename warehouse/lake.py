@@ -14,7 +14,7 @@ import pyarrow.dataset as pads
 from lakehouse.adapters.delta import LakeTable
 from lakehouse.contracts import events, tables, types
 from lakehouse.core.collections import CollectionSpec
-from lakehouse.core.config import Settings
+from lakehouse.core.config import Settings, for_stage
 from lakehouse.core.progress import Progress
 from warehouse.connection import connect
 from warehouse.errors import LakeMismatch, LakeMissing, WarehouseError
@@ -41,6 +41,7 @@ def sources_of(spec: CollectionSpec) -> dict[str, str]:
 
 def silver_table(settings: Settings) -> LakeTable | None:
     """The lake's silver table; None while the streaming job has not written it yet."""
+    settings = for_stage(settings, "warehouse")
     if not settings.lake_path.exists():
         raise LakeMissing(
             f"no lake at {settings.lake_path} (LAKE_PATH). Start the streaming job (`lakehouse stream`, or "
@@ -145,6 +146,7 @@ def check_lake(con: duckdb.DuckDBPyConnection, settings: Settings, silver: LakeT
 
 def require_matching_lake(settings: Settings) -> None:
     """check_lake for readers (reconcile, replay, run-all): one short read-only look."""
+    settings = for_stage(settings, "warehouse")
     try:
         silver = silver_table(settings)
     except LakeMissing:
@@ -160,6 +162,7 @@ def require_matching_lake(settings: Settings) -> None:
 def silver_version(settings: Settings) -> int | None:
     """The lake's silver version now (None: no lake or table yet), without opening the warehouse: a
     loader that polls often opens DuckDB only when there is something new."""
+    settings = for_stage(settings, "warehouse")
     if not settings.lake_path.exists():
         return None
     table = LakeTable.open(settings.table_path(SOURCE))

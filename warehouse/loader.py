@@ -24,7 +24,7 @@ import duckdb
 import pyarrow.compute as pc
 
 from lakehouse.core.collections import CollectionSpec
-from lakehouse.core.config import Settings
+from lakehouse.core.config import Settings, for_stage
 from lakehouse.core.files import write_text_atomically
 from warehouse import metrics
 from warehouse.apply import apply_collection, count, in_transaction
@@ -69,6 +69,7 @@ def current_counts(con: duckdb.DuckDBPyConnection, schema: WarehouseSchema) -> d
 
 
 def load(settings: Settings) -> LoadResult:
+    settings = for_stage(settings, "warehouse")
     try:
         silver = silver_table(settings)
     except LakeMissing:
@@ -159,6 +160,7 @@ def _record_load(path: Path, record: dict[str, object]) -> None:
 def load_if_possible(settings: Settings) -> LoadResult | None:
     """A load for callers that run beside the streaming job and the readers (run-all, the loader's
     reconcile rounds): None when the lake is not there yet or another process holds the warehouse."""
+    settings = for_stage(settings, "warehouse")
     try:
         return load(settings)
     except (LakeMissing, WarehouseLocked):
@@ -174,6 +176,7 @@ def refresh_lake_views(con: duckdb.DuckDBPyConnection, settings: Settings) -> No
 def rebuild(settings: Settings) -> LoadResult:
     """The warehouse from the whole lake, built in a new file that replaces the old one only once
     complete; a file that is not this pipeline's warehouse is never replaced."""
+    settings = for_stage(settings, "warehouse")
     target = settings.warehouse_path
     if target.exists():
         with contextlib.suppress(OtherSchemaVersion):

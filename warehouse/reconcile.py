@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from lakehouse.contracts.events import DIGEST_CHARS
 from lakehouse.contracts.types import ident
-from lakehouse.core.config import Settings
+from lakehouse.core.config import Settings, for_stage
 from warehouse.connection import connect
 
 SOURCE_COLUMNS = ("doc_id", "digest")  # what the caller streams in, per document
@@ -58,6 +58,7 @@ def compare(settings: Settings, collection: str, source: Iterable[pa.RecordBatch
             advance: Callable[[int], object] = lambda _: None) -> Differences:
     """Differences between `source` (batches of SOURCE_COLUMNS, the digest events.raw_digest of the
     document's BSON) and the collection's current rows in the warehouse (all, or `only` those doc_ids)."""
+    settings = for_stage(settings, "warehouse")
     settings.state_dir.mkdir(parents=True, exist_ok=True)  # on disk, not a /tmp that may be memory
     with tempfile.TemporaryDirectory(prefix="reconcile-", dir=settings.state_dir) as folder:
         scratch = duckdb.connect(str(Path(folder) / "scratch.duckdb"))
@@ -132,6 +133,7 @@ def _copy_warehouse_digests(scratch: duckdb.DuckDBPyConnection, settings: Settin
 
 def current_rows(settings: Settings, collection: str) -> int:
     """How many documents the warehouse holds of `collection` (0 before its table exists)."""
+    settings = for_stage(settings, "warehouse")
     con = connect(settings.warehouse_path, read_only=True)
     try:
         table = _table(settings, collection)
@@ -144,6 +146,7 @@ def current_rows(settings: Settings, collection: str) -> int:
 
 def current_documents(settings: Settings, collection: str, doc_ids: list[str]) -> dict[str, str]:
     """doc_id -> the current document (Extended JSON) of those rows the warehouse has."""
+    settings = for_stage(settings, "warehouse")
     if not doc_ids:
         return {}
     con = connect(settings.warehouse_path, read_only=True)
@@ -158,6 +161,7 @@ def current_documents(settings: Settings, collection: str, doc_ids: list[str]) -
 def current_keys(settings: Settings, collection: str,
                  doc_ids: list[str]) -> list[tuple[str, str | None, str | None]]:
     """(doc_id, documentKey as Extended JSON, Kafka key) of warehouse rows, for their tombstones."""
+    settings = for_stage(settings, "warehouse")
     if not doc_ids:
         return []
     con = connect(settings.warehouse_path, read_only=True)

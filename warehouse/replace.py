@@ -10,7 +10,7 @@ import pyarrow.dataset as pads
 
 from lakehouse.contracts import tables
 from lakehouse.contracts.types import ident
-from lakehouse.core.config import Settings
+from lakehouse.core.config import Settings, for_stage
 from lakehouse.core.errors import ConfigError
 from warehouse.apply import apply_collection, in_transaction
 from warehouse.connection import connect
@@ -70,6 +70,7 @@ class UnknownPartitions(ConfigError):
 def replace_changes(settings: Settings, changes: Changes, dry_run: bool = False) -> Replaced:
     """Delete the warehouse's changes in `changes` and insert the lake's, re-deriving the documents they
     touch, for every captured collection, in one transaction (a dry run only counts)."""
+    settings = for_stage(settings, "warehouse")
     silver = silver_table(settings)
     if silver is None:
         raise WarehouseError(f"no silver table at {settings.table_path(tables.SILVER)} to replay from")

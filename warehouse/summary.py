@@ -5,7 +5,7 @@ from __future__ import annotations
 import duckdb
 
 from lakehouse.contracts.types import ident
-from lakehouse.core.config import Settings
+from lakehouse.core.config import Settings, for_stage
 from warehouse.connection import connect
 from warehouse.errors import WarehouseError
 from warehouse.lake import check_lake, silver_table
@@ -17,6 +17,7 @@ def summary(settings: Settings) -> dict[str, object]:
     """What the warehouse holds, for `status`: per captured collection the silver version loaded last,
     when, its changes and current documents. One short read-only look; a WarehouseError when it cannot
     be read now."""
+    settings = for_stage(settings, "warehouse")
     schema = WarehouseSchema.of(settings)
     con = connect(settings.warehouse_path, read_only=True)
     try:

@@ -409,6 +409,69 @@ def section_of(field: str) -> Section | None:
     return None if info is None else _extra(info)["section"]  # type: ignore[no-any-return]
 
 
+class OtherSection(LookupError):
+    """A stage read a setting outside its sections: a bug in that stage, not a bad setting."""
+
+
+class StageSettings:
+    """What a stage is handed: the `connections` section and its own (STAGE_SECTIONS), and the names and
+    paths derived from them; every other setting is refused where it is read, naming it. Each stage's
+    entry points narrow what they are given with `for_stage`, so a stage cannot come to depend on another
+    stage's tuning, on monitoring or on the local servers, whoever calls it. Read-only, picklable (Spark
+    ships closures), and `replace` keeps the view."""
+
+    __slots__ = ("_settings", "stage")
+
+    def __init__(self, settings: Settings, stage: str) -> None:
+        if stage not in STAGE_SECTIONS:
+            raise ValueError(f"no stage {stage!r}; the stages are {', '.join(STAGE_SECTIONS)}")
+        object.__setattr__(self, "_settings", settings)
+        object.__setattr__(self, "stage", stage)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # private and dunder names are the view's own, never the settings'
+            raise AttributeError(name)
+        section = section_of(name)
+        if section is not None and section not in STAGE_SECTIONS[self.stage]:
+            raise OtherSection(f"the {self.stage} stage read {name} ({ENV_NAMES[name]}), a setting of the "
+                               f"{section} section; a stage reads only {' and '.join(STAGE_SECTIONS[self.stage])}")
+        return getattr(self._settings, name)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"settings are read-only; use replace({name}=...)")
+
+    def __reduce__(self) -> tuple[type[StageSettings], tuple[Settings, str]]:
+        return StageSettings, (self._settings, self.stage)
+
+    def __repr__(self) -> str:
+        return f"StageSettings({self.stage!r})"
+
+    def replace(self, **changes: object) -> StageSettings:
+        for name in changes:
+            self.__getattr__(name)  # a stage changes only what it may read
+        return StageSettings(self._settings.replace(**changes), self.stage)
+
+    def section(self, name: Section) -> dict[str, object]:
+        if name not in STAGE_SECTIONS[self.stage]:
+            raise OtherSection(f"the {self.stage} stage read the {name} section")
+        return self._settings.section(name)
+
+    def to_env(self) -> dict[str, str]:
+        """For a process the stage starts: the stage's sections (the others take their defaults there)."""
+        return {name: value for name, value in self._settings.to_env().items()
+                if section_of(_FIELD_OF[name]) in STAGE_SECTIONS[self.stage]}
+
+
+def for_stage(settings: Settings | StageSettings, stage: str) -> Settings:
+    """`settings` as `stage` may read them (see StageSettings). Typed as Settings: the view answers the same
+    names, and a name outside the stage's sections fails at run time, not in the type checker."""
+    if isinstance(settings, StageSettings):
+        if settings.stage != stage:
+            raise OtherSection(f"the {stage} stage was handed the {settings.stage} stage's settings")
+        return settings  # type: ignore[return-value]
+    return StageSettings(settings, stage)  # type: ignore[return-value]
+
+
 _FIELD_OF = {env: field for field, env in ENV_NAMES.items()}
 _PARSING = {"int_parsing": "is not a whole number", "int_from_float": "is not a whole number",
             "float_parsing": "is not a number", "bool_parsing": "is not true or false"}

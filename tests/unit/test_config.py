@@ -101,3 +101,38 @@ def test_each_stage_reads_only_the_connections_and_its_own_section() -> None:
                     read.append((stage, module.name, node.lineno, node.attr, section))
                     assert section in allowed, f"{stage}/{module.name}:{node.lineno} reads {node.attr} ({section})"
     assert {stage for stage, *_ in read} == set(STAGE_SECTIONS)  # the check sees each stage's reads
+
+
+def test_a_stage_is_handed_only_the_connections_and_its_own_section(tmp_path: Path) -> None:
+    """What a stage's entry points narrow their settings to: the connections, the stage's own section and
+    the names derived from them answer; another stage's, monitoring's or the servers' settings fail where
+    they are read, naming the setting; the view stays a view through replace() and pickling (Spark ships
+    closures), and one stage's view is never accepted by another stage."""
+    import pickle
+
+    from lakehouse.core.config import OtherSection, StageSettings, for_stage
+
+    full = Settings.from_env(lake_path=tmp_path / "lake", max_rows_per_batch=123)
+    streaming = for_stage(full, "streaming")
+    assert isinstance(streaming, StageSettings) and for_stage(streaming, "streaming") is streaming
+    assert streaming.kafka_bootstrap_servers == full.kafka_bootstrap_servers  # connections
+    assert streaming.max_rows_per_batch == 123  # its own section
+    assert streaming.table_path("silver") == full.table_path("silver") and streaming.topics == full.topics
+    for other in ("kafka_partitions", "warehouse_path", "streaming_metrics_port", "stack_dir"):
+        with pytest.raises(OtherSection, match=f"the streaming stage read {other}"):
+            getattr(streaming, other)
+    with pytest.raises(OtherSection):
+        streaming.section("monitoring")
+    with pytest.raises(OtherSection):
+        streaming.replace(warehouse_path=tmp_path / "w.duckdb")
+    smaller = streaming.replace(max_rows_per_batch=7)
+    assert isinstance(smaller, StageSettings) and smaller.max_rows_per_batch == 7
+    assert streaming.max_rows_per_batch == 123
+    shipped = pickle.loads(pickle.dumps(streaming))
+    assert isinstance(shipped, StageSettings) and shipped.max_rows_per_batch == 123
+    assert "WAREHOUSE_PATH" not in streaming.to_env() and streaming.to_env()["MAX_ROWS_PER_BATCH"] == "123"
+    with pytest.raises(AttributeError):
+        streaming.max_rows_per_batch = 5  # type: ignore[misc]
+    with pytest.raises(OtherSection, match="handed the streaming stage's settings"):
+        for_stage(streaming, "warehouse")
+    assert for_stage(full, "warehouse").warehouse_path == full.warehouse_path
