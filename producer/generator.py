@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from lakehouse.adapters.mongo import WriteBuffer
 from lakehouse.core.collections import CUSTOMERS, ORDERS, PRODUCTS
 
 if TYPE_CHECKING:  # types only: the generator writes through whatever client it is handed
@@ -39,6 +40,7 @@ COUNTRIES = ("DE", "FR", "GB", "US", "NL", "ES")
 CATEGORIES = ("books", "electronics", "garden", "kitchen", "toys", "sports")
 RESTOCK_BELOW = 20  # a product at or under this stock may be restocked (INVENTORY_LOW's default)
 RESTOCK_SHARE = 0.03  # share of steps that restock one such product
+MAX_HELD = 200  # writes held at most before they are sent together (see run)
 VIOLATIONS = ("missing_customer", "negative_amount", "unknown_status", "unknown_currency", "backwards_status",
               "unknown_customer", "unknown_product")
 
@@ -92,8 +94,18 @@ class OrderGenerator:
             {"stock": {"$type": "number"}}, {"stock": 1})} if PRODUCTS in self._by_name else {}
         orders.create_index("order_id", unique=True)
         self.rng = random.Random(seed)
-        # Live order ids, so updates and deletes hit documents that exist.
-        self.live: list[str] = [d["order_id"] for d in orders.find({}, {"order_id": 1}) if "order_id" in d]
+        # Live order ids, so updates and deletes hit documents that exist, and their status as this generator
+        # last wrote it (it is the orders' only writer), so a change needs no read first.
+        self.live: list[str] = []
+        self._status: dict[str, Any] = {}
+        for d in orders.find({}, {"order_id": 1, "status": 1}):
+            if "order_id" in d:
+                self.live.append(d["order_id"])
+                if "status" in d:
+                    self._status[d["order_id"]] = d["status"]
+        # References first: an order's customer and products exist before the order arrives.
+        self._writes = WriteBuffer((*references, orders))
+        self._holding = False
         self._next = self._first_free_number()
         self.stats = GeneratorStats()
 
@@ -141,14 +153,15 @@ class OrderGenerator:
         elif collection.name == PRODUCTS:
             created = {"category": self.rng.choice(CATEGORIES), "stock": self.rng.randrange(21, 60)}
         known = key in self._known.get(collection.name, set())
-        collection.update_one(
-            {"_id": key},
+        self._writes.update(
+            collection, key, {"_id": key},
             {"$set": {"name": f"{collection.name} {key}", "score": self.rng.randrange(100),
                       "updated_at": datetime.now(UTC)},
              **({"$setOnInsert": created} if created and not known else {})},
             upsert=True,
         )
         if collection.name == PRODUCTS and not known:
+            self._writes.flush()  # the stock it has now: what it was made with, or had if another made it
             found = collection.find_one({"_id": key}, {"stock": 1}) or {}
             if isinstance(found.get("stock"), int):
                 self._stock[key] = found["stock"]
@@ -157,8 +170,9 @@ class OrderGenerator:
 
     def _place(self, order: dict[str, Any]) -> None:
         """Insert an order and take its items out of stock (never below 0)."""
-        self.orders.insert_one(order)
+        self._writes.insert(self.orders, order["order_id"], order)
         self.live.append(order["order_id"])
+        self._status[order["order_id"]] = order.get("status")
         self.stats.inserts += 1
         if PRODUCTS not in self._by_name:
             return
@@ -167,9 +181,12 @@ class OrderGenerator:
             if sku not in self._stock:
                 continue
             self._stock[sku] = max(0, self._stock[sku] - int(item.get("qty", 1)))
-            self._by_name[PRODUCTS].update_one({"_id": sku}, {"$set": {"stock": self._stock[sku],
-                                                                      "updated_at": datetime.now(UTC)}})
-            self.stats.references += 1
+            self._set_stock(sku)
+
+    def _set_stock(self, sku: str) -> None:
+        self._writes.update(self._by_name[PRODUCTS], sku, {"_id": sku},
+                            {"$set": {"stock": self._stock[sku], "updated_at": datetime.now(UTC)}})
+        self.stats.references += 1
 
     def _restock(self) -> bool:
         """Bring one product that ran low back to a full shelf; False when none has."""
@@ -178,9 +195,7 @@ class OrderGenerator:
             return False
         sku = self.rng.choice(low)
         self._stock[sku] = self.rng.randrange(40, 100)
-        self._by_name[PRODUCTS].update_one({"_id": sku}, {"$set": {"stock": self._stock[sku],
-                                                                  "updated_at": datetime.now(UTC)}})
-        self.stats.references += 1
+        self._set_stock(sku)
         return True
 
     def _touch_reference(self) -> None:
@@ -198,14 +213,11 @@ class OrderGenerator:
         """One change that breaks a business rule (collections.toml), of a kind chosen at random."""
         kind = self.rng.choice(VIOLATIONS)
         order_id = self.rng.choice(self.live) if self.live else None
-        status = (self.orders.find_one({"order_id": order_id}, {"status": 1}) or {}).get("status") if order_id else None
+        status = self._status.get(order_id) if order_id else None
         if kind == "backwards_status" and status not in ("paid", "shipped", "delivered"):
             kind = "unknown_currency"  # nothing to move back from
         if kind in ("unknown_status", "backwards_status") and order_id:
-            self.orders.update_one({"order_id": order_id}, {"$set": {
-                "status": "lost-in-transit" if kind == "unknown_status" else "created",
-                "updated_at": datetime.now(UTC)}})
-            self.stats.updates += 1
+            self._set_status(order_id, "lost-in-transit" if kind == "unknown_status" else "created")
         else:
             doc = self.new_order()
             if kind == "missing_customer":
@@ -221,7 +233,30 @@ class OrderGenerator:
             self._place(doc)
         self.stats.violations += 1
 
+    def _set_status(self, order_id: str, status: str) -> None:
+        self._writes.update(self.orders, order_id, {"order_id": order_id},
+                            {"$set": {"status": status, "updated_at": datetime.now(UTC)}})
+        self._status[order_id] = status
+        self.stats.updates += 1
+
     def step(self) -> None:
+        """One change (an order placed, paid, rewritten, deleted; a customer or product touched), written
+        before it returns unless `steps` or `run` are holding writes to send them together."""
+        self._step()
+        if not self._holding:
+            self._writes.flush()
+
+    def steps(self, count: int) -> None:
+        """`count` steps whose writes are sent together (one bulk write per collection; see WriteBuffer)."""
+        self._holding = True
+        try:
+            for _ in range(count):
+                self._step()
+        finally:
+            self._holding = False
+        self._writes.flush()
+
+    def _step(self) -> None:
         roll = self.rng.random()
         if self.violations and self.rng.random() < self.violations:
             self._violate()
@@ -233,27 +268,24 @@ class OrderGenerator:
             self._place(self.new_order())
         elif roll < 0.80:
             order_id = self.rng.choice(self.live)
-            current = self.orders.find_one({"order_id": order_id}, {"status": 1}) or {}
-            status = current.get("status", "created")
+            status = self._status.get(order_id, "created")
             cancel = self.rng.random() < 0.1 and status == "created"
-            nxt = "cancelled" if cancel else STATUS_FLOW.get(status, "cancelled")
-            self.orders.update_one(
-                {"order_id": order_id}, {"$set": {"status": nxt, "updated_at": datetime.now(UTC)}}
-            )
-            self.stats.updates += 1
+            self._set_status(order_id, "cancelled" if cancel else STATUS_FLOW.get(status, "cancelled"))
         elif roll < 0.88:
             order_id = self.rng.choice(self.live)
             doc = self.new_order()
             self._next -= 1
             doc["order_id"] = order_id
             # Customer service rewrites the order; its status stays where it was (a move back is a violation).
-            doc["status"] = (self.orders.find_one({"order_id": order_id}, {"status": 1}) or {}).get("status", "created")
+            doc["status"] = self._status.get(order_id, "created")
             doc["note"] = "replaced by customer service"
-            self.orders.replace_one({"order_id": order_id}, doc)
+            self._writes.replace(self.orders, order_id, {"order_id": order_id}, doc)
+            self._status[order_id] = doc["status"]
             self.stats.replaces += 1
         else:
             order_id = self.live.pop(self.rng.randrange(len(self.live)))
-            self.orders.delete_one({"order_id": order_id})
+            self._writes.delete(self.orders, order_id, {"order_id": order_id})
+            self._status.pop(order_id, None)
             self.stats.deletes += 1
 
     def run(
@@ -265,20 +297,32 @@ class OrderGenerator:
     ) -> GeneratorStats:
         """Make `changes` changes, at most `rate` per second (None: as fast as MongoDB takes them);
         end early once `stop()` is true. A change is any write: an order placed with its stock taken
-        down counts each product's update, so the last step may go a few over."""
+        down counts each product's update, so the last step may go a few over.
+
+        With a rate, writes are held while the run is behind it and sent together once it is on time
+        again, or when MAX_HELD are held: the batches grow to what the machine's round trips allow, and
+        at a rate it keeps up with every change is sent at its time. Without one, each change is sent
+        as it is made. Everything is sent before it returns."""
         started = time.monotonic()
         first = self.stats.total
         reported = 0
-        while (made := self.stats.total - first) < changes:
-            if stop is not None and stop():
-                break
-            self.step()
-            made = self.stats.total - first
-            if rate:
-                ahead = started + made / rate - time.monotonic()
+        self._holding = True
+        try:
+            while (made := self.stats.total - first) < changes:
+                if stop is not None and stop():
+                    break
+                self._step()
+                made = self.stats.total - first
+                ahead = started + made / rate - time.monotonic() if rate else 0.0
+                if not rate or ahead > 0 or len(self._writes) >= MAX_HELD:
+                    self._writes.flush()
                 if ahead > 0:
                     time.sleep(ahead)
-            if progress and (made // 500 > reported or made >= changes):
-                reported = made // 500
-                progress(self.stats)
+                if progress and (made // 500 > reported or made >= changes):
+                    reported = made // 500
+                    self._writes.flush()  # what it reports is written
+                    progress(self.stats)
+        finally:
+            self._holding = False
+        self._writes.flush()
         return self.stats
