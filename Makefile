@@ -65,8 +65,15 @@ test-unit: setup-test
 # the streaming job, a replicated Kafka losing brokers, a Spark cluster losing a worker), then minutes of
 # kills and server restarts against the whole pipeline ending in reconcile 0/0/0 (tests/chaos.py: own
 # servers on free ports; CHAOS_ARGS="--minutes 8 --seed 7"). `make faults` runs only the first part.
+# Then the periodic reconcile's two checks (issue 27), at 100 generator steps/s (~180 changes/s):
+# (a) no fault for WOLF_MINUTES: no round may report a difference or repair anything; (b)+(c) the
+# streaming job SIGKILLed and the broker restarted, with losses planted in the warehouse: exactly the
+# planted documents are repaired, no other.
+WOLF_MINUTES ?= 10
 chaos: faults
 	@$(PY) -m tests.chaos $(CHAOS_ARGS)
+	@$(PY) -m tests.chaos --faults none --minutes $(WOLF_MINUTES) --rate 100
+	@$(PY) -m tests.chaos --faults restarts --plant --minutes 5 --rate 100
 
 faults: setup-test
 	@$(PY) -m pytest -m faults $(PYTEST_ARGS)
