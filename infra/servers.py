@@ -63,7 +63,8 @@ def start_mongo(settings: Settings, extra_args: tuple[str, ...] = ()) -> str:
         bin_path("secantusd-py"), "--host", host, "--port", str(port),
         "--storage-path", str(folder / "data"),
         "--oplog-retention-seconds", str(settings.mongo_oplog_retention_seconds),
-        *extra_args,
+        "--oplog-max-entries", str(settings.mongo_oplog_max_entries),
+        *extra_args,  # after the settings: the server takes the last of a repeated option
     ]
     pid = spawn(command, log, pid_file)
     wait(f"MongoDB on {host}:{port}", lambda: _mongo_ready(settings), log)

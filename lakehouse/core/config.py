@@ -179,6 +179,11 @@ class Settings(BaseSettings):
         "MONGO_OPLOG_RETENTION_SECONDS", 604_800, "servers",
         "how long the local MongoDB keeps its oplog (a resume token older than this needs a new snapshot)",
         ge=1, rule=_POSITIVE)
+    mongo_oplog_max_entries: int = setting(
+        "MONGO_OPLOG_MAX_ENTRIES", 500_000, "servers",
+        "how many changes the local MongoDB's oplog holds at most, whichever limit comes first (its own "
+        "default, 100,000, is 10 minutes at 170 changes/s; opening a stream at a cluster time scans it)",
+        ge=1000, rule="must be a whole number of at least 1000")
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
