@@ -36,6 +36,7 @@ def env(tmp_path: Path) -> dict[str, str]:
      "KAFKA_CLIENT='librdkafka' is not one of: confluent, kafka-python"),
     ({"EVENT_TIME": "now"}, ["status"], "EVENT_TIME='now' is not one of: cluster_time, order_updated_at"),
     ({"MONGO_OPLOG_RETENTION_SECONDS": "0"}, ["status"], "MONGO_OPLOG_RETENTION_SECONDS=0 must be a positive"),
+    ({"MONGO_OPLOG_MAX_ENTRIES": "5"}, ["status"], "MONGO_OPLOG_MAX_ENTRIES=5 must be a whole number of at least 1000"),
     ({"TRIGGER_SECONDS": "inf"}, ["status"], "TRIGGER_SECONDS=inf must be a positive number"),
     ({"KAFKA_PARTITIONS": "2.5"}, ["status"], "KAFKA_PARTITIONS='2.5' is not a whole number"),
     ({}, ["--kafka", "nohost", "status"], "KAFKA_BOOTSTRAP_SERVERS='nohost': 'nohost' is not host:port"),
