@@ -52,6 +52,15 @@ def produce(settings: Settings, count: int, rate: float | None, offset: int = 0)
     producer.close()
 
 
+def phase_totals(records: list[dict]) -> dict[str, int]:
+    """Where the batches' time went, summed over them (BatchRecord.phases_ms)."""
+    out: dict[str, int] = {}
+    for record in records:
+        for phase, ms in record.get("phases_ms", {}).items():
+            out[phase] = out.get(phase, 0) + ms
+    return out
+
+
 def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else values[0]
 
@@ -93,6 +102,7 @@ def main() -> None:
         print(f"  of which inside {len(drained)} batches: {busy:.1f} s, {evaluating:.1f} s of it reading Kafka + "
               f"parsing + UDFs in Spark, {busy - evaluating:.1f} s writing the Delta/Parquet outputs; "
               f"the other {elapsed - busy:.1f} s is query start-up and planning between batches")
+        print(f"  phases of the batches, ms: {phase_totals(drained)}")
         before = len(drained)
         query = start(spark, settings)
         produce(settings, int(args.rate * args.seconds), args.rate, offset=args.rows)
@@ -115,6 +125,7 @@ def main() -> None:
           f"p50 {pct(latencies, 50):.2f} s, p95 {pct(latencies, 95):.2f} s, max {max(latencies):.2f} s")
     print(f"per-batch job time ({len(durations)} batches): p50 {pct(durations, 50):.2f} s, "
           f"p95 {pct(durations, 95):.2f} s, mean rows/batch {statistics.mean(b['input_rows'] for b in batches):.0f}")
+    print(f"  phases of those batches, ms: {phase_totals([b for b in batches if b['input_rows']])}")
 
 
 if __name__ == "__main__":

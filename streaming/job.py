@@ -1,10 +1,14 @@
-"""Kafka -> bronze / silver / quarantine Delta tables and a Parquet copy of silver.
+"""Kafka -> bronze, silver and quality_checks: the lake query, the pipeline's hot path.
 
 One streaming query reads the captured topics with Spark's own Kafka source; each micro-batch is parsed
-once and split: rows that fail parsing go to the quarantine table with a reason (the stream never stops
-for them), the rest are judged by the quality rules and go to silver. Every table is written by
-delta-spark from the executors, idempotently per batch (streaming/lake_writer.py), so a restart after a
-kill -9 reflects every Kafka offset exactly once. Only counts and metrics come back to the driver.
+once and judged row by row: every message goes to bronze with the reason it cannot be a silver row
+(malformed, or ruled out by a quality rule of severity quarantine; null when it is one), the rest to
+silver, late ones marked with the watermark they arrived behind; per rule, the counts go to
+quality_checks. Three commits a batch, each by delta-spark from the executors, idempotently per batch
+(streaming/lake_writer.py), so a restart after a kill -9 reflects every Kafka offset exactly once. Only
+counts and metrics come back to the driver. The quarantine and late_events tables, the Parquet copy and
+the order lines are made from those marks by queries of their own (streaming/lake_copies.py), and the
+windowed aggregates, alerts and sessions by queries over silver (start_derived).
 """
 
 from __future__ import annotations
@@ -45,16 +49,10 @@ from lakehouse.core.rules import QUALITY_FLAGS
 from lakehouse.core.stopping import StopSignals
 from streaming import inventory, metrics, sessions
 from streaming.aggregates import reset_derived_if_old, revenue_checkpoint, start_aggregates, start_revenue_by_category
-from streaming.enrichment import (
-    CUSTOMER_ATTRIBUTES,
-    CUSTOMERS,
-    ORDERS,
-    PRODUCT_ATTRIBUTES,
-    PRODUCTS,
-    order_lines,
-)
 from streaming.kafka_losses import KafkaDataLoss, LossWatch, is_data_loss, migrate_checkpoint
-from streaming.lake_writer import TABLE_PROPERTIES, OnceAppender, conform, write_parquet_copy, writer_app_id
+from streaming.lake_copies import checkpoints as copy_checkpoints
+from streaming.lake_copies import start_copies
+from streaming.lake_writer import TABLE_PROPERTIES, OnceAppender, conform, writer_app_id
 from streaming.quality import ROW, QualityJudge
 from streaming.silver_history import SilverHistory
 from streaming.udfs import money_columns
@@ -266,10 +264,6 @@ def attribute_columns(settings: Settings, collection: Column, document: Column) 
             for column, kind in tables.attribute_columns(settings) if column not in not_lifted]
 
 
-WRITERS = 4  # a batch's table writes running at once
-DELTA, PARQUET = "delta", "parquet"
-
-
 class BatchWriter:
     """The foreachBatch function: the batch judged and split in Spark, each table appended once by
     delta-spark from the executors; only counts come back to the driver."""
@@ -284,21 +278,14 @@ class BatchWriter:
         self.appender = OnceAppender(self.app_id)
         self.metrics_path = settings.batch_metrics
         self.watermark = WatermarkTracker(settings.state_dir / "spark" / "watermark.json", settings.watermark_delay)
-        self.columns = {tables.SILVER: tables.silver_columns(tables.attribute_columns(settings)),
-                        tables.BRONZE: tables.BRONZE_COLUMNS, tables.QUARANTINE: tables.QUARANTINE_COLUMNS,
-                        tables.LATE_EVENTS: tables.LATE_EVENTS_COLUMNS,
-                        tables.QUALITY_CHECKS: tables.QUALITY_CHECKS_COLUMNS,
-                        tables.ORDER_LINES: tables.ORDER_LINES_COLUMNS}
+        self.columns = {tables.SILVER: tables.silver_columns(tables.attribute_columns(settings))}
         self.judge = QualityJudge(tuple(map(settings.collection, settings.collections)))
-        orders = settings.collection(ORDERS) if ORDERS in settings.collections else None
-        self.enrich = orders is not None and bool(orders.money) and "customer_id" in dict(orders.columns)
         rules = self.judge.rules
         self.state_collections = sorted({r.collection for r in rules if r.kind == "transitions"}
-                                        | {r.references for r in rules if r.kind == "references"}
-                                        | ({CUSTOMERS, PRODUCTS} if self.enrich else set()))
-        self.state_columns = sorted({r.column for r in rules if r.kind == "transitions"}
-                                    | {*CUSTOMER_ATTRIBUTES.values(), *PRODUCT_ATTRIBUTES.values()})
+                                        | {r.references for r in rules if r.kind == "references"})
+        self.state_columns = sorted({r.column for r in rules if r.kind == "transitions"})
         silver_columns = [name for name, _ in self.columns[tables.SILVER]]
+        self.phases: dict[str, int] = {}  # this batch's phases, in ms
         self.history = SilverHistory(spark, settings.table_path(tables.SILVER), self.state_collections,
                                      [c for c in silver_columns if c in {"collection", "op", "doc_id",
                                                                          *tables.SOURCE_ORDER, *self.state_columns}])
@@ -311,7 +298,9 @@ class BatchWriter:
 
     def __call__(self, batch_df: DataFrame, batch_id: int) -> None:
         started = time.monotonic()
+        self.phases = {}
         self.losses.check(before_batch=batch_id)
+        self._phase("loss_check", started)
         now = datetime.now(UTC)
         # As many partitions as cores: a batch arrives in one per Kafka partition (a dozen small ones here),
         # and every stage over it would run a task per partition, each costing more than its rows.
@@ -337,9 +326,12 @@ class BatchWriter:
                held: list[DataFrame]) -> None:
         # Counted first: this one pass fills the batch's cache. The judging's joins start several jobs at
         # once (their broadcasts), and each of them would otherwise parse the batch from Kafka on its own.
+        mark = time.monotonic()
         totals = batch.agg(F.count(F.lit(1)).alias("input"),
                            F.count(F.when(F.col("quarantine_reason").isNotNull(), 1)).alias("unparsed")).first()
+        mark = self._phase("read_and_parse", mark)
         history = self.history.frame()
+        mark = self._phase("history", mark)
         judged = self.judge.judge(self._silver(batch.where(F.col("quarantine_reason").isNull())), lambda: history)
         rows = judged.rows.persist(StorageLevel.MEMORY_AND_DISK)
         held.append(rows)
@@ -347,42 +339,38 @@ class BatchWriter:
         watermark_at = None if watermark is None else datetime.fromtimestamp(watermark / 1_000_000, UTC)
         kept = F.col("quarantine_reason").isNull()
         is_late = kept & (F.col("event_time") < F.lit(watermark_at).cast("timestamp")) if watermark_at else F.lit(False)
-        placed = kept & (F.col("collection") == ORDERS) & (F.col("op") == "insert")
         # One pass over the judged batch for every count the driver needs, per collection and event day
         # (the quality_checks rows are these counts too).
         groups = rows.groupBy("collection", "event_date").agg(
             F.count(F.lit(1)).alias("parsed"), F.count(F.when(kept, 1)).alias("silver"),
             F.count(F.when(~kept, 1)).alias("ruled_out"), F.count(F.when(kept & F.col(QUALITY_FLAGS).isNotNull(), 1))
-            .alias("flagged"), F.count(F.when(is_late, 1)).alias("late"), F.count(F.when(placed, 1)).alias("placed"),
+            .alias("flagged"), F.count(F.when(is_late, 1)).alias("late"),
             F.max(F.when(kept, F.unix_micros("event_time"))).alias("newest"),
             F.array_distinct(F.flatten(F.collect_list(F.when(kept & F.col("extra").isNotNull(), F.map_keys(
                 F.from_json("extra", "MAP<STRING, STRING>")))))).alias("new_fields"),
             *self.judge.totals()).collect()
         counts = _summed(groups)
+        mark = self._phase("judge_and_count", mark)
         evaluated = time.monotonic()
         self.watermark.advance(batch_id, watermark, counts["newest"])
-        silver = rows.where(kept)
-        written = {"batch_id": F.lit(batch_id).cast("long"), "ingested_at": F.lit(now).cast("timestamp")}
-        lines = None
-        if self.enrich and counts["placed"]:
-            lines = conform(order_lines(silver, lambda: history).withColumns(written), tables.ORDER_LINES_COLUMNS)
-
-        quarantine = conform(batch.where(F.col("quarantine_reason").isNotNull()), tables.QUARANTINE_COLUMNS)
-        quarantine = quarantine.unionByName(conform(rows.where(~kept), tables.QUARANTINE_COLUMNS))
-        silver_rows = conform(silver, self.columns[tables.SILVER])
-        writes: list[tuple[Any, ...]] = [
-            (DELTA, tables.BRONZE, conform(batch, tables.BRONZE_COLUMNS), totals["input"]),
-            (DELTA, tables.SILVER, silver_rows, counts["silver"]),
-            (DELTA, tables.QUARANTINE, quarantine, totals["unparsed"] + counts["ruled_out"]),
-            (DELTA, tables.LATE_EVENTS, conform(rows.where(is_late).withColumn(
-                "watermark", F.lit(watermark_at).cast("timestamp")), tables.LATE_EVENTS_COLUMNS), counts["late"]),
-            (DELTA, tables.QUALITY_CHECKS, self._checks(groups, batch_id, now), len(groups)),
-            (DELTA, tables.ORDER_LINES, lines, counts["placed"]),
-            (PARQUET, "silver", silver_rows, counts["silver"]),
+        # Per-row work only, three commits: bronze holds every message with why it is not in silver, silver
+        # marks its late changes; quarantine and late_events are copied from those marks off this path.
+        late_mark = (F.when(is_late, F.lit(watermark_at).cast("timestamp")) if watermark_at
+                     else F.lit(None).cast("timestamp"))
+        silver_rows = conform(rows.where(kept).withColumn(tables.LATE_WATERMARK, late_mark),
+                              self.columns[tables.SILVER])
+        unparsed = batch.where(F.col("quarantine_reason").isNotNull())
+        bronze = conform(unparsed, tables.BRONZE_COLUMNS).unionByName(conform(rows, tables.BRONZE_COLUMNS))
+        writes: list[tuple[str, DataFrame | None, int]] = [
+            (tables.BRONZE, bronze, totals["input"]),
+            (tables.SILVER, silver_rows, counts["silver"]),
+            (tables.QUALITY_CHECKS, self._checks(groups, batch_id, now), len(groups)),
         ]
-        self._write_all(batch_id, [w for w in writes if w[2] is not None and w[3]])
+        self._write_all(batch_id, [w for w in writes if w[1] is not None and w[2]])
+        mark = self._phase("write", mark)
         if counts["silver"]:
             self.history.add(silver_rows)
+        self._phase("history", mark)
         quality = {rule.name: [counts.get(f"checked:{rule.name}", 0), counts.get(f"failed:{rule.name}", 0)]
                    for rule in self.judge.rules}
         new_fields = counts["new_fields"]
@@ -396,7 +384,14 @@ class BatchWriter:
             late=int(counts["late"]), quality_quarantined=int(counts["ruled_out"]), flagged=int(counts["flagged"]),
             quality=quality, new_fields=new_fields,
             watermark=None if watermark is None else _iso(watermark), spark_ms=round((evaluated - started) * 1000),
+            phases_ms=dict(self.phases),
             duration_ms=round((time.monotonic() - started) * 1000)))
+
+    def _phase(self, name: str, since: float) -> float:
+        """Adds the time since `since` to the batch's phase `name` (BatchRecord.phases_ms); now."""
+        now = time.monotonic()
+        self.phases[name] = self.phases.get(name, 0) + round((now - since) * 1000)
+        return now
 
     def _checks(self, groups: list[Any], batch_id: int, now: datetime) -> DataFrame | None:
         """The batch's quality_checks rows (collection, rule, event day: judged, failed), from its counts."""
@@ -407,17 +402,14 @@ class BatchWriter:
             return None
         return self.spark.createDataFrame(rows, types.spark_ddl(tables.QUALITY_CHECKS_COLUMNS))
 
-    def _write_all(self, batch_id: int, writes: list[tuple[Any, ...]]) -> None:
-        """Each table's write as its own Spark job, several at once: a Delta commit is mostly the driver's
+    def _write_all(self, batch_id: int, writes: list[tuple[str, DataFrame | None, int]]) -> None:
+        """Each table's write as its own Spark job, all at once: a Delta commit is mostly the driver's
         waiting on files and the log, which the other writes' tasks fill."""
-        def one(write: tuple[Any, ...]) -> None:
-            kind, name, data, _ = write
-            if kind == DELTA:
-                self.appender.append(data, self.settings.table_path(name), batch_id)
-            else:
-                write_parquet_copy(data, self.settings.parquet_silver_path, self.app_id, batch_id, "event_date")
+        def one(write: tuple[str, DataFrame | None, int]) -> None:
+            name, data, _ = write
+            self.appender.append(data, self.settings.table_path(name), batch_id)
 
-        with ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="lake-write") as pool:
+        with ThreadPoolExecutor(max_workers=max(len(writes), 1), thread_name_prefix="lake-write") as pool:
             for future in [pool.submit(one, write) for write in writes]:
                 future.result()
 
@@ -436,7 +428,7 @@ class BatchWriter:
         silver_names = [name for name, _ in self.columns[tables.SILVER]]
         envelope = [F.col("event")[name].alias(name) for name, _ in ENVELOPE_FIELDS]
         rest = [F.to_date("event_time").alias(name) if name == "event_date" else F.col(name)
-                for name in silver_names[len(ENVELOPE_FIELDS):] if name != QUALITY_FLAGS]
+                for name in silver_names[len(ENVELOPE_FIELDS):] if name not in (QUALITY_FLAGS, tables.LATE_WATERMARK)]
         extra = [c for c in (*tables.KAFKA_COLUMNS, "kafka_key", "raw_value", "batch_id", "ingested_at", ROW)
                  if c not in silver_names]
         return rows.select(*envelope, *rest, *extra)
@@ -471,7 +463,7 @@ def _summed(groups: list[Any]) -> dict[str, Any]:
                 out[name] = sorted({*out[name], *(value or [])})
             else:
                 out[name] = out.get(name, 0) + int(value or 0)
-    for name in ("parsed", "silver", "ruled_out", "flagged", "late", "placed"):
+    for name in ("parsed", "silver", "ruled_out", "flagged", "late"):
         out.setdefault(name, 0)
     return out
 
@@ -482,7 +474,7 @@ def _iso(micros: int) -> str:
 
 def start(spark: SparkSession, settings: Settings, available_now: bool = False, starting_offsets: str = "earliest",
           skip_seen: bool = False) -> Any:
-    """The lake query: Kafka -> bronze, silver, quarantine, late events, Parquet copy. `skip_seen`
+    """The lake query: Kafka -> bronze, silver and quality_checks (the copies follow: lake_copies). `skip_seen`
     (replays) leaves out messages whose Kafka coordinates bronze already holds. A checkpoint of the earlier
     Python Kafka source is rewritten for Spark's first."""
     settings = for_stage(settings, "streaming")
@@ -569,7 +561,8 @@ def ensure_lake_tables(settings: Settings) -> None:
 
 
 def query_checkpoints(settings: Settings) -> list[Path]:
-    return [settings.spark_checkpoint, *(settings.aggregates_checkpoint / g for g in tables.WINDOWS),
+    return [settings.spark_checkpoint, *copy_checkpoints(settings).values(),
+            *(settings.aggregates_checkpoint / g for g in tables.WINDOWS),
             *(revenue_checkpoint(settings, g) for g in tables.CATEGORY_WINDOWS), inventory.checkpoint(settings),
             sessions.checkpoint(settings)]
 
@@ -603,11 +596,11 @@ def committed_batches(settings: Settings) -> int:
 
 
 def run(settings: Settings, available_now: bool = False, max_failures: int = MAX_FAILURES) -> None:
-    """Run the lake query and the aggregates until stopped (SIGTERM/SIGINT), or with available_now
-    until Kafka is drained (the lake first, then the aggregates over what it wrote). A failed query is
-    restarted with exponential backoff, its cause logged each time; after `max_failures` failures in a
-    row without a committed batch the job raises with the last cause. A stop request lets the batch in
-    hand finish."""
+    """Run the lake query, its copies and the aggregates until stopped (SIGTERM/SIGINT), or with
+    available_now until Kafka is drained (the lake first, then its copies, then the aggregates over what
+    they wrote). A failed query is restarted with exponential backoff, its cause logged each time; after
+    `max_failures` failures in a row without a committed batch the job raises with the last cause. A
+    stop request lets the batch in hand finish."""
     settings = for_stage(settings, "streaming")
     require_broker(settings)  # a clear error now, rather than Spark's traceback a minute later
     reset_derived_if_old(settings, [c for c in query_checkpoints(settings) if c != settings.spark_checkpoint])
@@ -627,10 +620,16 @@ def run(settings: Settings, available_now: bool = False, max_failures: int = MAX
                 queries: list[Any] = []
                 try:
                     queries.append(start(spark, settings, available_now))
-                    if available_now:
+                    if available_now:  # each wave reads what the one before wrote
                         _await(queries, signals, watch)
                         if signals.requested.is_set():
                             return
+                        queries += start_copies(spark, settings, available_now)
+                        _await(queries, signals, watch)
+                        if signals.requested.is_set():
+                            return
+                    else:
+                        queries += start_copies(spark, settings, available_now)
                     queries += start_derived(spark, settings, available_now)
                     _await(queries, signals, watch)
                     return

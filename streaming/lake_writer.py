@@ -96,11 +96,3 @@ class OnceAppender:
                          str(exc).splitlines()[0][:120])
                 time.sleep(0.2 * attempt)
         raise AssertionError("unreachable")
-
-
-def write_parquet_copy(data: DataFrame, root: Path, app_id: str, batch_id: int, partition_by: str) -> None:
-    """The batch's rows as Parquet in a folder of their own per writer and batch,
-    root/lake_batch=<writer>-<batch>/<partition_by>=<value>/, overwritten as a whole: a replayed batch
-    replaces its own files and nothing else, and the cost does not grow with the folders already there
-    (readers see `lake_batch` and `partition_by` as partition columns)."""
-    data.write.mode("overwrite").partitionBy(partition_by).parquet(str(root / f"lake_batch={app_id}-{batch_id:010d}"))

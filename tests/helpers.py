@@ -133,9 +133,13 @@ def warehouse_rows(settings: Settings, query: str) -> list[tuple]:
 
 
 def stream_lake(spark: object, settings: Settings) -> None:
-    """Run the lake query in this process until Kafka is drained (Trigger.AvailableNow)."""
-    from streaming.job import start
+    """Run the lake query in this process until Kafka is drained (Trigger.AvailableNow), then its copies
+    (quarantine, late_events, the Parquet copy, the order lines) until they have caught up."""
+    from streaming.job import start, start_copies
 
     query = start(spark, settings, available_now=True)  # type: ignore[arg-type]
     query.awaitTermination(300)
     assert query.exception() is None, query.exception()
+    for copy in start_copies(spark, settings, available_now=True):  # type: ignore[arg-type]
+        copy.awaitTermination(300)
+        assert copy.exception() is None, copy.exception()

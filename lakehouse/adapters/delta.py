@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 from deltalake import DeltaTable, Schema
@@ -79,6 +80,11 @@ class LakeTable:
 
     def read(self, columns: list[str]) -> pa.Table:
         return self._table.to_pyarrow_table(columns=columns)
+
+    def read_where(self, columns: list[str], where: Any) -> pa.Table:
+        """The rows that match a pyarrow filter expression; row groups whose statistics rule it out
+        (a column all null, say) are not read."""
+        return self._table.to_pyarrow_dataset().to_table(columns=columns, filter=where)
 
 
 def holds_commit(table: Path, app_id: str, batch_id: int, mark: str, recent: int) -> bool:

@@ -193,13 +193,19 @@ def dead_lettered(settings: Settings, collection: str) -> set[str]:
 
 def quality_quarantined(settings: Settings, collection: str, doc_ids: set[str]) -> dict[str, str]:
     """doc_id -> the document of its newest change a quality rule quarantined (canonical spelling)."""
-    table = LakeTable.open(settings.table_path(tables.QUARANTINE)) if doc_ids else None
-    if table is None:
+    if not doc_ids:
         return {}
-    rows = table.read(["raw_value", "quarantine_reason"])
-    rows = rows.filter(pc.starts_with(pc.fill_null(rows["quarantine_reason"], ""), QUALITY_REASON))
+    # Bronze marks them as the lake query writes them; the quarantine table is its copy, made a few
+    # seconds later (and holds those of lakes written before bronze carried the mark).
+    values: list[str] = []
+    for name in (tables.BRONZE, tables.QUARANTINE):
+        table = LakeTable.open(settings.table_path(name))
+        if table is not None and "quarantine_reason" in table.arrow_schema().names:
+            rows = table.read_where(["raw_value", "quarantine_reason"], pc.field("quarantine_reason").is_valid())
+            rows = rows.filter(pc.starts_with(pc.fill_null(rows["quarantine_reason"], ""), QUALITY_REASON))
+            values += rows["raw_value"].to_pylist()
     newest: dict[str, tuple[tuple[int, int, int], str]] = {}
-    for value in rows["raw_value"].to_pylist():
+    for value in values:
         with contextlib.suppress(ValueError, TypeError, AttributeError):
             body = json.loads(value)
             doc_id = body.get("doc_id")

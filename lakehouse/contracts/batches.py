@@ -26,6 +26,7 @@ class BatchRecord:
     spark_ms: int = 0  # judging and counting the batch in Spark; the rest of duration_ms is writing
     collected_bytes: int = 0  # 0 since the tables are written from the executors (records of older jobs kept it)
     duration_ms: int = 0
+    phases_ms: dict[str, int] = field(default_factory=dict)  # where duration_ms went (streaming/job.py's phases)
     at: str = ""  # when it ended, ISO 8601
 
     @classmethod

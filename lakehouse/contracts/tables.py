@@ -34,7 +34,10 @@ KAFKA_TYPES: Columns = (("kafka_topic", "string"), ("kafka_partition", "int"), (
 KAFKA_COLUMNS = tuple(name for name, _ in KAFKA_TYPES)
 _WRITTEN: Columns = (("batch_id", "long"), ("ingested_at", "timestamp"))
 
-BRONZE_COLUMNS: Columns = (*KAFKA_TYPES, ("kafka_key", "string"), ("raw_value", "string"), *_WRITTEN)
+# Bronze holds every message with why it is not in silver (null when it is): the quarantine table is its
+# copy of the quarantined rows, made off the lake query's path (streaming/lake_copies.py).
+BRONZE_COLUMNS: Columns = (*KAFKA_TYPES, ("kafka_key", "string"), ("raw_value", "string"), *_WRITTEN,
+                           ("quarantine_reason", "string"))
 QUARANTINE_COLUMNS: Columns = (*KAFKA_TYPES, ("kafka_key", "string"), ("raw_value", "string"),
                                ("quarantine_reason", "string"), *_WRITTEN)
 LATE_EVENTS_COLUMNS: Columns = (("change_id", "string"), ("op", "string"), ("doc_id", "string"),
@@ -73,11 +76,16 @@ CUSTOMER_SESSIONS_COLUMNS: Columns = (
     ("currency", "string"), ("computed_at", "timestamp"))
 
 
+# Silver's mark of a late change: the watermark it arrived behind (null when on time); late_events is
+# the copy of the marked rows, made off the lake query's path.
+LATE_WATERMARK = "late_watermark"
+
+
 def silver_columns(attributes: Columns) -> Columns:
     """Silver: the envelope, the event time, every collection's typed columns (`attributes`, from the
-    spec), unknown fields, Kafka coordinates and the batch."""
+    spec), unknown fields, Kafka coordinates, the batch and the late mark."""
     return (*ENVELOPE_FIELDS, ("event_time", "timestamp"), ("event_date", "date"), *attributes,
-            ("extra", "string"), *KAFKA_TYPES, *_WRITTEN)
+            ("extra", "string"), *KAFKA_TYPES, *_WRITTEN, (LATE_WATERMARK, "timestamp"))
 
 
 def attribute_columns(settings: Settings) -> Columns:
