@@ -30,10 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from streaming_bench import pct, produce  # noqa: E402
 
 from lakehouse.adapters.kafka import delete_topics, ensure_topics  # noqa: E402
-from lakehouse.contracts import tables  # noqa: E402
+from lakehouse.contracts import batches, tables  # noqa: E402
 from lakehouse.core.config import Settings  # noqa: E402
 from lakehouse.core.logs import configure  # noqa: E402
-from streaming.job import ENVELOPE_DDL, build_session, read_kafka, start  # noqa: E402
+from streaming.job import ENVELOPE_DDL, build_session, read_kafka, start, stop_queries  # noqa: E402
 
 DOCUMENT_DDL = "order_id STRING, status STRING, amount STRING, currency STRING"
 
@@ -116,6 +116,10 @@ def main() -> None:
                 print(f"{which:>5}: {rows} rows in {elapsed:.1f} s = {rows / elapsed:,.0f} rows/s overall; after the "
                       f"cold batch {warm_rows} rows in {warm_s:.1f} s = {figures[which]['warm']:,.0f} rows/s",
                       flush=True)
+                if which == "job":
+                    for record in batches.read(settings.batch_metrics):
+                        print(f"       batch {record.batch_id}: {record.input_rows} rows in {record.duration_ms} ms: "
+                              f"{record.phases_ms}", flush=True)
             offset = args.rows
             for which in ("plain", "job"):
                 query = (plain_query(spark, settings, plain_table, plain_checkpoint, False, args.trigger)
@@ -124,7 +128,7 @@ def main() -> None:
                 produce(settings, count, args.rate, offset=offset)
                 found = latencies(plain_table if which == "plain" else settings.table_path(tables.SILVER), offset,
                                   count)
-                query.stop()
+                stop_queries([query])  # after the batch in hand, as the job stops
                 offset += count
                 figures[which] |= {"p50": pct(found, 50), "p95": pct(found, 95), "max": max(found)}
                 durations = [(p.durationMs or {}).get("triggerExecution", 0) / 1000 for p in query.recentProgress

@@ -26,7 +26,7 @@ from lakehouse.contracts import events, tables
 from lakehouse.core.collections import ORDERS
 from lakehouse.core.config import Settings
 from lakehouse.core.logs import configure
-from streaming.job import build_session, start
+from streaming.job import build_session, start, stop_queries
 
 
 def envelope(n: int, now: int) -> bytes:
@@ -114,7 +114,7 @@ def main() -> None:
             if table.num_rows >= expected:
                 break
             time.sleep(1)
-        query.stop()
+        stop_queries([query])  # after the batch in hand, as the job stops
         spark.stop()
         delete_topics(settings, [*settings.topics, settings.dead_letter_topic])
         rows = [r for r in table.to_pylist() if int(r["change_id"].split("-")[1]) >= args.rows]  # latency phase

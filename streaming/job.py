@@ -13,6 +13,7 @@ windowed aggregates, alerts and sessions by queries over silver (start_derived).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -52,9 +53,8 @@ from streaming.aggregates import reset_derived_if_old, revenue_checkpoint, start
 from streaming.kafka_losses import KafkaDataLoss, LossWatch, is_data_loss, migrate_checkpoint
 from streaming.lake_copies import checkpoints as copy_checkpoints
 from streaming.lake_copies import start_copies
-from streaming.lake_writer import TABLE_PROPERTIES, OnceAppender, conform, writer_app_id
-from streaming.quality import ROW, QualityJudge
-from streaming.silver_history import SilverHistory
+from streaming.lake_writer import TABLE_PROPERTIES, OnceAppender, writer_app_id
+from streaming.quality import QualityJudge
 from streaming.udfs import money_columns
 from streaming.watermark import WatermarkTracker
 
@@ -156,16 +156,21 @@ def read_kafka(spark: SparkSession, settings: Settings, starting_offsets: str = 
     return reader.load()
 
 
+def _any(conditions: list[Column]) -> Column:
+    return functools.reduce(lambda a, b: a | b, conditions, F.lit(False))
+
+
 def _quarantine_reason(event: Column, fields: Column, raw: Column) -> Column:
     """Why a message cannot become a silver row; null when it can. `fields` is the message as a
-    map of field -> raw JSON text, to tell a missing field from one of the wrong type."""
-    present = [(name, fields[name].isNotNull() & (fields[name] != "null")) for name, _ in ENVELOPE_FIELDS]
-    mistyped = F.concat_ws(", ", *[F.when(is_there & event[name].isNull(), F.lit(name)) for name, is_there in present])
-    missing = F.concat_ws(", ", *[F.when(event[f].isNull(), F.lit(f)) for f in REQUIRED_FIELDS])
+    map of field -> raw JSON text, to tell a missing field from one of the wrong type. Each check is a
+    cheap test first; its text is made only for the messages that fail it (most pass them all)."""
+    mistyped = [(name, envelope_field(event, name).isNull() & fields[name].isNotNull() & (fields[name] != "null"))
+                for name, _ in ENVELOPE_FIELDS]
+    missing = [(name, envelope_field(event, name).isNull()) for name in REQUIRED_FIELDS]
     return (
         F.when(raw.isNull() | (F.trim(raw) == ""), F.lit("empty message value"))
-        .when(F.try_parse_json(raw).isNull(), F.lit("malformed JSON"))
-        .when(fields.isNull(), F.lit("not a JSON object"))
+        .when(fields.isNull(), F.when(F.try_parse_json(raw).isNull(), F.lit("malformed JSON"))
+              .otherwise(F.lit("not a JSON object")))
         .when(F.coalesce(event["schema_version"], F.lit(0)) > SCHEMA_VERSION,
               F.concat(F.lit("unsupported schema_version "), event["schema_version"].cast("string")))
         .when(event["schema_version"] < OLDEST_READ_VERSION,
@@ -173,18 +178,25 @@ def _quarantine_reason(event: Column, fields: Column, raw: Column) -> Column:
                        F.lit(f" is a development build's envelope, before release 1 (this release reads "
                              f"v{OLDEST_READ_VERSION} to v{SCHEMA_VERSION}); capture again with "
                              "`lakehouse replay --into kafka`")))
-        .when(mistyped != "",
-              F.concat(F.lit(f"field(s) of the wrong type for envelope schema v{SCHEMA_VERSION}: "), mistyped))
-        .when(missing != "", F.concat(F.lit("missing required field(s): "), missing))
+        .when(_any([wrong for _, wrong in mistyped]),
+              F.concat(F.lit(f"field(s) of the wrong type for envelope schema v{SCHEMA_VERSION}: "),
+                       F.concat_ws(", ", *[F.when(wrong, F.lit(name)) for name, wrong in mistyped])))
+        .when(_any([absent for _, absent in missing]),
+              F.concat(F.lit("missing required field(s): "),
+                       F.concat_ws(", ", *[F.when(absent, F.lit(name)) for name, absent in missing])))
         .when(~event["op"].isin(*OPERATIONS), F.concat(F.lit("unknown op "), event["op"]))
     )
 
 
-def _renamed(event: Column) -> Column:
-    """An older envelope's renamed fields under this version's names (v2's order_id is v3's key)."""
-    for old, new in RENAMED_FIELDS.items():
-        event = event.withField(new, F.coalesce(event[new], event[old])).dropFields(old)
-    return event
+_NEW_NAMES = {new: old for old, new in RENAMED_FIELDS.items()}
+
+
+def envelope_field(event: Column, name: str) -> Column:
+    """A field of the parsed envelope by this version's name: an older envelope's renamed field is read
+    under its new name (v2's order_id is v3's key). Read field by field: rebuilding the struct with the
+    new names (withField) made Spark parse the message's JSON once per field, 5 s a 100,000-row batch."""
+    old = _NEW_NAMES.get(name)
+    return event[name] if old is None else F.coalesce(event[name], event[old])
 
 
 def _event_time(settings: Settings, document: Column) -> Column:
@@ -205,17 +217,18 @@ def parse(raw: DataFrame, settings: Settings) -> DataFrame:
         F.col("timestamp").alias("kafka_timestamp"),
         F.col("key").cast("string").alias("kafka_key"),
         value.alias("raw_value"),
-        _renamed(F.from_json(value, ENVELOPE_DDL, {"mode": "PERMISSIVE"})).alias("event"),
+        F.from_json(value, ENVELOPE_DDL, {"mode": "PERMISSIVE"}).alias("event"),
         F.from_json(value, "MAP<STRING, STRING>", {"mode": "PERMISSIVE"}).alias("fields"),
     )
     known = F.array(*[F.lit(name) for name in (*ENVELOPE_FIELD_NAMES, *RENAMED_FIELDS)])
     unknown = F.map_filter("fields", lambda k, _: ~F.array_contains(known, k))
+    has_unknown = F.size(F.array_except(F.map_keys("fields"), known)) > 0  # a hash set: cheaper than the filter
     document = F.coalesce(F.col("event.full_document"), F.col("event.before_document"))
     collection = F.col("event.collection")
     attributes = parsed.select(
         "*",
         _quarantine_reason(F.col("event"), F.col("fields"), F.col("raw_value")).alias("quarantine_reason"),
-        F.when(F.size(unknown) > 0, F.to_json(unknown)).alias("extra"),
+        F.when(has_unknown, F.to_json(unknown)).alias("extra"),
         _event_time(settings, document).alias("event_time"),
         *attribute_columns(settings, collection, document),
         document.alias("document"),
@@ -264,11 +277,38 @@ def attribute_columns(settings: Settings, collection: Column, document: Column) 
             for column, kind in tables.attribute_columns(settings) if column not in not_lifted]
 
 
-class BatchWriter:
-    """The foreachBatch function: the batch judged and split in Spark, each table appended once by
-    delta-spark from the executors; only counts come back to the driver."""
+UNPARSED = "_unparsed"  # why a message is no change event at all (the envelope's checks); null when it is one
 
-    def __init__(self, spark: SparkSession, settings: Settings, skip_seen: bool = False) -> None:
+
+def judged(raw: DataFrame, settings: Settings, judge: QualityJudge) -> DataFrame:
+    """Kafka rows -> silver's columns with the Kafka coordinates, the raw value and the verdicts of the row
+    rules: `quarantine_reason` (the envelope's, else a quarantine rule's) and `quality_flags`. The whole
+    per-row plan of the lake query, built once when the query starts."""
+    parsed = parse(raw, settings).withColumnRenamed("quarantine_reason", UNPARSED)
+    silver_names = [name for name, _ in tables.silver_columns(tables.attribute_columns(settings))]
+    envelope = [envelope_field(F.col("event"), name).alias(name) for name, _ in ENVELOPE_FIELDS]
+    rest = [F.to_date("event_time").alias(name) if name == "event_date" else F.col(name)
+            for name in silver_names[len(ENVELOPE_FIELDS):]
+            if name not in (QUALITY_FLAGS, tables.LATE_WATERMARK, *WRITTEN)]
+    extra = [c for c in (*tables.KAFKA_COLUMNS, "kafka_key", "raw_value", UNPARSED) if c not in silver_names]
+    rows = judge.judge(parsed.select(*envelope, *rest, *extra), F.col(UNPARSED).isNull()).rows
+    return rows.withColumn("quarantine_reason", F.coalesce(F.col(UNPARSED), F.col("quarantine_reason")))
+
+
+WRITTEN = ("batch_id", "ingested_at")
+
+
+def _cast(columns: types.Columns) -> list[Column]:
+    """conform()'s columns, made once."""
+    return [F.col(name).cast(types.spark(kind)).alias(name) for name, kind in columns]
+
+
+class BatchWriter:
+    """The foreachBatch function of the lake query: its judged rows (built once, `judged`) stamped with the
+    batch, counted once, and appended once per batch to bronze, silver and quality_checks by delta-spark
+    from the executors; only counts come back to the driver."""
+
+    def __init__(self, spark: SparkSession, settings: Settings, judge: QualityJudge, skip_seen: bool = False) -> None:
         settings = for_stage(settings, "streaming")
         self.spark = spark
         self.settings = settings
@@ -278,17 +318,10 @@ class BatchWriter:
         self.appender = OnceAppender(self.app_id)
         self.metrics_path = settings.batch_metrics
         self.watermark = WatermarkTracker(settings.state_dir / "spark" / "watermark.json", settings.watermark_delay)
-        self.columns = {tables.SILVER: tables.silver_columns(tables.attribute_columns(settings))}
-        self.judge = QualityJudge(tuple(map(settings.collection, settings.collections)))
-        rules = self.judge.rules
-        self.state_collections = sorted({r.collection for r in rules if r.kind == "transitions"}
-                                        | {r.references for r in rules if r.kind == "references"})
-        self.state_columns = sorted({r.column for r in rules if r.kind == "transitions"})
-        silver_columns = [name for name, _ in self.columns[tables.SILVER]]
+        self.judge = judge
+        self.silver_columns = _cast(tables.silver_columns(tables.attribute_columns(settings)))
+        self.bronze_columns = _cast(tables.BRONZE_COLUMNS)
         self.phases: dict[str, int] = {}  # this batch's phases, in ms
-        self.history = SilverHistory(spark, settings.table_path(tables.SILVER), self.state_collections,
-                                     [c for c in silver_columns if c in {"collection", "op", "doc_id",
-                                                                         *tables.SOURCE_ORDER, *self.state_columns}])
         self.losses = LossWatch(settings.kafka_bootstrap_servers, settings.spark_checkpoint,
                                 settings.state_dir / "spark" / "kafka_positions.json", settings.data_loss_log,
                                 settings.kafka_fail_on_data_loss)
@@ -300,87 +333,58 @@ class BatchWriter:
         started = time.monotonic()
         self.phases = {}
         self.losses.check(before_batch=batch_id)
-        self._phase("loss_check", started)
+        mark = self._phase("loss_check", started)
         now = datetime.now(UTC)
-        # As many partitions as cores: a batch arrives in one per Kafka partition (a dozen small ones here),
-        # and every stage over it would run a task per partition, each costing more than its rows.
-        stamped = batch_df.coalesce(self.spark.sparkContext.defaultParallelism).withColumns({
-            "batch_id": F.lit(batch_id).cast("long"),
-            "ingested_at": F.lit(now).cast("timestamp"),
-            ROW: F.monotonically_increasing_id()}).persist(StorageLevel.MEMORY_AND_DISK)
-        held: list[DataFrame] = [stamped]
-        try:
-            batch, read = stamped, None
-            if self.skip_seen:
-                read = stamped.count()
-                batch = stamped.join(self._seen_coordinates(), list(tables.KAFKA_COLUMNS), "left_anti").persist(
-                    StorageLevel.MEMORY_AND_DISK)
-                held.append(batch)
-            self._write(batch, batch_id, now, started, read, held)
-        finally:
-            for frame in held:
-                frame.unpersist()
-        self.losses.remember(batch_id)
-
-    def _write(self, batch: DataFrame, batch_id: int, now: datetime, started: float, read: int | None,
-               held: list[DataFrame]) -> None:
-        # Counted first: this one pass fills the batch's cache. The judging's joins start several jobs at
-        # once (their broadcasts), and each of them would otherwise parse the batch from Kafka on its own.
-        mark = time.monotonic()
-        totals = batch.agg(F.count(F.lit(1)).alias("input"),
-                           F.count(F.when(F.col("quarantine_reason").isNotNull(), 1)).alias("unparsed")).first()
-        mark = self._phase("read_and_parse", mark)
-        history = self.history.frame()
-        mark = self._phase("history", mark)
-        judged = self.judge.judge(self._silver(batch.where(F.col("quarantine_reason").isNull())), lambda: history)
-        rows = judged.rows.persist(StorageLevel.MEMORY_AND_DISK)
-        held.append(rows)
         watermark = self.watermark.for_batch(batch_id)
         watermark_at = None if watermark is None else datetime.fromtimestamp(watermark / 1_000_000, UTC)
         kept = F.col("quarantine_reason").isNull()
-        is_late = kept & (F.col("event_time") < F.lit(watermark_at).cast("timestamp")) if watermark_at else F.lit(False)
-        # One pass over the judged batch for every count the driver needs, per collection and event day
-        # (the quality_checks rows are these counts too).
-        groups = rows.groupBy("collection", "event_date").agg(
-            F.count(F.lit(1)).alias("parsed"), F.count(F.when(kept, 1)).alias("silver"),
-            F.count(F.when(~kept, 1)).alias("ruled_out"), F.count(F.when(kept & F.col(QUALITY_FLAGS).isNotNull(), 1))
-            .alias("flagged"), F.count(F.when(is_late, 1)).alias("late"),
-            F.max(F.when(kept, F.unix_micros("event_time"))).alias("newest"),
-            F.array_distinct(F.flatten(F.collect_list(F.when(kept & F.col("extra").isNotNull(), F.map_keys(
-                F.from_json("extra", "MAP<STRING, STRING>")))))).alias("new_fields"),
-            *self.judge.totals()).collect()
-        counts = _summed(groups)
-        mark = self._phase("judge_and_count", mark)
-        evaluated = time.monotonic()
-        self.watermark.advance(batch_id, watermark, counts["newest"])
-        # Per-row work only, three commits: bronze holds every message with why it is not in silver, silver
-        # marks its late changes; quarantine and late_events are copied from those marks off this path.
-        late_mark = (F.when(is_late, F.lit(watermark_at).cast("timestamp")) if watermark_at
-                     else F.lit(None).cast("timestamp"))
-        silver_rows = conform(rows.where(kept).withColumn(tables.LATE_WATERMARK, late_mark),
-                              self.columns[tables.SILVER])
-        unparsed = batch.where(F.col("quarantine_reason").isNotNull())
-        bronze = conform(unparsed, tables.BRONZE_COLUMNS).unionByName(conform(rows, tables.BRONZE_COLUMNS))
-        writes: list[tuple[str, DataFrame | None, int]] = [
-            (tables.BRONZE, bronze, totals["input"]),
-            (tables.SILVER, silver_rows, counts["silver"]),
-            (tables.QUALITY_CHECKS, self._checks(groups, batch_id, now), len(groups)),
-        ]
-        self._write_all(batch_id, [w for w in writes if w[1] is not None and w[2]])
-        mark = self._phase("write", mark)
-        if counts["silver"]:
-            self.history.add(silver_rows)
-        self._phase("history", mark)
+        late = (F.when(kept & (F.col("event_time") < F.lit(watermark_at).cast("timestamp")),
+                       F.lit(watermark_at).cast("timestamp")) if watermark_at else F.lit(None).cast("timestamp"))
+        # As many partitions as cores: a batch arrives in one per Kafka partition (a dozen small ones here),
+        # and every stage over it would run a task per partition, each costing more than its rows.
+        batch = batch_df.coalesce(self.spark.sparkContext.defaultParallelism)
+        read = None
+        if self.skip_seen:
+            read = batch.count()
+            batch = batch.join(self._seen_coordinates(), list(tables.KAFKA_COLUMNS), "left_anti")
+        rows = batch.withColumns({"batch_id": F.lit(batch_id).cast("long"), "ingested_at": F.lit(now).cast("timestamp"),
+                                  tables.LATE_WATERMARK: late}).persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            # One pass reads, parses and judges the batch into its cache and counts everything the driver
+            # needs, per collection and event day (the quality_checks rows are these counts too).
+            groups = rows.groupBy("collection", "event_date").agg(
+                F.count(F.lit(1)).alias("input"), F.count(F.col(UNPARSED)).alias("unparsed"),
+                F.count(F.when(kept, 1)).alias("silver"),
+                F.count(F.when(F.col(UNPARSED).isNull() & ~kept, 1)).alias("ruled_out"),
+                F.count(F.when(kept & F.col(QUALITY_FLAGS).isNotNull(), 1)).alias("flagged"),
+                F.count(F.col(tables.LATE_WATERMARK)).alias("late"),
+                F.max(F.when(kept, F.unix_micros("event_time"))).alias("newest"),
+                F.array_distinct(F.flatten(F.collect_list(F.when(kept & F.col("extra").isNotNull(), F.map_keys(
+                    F.from_json("extra", "MAP<STRING, STRING>")))))).alias("new_fields"),
+                *self.judge.totals()).collect()
+            counts = _summed(groups)
+            mark = self._phase("read_judge_count", mark)
+            evaluated = time.monotonic()
+            self.watermark.advance(batch_id, watermark, counts["newest"])
+            self._write_all(batch_id, [
+                (tables.BRONZE, rows.select(*self.bronze_columns), counts["input"]),
+                (tables.SILVER, rows.where(kept).select(*self.silver_columns), counts["silver"]),
+                (tables.QUALITY_CHECKS, self._checks(groups, batch_id, now), 1)])
+            self._phase("write", mark)
+        finally:
+            rows.unpersist()
+        self.losses.remember(batch_id)
         quality = {rule.name: [counts.get(f"checked:{rule.name}", 0), counts.get(f"failed:{rule.name}", 0)]
                    for rule in self.judge.rules}
         new_fields = counts["new_fields"]
         if new_fields:
             log.warning("batch %d: fields the envelope schema v%d does not know: %s (kept in silver.extra)",
                         batch_id, SCHEMA_VERSION, ", ".join(new_fields))
+        input_rows = int(counts["input"])
         self._record(BatchRecord(
-            batch_id, input_rows=int(totals["input"] if read is None else read),
-            already_in_lake=0 if read is None else read - int(totals["input"]),
-            silver_rows=int(counts["silver"]), quarantined=int(totals["unparsed"] + counts["ruled_out"]),
+            batch_id, input_rows=input_rows if read is None else read,
+            already_in_lake=0 if read is None else read - input_rows,
+            silver_rows=int(counts["silver"]), quarantined=int(counts["unparsed"] + counts["ruled_out"]),
             late=int(counts["late"]), quality_quarantined=int(counts["ruled_out"]), flagged=int(counts["flagged"]),
             quality=quality, new_fields=new_fields,
             watermark=None if watermark is None else _iso(watermark), spark_ms=round((evaluated - started) * 1000),
@@ -409,6 +413,7 @@ class BatchWriter:
             name, data, _ = write
             self.appender.append(data, self.settings.table_path(name), batch_id)
 
+        writes = [w for w in writes if w[1] is not None and w[2]]
         with ThreadPoolExecutor(max_workers=max(len(writes), 1), thread_name_prefix="lake-write") as pool:
             for future in [pool.submit(one, write) for write in writes]:
                 future.result()
@@ -421,17 +426,6 @@ class BatchWriter:
                           .persist(StorageLevel.MEMORY_AND_DISK))
             log.info("replay: %d Kafka messages already in the lake will be skipped", self._seen.count())
         return self._seen
-
-    def _silver(self, rows: DataFrame) -> DataFrame:
-        """The parsed rows as silver's columns (quality_flags set by the rules), with what the quarantine
-        table and the judging need beside them."""
-        silver_names = [name for name, _ in self.columns[tables.SILVER]]
-        envelope = [F.col("event")[name].alias(name) for name, _ in ENVELOPE_FIELDS]
-        rest = [F.to_date("event_time").alias(name) if name == "event_date" else F.col(name)
-                for name in silver_names[len(ENVELOPE_FIELDS):] if name not in (QUALITY_FLAGS, tables.LATE_WATERMARK)]
-        extra = [c for c in (*tables.KAFKA_COLUMNS, "kafka_key", "raw_value", "batch_id", "ingested_at", ROW)
-                 if c not in silver_names]
-        return rows.select(*envelope, *rest, *extra)
 
     def _record(self, record: BatchRecord) -> None:
         """One line per batch in data/state/spark/batches.jsonl (contracts/batches.py); a batch Spark replays
@@ -463,7 +457,7 @@ def _summed(groups: list[Any]) -> dict[str, Any]:
                 out[name] = sorted({*out[name], *(value or [])})
             else:
                 out[name] = out.get(name, 0) + int(value or 0)
-    for name in ("parsed", "silver", "ruled_out", "flagged", "late"):
+    for name in ("input", "unparsed", "silver", "ruled_out", "flagged", "late"):
         out.setdefault(name, 0)
     return out
 
@@ -480,9 +474,10 @@ def start(spark: SparkSession, settings: Settings, available_now: bool = False, 
     settings = for_stage(settings, "streaming")
     migrate_checkpoint(settings.spark_checkpoint)
     ensure_lake_tables(settings)
-    batches = BatchWriter(spark, settings, skip_seen)
+    judge = QualityJudge(tuple(map(settings.collection, settings.collections)))
+    batches = BatchWriter(spark, settings, judge, skip_seen)
     writer = (
-        parse(read_kafka(spark, settings, starting_offsets), settings)
+        judged(read_kafka(spark, settings, starting_offsets), settings, judge)
         .writeStream.foreachBatch(batches)
         .option("checkpointLocation", str(settings.spark_checkpoint))
         .queryName("lake")
@@ -645,14 +640,14 @@ def run(settings: Settings, available_now: bool = False, max_failures: int = MAX
                     log.error("%s; restarting the queries in %.0fs (failure %d of %d in a row without a committed "
                               "batch)", exc, delay, failures, max_failures)
                 finally:
-                    _stop(queries)
+                    stop_queries(queries)
                 signals.requested.wait(delay)
         finally:
             watch.close()
             spark.stop()
 
 
-def _stop(queries: list[Any], grace: float = 60.0) -> None:
+def stop_queries(queries: list[Any], grace: float = 60.0) -> None:
     """Stop the queries, each after the batch it has in hand (at most `grace` seconds)."""
     deadline = time.monotonic() + grace
     for query in queries:

@@ -31,6 +31,8 @@ from lakehouse.core.config import Settings
 from streaming.aggregates import read_lake_table, revenue_checkpoint
 from streaming.enrichment import CUSTOMER_ATTRIBUTES, PRODUCT_ATTRIBUTES, order_lines
 from streaming.lake_writer import TABLE_PROPERTIES, OnceAppender, conform, writer_app_id
+from streaming.look_back import checkpoint as look_back_checkpoint
+from streaming.look_back import start_look_back
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,9 @@ COPY_SECONDS = 5.0  # the copies' trigger: at least this far apart (each trigger
 
 
 def checkpoints(settings: Settings) -> dict[str, Path]:
-    return {name: settings.query_checkpoint(name) for name in (QUARANTINE_COPY, LATE_COPY, PARQUET_COPY, LINES)}
+    """The checkpoints of the queries off the lake query's path: the copies and the look-back rules."""
+    marks = {name: settings.query_checkpoint(name) for name in (QUARANTINE_COPY, LATE_COPY, PARQUET_COPY, LINES)}
+    return {**marks, tables.LOOK_BACK_FLAGS: look_back_checkpoint(settings)}
 
 
 def enriches(settings: Settings) -> bool:
@@ -137,6 +141,7 @@ def start_copies(spark: SparkSession, settings: Settings, available_now: bool) -
         _sink(conform(silver, silver_columns), "parquet", settings.parquet_silver_path, marks[PARQUET_COPY],
               PARQUET_COPY, settings, available_now, partition_by="event_date"),
     ]
+    queries += start_look_back(spark, silver, settings, available_now, max(settings.trigger_seconds, COPY_SECONDS))
     if enriches(settings):
         stream = (silver.writeStream.foreachBatch(OrderLinesWriter(spark, settings, marks[LINES]))
                   .option("checkpointLocation", str(marks[LINES])).queryName(LINES))

@@ -24,6 +24,7 @@ ORDER_LINES = "order_lines_enriched"
 REVENUE_BY_CATEGORY = "revenue_by_category"
 INVENTORY_ALERTS = "inventory_alerts"
 CUSTOMER_SESSIONS = "customer_sessions"
+LOOK_BACK_FLAGS = "look_back_flags"
 WINDOWS = {"1m": "1 minute", "1h": "1 hour"}  # granularity label -> Spark window duration
 CATEGORY_WINDOWS = {"5m": "5 minutes", "1h": "1 hour"}  # revenue_by_category's
 
@@ -45,6 +46,11 @@ LATE_EVENTS_COLUMNS: Columns = (("change_id", "string"), ("op", "string"), ("doc
 # Per micro-batch, collection, quality rule and event day: changes the rule judged and how many broke it.
 QUALITY_CHECKS_COLUMNS: Columns = (("collection", "string"), ("rule", "string"), ("severity", "string"),
                                    ("event_date", "date"), ("checked", "long"), ("failed", "long"), *_WRITTEN)
+# Per change a rule that looks back (transitions, references) flagged off the lake query's path
+# (streaming/look_back.py): the rule and why.
+LOOK_BACK_FLAGS_COLUMNS: Columns = (("change_id", "string"), ("collection", "string"), ("doc_id", "string"),
+                                    ("key", "string"), ("rule", "string"), ("reason", "string"),
+                                    ("event_date", "date"), *_WRITTEN)
 # The windowed aggregates of orders' money (streaming/aggregates.py); event_date is the partition column.
 AGGREGATES_COLUMNS: Columns = (
     ("window_start", "timestamp"), ("window_end", "timestamp"), ("status", "string"), ("order_count", "long"),
@@ -111,6 +117,7 @@ def lake_schemas(attributes: Columns) -> dict[str, pa.Schema]:
         REVENUE_BY_CATEGORY: types.arrow_schema(REVENUE_BY_CATEGORY_COLUMNS),
         INVENTORY_ALERTS: types.arrow_schema(INVENTORY_ALERTS_COLUMNS),
         CUSTOMER_SESSIONS: types.arrow_schema(CUSTOMER_SESSIONS_COLUMNS),
+        LOOK_BACK_FLAGS: types.arrow_schema(LOOK_BACK_FLAGS_COLUMNS),
     }
 
 

@@ -86,6 +86,10 @@ def _rule(at: str, collection: str, name: str, body: object, columns: set[str]) 
     if kind == "references" and severity != "flag":
         raise RuleError(f"{at}: a references rule must have severity \"flag\": the referenced document may "
                         "arrive later, and a quarantined change could not be taken back when it does")
+    if kind == "transitions" and severity != "flag":
+        raise RuleError(f"{at}: a transitions rule must have severity \"flag\": it looks back on the document's "
+                        "earlier version, so it is judged after the change is in silver (streaming/look_back.py); "
+                        "set severity = \"flag\"")
     rule = QualityRule(
         name, collection, kind, severity,
         columns=_strings(at, "columns", body.get("columns", [])),

@@ -1,7 +1,7 @@
 """Business-rule data quality against real MongoDB, Kafka and Spark: quarantined changes carry the rule's
-name, flagged ones reach silver and the warehouse, per-rule counts agree everywhere, state carries over a
-restart of the streaming job, a late reference clears its flag in the warehouse, and reconcile accounts for
-every quarantined document instead of calling it missing."""
+name, flagged ones reach silver and the warehouse (the look-back rules' flags from their own query), per-rule
+counts agree everywhere, state carries over a restart of the streaming job, a late reference clears its flag
+in the warehouse, and reconcile accounts for every quarantined document instead of calling it missing."""
 
 from __future__ import annotations
 
@@ -42,32 +42,40 @@ def test_rules_quarantine_flag_count_survive_a_restart_and_reconcile_accounts_fo
     stream_lake(spark, settings)
 
     silver = lake_rows(settings, tables.SILVER)
-    moves = [r for r in silver if r["key"] == "ord-moves" and r["op"] == "update"]
-    assert [r["quality_flags"] for r in sorted(moves, key=lambda r: r["cluster_time_s"] * 10**6 +
-                                                r["cluster_time_inc"])] == [None, "status_transition"]
+    looked_back = lake_rows(settings, tables.LOOK_BACK_FLAGS)
+    moves = sorted((r for r in silver if r["key"] == "ord-moves" and r["op"] == "update"),
+                   key=lambda r: r["cluster_time_s"] * 10**6 + r["cluster_time_inc"])
+    assert [[f["reason"] for f in looked_back if f["change_id"] == r["change_id"]] for r in moves] == [
+        [], ["status moved 'paid' -> 'created'"]]
     late_ref = next(r for r in silver if r["key"] == "ord-late-ref")
-    assert late_ref["quality_flags"] == "customer_exists"
+    assert [(f["rule"], f["reason"]) for f in looked_back if f["change_id"] == late_ref["change_id"]] == [
+        ("customer_exists", "customer_id cust-arrives-later not in customers")]
     assert not any(r["key"] == "ord-bad-status" for r in silver)
     reasons = [r["quarantine_reason"] for r in lake_rows(settings, tables.QUARANTINE)]
     assert any(r.startswith("quality rule known_status: status 'teleported'") for r in reasons), reasons
     assert any(r.startswith("quality rule known_status: status 'lost-in-transit'") for r in reasons), reasons
     flags = {flag for r in silver for flag in (r["quality_flags"] or "").split(",") if flag}
-    assert {"order_required", "positive_amount", "known_currency", "customer_exists", "products_exist",
-            "status_transition"} <= flags, flags
+    assert {"order_required", "positive_amount", "known_currency"} <= flags, flags
+    assert {"customer_exists", "products_exist", "status_transition"} == {f["rule"] for f in looked_back}
 
-    # Counts: the batch records, the lake's quality_checks and the warehouse's data_quality agree.
+    # Counts: the batch records (the row rules), the lake's quality_checks (every rule: the look-back ones
+    # from their own query) and the warehouse's data_quality agree.
     recorded = batches.quality_totals(batches.read(settings.batch_metrics))
     in_lake: dict[str, list[int]] = {}
     for row in lake_rows(settings, tables.QUALITY_CHECKS):
         tally = in_lake.setdefault(row["rule"], [0, 0])
         tally[0] += row["checked"]
         tally[1] += row["failed"]
-    assert recorded == dict(sorted(in_lake.items()))
-    assert all(failed > 0 for rule, (_, failed) in recorded.items() if rule != "amount_present"), recorded
+    assert recorded == {rule: tally for rule, tally in sorted(in_lake.items()) if rule in recorded}
+    assert all(failed > 0 for rule, (_, failed) in in_lake.items() if rule != "amount_present"), in_lake
+    for rule in ("customer_exists", "products_exist", "status_transition"):
+        assert in_lake[rule][1] == sum(1 for f in looked_back if f["rule"] == rule), rule
     load(settings)
     in_warehouse = {rule: [int(c), int(f)] for rule, c, f in warehouse_rows(
         settings, "SELECT rule, sum(checked), sum(failed) FROM data_quality GROUP BY rule")}
-    assert in_warehouse == recorded
+    assert in_warehouse == dict(sorted(in_lake.items()))
+    assert {rule for (rule,) in warehouse_rows(settings, "SELECT DISTINCT rule FROM look_back_flags")} == {
+        "customer_exists", "products_exist", "status_transition"}
     assert all(0 <= score <= 1 for (score,) in warehouse_rows(settings, "SELECT score FROM data_quality"))
     flagged = warehouse_rows(settings, "SELECT count(*) FROM orders WHERE quality_flags IS NOT NULL")[0][0]
     assert flagged > 0

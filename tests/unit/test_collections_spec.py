@@ -81,6 +81,8 @@ def test_every_table_is_derived_once_from_the_vocabulary() -> None:
     ('[o.rules.r]\nkind = "positive"', "[o].rules.r: a positive rule takes column (got none)"),
     ('[o.rules.r]\nkind = "references"\nfield = "c"\ncollection = "c"\nseverity = "quarantine"',
      "a references rule must have severity \"flag\""),
+    ('[o.columns]\ns = "string"\n[o.rules.r]\nkind = "transitions"\ncolumn = "s"\nallowed = { a = ["b"] }\n'
+     'severity = "quarantine"', "a transitions rule must have severity \"flag\""),
     ('[o.rules.r]\nkind = "references"\nfield = "c"\ncollection = "customers"',
      "references collection 'customers', which the spec does not describe"),
     ('[o.columns]\ns = "string"\n[o.rules.r]\nkind = "required"\ncolumns = []', "[o].rules.r: the list is empty"),

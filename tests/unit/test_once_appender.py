@@ -1,6 +1,5 @@
 """Each micro-batch is appended once per table (streaming/lake_writer.OnceAppender), across a restart that
-replays the batch in hand, with no Delta state rebuilt per append; and the silver history the quality rules
-read (streaming/silver_history.SilverHistory) holds the lake's rows plus every batch added since."""
+replays the batch in hand, with no Delta state rebuilt per append."""
 
 from __future__ import annotations
 
@@ -48,32 +47,6 @@ def test_a_lake_written_with_delta_txn_options_is_not_appended_again(spark_local
     assert not appender.append(frame(spark_local, 1), table, 1)
     assert appender.append(frame(spark_local, 2), table, 2)
     assert rows_in(table) == [0, 1, 2]
-
-
-def test_silver_history_is_the_lake_and_the_batches_since(spark_local: object, tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    from streaming import silver_history
-    from streaming.silver_history import SilverHistory
-
-    silver = tmp_path / "silver"
-    columns = "collection string, doc_id string, n long"
-    spark_local.createDataFrame([("orders", "a", 1), ("other", "x", 0)], columns).write.format(  # type: ignore
-        "delta").save(str(silver))
-    history = SilverHistory(spark_local, silver, ["orders"], ["collection", "doc_id", "n"])  # type: ignore[arg-type]
-
-    def seen() -> list[int]:
-        found = history.frame()
-        return sorted(r["n"] for r in found.collect()) if found is not None else []
-
-    assert seen() == [1]
-    batch = spark_local.createDataFrame([("orders", "b", 2), ("other", "y", 0)], columns)  # type: ignore
-    batch.write.format("delta").mode("append").save(str(silver))
-    history.add(batch)
-    assert seen() == [1, 2]
-    # Past REFRESH_BATCHES chunks the lake is read again: the same rows, from one scan.
-    monkeypatch.setattr(silver_history, "REFRESH_BATCHES", 1)
-    assert seen() == [1, 2] and history._chunks == []
-    assert SilverHistory(spark_local, tmp_path / "none", ["orders"], ["n"]).frame() is None  # type: ignore
 
 
 def test_what_a_querys_batches_hold_open_is_closed_when_it_ends(spark_local: object, tmp_path: Path) -> None:
