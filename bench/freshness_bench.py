@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import duckdb
 from deltalake import DeltaTable
@@ -61,13 +63,17 @@ def warehouse_changes(settings: Settings, since_ms: int | None) -> list[tuple[st
         con.close()
 
 
+class GaveUp(RuntimeError):
+    pass
+
+
 def wait_for(what: str, condition, timeout: float, children) -> None:  # noqa: ANN001
     deadline = time.monotonic() + timeout
     while not condition():
         for child in children:
             child.check()
         if time.monotonic() > deadline:
-            raise SystemExit(f"gave up waiting for {what} after {timeout:.0f}s; see the logs in the state folder")
+            raise GaveUp(f"gave up waiting for {what} after {timeout:.0f}s")
         time.sleep(0.5)
 
 
@@ -81,54 +87,70 @@ def main() -> None:
     args = parser.parse_args()
     configure("WARNING")
     name = f"fresh{int(time.time())}"
-    with tempfile.TemporaryDirectory() as scratch:
-        root = args.keep or Path(scratch)
-        overrides: dict[str, object] = {"mongo_db": name, "topic_prefix": name, "collections": (ORDERS,),
-                                        "lake_path": root / "lake", "warehouse_path": root / "warehouse.duckdb",
-                                        "state_dir": root / "state"}
-        if args.trigger is not None:
-            overrides["trigger_seconds"] = args.trigger
-        settings = Settings.from_env(**overrides)
-        client = connect_mongo(settings, "freshness-bench")
-        orders = client[name][ORDERS]
-        children = []
-        try:
-            children.append(spawn(settings, "producer", "produce", "--snapshot", "when_needed"))
-            children.append(spawn(settings, "streaming", "stream"))
-            children.append(spawn(settings, "loader", "load", "--every", str(args.poll)))
-            orders.insert_one({"order_id": "warm-up", "status": "created", "amount": "1.00"})
-            print("waiting for a warm-up change to reach the warehouse (Spark starts in 10-60 s) ...", flush=True)
-            wait_for("the warm-up change", lambda: warehouse_changes(settings, None), 600, children)
+    # The run's folder is removed only when it succeeds: a failed run keeps its logs, and says where.
+    root = args.keep or Path(tempfile.mkdtemp(prefix="freshness-"))
+    try:
+        result = _run(args, name, root)
+    except (GaveUp, SystemExit) as exc:
+        raise SystemExit(f"{exc}; the run's logs and state are kept in {root / 'state'}") from None
+    if args.keep is None:
+        shutil.rmtree(root, ignore_errors=True)
+    _report(args, *result)
 
-            generator = OrderGenerator(orders, seed=3)
-            total = int(args.rate * args.seconds)
-            started_ms = int(time.time() * 1000)
-            print(f"making {total:,} changes at {args.rate:g}/s for {args.seconds:g} s ...", flush=True)
-            t0 = time.monotonic()
-            stats = generator.run(total, rate=args.rate)
-            made_in = time.monotonic() - t0
-            print(f"made {stats.total:,} changes in {made_in:.1f} s ({stats.total / made_in:,.0f}/s); waiting for the "
-                  "warehouse to hold them all ...", flush=True)
-            wait_for("every change in the warehouse", lambda: len(warehouse_changes(settings, started_ms)) >= total,
-                     300, children)
-        finally:
-            stop_all(children)
-            client.drop_database(name)
-            delete_topics(settings, [*settings.topics, settings.dead_letter_topic])
-            client.close()
 
-        loaded = {c: (wall, at) for c, wall, at in warehouse_changes(settings, started_ms)}
-        loads = [json.loads(line) for line in settings.load_metrics.read_text().splitlines() if line.strip()]
-        committed = {load["began_us"]: load["committed_us"] for load in loads}
-        silver_table = DeltaTable(str(settings.table_path(tables.SILVER)))
-        # Each batch's silver commit carries "<writer>:<batch>" (streaming/lake_writer.OnceAppender).
-        commits = {int(c["userMetadata"].rsplit(":", 1)[1]): c["timestamp"] / 1000
-                   for c in silver_table.history() if ":" in str(c.get("userMetadata") or "")}
-        silver = silver_table.to_pyarrow_table(
-            columns=["change_id", "kafka_timestamp", "ingested_at", "batch_id"]).to_pylist()
-        seen = {r["change_id"]: (r["kafka_timestamp"].timestamp(),
-                                 commits.get(r["batch_id"], r["ingested_at"].timestamp())) for r in silver}
-        batches = [json.loads(line) for line in settings.batch_metrics.read_text().splitlines() if line.strip()]
+def _run(args: argparse.Namespace, name: str, root: Path) -> tuple[Any, ...]:
+    """Run the chain and follow the changes; what the report needs."""
+    overrides: dict[str, object] = {"mongo_db": name, "topic_prefix": name, "collections": (ORDERS,),
+                                    "lake_path": root / "lake", "warehouse_path": root / "warehouse.duckdb",
+                                    "state_dir": root / "state"}
+    if args.trigger is not None:
+        overrides["trigger_seconds"] = args.trigger
+    settings = Settings.from_env(**overrides)
+    client = connect_mongo(settings, "freshness-bench")
+    orders = client[name][ORDERS]
+    children = []
+    try:
+        children.append(spawn(settings, "producer", "produce", "--snapshot", "when_needed"))
+        children.append(spawn(settings, "streaming", "stream"))
+        children.append(spawn(settings, "loader", "load", "--every", str(args.poll)))
+        orders.insert_one({"order_id": "warm-up", "status": "created", "amount": "1.00"})
+        print("waiting for a warm-up change to reach the warehouse (Spark starts in 10-60 s) ...", flush=True)
+        wait_for("the warm-up change", lambda: warehouse_changes(settings, None), 600, children)
+
+        generator = OrderGenerator(orders, seed=3)
+        total = int(args.rate * args.seconds)
+        started_ms = int(time.time() * 1000)
+        print(f"making {total:,} changes at {args.rate:g}/s for {args.seconds:g} s ...", flush=True)
+        t0 = time.monotonic()
+        stats = generator.run(total, rate=args.rate)
+        made_in = time.monotonic() - t0
+        print(f"made {stats.total:,} changes in {made_in:.1f} s ({stats.total / made_in:,.0f}/s); waiting for the "
+              "warehouse to hold them all ...", flush=True)
+        wait_for("every change in the warehouse", lambda: len(warehouse_changes(settings, started_ms)) >= total,
+                 300, children)
+    finally:
+        stop_all(children)
+        client.drop_database(name)
+        delete_topics(settings, [*settings.topics, settings.dead_letter_topic])
+        client.close()
+
+    loaded = {c: (wall, at) for c, wall, at in warehouse_changes(settings, started_ms)}
+    loads = [json.loads(line) for line in settings.load_metrics.read_text().splitlines() if line.strip()]
+    committed = {load["began_us"]: load["committed_us"] for load in loads}
+    silver_table = DeltaTable(str(settings.table_path(tables.SILVER)))
+    # Each batch's silver commit carries "<writer>:<batch>" (streaming/lake_writer.OnceAppender).
+    commits = {int(c["userMetadata"].rsplit(":", 1)[1]): c["timestamp"] / 1000
+               for c in silver_table.history() if ":" in str(c.get("userMetadata") or "")}
+    silver = silver_table.to_pyarrow_table(
+        columns=["change_id", "kafka_timestamp", "ingested_at", "batch_id"]).to_pylist()
+    seen = {r["change_id"]: (r["kafka_timestamp"].timestamp(),
+                             commits.get(r["batch_id"], r["ingested_at"].timestamp())) for r in silver}
+    batches = [json.loads(line) for line in settings.batch_metrics.read_text().splitlines() if line.strip()]
+    return settings, loaded, committed, seen, batches, loads
+
+
+def _report(args: argparse.Namespace, settings: Settings, loaded: dict[str, Any], committed: dict[int, int],
+            seen: dict[str, Any], batches: list[dict[str, Any]], loads: list[dict[str, Any]]) -> None:
     rows = []
     for change_id, (wall_ms, loaded_us) in loaded.items():
         if change_id not in seen or loaded_us not in committed:
