@@ -140,10 +140,12 @@ def main() -> None:
             spark.stop()
             delete_topics(settings, [*settings.topics, settings.dead_letter_topic])
     job, plain = figures["job"], figures["plain"]
-    print(f"ratio job / plain Spark: overall {job['overall'] / plain['overall']:.2f} (target >= 0.5), after the "
-          f"cold batch {job['warm'] / plain['warm']:.2f} (target >= 0.6); latency p95 "
-          f"{job['p95'] / plain['p95']:.2f} x plain's (target <= 1.25)")
 
+    def ratio(name: str) -> str:
+        return f"{job[name] / plain[name]:.2f}" if plain[name] else "n/a (no batch after the cold one)"
+
+    print(f"ratio job / plain Spark: overall {ratio('overall')} (target >= 0.5), after the cold batch "
+          f"{ratio('warm')} (target >= 0.6); latency p95 {ratio('p95')} x plain's (target <= 1.25)")
 
 if __name__ == "__main__":
     main()
