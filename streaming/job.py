@@ -69,6 +69,15 @@ ENVELOPE_DDL = types.spark_ddl((*ENVELOPE_FIELDS, *((old, "string") for old in R
 # retention took away (failOnDataLoss=false then skips it): a chaos run's restart waited 11 minutes on them.
 KAFKA_POLL_TIMEOUT_MS = 15_000
 
+SCHEDULER_POOLS = Path(__file__).with_name("scheduler_pools.xml")
+LAKE_POOL, BACKGROUND_POOL = "lake", "background"
+
+
+def in_pool(spark: SparkSession, pool: str) -> None:
+    """Jobs this thread starts from now on, and the queries it starts, run in the scheduler pool `pool`."""
+    spark.sparkContext.setLocalProperty("spark.scheduler.pool", pool)
+
+
 # Spark's Kafka source and delta-spark, fetched by `make setup` from infra/jars/spark/pom.xml.
 SPARK_JARS = Path(__file__).resolve().parents[1] / ".tools" / "jars" / "spark"
 
@@ -101,6 +110,9 @@ def build_session(settings: Settings) -> SparkSession:
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.pyspark.python", os.environ["PYSPARK_PYTHON"])
+        # The lake query's jobs take the free task slots before the copies' and the aggregates' (pools).
+        .config("spark.scheduler.mode", "FAIR")
+        .config("spark.scheduler.allocation.file", str(SCHEDULER_POOLS))
     )
     for name, value in TABLE_PROPERTIES.items():
         builder = builder.config(f"spark.databricks.delta.properties.defaults.{name.removeprefix('delta.')}", value)
@@ -410,6 +422,7 @@ class BatchWriter:
         """Each table's write as its own Spark job, all at once: a Delta commit is mostly the driver's
         waiting on files and the log, which the other writes' tasks fill."""
         def one(write: tuple[str, DataFrame | None, int]) -> None:
+            in_pool(self.spark, LAKE_POOL)  # a new thread does not inherit the query's pool
             name, data, _ = write
             self.appender.append(data, self.settings.table_path(name), batch_id)
 
@@ -486,7 +499,11 @@ def start(spark: SparkSession, settings: Settings, available_now: bool = False, 
         writer.trigger(availableNow=True) if available_now
         else writer.trigger(processingTime=f"{settings.trigger_seconds} seconds")
     )
-    query = writer.start()
+    in_pool(spark, LAKE_POOL)
+    try:
+        query = writer.start()
+    finally:
+        in_pool(spark, BACKGROUND_POOL)  # what this thread starts next is off the hot path
     _Closer.of(spark).when_ended(query, batches.close)
     return query
 
