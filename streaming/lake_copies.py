@@ -28,7 +28,7 @@ from lakehouse.adapters.delta import LakeTable, ensure_table
 from lakehouse.contracts import tables
 from lakehouse.core.collections import CUSTOMERS, ORDERS, PRODUCTS
 from lakehouse.core.config import Settings
-from streaming.aggregates import read_lake_table, revenue_checkpoint
+from streaming.aggregates import read_lake_table, revenue_checkpoint, start_writer
 from streaming.enrichment import CUSTOMER_ATTRIBUTES, PRODUCT_ATTRIBUTES, order_lines
 from streaming.lake_writer import TABLE_PROPERTIES, OnceAppender, conform, writer_app_id
 from streaming.look_back import checkpoint as look_back_checkpoint
@@ -141,11 +141,8 @@ def start_copies(spark: SparkSession, settings: Settings, available_now: bool) -
         _sink(conform(silver, silver_columns), "parquet", settings.parquet_silver_path, marks[PARQUET_COPY],
               PARQUET_COPY, settings, available_now, partition_by="event_date"),
     ]
-    queries += start_look_back(spark, silver, settings, available_now, max(settings.trigger_seconds, COPY_SECONDS))
+    queries += start_look_back(silver, settings, available_now)
     if enriches(settings):
-        stream = (silver.writeStream.foreachBatch(OrderLinesWriter(spark, settings, marks[LINES]))
-                  .option("checkpointLocation", str(marks[LINES])).queryName(LINES))
-        stream = (stream.trigger(availableNow=True) if available_now
-                  else stream.trigger(processingTime=f"{max(settings.trigger_seconds, COPY_SECONDS)} seconds"))
-        queries.append(stream.start())
+        queries.append(start_writer(silver, OrderLinesWriter(spark, settings, marks[LINES]), marks[LINES], LINES,
+                                    settings, available_now))
     return queries

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from pyspark import StorageLevel
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.streaming.state import GroupStateTimeout
 
@@ -38,6 +38,7 @@ from lakehouse.contracts.events import DOCUMENT_OPERATIONS
 from lakehouse.core.collections import CollectionSpec
 from lakehouse.core.config import Settings
 from lakehouse.core.rules import QualityRule
+from streaming.aggregates import start_writer
 from streaming.lake_writer import OnceAppender, conform, writer_app_id
 from streaming.quality import field_ids, json_key, shown_id
 
@@ -200,8 +201,7 @@ def checkpoint(settings: Settings) -> Path:
     return settings.query_checkpoint(tables.LOOK_BACK_FLAGS)
 
 
-def start_look_back(spark: SparkSession, silver: DataFrame, settings: Settings, available_now: bool,
-                    trigger_seconds: float) -> list[Any]:
+def start_look_back(silver: DataFrame, settings: Settings, available_now: bool) -> list[Any]:
     """The look-back query over silver's stream; none when no captured collection has such a rule."""
     rules = look_back_rules(tuple(map(settings.collection, settings.collections)))
     if not rules:
@@ -209,9 +209,5 @@ def start_look_back(spark: SparkSession, silver: DataFrame, settings: Settings, 
     verdicts = _records(silver, rules).groupBy("group_collection", "group_key").applyInPandasWithState(
         _state_function(rules), types.spark_ddl(_VERDICT_COLUMNS), _STATE_DDL, "append",
         GroupStateTimeout.NoTimeout)
-    writer = LookBackWriter(settings, rules, checkpoint(settings))
-    stream = (verdicts.writeStream.outputMode("append").foreachBatch(writer)
-              .option("checkpointLocation", str(checkpoint(settings))).queryName(tables.LOOK_BACK_FLAGS))
-    stream = (stream.trigger(availableNow=True) if available_now
-              else stream.trigger(processingTime=f"{trigger_seconds} seconds"))
-    return [stream.start()]
+    return [start_writer(verdicts, LookBackWriter(settings, rules, checkpoint(settings)), checkpoint(settings),
+                         tables.LOOK_BACK_FLAGS, settings, available_now)]
