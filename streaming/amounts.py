@@ -1,10 +1,13 @@
 """Money from messy source values: "$1,234.50", "1.234,50 EUR", "USD 99", 12, 12.5, 1e7,
 Decimal128 ({"$numberDecimal": "12.50"}), "", garbage.
 
-Pure Python, so the rules are unit-tested without Spark; streaming/udfs.py wraps them as vectorised
-UDFs. A value that cannot be read gives no amount and a reason, never an exception. The amount is
-read from the document's JSON text itself (`money_from_document`): a number keeps the digits MongoDB
-stored, where Spark's JSON functions would re-print it through a double (1.23456789E7, 5.0E-4).
+Pure Python, so the rules are unit-tested without Spark and read as the specification; the streaming
+job runs them as Spark SQL functions (streaming/money.py), and tests/unit/test_money_sql.py holds the
+two to the same answer value by value. A value that cannot be read gives no amount and a reason, never an
+exception. The amount is read from the document's JSON text itself (`money_from_document`): a number
+keeps the digits MongoDB stored (0.015 rounds to 0.02, where a double's 0.01499... would give 0.01).
+Each step is one a regular expression or a decimal cast can do in Spark SQL too; reasons quote the
+source text with `quoted`.
 """
 
 from __future__ import annotations
@@ -21,6 +24,15 @@ MAX_AMOUNT = Decimal("9999999999999999.99")  # fits DECIMAL(18, 2)
 _CODE = re.compile(r"^([A-Za-z]{3})\s*(.*)$|^(.*?)\s*([A-Za-z]{3})$")
 _NUMBER = re.compile(r"^[+-]?[0-9][0-9.,' ]*$")
 _SCIENTIFIC = re.compile(r"^[+-]?[0-9]+(\.[0-9]+)?[eE][+-]?[0-9]+$")
+_DECIMAL_TEXT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")  # an extended number's text
+_NOT_FINITE = re.compile(r"[+-]?(inf|infinity|nan)", re.IGNORECASE)
+EXTENDED_NUMBERS = ("$numberDecimal", "$numberDouble", "$numberLong", "$numberInt")
+SHOWN = 60  # characters of a bad value a reason quotes
+
+
+def quoted(text: str) -> str:
+    """The first SHOWN characters of a value in double quotes, backslash and quote escaped."""
+    return '"' + text[:SHOWN].replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 class Amount(NamedTuple):
@@ -30,7 +42,7 @@ class Amount(NamedTuple):
 
 
 class Number(str):
-    """A JSON number as it was written in the document (its exact digits)."""
+    """A JSON number as it was written in the document (its exact digits); a str, so test it first."""
 
 
 def _dump(value: Any) -> str:
@@ -52,18 +64,26 @@ def known_currency(code: str) -> bool:
     return pycountry.currencies.get(alpha_3=code) is not None
 
 
-def _extended_number(value: dict[str, Any]) -> Decimal | str:
+def _decimal(text: str) -> Decimal:
+    """The exact value of a number's text (already checked to be one); one too large to hold is infinite,
+    so it is out of range."""
+    try:
+        return Decimal(text)
+    except InvalidOperation:
+        return Decimal("Infinity")
+
+
+def _extended_number(value: dict[str, Any], shown: str) -> Decimal | str:
     """Extended JSON's typed numbers ({"$numberDecimal": "12.50"}, {"$numberDouble": "NaN"}, ...) as a
     Decimal, or the reason it is no amount."""
     if len(value) == 1:
         kind, text = next(iter(value.items()))
-        if kind in ("$numberDecimal", "$numberDouble", "$numberLong", "$numberInt") and isinstance(text, str):
-            try:
-                number = Decimal(text)
-            except InvalidOperation:
-                return f"unparseable amount {_dump(value)[:60]!r}"
-            return number if number.is_finite() else f"amount is not a finite number ({kind} {text})"
-    return f"unparseable amount {_dump(value)[:60]!r}"
+        if kind in EXTENDED_NUMBERS and isinstance(text, str):
+            if _DECIMAL_TEXT.fullmatch(text):
+                return _decimal(text)
+            if _NOT_FINITE.fullmatch(text):
+                return f"amount is not a finite number ({kind} {text})"
+    return f"unparseable amount {quoted(shown)}"
 
 
 def _field(document: dict[str, Any], path: str) -> Any:
@@ -85,24 +105,28 @@ def money_from_document(document: str | None, amount_field: str = "amount",
     try:
         parsed = json.loads(document, parse_float=Number, parse_int=Number)
     except ValueError:
-        return None, None, Amount(None, None, "document is not JSON")
+        parsed = None
     if not isinstance(parsed, dict):
         return None, None, Amount(None, None, "document is not a JSON object")
     raw, currency = _field(parsed, amount_field), _field(parsed, currency_field)
     raw_text = None if raw is None else raw if isinstance(raw, str) else _dump(raw)
     currency_text = None if currency is None else currency if isinstance(currency, str) else _dump(currency)
-    if currency is not None and not isinstance(currency, str):
-        return raw_text, currency_text, Amount(None, None, f"currency is not a currency code: {currency_text[:60]!r}")
+    if currency_text is not None and (isinstance(currency, Number) or not isinstance(currency, str)):
+        return raw_text, currency_text, Amount(None, None, f"currency is not a currency code: {quoted(currency_text)}")
+    if isinstance(raw, Number):
+        return raw_text, currency_text, _checked(_decimal(raw), None, raw, currency)
+    if raw is None or isinstance(raw, str):
+        return raw_text, currency_text, parse_amount(raw, currency)
+    assert raw_text is not None
     if isinstance(raw, dict):
-        number = _extended_number(raw)
+        number = _extended_number(raw, raw_text)
         if isinstance(number, str):
             return raw_text, currency_text, Amount(None, None, number)
-        return raw_text, currency_text, parse_amount(number, currency)
-    if isinstance(raw, Number):
-        return raw_text, currency_text, parse_amount(Decimal(raw), currency)
-    if isinstance(raw, list):
-        return raw_text, currency_text, Amount(None, None, f"unparseable amount {raw_text[:60]!r}")
-    return raw_text, currency_text, parse_amount(raw, currency)
+        return raw_text, currency_text, _checked(number, None, raw_text, currency)
+    if isinstance(raw, float) and abs(raw) == float("inf"):  # JSON's non-standard Infinity
+        return raw_text, currency_text, Amount(None, None, f"amount out of range {quoted(raw_text)}")
+    # true/false, a list, or JSON's non-standard NaN
+    return raw_text, currency_text, Amount(None, None, f"unparseable amount {quoted(raw_text)}")
 
 
 def _number(text: str) -> Decimal | None:
@@ -131,16 +155,18 @@ def _number(text: str) -> Decimal | None:
 
 
 def parse_amount(raw: object, default_currency: str | None = None) -> Amount:
+    """The text rules: a currency symbol or code before or after a number whose decimal mark is ',' or '.'."""
     if raw is None:
         return Amount(None, None, "missing amount")
+    shown = raw if isinstance(raw, str) else str(raw)
     if isinstance(raw, bool):
-        return Amount(None, None, f"unparseable amount {raw!r}")
+        return Amount(None, None, f"unparseable amount {quoted(shown)}")
     if isinstance(raw, int | float | Decimal):  # a number: its own value, whatever its notation
         number = Decimal(repr(raw)) if isinstance(raw, float) else Decimal(raw)
         if not number.is_finite():
-            return Amount(None, None, f"unparseable amount {str(raw)[:60]!r}")
-        return _checked(number, None, raw, default_currency)
-    text = str(raw).strip()
+            return Amount(None, None, f"unparseable amount {quoted(shown)}")
+        return _checked(number, None, shown, default_currency)
+    text = shown.strip()
     if not text:
         return Amount(None, None, "empty amount")
     currency = None
@@ -151,29 +177,30 @@ def parse_amount(raw: object, default_currency: str | None = None) -> Amount:
     if match:
         code = (match.group(1) or match.group(4)).upper()
         if currency and code != currency:
-            return Amount(None, None, f"conflicting currencies in {raw!r}")
+            return Amount(None, None, f"conflicting currencies in {quoted(shown)}")
         currency, text = code, (match.group(2) if match.group(1) else match.group(3)).strip()
     value = _number(text)
     if value is None and _SCIENTIFIC.match(text):
-        value = Decimal(text)
-    if value is None or not value.is_finite():
-        return Amount(None, None, f"unparseable amount {str(raw)[:60]!r}")
-    return _checked(value, currency, raw, default_currency)
+        value = _decimal(text)
+    if value is None:
+        return Amount(None, None, f"unparseable amount {quoted(shown)}")
+    return _checked(value, currency, shown, default_currency)
 
 
-def _checked(value: Decimal, currency: str | None, raw: object, default_currency: str | None) -> Amount:
+def _checked(value: Decimal, currency: str | None, shown: str, default_currency: str | None) -> Amount:
     """A parsed amount in range, rounded to cents, with a known currency (its own, else the document's)."""
     if abs(value) > MAX_AMOUNT:
-        return Amount(None, None, f"amount out of range {str(raw)[:60]!r}")
+        return Amount(None, None, f"amount out of range {quoted(shown)}")
     value = value.quantize(CENT, rounding=ROUND_HALF_EVEN)
     if currency is None and default_currency is not None:
-        currency = default_currency.strip().upper()
-        if not re.fullmatch(r"[A-Z]{3}", currency):
-            return Amount(None, None, f"currency is not a currency code: {default_currency[:60]!r}")
+        code = default_currency.strip()
+        if not re.fullmatch(r"[A-Za-z]{3}", code):
+            return Amount(None, None, f"currency is not a currency code: {quoted(default_currency)}")
+        currency = code.upper()
     if currency is None:
         return Amount(value, None, "no currency")
     if not known_currency(currency):
-        return Amount(None, None, f"unknown currency {currency!r} (not an ISO 4217 code)")
+        return Amount(None, None, f"unknown currency {quoted(currency)} (not an ISO 4217 code)")
     return Amount(value, currency, None)
 
 
