@@ -54,8 +54,8 @@ from streaming.kafka_losses import KafkaDataLoss, LossWatch, is_data_loss, migra
 from streaming.lake_copies import checkpoints as copy_checkpoints
 from streaming.lake_copies import start_copies
 from streaming.lake_writer import TABLE_PROPERTIES, OnceAppender, writer_app_id
-from streaming.money import with_money
 from streaming.quality import QualityJudge
+from streaming.udfs import money_columns
 from streaming.watermark import WatermarkTracker
 
 log = logging.getLogger(__name__)
@@ -245,10 +245,13 @@ def parse(raw: DataFrame, settings: Settings) -> DataFrame:
         *attribute_columns(settings, collection, document),
         document.alias("document"),
     ).drop("fields")
-    # The money columns are read from the document's own JSON (exact values, Decimal128) in Spark SQL.
+    # The money columns are read from the document's own JSON text (exact digits, Decimal128).
     money = {spec.name: spec.money for spec in map(settings.collection, settings.collections) if spec.money}
-    return with_money(attributes, F.col("document"), collection, money, settings.high_value_thresholds
-                      ).drop("document")
+    amount_field = _by_collection(collection, {name: F.lit(m.amount) for name, m in money.items()})
+    currency_field = _by_collection(collection, {name: F.lit(m.currency) for name, m in money.items()})
+    return attributes.select(
+        "*", *money_columns(F.col("document"), amount_field, currency_field, settings.high_value_thresholds)
+    ).drop("document")
 
 
 def _by_collection(collection: Column, values: dict[str, Column]) -> Column:
@@ -276,9 +279,9 @@ def _lifted(document: Column, field: str, kind: str) -> Column:
 
 
 def attribute_columns(settings: Settings, collection: Column, document: Column) -> list[Column]:
-    """The typed columns the spec lifts out of each collection's documents (money aside: streaming/money.py)."""
+    """The typed columns the spec lifts out of each collection's documents (money aside: a UDF does those)."""
     lifted: dict[str, dict[str, Column]] = {}
-    not_lifted = {name for name, _ in MONEY_COLUMNS} | {QUALITY_FLAGS}  # set by money.py and the rules
+    not_lifted = {name for name, _ in MONEY_COLUMNS} | {QUALITY_FLAGS}  # set by the UDFs and the quality rules
     for name in settings.collections:
         for attribute in settings.collection(name).attributes:
             lifted.setdefault(attribute.name, {})[name] = _lifted(document, attribute.field, attribute.type)

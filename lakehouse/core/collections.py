@@ -40,7 +40,7 @@ RESERVED_COLUMNS = frozenset({
     "document", "loaded_at", "last_change_id", "updated_at", "valid_from", "valid_to", "is_tombstone", "is_current",
     "quarantine_reason", "raw_value", QUALITY_FLAGS,
 })
-# What the streaming job derives from a document's amount and currency fields (streaming/money.py).
+# What the money UDF derives from a document's amount and currency fields (streaming/udfs.py).
 MONEY_COLUMNS: tuple[tuple[str, str], ...] = (
     ("amount_raw", "string"), ("currency", "string"), ("amount", "decimal(18,2)"), ("amount_currency", "string"),
     ("amount_error", "string"), ("is_high_value", "bool"),
