@@ -42,11 +42,14 @@ def port_open(host: str, port: int) -> bool:
 
 
 def wait(what: str, ready: Callable[[], bool], log: Path | None, timeout: float = READY_TIMEOUT_S) -> None:
+    """Until `ready()`; a StackError from it (a server that exited while starting) ends the wait at once."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             if ready():
                 return
+        except StackError:  # the server's own "it died": said at once, in its words
+            raise
         except Exception:  # not ready yet: a refused connection looks like any other error here
             pass
         time.sleep(0.2)

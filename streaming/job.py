@@ -50,7 +50,7 @@ from lakehouse.core.rules import QUALITY_FLAGS
 from lakehouse.core.stopping import StopSignals
 from streaming import inventory, metrics, sessions
 from streaming.aggregates import reset_derived_if_old, revenue_checkpoint, start_aggregates, start_revenue_by_category
-from streaming.kafka_losses import KafkaDataLoss, LossWatch, is_data_loss, migrate_checkpoint
+from streaming.kafka_losses import LOSS_CHECK_SECONDS, KafkaDataLoss, LossWatch, is_data_loss, migrate_checkpoint
 from streaming.lake_copies import checkpoints as copy_checkpoints
 from streaming.lake_copies import start_copies
 from streaming.lake_writer import TABLE_PROPERTIES, OnceAppender, writer_app_id
@@ -336,7 +336,7 @@ class BatchWriter:
         self.phases: dict[str, int] = {}  # this batch's phases, in ms
         self.losses = LossWatch(settings.kafka_bootstrap_servers, settings.spark_checkpoint,
                                 settings.state_dir / "spark" / "kafka_positions.json", settings.data_loss_log,
-                                settings.kafka_fail_on_data_loss)
+                                settings.kafka_fail_on_data_loss, settings.loss_watch_unknown)
 
     def close(self) -> None:
         self.losses.close()
@@ -620,7 +620,7 @@ def run(settings: Settings, available_now: bool = False, max_failures: int = MAX
     spark = build_session(settings)
     watch = LossWatch(settings.kafka_bootstrap_servers, settings.spark_checkpoint,
                       settings.state_dir / "spark" / "kafka_positions.json", settings.data_loss_log,
-                      settings.kafka_fail_on_data_loss)
+                      settings.kafka_fail_on_data_loss, settings.loss_watch_unknown)
     log.info("streaming %s -> %s (checkpoints in %s)", ",".join(settings.topics), settings.lake_path,
              settings.spark_checkpoint.parent)
     failures = 0
@@ -682,9 +682,6 @@ def stop_queries(queries: list[Any], grace: float = 40.0) -> None:
     if queries:
         with ThreadPoolExecutor(max_workers=len(queries), thread_name_prefix="stop-query") as pool:
             list(pool.map(stop, queries))
-
-
-LOSS_CHECK_SECONDS = 15.0  # how often an idle stream asks Kafka whether what it read is still there
 
 
 def _await(queries: list[Any], signals: StopSignals, watch: LossWatch | None = None) -> None:

@@ -17,10 +17,11 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lakehouse.adapters.kafka import OffsetReader
+from lakehouse.adapters.kafka import KafkaTransient, OffsetReader
 from lakehouse.contracts.positions import (
     batch_offsets,
     fingerprint,
@@ -36,6 +37,7 @@ from streaming import metrics
 
 log = logging.getLogger(__name__)
 KEPT_BATCHES = 3  # positions kept for the batches a restart may replay
+LOSS_CHECK_SECONDS = 15.0  # how often an idle stream asks Kafka whether what it read is still there
 
 
 class KafkaDataLoss(Permanent, RuntimeError):
@@ -78,13 +80,50 @@ def find_losses(positions: dict[str, int], seen: dict[str, str | None], begins: 
 
 class LossWatch:
     def __init__(self, bootstrap: str, checkpoint: Path, state: Path, loss_log: Path | None,
-                 fail_on_data_loss: bool) -> None:
+                 fail_on_data_loss: bool, unknown_state: Path | None = None) -> None:
         self.reader = OffsetReader(bootstrap)
         self.checkpoint = checkpoint
         self.state = state
         self.loss_log = loss_log
         self.fail_on_data_loss = fail_on_data_loss
+        self.unknown_state = unknown_state
         self._reported: set[tuple[str, Any, Any]] = set()
+        self._unknown: dict[str, Any] | None = None  # the episode in which Kafka does not answer the watch
+
+    def check(self, before_batch: int | None = None) -> None:
+        """Compare the newest kept positions (before `before_batch`, or the newest) with what Kafka holds.
+        A Kafka that does not answer leaves the question open until the next look: the watch only watches,
+        so it never stops the stream (KafkaDataLoss, when failOnDataLoss asks for it, does)."""
+        self._unless_kafka_fails("check", lambda: self._check(before_batch))
+
+    def remember(self, batch_id: int) -> None:
+        """Keep where batch `batch_id` ends (Spark's offsets log) and the record before each position; when
+        Kafka does not answer, the earlier batch's positions stay the ones compared."""
+        self._unless_kafka_fails("remember", lambda: self._remember(batch_id))
+
+    def _unless_kafka_fails(self, what: str, action: Callable[[], None]) -> None:
+        try:
+            action()
+        except (KafkaTransient, OSError) as exc:
+            metrics.STREAM_LOSS_WATCH_ERRORS.inc()
+            self.reader.close()  # its clients are made again at the next look
+            now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            if self._unknown is None:
+                self._unknown = {"since": now, "failures": 0}
+                log.warning("the Kafka loss watch could not %s (%s: %s); it asks again at the next batch or in "
+                            "%.0f s, and the stream goes on meanwhile", what, type(exc).__name__, exc,
+                            LOSS_CHECK_SECONDS)
+            self._unknown.update(failures=self._unknown["failures"] + 1, last=now,
+                                 error=f"{type(exc).__name__}: {exc}")
+            if self.unknown_state is not None:
+                write_json_atomically(self.unknown_state, self._unknown)
+            return
+        if self._unknown is not None:
+            log.warning("the Kafka loss watch gets answers again (after %d failed looks since %s)",
+                        self._unknown["failures"], self._unknown["since"])
+            self._unknown = None
+            if self.unknown_state is not None:
+                self.unknown_state.unlink(missing_ok=True)
 
     def _load(self) -> dict[str, Any]:
         try:
@@ -92,8 +131,7 @@ class LossWatch:
         except (FileNotFoundError, ValueError):
             return {}
 
-    def check(self, before_batch: int | None = None) -> None:
-        """Compare the newest kept positions (before `before_batch`, or the newest) with what Kafka holds."""
+    def _check(self, before_batch: int | None) -> None:
         kept = {int(k): v for k, v in self._load().items()}
         earlier = [b for b in kept if before_batch is None or b < before_batch]
         if not earlier:
@@ -117,8 +155,7 @@ class LossWatch:
         if losses:
             self._report(losses)
 
-    def remember(self, batch_id: int) -> None:
-        """Keep where batch `batch_id` ends (Spark's offsets log) and the record before each position."""
+    def _remember(self, batch_id: int) -> None:
         positions = batch_offsets(self.checkpoint, batch_id)
         seen = self._fingerprints({k: o - 1 for k, o in positions.items() if o > 0})
         kept = {int(k): v for k, v in self._load().items() if int(k) < batch_id}

@@ -21,3 +21,5 @@ STREAM_LAST_BATCH = Gauge("lakehouse_stream_last_batch_timestamp_seconds",
 STREAM_FAILURES = Counter("lakehouse_stream_query_failures", "Streaming query failures (each restarted)")
 STREAM_DATA_LOSS = Counter("lakehouse_stream_kafka_lost_records",
                            "Kafka records the streaming job found lost under it (streaming/kafka_losses.py)")
+STREAM_LOSS_WATCH_ERRORS = Counter("lakehouse_stream_loss_watch_errors",
+                                  "Looks of the Kafka loss watch that Kafka did not answer (tried again)")

@@ -12,7 +12,9 @@ broker forgot this producer's sequence is `BrokerForgot`, and any other refusal 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import re
 import socket
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -22,12 +24,15 @@ from typing import Any, Generic, TypeVar
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import (
+    InvalidPartitionsError,
     InvalidProducerEpochError,
+    InvalidReplicationFactorError,
     KafkaConnectionError,
     KafkaError,
     KafkaTimeoutError,
     MessageSizeTooLargeError,
     OutOfOrderSequenceNumberError,
+    PolicyViolationError,
     RecordListTooLargeError,
     TopicAlreadyExistsError,
     UnknownProducerIdError,
@@ -36,7 +41,7 @@ from kafka.record.default_records import DefaultRecordBatchBuilder
 
 from lakehouse.contracts.positions import partition_key, split_key
 from lakehouse.core.config import Settings
-from lakehouse.core.errors import START_HINT, LakehouseError, Permanent, ServerUnreachable, Transient
+from lakehouse.core.errors import START_HINT, ConfigError, LakehouseError, Permanent, ServerUnreachable, Transient
 
 log = logging.getLogger(__name__)
 
@@ -158,11 +163,27 @@ def ensure_topics(settings: Settings, topics: Iterable[str]) -> None:
         replication = settings.kafka_replication_factor or -1
         wanted = [NewTopic(t, settings.kafka_partitions, replication) for t in topics if t not in existing]
         if wanted:
-            with contextlib.suppress(TopicAlreadyExistsError):  # another process won the race
+            try:
                 admin.create_topics(wanted)
+            except TopicAlreadyExistsError:  # another process won the race
+                pass
+            except (InvalidReplicationFactorError, InvalidPartitionsError, PolicyViolationError) as exc:
+                raise _refused_topics(settings, exc) from None
             log.info("created topics %s", [t.name for t in wanted])
     finally:
         admin.close()
+
+
+def _refused_topics(settings: Settings, exc: Exception) -> ConfigError:
+    """The broker's refusal of the topics' shape, as the setting to change."""
+    said = re.search(r"error_message='([^']*)'", str(exc))
+    reason = said.group(1) if said else str(exc)[:300]
+    if isinstance(exc, InvalidReplicationFactorError):
+        return ConfigError(f"KAFKA_REPLICATION_FACTOR={settings.kafka_replication_factor}: Kafka at "
+                           f"{settings.kafka_bootstrap_servers} cannot create topics with it ({reason}); give at most "
+                           "the brokers there are, or 0 for the broker's default")
+    return ConfigError(f"KAFKA_PARTITIONS={settings.kafka_partitions}: Kafka at {settings.kafka_bootstrap_servers} "
+                       f"refused topics with that many partitions ({reason}); give fewer")
 
 
 def delete_topics(settings: Settings, topics: Iterable[str]) -> None:
@@ -257,6 +278,7 @@ def _translated(settings: Settings) -> Iterator[None]:
 
 # -- publishing ------------------------------------------------------------------------------------
 Item = TypeVar("Item")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -475,9 +497,23 @@ def _record(raw: Any) -> Record:
                   [(k, v) for k, v in (raw.headers or [])])
 
 
+def _transient(method: Callable[..., T]) -> Callable[..., T]:
+    """A Kafka client's error (a timeout, a broker away) as KafkaTransient: callers outside the adapters
+    handle the pipeline's errors, never the client library's."""
+    @functools.wraps(method)
+    def wrapped(*args: Any, **kwargs: Any) -> T:
+        try:
+            return method(*args, **kwargs)
+        except KafkaError as exc:
+            raise KafkaTransient(f"Kafka did not answer ({type(exc).__name__}: {exc})") from exc
+
+    return wrapped
+
+
 class OffsetReader:
     """Offsets and single records of partitions named "topic:partition". Takes the bootstrap servers
-    only (no Settings): Spark hands its sources plain string options."""
+    only (no Settings): Spark hands its sources plain string options. Kafka's errors come out as
+    KafkaTransient."""
 
     def __init__(self, bootstrap: str) -> None:
         self.bootstrap = bootstrap
@@ -495,11 +531,13 @@ class OffsetReader:
             self._meta = KafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
         return self._meta
 
+    @_transient
     def partitions(self, topics: Iterable[str]) -> list[str]:
         consumer = self._consumer()
         return [partition_key(topic, p) for topic in topics for p in sorted(consumer.partitions_for_topic(topic)
                                                                             or set())]
 
+    @_transient
     def begin_offsets(self, keys: Iterable[str]) -> dict[str, int]:
         tps = [TopicPartition(*split_key(k)) for k in keys]
         if not tps:
@@ -507,6 +545,7 @@ class OffsetReader:
         return {partition_key(tp.topic, tp.partition): int(o)
                 for tp, o in self._consumer().beginning_offsets(tps).items()}
 
+    @_transient
     def end_offsets(self, keys: Iterable[str]) -> dict[str, int]:
         tps = [TopicPartition(*split_key(k)) for k in keys]
         if not tps:
@@ -517,6 +556,7 @@ class OffsetReader:
         """The first offset of a record written at or after `timestamp_ms` (None: none is)."""
         return self.first_offsets_at([key], timestamp_ms)[key]
 
+    @_transient
     def first_offsets_at(self, keys: Iterable[str], timestamp_ms: int) -> dict[str, int | None]:
         """Per partition, the first offset of a record written at or after `timestamp_ms` (None: none is)."""
         tps = {k: TopicPartition(*split_key(k)) for k in keys}
@@ -525,6 +565,7 @@ class OffsetReader:
         found = self._consumer().offsets_for_times({tp: timestamp_ms for tp in tps.values()})
         return {k: None if found.get(tp) is None else int(found[tp].offset) for k, tp in tps.items()}
 
+    @_transient
     def records_at(self, wanted: dict[str, int], timeout: float = 10) -> dict[str, Record | None]:
         """The record at each wanted offset (None where there is none, e.g. a gap); partitions that do
         not answer within `timeout` are left out."""

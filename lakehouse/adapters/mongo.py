@@ -16,13 +16,14 @@ from bson.codec_options import CodecOptions
 from pymongo import MongoClient
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import OperationFailure, PyMongoError, ServerSelectionTimeoutError
+from pymongo.errors import ConfigurationError, OperationFailure, PyMongoError, ServerSelectionTimeoutError
 from pymongo.operations import DeleteOne, InsertOne, ReplaceOne, UpdateOne
 
 from lakehouse.contracts import events
 from lakehouse.core.config import Settings
 from lakehouse.core.errors import (
     START_HINT,
+    ConfigError,
     LakehouseError,
     NotAReplicaSet,
     Permanent,
@@ -52,8 +53,14 @@ def connect(settings: Settings, app: str = "lakehouse", timeout_ms: int | None =
     options = {} if timeout_ms is None or in_uri else {"serverSelectionTimeoutMS": timeout_ms}
     # tz_aware: dates are UTC instants. DATETIME_AUTO: a date outside Python's range (legal in BSON)
     # decodes as DatetimeMS instead of failing the whole change-stream batch.
-    return MongoClient(settings.mongo_uri, tz_aware=True, datetime_conversion="DATETIME_AUTO", appname=app,
-                       **options)
+    try:
+        return MongoClient(settings.mongo_uri, tz_aware=True, datetime_conversion="DATETIME_AUTO", appname=app,
+                           **options)
+    except ConfigurationError as exc:  # a mongodb+srv:// URI is resolved here, in DNS
+        if "does not exist" in str(exc) or "does not contain an answer" in str(exc):  # NXDOMAIN, NoAnswer
+            raise ConfigError(f"MONGO_URI={redact(settings.mongo_uri)!r} names no MongoDB in DNS ({exc}); check "
+                              "the host name of the mongodb+srv:// URI") from None
+        raise mongo_unreachable(settings, exc) from None
 
 
 def require_replica_set(client: MongoClient, settings: Settings) -> None:

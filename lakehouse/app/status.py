@@ -13,6 +13,7 @@ import contextlib
 import json
 from dataclasses import asdict
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -59,7 +60,7 @@ def kafka_status(settings: Settings) -> dict[str, Any]:
         for (topic, partition), end in sorted(ends.items())
     ]
     return {"state": "ok", "partitions": partitions, "total_lag": sum(p["lag"] for p in partitions),
-            "data_loss": data_losses(settings),
+            "data_loss": data_losses(settings), "loss_watch_unknown": _read_json(settings.loss_watch_unknown),
             "dead_letters": dead_letters(settings, {tp: e for tp, e in every.items() if tp not in ends})}
 
 
@@ -92,6 +93,14 @@ def data_losses(settings: Settings) -> list[dict[str, Any]]:
             entry = json.loads(line)
             seen.setdefault((entry["topic"], entry["partition"], entry["from"], entry["to"]), entry)
     return list(seen.values())
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """A small state file a stage writes atomically; None when there is none (or it is being replaced)."""
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
 
 
 def reconcile_status(settings: Settings) -> dict[str, Any]:
@@ -230,6 +239,10 @@ def render(report: dict[str, Any]) -> list[str]:
         if letters.get("total"):
             lines.append(f"             dead-lettered {letters['total']} event(s) to {letters['topic']}: "
                          + "; ".join(f"{n} x {reason}" for reason, n in sorted(letters["by_reason"].items())))
+        if k.get("loss_watch_unknown"):
+            u = k["loss_watch_unknown"]
+            lines.append(f"             loss watch: Kafka has not answered it since {u['since']} ({u['failures']} "
+                         f"looks, last {u['last']}: {u['error']}); losses in that time are not known yet")
         if k.get("data_loss"):
             lost = sum(d["to"] - d["from"] for d in k["data_loss"])
             newest = k["data_loss"][-1]

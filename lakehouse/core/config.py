@@ -35,6 +35,9 @@ _INTERVAL = r"^[1-9][0-9]* (second|minute|hour|day)s?$"
 _POSITIVE = "must be a positive number"
 _PORT = "is not a TCP port (1-65535, or 0 for none)"
 _DURATION = "is not a duration Spark reads; give e.g. '30 minutes' or '45 seconds'"
+_SPARK_MASTER = r"^(local(\[([1-9][0-9]*|\*)(,[0-9]+)?\])?|local-cluster\[[0-9]+, *[0-9]+, *[0-9]+\]|spark://\S+|yarn|k8s://\S+)$"
+_THRESHOLD = r"\s*[A-Za-z]+\s*:\s*[0-9]+(\.[0-9]+)?\s*"
+_THRESHOLDS = rf"^{_THRESHOLD}(,{_THRESHOLD})*$"
 
 
 def setting(env: str, default: Any, section: Section, help: str, *, flag: str | None = None,
@@ -107,7 +110,10 @@ class Settings(BaseSettings):
     kafka_bootstrap_servers: str = setting("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092", "connections",
                                            "Kafka bootstrap servers, host:port,...", flag="--kafka")
     spark_master: str = setting("SPARK_MASTER", "local[2]", "connections",
-                                "any Spark master URL, e.g. local[2], spark://host:7077", flag="--master")
+                                "any Spark master URL, e.g. local[2], spark://host:7077", flag="--master",
+                                pattern=_SPARK_MASTER,
+                                rule="is not a Spark master URL (local, local[2], local[*], local[2,3], "
+                                     "spark://host:7077, yarn, k8s://https://host:443)")
     lake_path: Path = setting("LAKE_PATH", _under_cwd("data/lake"), "connections",
                               "root folder of the Delta/Parquet lake", flag="--lake-path", shown="data/lake")
     warehouse_path: Path = setting("WAREHOUSE_PATH", _under_cwd("data/warehouse.duckdb"), "warehouse",
@@ -132,19 +138,22 @@ class Settings(BaseSettings):
         "the producer's Kafka client: kafka-python (pure Python) or confluent (librdkafka); both are tested, "
         "and capture at the same rate here (bench/producer_bench.py)")
     kafka_partitions: int = setting("KAFKA_PARTITIONS", 3, "producer", "partitions of each topic the pipeline "
-                                    "creates", ge=1, rule=_POSITIVE)
+                                    "creates", ge=1, le=10_000, rule="must be a whole number from 1 to 10000")
     kafka_replication_factor: int = setting(
         "KAFKA_REPLICATION_FACTOR", 0, "producer",
         "replicas of each topic the pipeline creates; 0 takes the broker's default.replication.factor (1 on the "
-        "embedded broker, 3 on `make kafka-cluster`)", ge=0,
-        rule="must be 1 or more, or 0 for the broker's default.replication.factor")
+        "embedded broker, 3 on `make kafka-cluster`)", ge=0, le=100,
+        rule="must be 1 to 100 (at most the brokers there are), or 0 for the broker's default.replication.factor")
     # streaming
     max_rows_per_batch: int = setting("MAX_ROWS_PER_BATCH", 20_000, "streaming",
-                                      "the most Kafka records one streaming batch reads", ge=1, rule=_POSITIVE)
+                                      "the most Kafka records one streaming batch reads", ge=1, le=100_000_000,
+                                      rule="must be a whole number from 1 to 100000000")
     trigger_seconds: float = setting("TRIGGER_SECONDS", 2.0, "streaming", "the streaming job's trigger interval",
                                      gt=0, lt=86_400, allow_inf_nan=False, rule=_POSITIVE + " of seconds under a day")
     high_value_thresholds: str = setting("HIGH_VALUE_THRESHOLDS", "USD:1000,EUR:900,GBP:800,default:1000",
-                                         "streaming", "per-currency amount at or above which an order is high value")
+                                         "streaming", "per-currency amount at or above which an order is high value",
+                                         pattern=_THRESHOLDS,
+                                         rule="is not CODE:AMOUNT,... (e.g. USD:1000,EUR:900,default:1000)")
     watermark_delay: str = setting("WATERMARK_DELAY", "10 minutes", "streaming",
                                    "how late an event may arrive and still count in the windowed aggregates",
                                    pattern=_INTERVAL, rule=_DURATION)
@@ -183,7 +192,7 @@ class Settings(BaseSettings):
         "MONGO_OPLOG_MAX_ENTRIES", 500_000, "servers",
         "how many changes the local MongoDB's oplog holds at most, whichever limit comes first (its own "
         "default, 100,000, is 10 minutes at 170 changes/s; opening a stream at a cluster time scans it)",
-        ge=1000, rule="must be a whole number of at least 1000")
+        ge=1000, le=1_000_000_000, rule="must be a whole number from 1000 to 1000000000")
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -346,6 +355,11 @@ class Settings(BaseSettings):
     def data_loss_log(self) -> Path:
         """Losses of Kafka data the streaming source found (JSON lines; status and metrics read it)."""
         return self.state_dir / "spark" / "data_loss.jsonl"
+
+    @property
+    def loss_watch_unknown(self) -> Path:
+        """Present while the streaming job's Kafka loss watch gets no answer from Kafka (status reads it)."""
+        return self.state_dir / "spark" / "loss_watch_unknown.json"
 
     @property
     def reconcile_state(self) -> Path:

@@ -43,7 +43,9 @@ class ConfigError(Permanent, ValueError):
     """A setting or option the pipeline cannot use; the message names it (a usage error: exit code 2)."""
 
 
-_USERINFO = re.compile(r"(//[^:/@\s]+):[^@\s]*@")  # the password of scheme://user:password@host
+# the password of scheme://user:password@host: the user may be empty, and an unescaped @ in the
+# password still ends at the last @ before the host's path
+_USERINFO = re.compile(r"(//[^:/@\s]*):[^/\s]*@")
 _SECRET_OPTIONS = re.compile(r"(?i)((?:password|pwd|secret|AWS_SESSION_TOKEN)[=:])[^&,;\s'\"]+")
 
 

@@ -158,3 +158,19 @@ def test_reconcile_repair_turns_differences_into_events_and_the_warehouse_conver
     assert reconcile(settings, "orders").ok, reconcile(settings, "orders").line()
     status = json.loads(CliRunner().invoke(cli, ["status", "--json"], env=settings.to_env()).output)
     assert status["reconcile"]["repaired"] == 3
+
+
+@pytest.mark.parametrize(("changes", "says"), [
+    ({"kafka_replication_factor": 3}, "KAFKA_REPLICATION_FACTOR=3: Kafka at"),
+    ({"kafka_partitions": 10_000}, "KAFKA_PARTITIONS=10000: Kafka at"),
+])
+def test_topics_the_broker_cannot_make_are_one_line_naming_the_setting(settings: Settings, changes: dict,
+                                                                       says: str) -> None:
+    """A replication factor above the brokers there are, or more partitions than the broker takes, is the
+    operator's setting to change: one Error line and exit 2, no traceback."""
+    env = {"MONGO_URI": settings.mongo_uri, "MONGO_DB": settings.mongo_db, "TOPIC_PREFIX": settings.topic_prefix,
+           "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers, "STATE_DIR": str(settings.state_dir),
+           **{name.upper(): str(value) for name, value in changes.items()}}
+    result = CliRunner().invoke(cli, ["produce", "--until-idle"], env=env)
+    assert result.exit_code == 2, result.output
+    assert says in result.output and "Traceback" not in result.output, result.output

@@ -37,7 +37,7 @@ def test_a_bad_value_from_a_flag_is_named_by_its_flag(monkeypatch: pytest.Monkey
 
 
 def test_replace_checks_the_new_values_like_the_environment() -> None:
-    with pytest.raises(ValueError, match="KAFKA_PARTITIONS=0 must be a positive number"):
+    with pytest.raises(ValueError, match="KAFKA_PARTITIONS=0 must be a whole number from 1 to 10000"):
         Settings().replace(kafka_partitions=0)
 
 

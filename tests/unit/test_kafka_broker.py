@@ -64,3 +64,19 @@ def test_a_saved_one_broker_kafka_is_not_turned_into_a_cluster(tmp_path: Path) -
         kafka_broker.start(settings, 3)
     with pytest.raises(StackError, match="has no broker 2"):
         kafka_broker.start_node(settings, 2)
+
+
+def test_a_broker_that_dies_while_starting_is_reported_at_once_in_its_own_words(tmp_path: Path) -> None:
+    """The wait for a server does not swallow the error that says it exited (it was reported 120 s later
+    as "not ready", with the previous run's log)."""
+    import time
+
+    from infra import processes
+
+    def died() -> bool:
+        raise StackError("Kafka broker in /x exited while starting:\nCannot allocate memory")
+
+    started = time.monotonic()
+    with pytest.raises(StackError, match="exited while starting:\nCannot allocate memory"):
+        processes.wait("Kafka broker 1", died, tmp_path / "server.log", timeout=60)
+    assert time.monotonic() - started < 5

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from lakehouse.adapters.kafka import KafkaTransient
 from lakehouse.contracts.positions import batch_offsets, committed_offsets, read_offsets, spark_form
-from streaming.kafka_losses import find_losses, migrate_checkpoint
+from streaming.kafka_losses import LossWatch, find_losses, migrate_checkpoint
 
 pytestmark = pytest.mark.unit
 
@@ -60,3 +61,53 @@ def test_a_checkpoint_of_the_earlier_python_source_is_rewritten_for_sparks_sourc
     assert not (old / "sources").exists()  # Spark's source writes its own metadata at its next start
     assert not migrate_checkpoint(old)  # already in Spark's form: left alone
     assert not migrate_checkpoint(tmp_path / "none")
+
+
+class _Kafka:
+    """OffsetReader's answers, or its timeout while `down`."""
+
+    def __init__(self) -> None:
+        self.down = True
+        self.closed = 0
+
+    def _answer(self, value: dict) -> dict:
+        if self.down:
+            raise KafkaTransient("Kafka did not answer (KafkaTimeoutError: Failed to get offsets in 30000 ms)")
+        return value
+
+    def begin_offsets(self, keys: list[str]) -> dict[str, int]:
+        return self._answer({k: 0 for k in keys})
+
+    def end_offsets(self, keys: list[str]) -> dict[str, int]:
+        return self._answer({k: 5 for k in keys})
+
+    def records_at(self, wanted: dict[str, int]) -> dict:
+        return self._answer({})
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def test_a_kafka_that_does_not_answer_the_loss_watch_leaves_the_question_open(tmp_path: Path) -> None:
+    """A timeout in the loss watch is "unknown this time": no exception reaches the stream, it is counted,
+    status names it while it lasts, and the next look that gets an answer clears it."""
+    from lakehouse.app.status import render
+    from streaming import metrics
+
+    state, unknown = tmp_path / "positions.json", tmp_path / "unknown.json"
+    state.write_text(json.dumps({"0": {"positions": {"t:0": 5}, "seen": {"t:0": None}}}))
+    watch = LossWatch("127.0.0.1:1", tmp_path / "checkpoint", state, None, True, unknown)
+    kafka = watch.reader = _Kafka()  # type: ignore[assignment]
+    errors = metrics.STREAM_LOSS_WATCH_ERRORS._value.get()  # noqa: SLF001
+    watch.check(before_batch=1)
+    watch.check()
+    assert metrics.STREAM_LOSS_WATCH_ERRORS._value.get() == errors + 2  # noqa: SLF001
+    held = json.loads(unknown.read_text())
+    assert held["failures"] == 2 and "KafkaTimeoutError" in held["error"] and kafka.closed == 2
+    report = {"at": "now", "mongodb": {"state": "down"}, "producer": {"state": "down"},
+              "kafka": {"state": "ok", "partitions": [], "total_lag": 0, "loss_watch_unknown": held},
+              "spark": {"state": "none"}, "warehouse": {"state": "none"}, "freshness_seconds": None}
+    assert any("loss watch: Kafka has not answered it since" in line for line in render(report))
+    kafka.down = False
+    watch.check(before_batch=1)
+    assert not unknown.exists()

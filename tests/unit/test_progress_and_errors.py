@@ -120,6 +120,9 @@ def test_status_reports_each_unreachable_server_by_address_and_goes_on(tmp_path:
     ('{"msg": "x mongodb://u:pw@h/"}', '{"msg": "x mongodb://u:***@h/"}'),
     ("authMechanismProperties=AWS_SESSION_TOKEN:tok123&x=1", "authMechanismProperties=AWS_SESSION_TOKEN:***&x=1"),
     ("mongodb://user@h/ and http://127.0.0.1:9090/metrics", "mongodb://user@h/ and http://127.0.0.1:9090/metrics"),
+    ("bad URI mongodb://:s3cr3t@host/", "bad URI mongodb://:***@host/"),  # no user name
+    ("mongodb://user:s3c@r3t@host/db", "mongodb://user:***@host/db"),  # an unescaped @ in the password
+    ("mongodb://u:p@h1:1,h2:2?w=1 and http://x:9090/", "mongodb://u:***@h1:1,h2:2?w=1 and http://x:9090/"),
 ])
 def test_redact_masks_passwords_and_leaves_the_rest(text: str, masked: str) -> None:
     from lakehouse.core.errors import redact
@@ -166,3 +169,26 @@ def test_a_server_selection_timeout_in_the_uri_wins_over_the_commands_default(qu
         assert client.options.server_selection_timeout == expected
     finally:
         client.close()
+
+
+@pytest.mark.parametrize(("dns_says", "raised"), [
+    ("The DNS query name does not exist: _mongodb._tcp.c0.example.invalid.", "ConfigError"),
+    ("The DNS response does not contain an answer to the question: _mongodb._tcp.c0.example.net.", "ConfigError"),
+    ("The resolution lifetime expired after 20.0 seconds", "ServerUnreachable"),
+])
+def test_a_mongodb_srv_uri_that_dns_does_not_resolve_is_one_line(monkeypatch: pytest.MonkeyPatch, dns_says: str,
+                                                                 raised: str) -> None:
+    """A name DNS does not know is the operator's URI to fix (exit 2); a DNS that does not answer is a
+    server away (retried); the password is masked in both."""
+    from pymongo.errors import ConfigurationError
+
+    from lakehouse.adapters import mongo
+    from lakehouse.core.config import Settings
+
+    def resolve(*_: object, **__: object) -> None:
+        raise ConfigurationError(dns_says)
+
+    monkeypatch.setattr(mongo, "MongoClient", resolve)
+    with pytest.raises(Exception) as caught:  # noqa: PT011 - its type is the parameter
+        mongo.connect(Settings(mongo_uri="mongodb+srv://u:S3cretPW@c0.example.invalid/"))
+    assert type(caught.value).__name__ == raised and "S3cretPW" not in str(caught.value)
