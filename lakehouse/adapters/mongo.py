@@ -7,7 +7,8 @@ import collections
 import contextlib
 import queue
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import datetime
 from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any
 
@@ -61,6 +62,30 @@ def connect(settings: Settings, app: str = "lakehouse", timeout_ms: int | None =
             raise ConfigError(f"MONGO_URI={redact(settings.mongo_uri)!r} names no MongoDB in DNS ({exc}); check "
                               "the host name of the mongodb+srv:// URI") from None
         raise mongo_unreachable(settings, exc) from None
+
+
+def newest_change_time(client: MongoClient, db: str, collections: Iterable[str]) -> float | None:
+    """When (cluster time, epoch seconds) the newest change to the collections was made: the oplog's
+    newest entry for them, the clock the warehouse's changes carry too. A user who may not read the oplog
+    gets the newest `updated_at` that is a date (a document's own field of another type, such as a
+    Timestamp, sorts above every date and must not stand for the newest change)."""
+    names = [f"{db}.{name}" for name in collections]
+    try:
+        entry = next(iter(client["local"]["oplog.rs"].find(
+            {"$or": [{"ns": {"$in": names}}, {"ns": "admin.$cmd", "o.applyOps.ns": {"$in": names}}]},
+            {"ts": 1}).sort("$natural", -1).limit(1).max_time_ms(5000)), None)
+        return None if entry is None else float(entry["ts"].time)
+    except OperationFailure:  # not authorized on `local`, or the scan took too long
+        pass
+    newest = None
+    for name in collections:
+        found = next(iter(client[db][name].find({"updated_at": {"$type": "date"}}, {"updated_at": 1})
+                          .sort("updated_at", -1).limit(1)), None)
+        if found is not None:
+            value = found["updated_at"]
+            seconds = value.timestamp() if isinstance(value, datetime) else int(value) / 1000  # DatetimeMS
+            newest = seconds if newest is None else max(newest, seconds)
+    return newest
 
 
 def require_replica_set(client: MongoClient, settings: Settings) -> None:

@@ -159,37 +159,18 @@ def warehouse_status(settings: Settings) -> dict[str, Any]:
 
 
 def mongo_status(settings: Settings) -> dict[str, Any]:
-    """Documents per captured collection, and the newest change: the first captured collection's (in
-    collections.toml's order) newest updated_at, else the next's."""
+    """Documents per captured collection, and when the newest change to them was made (cluster time)."""
     from lakehouse.adapters.mongo import connect as connect_mongo
+    from lakehouse.adapters.mongo import newest_change_time
 
     client = connect_mongo(settings, "lakehouse-status", timeout_ms=5000)
     try:
         db = client[settings.mongo_db]
         counts = {name: db[name].estimated_document_count() for name in settings.collections}
-        newest = None
-        for name in settings.collections:
-            found = next(iter(db[name].find({}, {"updated_at": 1}).sort("updated_at", -1).limit(1)), None)
-            newest = _epoch(found.get("updated_at")) if found else None
-            if newest is not None:
-                break
+        newest = newest_change_time(client, settings.mongo_db, settings.collections)
         return {"state": "ok", "collections": counts, "newest_change": _iso(newest)}
     finally:
         client.close()
-
-
-def _epoch(value: Any) -> float | None:
-    """Seconds since the epoch of a document's updated_at, whatever BSON type it has (None if no time)."""
-    from bson import Timestamp
-    from bson.datetime_ms import DatetimeMS
-
-    if isinstance(value, datetime):
-        return value.timestamp()
-    if isinstance(value, Timestamp):
-        return float(value.time)
-    if isinstance(value, DatetimeMS):
-        return int(value) / 1000
-    return None
 
 
 def collect(settings: Settings) -> dict[str, Any]:

@@ -86,3 +86,17 @@ def test_status_and_metrics_follow_the_pipeline(spark: object, settings: Setting
         server.terminate()
         server.wait(30)
     client.close()
+
+
+def test_the_newest_change_is_when_mongodb_made_it_whatever_a_documents_updated_at_holds(settings: Settings) -> None:
+    """An order whose updated_at is a BSON Timestamp (it sorts above every date) made status say MongoDB's
+    newest change was in 2023, and freshness 0 s while the warehouse was far behind."""
+    from datetime import UTC, datetime
+
+    from bson import Timestamp
+
+    orders = connect_mongo(settings)[settings.mongo_db]["orders"]
+    orders.insert_one({"order_id": "o-ts", "updated_at": Timestamp(datetime(2023, 1, 2, tzinfo=UTC), 1)})
+    orders.insert_one({"order_id": "o-now", "updated_at": datetime.now(UTC)})
+    newest = datetime.strptime(status(settings)["mongodb"]["newest_change"], "%Y-%m-%dT%H:%M:%SZ")
+    assert abs(newest.replace(tzinfo=UTC).timestamp() - datetime.now(UTC).timestamp()) < 120, newest
