@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from lakehouse.adapters.kafka import ensure_topics
@@ -94,12 +94,13 @@ class ChangeStreamListener:
         for name in self.settings.collections:
             self._enable_pre_images(name)
 
-    def _enable_pre_images(self, name: str) -> None:
+    def _enable_pre_images(self, name: str) -> bool:
         """Pre-images give deletes their key field (the Kafka key); without them deletes key by _id."""
         refused = enable_pre_images(self.db, name)
         if refused:
             log.warning("could not enable pre-images on %s.%s (%s); deletes will be keyed by _id",
                         self.settings.mongo_db, name, refused)
+        return not refused
 
     # -- the loop, and what to do when it cannot resume -------------------------------------------
     def run(self, until_idle: bool = False) -> ListenerStats:
@@ -224,7 +225,18 @@ class ChangeStreamListener:
                     "invalidate event")
         self.offsets.save(value)
         stream.close()
-        return self._open_stream(value)
+        reopened = self._open_stream(value)
+        self._keep_pre_images(self.settings.collections, "the database was dropped")
+        return reopened
+
+    def _keep_pre_images(self, names: Iterable[str], why: str) -> None:
+        """A dropped collection takes its pre-image setting with it; one made again by the next insert
+        would key its deletes by _id, in another partition than the document's other changes. So it is made
+        again at once, empty, with pre-images on (as `prepare` does at start)."""
+        for name in names:
+            if self._enable_pre_images(name):
+                log.warning("%s.%s: %s; made again with pre-images on, so its deletes keep their key",
+                            self.settings.mongo_db, name, why)
 
     def _read_batch(self, stream: Any) -> tuple[list[Outgoing], tuple[str, Any] | None]:
         """A batch of events, and what to do after publishing it when a lifecycle event needs more than
@@ -244,6 +256,9 @@ class ChangeStreamListener:
                 renamed_to = (change.get("to") or {}).get("coll")
                 if operation == "rename" and renamed_to in self.settings.collections:
                     return batch, ("copy", renamed_to)
+                gone = (change.get("ns") or {}).get("coll")
+                if operation in ("drop", "rename") and gone in self.settings.collections:
+                    self._keep_pre_images([gone], "dropped" if operation == "drop" else f"renamed to {renamed_to}")
                 continue
             collection = change.get("ns", {}).get("coll")
             if collection not in self.settings.collections:

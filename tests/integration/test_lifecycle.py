@@ -58,3 +58,29 @@ def test_drop_rename_and_drop_database_reach_the_warehouse_and_capture_goes_on(s
     report = json.loads(CliRunner().invoke(cli, ["status", "--json"], env=settings.to_env()).output)
     last = report["producer"]["last_lifecycle_event"]
     assert last["operation"] == "dropDatabase" and last["db"] == settings.mongo_db
+
+
+def test_a_running_producer_turns_pre_images_on_again_after_a_drop(settings: Settings) -> None:
+    """A dropped collection (or database) loses its pre-image setting; a producer that goes on running makes
+    it again with pre-images, so a document's delete keeps its key and its partition."""
+    from tests.conftest import wait_for
+    from tests.helpers import start_cli
+
+    client = connect_mongo(settings)
+    db = client[settings.mongo_db]
+
+    def pre_images_on() -> bool:
+        found = list(db.list_collections(filter={"name": "orders"}))
+        return bool(found) and found[0]["options"].get("changeStreamPreAndPostImages", {}).get("enabled") is True
+
+    producer = start_cli(settings, settings.state_dir / "producer.log", "produce")
+    try:
+        wait_for(pre_images_on, 120, "the producer's pre-images at start")
+        for drop in (lambda: db["orders"].drop(), lambda: client.drop_database(settings.mongo_db)):
+            drop()  # nothing else makes the collection again: only the producer can turn them on
+            wait_for(pre_images_on, 60, "pre-images on again after the drop")
+        db["orders"].insert_one({"order_id": "o-1"})
+        assert producer.poll() is None, (settings.state_dir / "producer.log").read_text()[-3000:]
+    finally:
+        producer.terminate()
+        producer.wait(30)
