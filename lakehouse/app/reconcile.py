@@ -41,7 +41,7 @@ from bson import json_util
 
 from lakehouse.adapters.delta import LakeTable
 from lakehouse.adapters.kafka import KafkaTransient, end_offsets, publisher, read_values
-from lakehouse.adapters.mongo import cluster_time, raw_batches_ahead, raw_doc_id, raw_documents
+from lakehouse.adapters.mongo import cluster_time, find_by_ids, raw_batches_ahead, raw_doc_id, raw_documents
 from lakehouse.adapters.mongo import connect as connect_mongo
 from lakehouse.contracts import events, tables
 from lakehouse.contracts.positions import committed_offsets, split_key
@@ -119,11 +119,11 @@ class Reconciliation:
         return out
 
 
-def _source_chunks(collection: Any, query: dict[str, Any] | None = None) -> Iterator[pa.RecordBatch]:
-    """MongoDB's documents as (doc_id, digest) batches: the digest of each one's raw BSON, so nothing is
-    decoded but the _id; the next batch is read while this one is hashed."""
+def _source_chunks(collection: Any, ids: list[Any] | None = None) -> Iterator[pa.RecordBatch]:
+    """MongoDB's documents (all, or those with these _ids) as (doc_id, digest) batches: the digest of each
+    one's raw BSON, so nothing is decoded but the _id; the next batch is read while this one is hashed."""
     options = collection.codec_options
-    for raw in raw_batches_ahead(collection, query, CHUNK):
+    for raw in raw_batches_ahead(collection, None, CHUNK, ids):
         doc_ids, digests = [], []
         for document in raw_documents(raw):
             doc_ids.append(raw_doc_id(document, options))
@@ -144,12 +144,12 @@ def reconcile(settings: Settings, collection: str, keys: Reconciliation | None =
         if keys is None:
             # The warehouse's count stands in for MongoDB's: this server's count scans the collection,
             # which cost half the read itself only to show an ETA.
-            query, only, total = None, None, current_rows(settings, collection) or None
+            ids, only, total = None, None, current_rows(settings, collection) or None
         else:
             ids = [json_util.loads(keys.ids[k])["_id"] for k in (*keys.missing, *keys.mismatched)]
-            query, only, total = {"_id": {"$in": ids}}, [*keys.missing, *keys.extra, *keys.mismatched], len(ids)
+            only, total = [*keys.missing, *keys.extra, *keys.mismatched], len(ids)
         with Progress(f"reconcile {collection}: read MongoDB", total=total, unit="documents") as progress:
-            found = compare(settings, collection, _source_chunks(db[collection], query), only, progress.advance)
+            found = compare(settings, collection, _source_chunks(db[collection], ids), only, progress.advance)
         result = Reconciliation(found.source, found.warehouse, found.missing, found.extra, found.mismatched,
                                 collection=collection, cluster_time=(began.time, began.inc), ids=found.ids,
                                 digests=found.digests)
@@ -225,7 +225,7 @@ def _held_by_quality_rules(settings: Settings, collection: Any, result: Reconcil
         return set()
     ids = [json_util.loads(result.ids[k])["_id"] for k in held if k in result.ids]
     source = {events.doc_id_text({"_id": d["_id"]}): events.canonical_document(d)
-              for d in collection.find({"_id": {"$in": ids}})}
+              for d in find_by_ids(collection, ids)}
     return {k for k, document in held.items() if source.get(k) == document}
 
 
@@ -237,7 +237,7 @@ def _really_different(settings: Settings, collection: Any, result: Reconciliatio
         chunk = result.mismatched[start:start + CHUNK]
         ids = [json_util.loads(result.ids[k])["_id"] for k in chunk]
         source = {events.doc_id_text({"_id": d["_id"]}): events.canonical_document(d)
-                  for d in collection.find({"_id": {"$in": ids}})}
+                  for d in find_by_ids(collection, ids)}
         warehouse = current_documents(settings, result.collection, chunk)
         different += [k for k in chunk if k not in source or k not in warehouse
                       or events.canonical_document(warehouse[k]) != source[k]]
@@ -367,7 +367,7 @@ def repair(settings: Settings, result: Reconciliation, say: Callable[[str], None
         for start in range(0, len(wanted), CHUNK):
             publish([events.from_snapshot(settings.mongo_db, result.collection, document, at,
                                           settings.collection(result.collection).key)
-                     for document in collection.find({"_id": {"$in": wanted[start:start + CHUNK]}})])
+                     for document in find_by_ids(collection, wanted[start:start + CHUNK])])
         tombstones = current_keys(settings, result.collection, result.extra)
         for start in range(0, len(tombstones), CHUNK):
             publish([events.repair_tombstone(settings.mongo_db, result.collection, doc_id, document_key, key, at)
