@@ -75,6 +75,8 @@ class ChangeStreamListener:
         # Each captured collection's key field, read from the spec once (not per event: a file stat each).
         self._keys = {name: settings.collection(name).key for name in settings.collections}
         self.snapshotter = Snapshotter(settings, self.db, self.publisher, self.stats, self._keys, batch_size)
+        self._without_pre_images: dict[str, str] = {}  # collection -> why it has none (tried again each batch)
+        self._pre_images_tried = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------------
     def request_stop(self, *_: object) -> None:
@@ -94,13 +96,12 @@ class ChangeStreamListener:
         for name in self.settings.collections:
             self._enable_pre_images(name)
 
-    def _enable_pre_images(self, name: str) -> bool:
+    def _enable_pre_images(self, name: str) -> None:
         """Pre-images give deletes their key field (the Kafka key); without them deletes key by _id."""
         refused = enable_pre_images(self.db, name)
         if refused:
             log.warning("could not enable pre-images on %s.%s (%s); deletes will be keyed by _id",
                         self.settings.mongo_db, name, refused)
-        return not refused
 
     # -- the loop, and what to do when it cannot resume -------------------------------------------
     def run(self, until_idle: bool = False) -> ListenerStats:
@@ -186,6 +187,7 @@ class ChangeStreamListener:
         progress = Progress("change stream", unit="events") if until_idle else None
         try:
             while not self._stopping:
+                self._retry_pre_images()
                 batch, then = self._read_batch(stream)
                 if batch:
                     self.publisher.publish(batch)
@@ -232,11 +234,22 @@ class ChangeStreamListener:
     def _keep_pre_images(self, names: Iterable[str], why: str) -> None:
         """A dropped collection takes its pre-image setting with it; one made again by the next insert
         would key its deletes by _id, in another partition than the document's other changes. So it is made
-        again at once, empty, with pre-images on (as `prepare` does at start)."""
+        again at once, empty, with pre-images on (as `prepare` does at start). While its database is still
+        being dropped the server refuses: it is tried again with each batch until it is on."""
         for name in names:
-            if self._enable_pre_images(name):
+            if enable_pre_images(self.db, name) is None:
+                self._without_pre_images.pop(name, None)
                 log.warning("%s.%s: %s; made again with pre-images on, so its deletes keep their key",
                             self.settings.mongo_db, name, why)
+            else:
+                self._without_pre_images.setdefault(name, why)
+
+    def _retry_pre_images(self) -> None:
+        """Once a second at most, the collections whose pre-images could not be turned on yet."""
+        if self._without_pre_images and time.monotonic() >= self._pre_images_tried + 1.0:
+            self._pre_images_tried = time.monotonic()
+            for name, why in list(self._without_pre_images.items()):
+                self._keep_pre_images([name], why)
 
     def _read_batch(self, stream: Any) -> tuple[list[Outgoing], tuple[str, Any] | None]:
         """A batch of events, and what to do after publishing it when a lifecycle event needs more than

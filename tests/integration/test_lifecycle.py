@@ -73,6 +73,7 @@ def test_a_running_producer_turns_pre_images_on_again_after_a_drop(settings: Set
         found = list(db.list_collections(filter={"name": "orders"}))
         return bool(found) and found[0]["options"].get("changeStreamPreAndPostImages", {}).get("enabled") is True
 
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
     producer = start_cli(settings, settings.state_dir / "producer.log", "produce")
     try:
         wait_for(pre_images_on, 120, "the producer's pre-images at start")
