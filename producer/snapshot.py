@@ -4,13 +4,16 @@ from that time after it, so nothing is missed and a change both copied and strea
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from lakehouse.contracts import events
 from lakehouse.core.config import Settings
 from lakehouse.core.progress import Progress
 from producer.checkpoint import Checkpoint
-from producer.publishing import EventPublisher, ListenerStats, Outgoing
+from producer.publishing import EventPublisher, ListenerStats, Outgoing, Stopped
+
+log = logging.getLogger(__name__)
 
 
 class Snapshotter:
@@ -24,7 +27,9 @@ class Snapshotter:
         self.batch_size = batch_size
 
     def copy(self, names: tuple[str, ...], at: tuple[int, int]) -> None:
-        """Publish every document of `names` as of cluster time `at`, then each one's snapshot_end."""
+        """Publish every document of `names` as of cluster time `at`, then each one's snapshot_end. A stop
+        request abandons the copy between batches (Stopped): no token says it was made, so the next start
+        copies again (a copy is one more version of each document, never a loss)."""
         expected = sum(self.db[name].estimated_document_count() for name in names)
         with Progress("snapshot", total=expected, unit="documents") as progress:
             for name in names:
@@ -44,6 +49,10 @@ class Snapshotter:
         self.publisher.publish(batch)
         self.stats.snapshots += len(batch)
         progress.advance(len(batch))
+        if self.publisher.stopping():
+            log.warning("stopped during the snapshot, after %d documents: no token is saved, so the next start "
+                        "copies again", progress.done)
+            raise Stopped
 
 
 def new_collections(settings: Settings, checkpoint: Checkpoint) -> tuple[str, ...]:

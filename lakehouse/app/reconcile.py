@@ -119,11 +119,18 @@ class Reconciliation:
         return out
 
 
-def _source_chunks(collection: Any, ids: list[Any] | None = None) -> Iterator[pa.RecordBatch]:
+def _go_on() -> None:
+    """No stop request to look at (a command run once)."""
+
+
+def _source_chunks(collection: Any, ids: list[Any] | None = None,
+                   check: Callable[[], object] = _go_on) -> Iterator[pa.RecordBatch]:
     """MongoDB's documents (all, or those with these _ids) as (doc_id, digest) batches: the digest of each
-    one's raw BSON, so nothing is decoded but the _id; the next batch is read while this one is hashed."""
+    one's raw BSON, so nothing is decoded but the _id; the next batch is read while this one is hashed.
+    `check` runs before each batch (a service's stop request raises there)."""
     options = collection.codec_options
     for raw in raw_batches_ahead(collection, None, CHUNK, ids):
+        check()
         doc_ids, digests = [], []
         for document in raw_documents(raw):
             doc_ids.append(raw_doc_id(document, options))
@@ -132,7 +139,8 @@ def _source_chunks(collection: Any, ids: list[Any] | None = None) -> Iterator[pa
                               names=list(SOURCE_COLUMNS))
 
 
-def reconcile(settings: Settings, collection: str, keys: Reconciliation | None = None) -> Reconciliation:
+def reconcile(settings: Settings, collection: str, keys: Reconciliation | None = None,
+              check: Callable[[], object] = _go_on) -> Reconciliation:
     """Compare MongoDB's `collection` with the warehouse; with `keys` (an earlier result), only the
     documents that differed then (a second look: what is still different after the chain caught up)."""
     require_warehouse(settings.warehouse_path)  # no warehouse: say so before asking MongoDB
@@ -149,7 +157,8 @@ def reconcile(settings: Settings, collection: str, keys: Reconciliation | None =
             ids = [json_util.loads(keys.ids[k])["_id"] for k in (*keys.missing, *keys.mismatched)]
             only, total = [*keys.missing, *keys.extra, *keys.mismatched], len(ids)
         with Progress(f"reconcile {collection}: read MongoDB", total=total, unit="documents") as progress:
-            found = compare(settings, collection, _source_chunks(db[collection], ids), only, progress.advance)
+            found = compare(settings, collection, _source_chunks(db[collection], ids, check), only,
+                            progress.advance)
         result = Reconciliation(found.source, found.warehouse, found.missing, found.extra, found.mismatched,
                                 collection=collection, cluster_time=(began.time, began.inc), ids=found.ids,
                                 digests=found.digests)
@@ -273,7 +282,7 @@ def confirmed(settings: Settings, firsts: list[Reconciliation], settle: float, m
         if first.ok:
             results.append(first)
             continue
-        second = reconcile(settings, first.collection, keys=first)
+        second = reconcile(settings, first.collection, keys=first, check=lambda: wait(0))
         second.source, second.warehouse = first.source, first.warehouse
         second.in_flight = sorted({*first.in_flight, *_changed_since(first, second)})
         results.append(second)
@@ -337,7 +346,8 @@ def _changed_since(first: Reconciliation, second: Reconciliation) -> list[str]:
     return moved
 
 
-def repair(settings: Settings, result: Reconciliation, say: Callable[[str], None] = log.info) -> int:
+def repair(settings: Settings, result: Reconciliation, say: Callable[[str], None] = log.info,
+           check: Callable[[], object] = _go_on) -> int:
     """Publish repair events for every difference in `result`; returns how many documents it repaired."""
     if result.ok:
         return 0
@@ -347,6 +357,7 @@ def repair(settings: Settings, result: Reconciliation, say: Callable[[str], None
     at = result.cluster_time
 
     def publish(repairs: list[dict[str, Any]]) -> None:
+        check()  # a stop request ends the repair between chunks (what was sent is in Kafka, and idempotent)
         sent = sender.send_all(repairs, lambda e: (topic, events.kafka_key(e), events.encode(e)),
                                   flush_timeout=120)
         if sent.failure is not None:
@@ -390,9 +401,10 @@ def repair(settings: Settings, result: Reconciliation, say: Callable[[str], None
     return result.repaired
 
 
-def reconcile_each(settings: Settings, names: tuple[str, ...] | None = None) -> list[Reconciliation]:
+def reconcile_each(settings: Settings, names: tuple[str, ...] | None = None,
+                   check: Callable[[], object] = _go_on) -> list[Reconciliation]:
     """Every captured collection (or the named ones) compared with its warehouse table."""
-    return [reconcile(settings, name) for name in (names or settings.collections)]
+    return [reconcile(settings, name, check=check) for name in (names or settings.collections)]
 
 
 def combined(results: list[Reconciliation]) -> Reconciliation:
@@ -437,10 +449,13 @@ def round_of(settings: Settings, do_repair: bool, settle: float, meanwhile: Call
     """One periodic reconcile (the loader service, `run-all --follow`): look at every collection, look again
     after `settle` seconds of loading at what differed, repair what is still different (or only report
     it), record."""
-    results = confirmed(settings, reconcile_each(settings), settle, meanwhile, wait)
+    def check() -> None:  # the service's wait raises Interrupted on a stop request: a round ends within seconds
+        wait(0)
+
+    results = confirmed(settings, reconcile_each(settings, check=check), settle, meanwhile, wait)
     if do_repair:
         for result in results:
-            repair(settings, result, say)
+            repair(settings, result, say, check)
     record(settings, results, settle)
     *each, total = lines(results)
     how = ("deferred: the chain did not pass the round's cut in time, nothing repaired"

@@ -1,0 +1,77 @@
+"""A service asked to stop (SIGTERM) in the middle of long work stops within seconds and exits 0."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from lakehouse.adapters.mongo import connect as connect_mongo
+from lakehouse.core.config import Settings
+from tests.conftest import wait_for
+from tests.helpers import drain, read_topic, start_cli, stream_lake
+from warehouse.loader import load
+
+STOP_WITHIN_S = 10.0
+
+
+@pytest.mark.faults
+def test_the_loader_stops_within_seconds_in_the_middle_of_a_reconcile_round(spark: object, settings: Settings) -> None:
+    """The round's first look reads every document of MongoDB (here 150,000 the warehouse has not seen);
+    a SIGTERM while it reads ends it between batches. (It read on for minutes, and was SIGKILLed once.)"""
+    orders = connect_mongo(settings)[settings.mongo_db]["orders"]
+    orders.insert_one({"order_id": "o-first", "status": "created", "amount": "1.00"})
+    drain(settings)
+    stream_lake(spark, settings)
+    load(settings)
+    for start in range(0, 150_000, 10_000):
+        orders.insert_many([{"order_id": f"o-{n}", "status": "created", "amount": "2.50", "note": "x" * 200}
+                            for n in range(start, start + 10_000)], ordered=False)
+    log = settings.state_dir / "loader.log"
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    loader = start_cli(settings, log, "load", "--every", "1", "--reconcile-every", "1")
+    try:
+        wait_for(lambda: "reconcile orders: read MongoDB:" in log.read_text(errors="replace"), 180,
+                 "the reconcile round reading MongoDB")
+        _stop(loader, log)
+    finally:
+        if loader.poll() is None:
+            loader.kill()
+    assert "loader stopped" in log.read_text(errors="replace")
+
+
+def _stop(process: subprocess.Popen[bytes], log: Path) -> float:
+    """SIGTERM; seconds until it exited 0 (fails when it did not within STOP_WITHIN_S)."""
+    asked = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    try:
+        code = process.wait(STOP_WITHIN_S + 5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise AssertionError(f"no stop within {STOP_WITHIN_S + 5:.0f} s of SIGTERM:\n"
+                             + log.read_text(errors="replace")[-3000:]) from None
+    took = time.monotonic() - asked
+    assert code == 0 and took <= STOP_WITHIN_S, (code, took, log.read_text(errors="replace")[-3000:])
+    return took
+
+
+@pytest.mark.faults
+def test_the_producer_stops_within_seconds_in_the_middle_of_a_snapshot_and_copies_again(settings: Settings) -> None:
+    """SIGTERM during the initial copy abandons it between batches (no token says it was made); the next
+    start copies every document again, so none is missing."""
+    orders = connect_mongo(settings)[settings.mongo_db]["orders"]
+    for start in range(0, 150_000, 10_000):
+        orders.insert_many([{"order_id": f"o-{n}", "status": "created", "amount": "2.50", "note": "x" * 200}
+                            for n in range(start, start + 10_000)], ordered=False)
+    log = settings.state_dir / "producer.log"
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    producer = start_cli(settings, log, "produce", "--snapshot", "initial")
+    wait_for(lambda: "snapshot:" in log.read_text(errors="replace"), 180, "the snapshot under way")
+    _stop(producer, log)
+    assert "stopped during the snapshot" in log.read_text(errors="replace")
+    drain(settings)  # a new start copies again, whole
+    copied = {m["key"] for m in read_topic(settings, settings.topic_for("orders")) if m["op"] == "snapshot"}
+    assert copied >= {f"o-{n}" for n in range(150_000)}
