@@ -42,7 +42,7 @@ from pathlib import Path
 
 from pymongo.errors import PyMongoError
 
-from infra import servers
+from infra import kafka_broker, servers
 from lakehouse.adapters.mongo import connect as connect_mongo
 from lakehouse.core.config import Settings
 from producer.generator import OrderGenerator
@@ -50,6 +50,7 @@ from tests.helpers import free_port, read_topic, witness_changes
 
 LOSS_LINE = "KAFKA LOST ACKNOWLEDGED RECORDS"  # the producer's error line when Kafka holds less than it acked
 RECOVERY_LIMIT_S = {"producer": 60.0, "streaming": 240.0, "loader": 60.0}
+KAFKA_PAUSE_S = 45.0  # longer than every Kafka client's own timeout (30 s)
 
 
 def say(message: str) -> None:
@@ -121,6 +122,7 @@ class Chaos:
         self.held_elsewhere: set[str] = set()
         self.stop_generating = threading.Event()
         self.generated = 0
+        self.pause_exits = 0  # stages that ended while Kafka was paused (pause_kafka)
 
     @staticmethod
     def _lines(path: Path, containing: str = "") -> float:
@@ -230,6 +232,7 @@ class Chaos:
             faults.append((0.7 * duration, self.kill_kafka))
             faults.append((0.85 * duration, self.recreate_orders_topic))
             faults.append((0.4 * duration, lambda: self.hold_reader(15)))
+            faults.append((0.6 * duration, lambda: self.pause_kafka(KAFKA_PAUSE_S)))
         elif self.faults == "restarts":
             faults.append((0.3 * duration, lambda: self.kill(self.stages["streaming"])))
             faults.append((0.6 * duration, self.restart_kafka))
@@ -389,6 +392,27 @@ class Chaos:
         say(servers.start_kafka(self.settings))
         self.note("Kafka SIGKILLed and started again")
 
+    def pause_kafka(self, seconds: float) -> None:
+        """SIGSTOP the broker for longer than every client's timeout (30 s), then SIGCONT: no stage may end
+        on it (each waits and retries); an exit meanwhile or in the minute after counts as wrong."""
+        pid = int((kafka_broker.node_dir(self.settings, 1) / "kafka.pid").read_text())
+        exits = sum(stage.exits for stage in self.stages.values())
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            until = time.monotonic() + seconds
+            while time.monotonic() < until:
+                self.supervise()
+                time.sleep(0.5)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        until = time.monotonic() + 60
+        while time.monotonic() < until:
+            self.supervise()
+            time.sleep(0.5)
+        self.pause_exits = sum(stage.exits for stage in self.stages.values()) - exits
+        self.note(f"Kafka paused (SIGSTOP) for {seconds:.0f} s: {self.pause_exits} stage exit(s) then or in the "
+                  "minute after (must be 0)")
+
     def drain(self, began: object, timeout: float = 900) -> tuple[bool, list[str]]:
         from lakehouse.app.reconcile import combined, lines, reconcile_each
         from lakehouse.contracts.types import ident
@@ -475,7 +499,7 @@ class Chaos:
         slow = {n: max(st.recoveries, default=0) for n, st in self.stages.items()
                 if max(st.recoveries, default=0) > RECOVERY_LIMIT_S[n]}
         ok = bool(result and result.ok) and not missing_changes and len(facts) == len(set(facts)) and not slow \
-            and broker_losses == 0 and (recreated is None or sum(recreated) > 0) and not wolf
+            and broker_losses == 0 and (recreated is None or sum(recreated) > 0) and not wolf and not self.pause_exits
         report = ["", "chaos summary", f"  changes generated {self.generated}, witnessed {len(witness)} "
                   f"({len(witness) / (self.minutes * 60):.0f} changes/s in MongoDB over the run)"]
         for name, st in self.stages.items():
