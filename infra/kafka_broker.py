@@ -25,11 +25,13 @@ from infra.processes import (
     ROOT,
     StackError,
     alive,
+    exit_code,
     port_open,
     running,
     spawn,
     stop_pid_file,
     terminate,
+    this_run,
     use_existing,
     wait,
 )
@@ -285,15 +287,13 @@ def _start_nodes(settings: Settings, layout: Layout, nodes: tuple[Node, ...]) ->
 
 
 def _exited(pid: int, home: Path) -> bool:
-    """A node that died while starting fails the wait at once, with its own words."""
-    try:
-        finished, _ = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        finished = 0 if alive(pid) else pid
-    if finished:
-        out = (home / "stdout.log").read_text(errors="replace")[-2000:]
+    """A node that died while starting fails the wait at once, with its exit code and its own words
+    (this run's launch output, and its server.log)."""
+    code = exit_code(pid)
+    if code is not None:
         log = (home / "server.log").read_text(errors="replace")[-3000:] if (home / "server.log").exists() else ""
-        raise StackError(f"Kafka broker in {home} exited while starting:\n{out}\n{log}")
+        raise StackError(f"Kafka broker in {home} exited while starting (exit code {code}):\n"
+                         f"{this_run(home / 'stdout.log', 40)}\n{log}")
     return False
 
 

@@ -41,8 +41,41 @@ def port_open(host: str, port: int) -> bool:
         return False
 
 
-def wait(what: str, ready: Callable[[], bool], log: Path | None, timeout: float = READY_TIMEOUT_S) -> None:
-    """Until `ready()`; a StackError from it (a server that exited while starting) ends the wait at once."""
+RUN_MARK = "--- starting: "  # the line spawn writes to a server's log before each start
+
+
+def this_run(log: Path | None, lines: int = 20) -> str:
+    """The last lines a server wrote to `log` since its latest start (spawn marks each start), not an
+    earlier run's."""
+    if log is None or not log.exists():
+        return ""
+    text = log.read_text(errors="replace")
+    return "\n".join(text[text.rfind(RUN_MARK):].splitlines()[-lines:]) if RUN_MARK in text else \
+        "\n".join(text.splitlines()[-lines:])
+
+
+def exit_code(pid: int) -> int | None:
+    """The exit code of a server this process started, once it has exited (-1 when it is not our child
+    and is gone); None while it runs."""
+    try:
+        finished, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return None if alive(pid) else -1
+    return os.waitstatus_to_exitcode(status) if finished else None
+
+
+def raise_if_exited(what: str, pid: int, log: Path | None) -> None:
+    """StackError with the exit code and this run's log when the server `pid` has exited."""
+    code = exit_code(pid)
+    if code is not None:
+        raise StackError(f"{what}: the server exited while starting (exit code {code}); log {log}, this run:\n"
+                         f"{this_run(log)}")
+
+
+def wait(what: str, ready: Callable[[], bool], log: Path | None, timeout: float = READY_TIMEOUT_S,
+         pid: int | None = None) -> None:
+    """Until `ready()`. A server (`pid`) that exits meanwhile, or a StackError from `ready`, ends the wait at
+    once with its exit code and this run's log, not a timeout minutes later."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -52,11 +85,10 @@ def wait(what: str, ready: Callable[[], bool], log: Path | None, timeout: float 
             raise
         except Exception:  # not ready yet: a refused connection looks like any other error here
             pass
+        if pid is not None:
+            raise_if_exited(what, pid, log)
         time.sleep(0.2)
-    tail = ""
-    if log and log.exists():
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
-    raise StackError(f"{what} was not ready within {timeout:.0f}s; log {log}:\n{tail}")
+    raise StackError(f"{what} was not ready within {timeout:.0f}s; log {log}, this run:\n{this_run(log)}")
 
 
 def use_existing(name: str, where: str, host: str, port: int, ready: Callable[[], bool], log: Path) -> str | None:
@@ -105,7 +137,10 @@ def terminate(pid: int, grace: float = 20.0) -> bool:
 def spawn(command: list[str], log: Path, pid_file: Path, env: dict[str, str] | None = None) -> int:
     """Start a server in its own session (a kill of its group takes its children too), its PID recorded."""
     pid_file.parent.mkdir(parents=True, exist_ok=True)
+    log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
+        out.write(f"\n{RUN_MARK}{time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(command)}\n".encode())
+        out.flush()
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, env=env)
     pid_file.write_text(str(proc.pid))

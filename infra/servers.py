@@ -26,6 +26,7 @@ from infra.processes import (
     StackError,
     bin_path,
     port_open,
+    raise_if_exited,
     running,
     spawn,
     stop_pid_file,
@@ -67,7 +68,7 @@ def start_mongo(settings: Settings, extra_args: tuple[str, ...] = ()) -> str:
         *extra_args,  # after the settings: the server takes the last of a repeated option
     ]
     pid = spawn(command, log, pid_file)
-    wait(f"MongoDB on {host}:{port}", lambda: _mongo_ready(settings), log)
+    wait(f"MongoDB on {host}:{port}", lambda: _mongo_ready(settings), log, pid=pid)
     return f"MongoDB: started replica set on {host}:{port} (pid {pid}, log {log})"
 
 
@@ -155,17 +156,23 @@ def start_spark_cluster(settings: Settings, workers: int = SPARK_WORKERS, webui_
     log = folder / "master.log"
     pid = spawn([spark_class, "org.apache.spark.deploy.master.Master", "--host", host, "--port", str(port),
                   "--webui-port", str(webui_port)], log, master_pid, env)
-    wait(f"Spark master on {host}:{port}", lambda: _master_state(webui_port)["status"] == "ALIVE", log, 120)
+    wait(f"Spark master on {host}:{port}", lambda: _master_state(webui_port)["status"] == "ALIVE", log, 120, pid)
     lines = [f"Spark: master at spark://{host}:{port} (pid {pid}, web UI http://{host}:{webui_port}, log {log})"]
-    for n in range(1, workers + 1):
-        lines.append(_start_worker(settings, n, spark_class, master, env, worker_cores, worker_memory))
-    wait(f"{workers} Spark workers registered with spark://{host}:{port}",
-          lambda: _master_state(webui_port)["aliveworkers"] >= workers, folder / "worker-1.log", 120)
+    started = {n: _start_worker(settings, n, spark_class, master, env, worker_cores, worker_memory)
+               for n in range(1, workers + 1)}
+    lines += [line for line, _ in started.values()]
+
+    def registered() -> bool:
+        for n, (_, worker) in started.items():
+            raise_if_exited(f"Spark worker {n}", worker, folder / f"worker-{n}.log")
+        return _master_state(webui_port)["aliveworkers"] >= workers
+
+    wait(f"{workers} Spark workers registered with spark://{host}:{port}", registered, folder / "worker-1.log", 120)
     return lines
 
 
 def _start_worker(settings: Settings, n: int, spark_class: str, master: str, env: dict[str, str], cores: int,
-                  memory: str) -> str:
+                  memory: str) -> tuple[str, int]:
     folder = _spark_dir(settings)
     log = folder / f"worker-{n}.log"
     work = folder / f"work-{n}"
@@ -173,7 +180,7 @@ def _start_worker(settings: Settings, n: int, spark_class: str, master: str, env
     pid = spawn([spark_class, "org.apache.spark.deploy.worker.Worker", "--host", env["SPARK_LOCAL_IP"],
                   "--webui-port", "0", "--cores", str(cores), "--memory", memory, "--work-dir", str(work), master],
                  log, folder / f"worker-{n}.pid", env)
-    return f"Spark: worker {n} ({cores} core, {memory}; pid {pid}, log {log})"
+    return f"Spark: worker {n} ({cores} core, {memory}; pid {pid}, log {log})", pid
 
 
 def cluster_workers_alive(settings: Settings) -> int:
@@ -230,7 +237,7 @@ def start_prometheus(settings: Settings, scrape_interval: str = "5s") -> str:
     config.write_text(prometheus_config(settings, scrape_interval))
     pid = spawn([tool("prometheus"), f"--config.file={config}", f"--storage.tsdb.path={folder / 'data'}",
                   f"--web.listen-address={host}:{port}", "--storage.tsdb.retention.time=7d"], log, pid_file)
-    wait(f"Prometheus on {host}:{port}", lambda: _http_ok(f"http://{host}:{port}/-/ready"), log)
+    wait(f"Prometheus on {host}:{port}", lambda: _http_ok(f"http://{host}:{port}/-/ready"), log, pid=pid)
     return f"Prometheus: http://{host}:{port} scraping {', '.join(PROMETHEUS_JOBS.values())} (pid {pid}, log {log})"
 
 
