@@ -62,9 +62,10 @@ def test_drop_rename_and_drop_database_reach_the_warehouse_and_capture_goes_on(s
 
 def test_a_running_producer_turns_pre_images_on_again_after_a_drop(settings: Settings) -> None:
     """A dropped collection (or database) loses its pre-image setting; a producer that goes on running makes
-    it again with pre-images, so a document's delete keeps its key and its partition."""
+    it again with pre-images, so a document's delete keeps its key and its partition: each document's
+    insert and delete land in one partition."""
     from tests.conftest import wait_for
-    from tests.helpers import start_cli
+    from tests.helpers import read_topic, start_cli
 
     client = connect_mongo(settings)
     db = client[settings.mongo_db]
@@ -80,7 +81,18 @@ def test_a_running_producer_turns_pre_images_on_again_after_a_drop(settings: Set
         for drop in (lambda: db["orders"].drop(), lambda: client.drop_database(settings.mongo_db)):
             drop()  # nothing else makes the collection again: only the producer can turn them on
             wait_for(pre_images_on, 60, "pre-images on again after the drop")
-        db["orders"].insert_one({"order_id": "o-1"})
+        for n in range(12):  # with 3 partitions, an _id-keyed delete would land elsewhere for most of them
+            db["orders"].insert_one({"order_id": f"o-{n}"})
+            db["orders"].delete_one({"order_id": f"o-{n}"})
+
+        def both_events() -> list[dict] | None:
+            events = [e for e in read_topic(settings, settings.topic_for("orders")) if e["op"] in ("insert", "delete")]
+            return events if len(events) >= 24 else None
+
+        events = wait_for(both_events, 120, "the inserts and deletes in Kafka")
+        for doc_id in {e["doc_id"] for e in events}:
+            mine = [(e["op"], e["key"], e["partition"]) for e in events if e["doc_id"] == doc_id]
+            assert len({partition for _, _, partition in mine}) == 1 and len({key for _, key, _ in mine}) == 1, mine
         assert producer.poll() is None, (settings.state_dir / "producer.log").read_text()[-3000:]
     finally:
         producer.terminate()
