@@ -14,16 +14,18 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from lakehouse.adapters import explain
 from lakehouse.adapters.kafka import ensure_topics
 from lakehouse.adapters.mongo import ChangeStream, HistoryLost, cluster_time, enable_pre_images, require_replica_set
 from lakehouse.adapters.mongo import connect as connect_mongo
 from lakehouse.contracts import events
 from lakehouse.core.config import Settings, for_stage
-from lakehouse.core.errors import ConfigError, Permanent
+from lakehouse.core.errors import ConfigError, Permanent, Transient
 from lakehouse.core.progress import Progress
 from producer import lifecycle, metrics
 from producer.checkpoint import Checkpoint, FileCheckpointStore
@@ -320,3 +322,53 @@ def _can_stream_from(settings: Settings, resume_token: Mapping[str, Any] | None,
         ChangeStream(client[settings.mongo_db], watch_pipeline(settings), resume_token, start_at).close()
     finally:
         client.close()
+
+
+SERVER_WAIT_MAX_S = 30.0  # the longest pause between tries while a server is away
+
+
+def serve(settings: Settings, snapshot_mode: str) -> ListenerStats:
+    """The producer as a service, until SIGTERM/SIGINT: a server away (at start, or lost on the way) is
+    waited for with back-off and a new listener resumes from the saved token, as a restart would; the
+    process does not end on it. Said once per episode, counted in lakehouse_producer_server_waits."""
+    stopping = threading.Event()
+    running: list[ChangeStreamListener] = []
+
+    def request_stop(*_: object) -> None:
+        stopping.set()
+        for listener in running:
+            listener.request_stop()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    stats, delay, away_since = ListenerStats(), 1.0, None
+    while not stopping.is_set():
+        listener = None
+        started = time.monotonic()
+        try:
+            listener = ChangeStreamListener(settings, snapshot_mode=snapshot_mode)
+            running[:] = [listener]
+            if stopping.is_set():
+                listener.request_stop()
+            return listener.run()
+        except Exception as exc:  # noqa: BLE001 - only a server away is waited for; the rest is raised
+            known = explain(settings, exc)
+            if not isinstance(known, Transient):
+                raise
+            exc = known
+            metrics.PRODUCER_SERVER_WAITS.inc()
+            if time.monotonic() - started > 60:  # it ran a while: a new episode
+                away_since, delay = None, 1.0
+            if away_since is None:
+                away_since = time.monotonic()
+                log.warning("%s; waiting for it: trying again with back-off (up to every %.0f s) until it answers "
+                            "or the producer is stopped", exc, SERVER_WAIT_MAX_S)
+            else:
+                log.info("still away after %.0f s: %s", time.monotonic() - away_since, exc)
+            stopping.wait(delay)
+            delay = min(2 * delay, SERVER_WAIT_MAX_S)
+        finally:
+            running.clear()
+            if listener is not None:
+                listener.close()
+    return stats

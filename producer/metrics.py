@@ -17,3 +17,5 @@ PRODUCER_TOKEN_SAVED = Gauge("lakehouse_producer_token_saved_timestamp_seconds",
 PRODUCER_PUBLISH_SECONDS = Histogram("lakehouse_producer_publish_seconds",
                                      "Publishing one batch of events until Kafka acknowledged all of it",
                                      buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+PRODUCER_SERVER_WAITS = Counter("lakehouse_producer_server_waits",
+                                "Times the producer found MongoDB or Kafka away and waited to try again")

@@ -45,7 +45,7 @@ from lakehouse.contracts.events import (
 )
 from lakehouse.core.collections import MONEY_COLUMNS
 from lakehouse.core.config import Settings, for_stage
-from lakehouse.core.errors import ConfigError, LakehouseError
+from lakehouse.core.errors import ConfigError, LakehouseError, ServerUnreachable
 from lakehouse.core.rules import QUALITY_FLAGS
 from lakehouse.core.stopping import StopSignals
 from streaming import inventory, metrics, sessions
@@ -614,7 +614,8 @@ def run(settings: Settings, available_now: bool = False, max_failures: int = MAX
     `max_failures` failures in a row without a committed batch the job raises with the last cause. A
     stop request lets the batch in hand finish."""
     settings = for_stage(settings, "streaming")
-    require_broker(settings)  # a clear error now, rather than Spark's traceback a minute later
+    if not _kafka_answers(settings, available_now):
+        return  # stopped while waiting
     reset_derived_if_old(settings, [c for c in query_checkpoints(settings) if c != settings.spark_checkpoint])
     ensure_lake_tables(settings)
     spark = build_session(settings)
@@ -662,6 +663,35 @@ def run(settings: Settings, available_now: bool = False, max_failures: int = MAX
         finally:
             watch.close()
             spark.stop()
+
+
+KAFKA_WAIT_MAX_S = 30.0  # the longest pause between tries while Kafka is away at start
+
+
+def _kafka_answers(settings: Settings, available_now: bool) -> bool:
+    """Before Spark starts: Kafka reachable, else a clear error now rather than Spark's traceback a minute
+    later. A bounded run (available_now) reports it; the service waits for it with back-off (said once),
+    as it would for a broker lost on the way. False when stopped while waiting."""
+    delay, said = 1.0, False
+    with StopSignals() as signals:
+        while True:
+            try:
+                require_broker(settings)
+                if said:
+                    log.warning("Kafka answers again: starting")
+                return True
+            except ServerUnreachable as exc:
+                if available_now:
+                    raise
+                metrics.STREAM_KAFKA_WAITS.inc()
+                if not said:
+                    log.warning("%s; waiting for it: trying again with back-off (up to every %.0f s)", exc,
+                                KAFKA_WAIT_MAX_S)
+                    said = True
+                if signals.requested.wait(delay):
+                    log.info("stopped while waiting for Kafka")
+                    return False
+                delay = min(2 * delay, KAFKA_WAIT_MAX_S)
 
 
 def stop_queries(queries: list[Any], grace: float = 40.0) -> None:

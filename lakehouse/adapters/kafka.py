@@ -71,7 +71,7 @@ def kafka_unreachable(settings: Settings, cause: BaseException | str) -> ServerU
 
 def explain(settings: Settings, exc: BaseException) -> LakehouseError | None:
     """The one-line form of a kafka-python connection error, or None for other errors."""
-    if isinstance(exc, KafkaConnectionError) or (isinstance(exc, KafkaTimeoutError) and "bootstrap" in str(exc)):
+    if isinstance(exc, KafkaConnectionError | KafkaTimeoutError):
         return kafka_unreachable(settings, exc)
     return None
 

@@ -17,7 +17,12 @@ from bson.codec_options import CodecOptions
 from pymongo import MongoClient
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import ConfigurationError, OperationFailure, PyMongoError, ServerSelectionTimeoutError
+from pymongo.errors import (
+    ConfigurationError,
+    ConnectionFailure,
+    OperationFailure,
+    PyMongoError,
+)
 from pymongo.operations import DeleteOne, InsertOne, ReplaceOne, UpdateOne
 
 from lakehouse.contracts import events
@@ -440,7 +445,7 @@ def mongo_refused(settings: Settings, cause: BaseException) -> ServerRefused:
 
 def explain(settings: Settings, exc: BaseException) -> LakehouseError | None:
     """The one-line form of a pymongo connection or authentication error, or None for others."""
-    if isinstance(exc, ServerSelectionTimeoutError):
+    if isinstance(exc, ConnectionFailure):  # no server to select, a lost connection, "not primary"
         return mongo_unreachable(settings, exc)
     if isinstance(exc, OperationFailure) and exc.code in REFUSED_CODES:
         return mongo_refused(settings, exc)

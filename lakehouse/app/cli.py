@@ -129,16 +129,18 @@ def servers_command(settings: Settings, action: str) -> None:
 @click.pass_obj
 def produce(settings: Settings, snapshot: str, until_idle: bool) -> None:
     """Capture MongoDB changes into Kafka until SIGTERM/SIGINT."""
-    from producer.listener import ChangeStreamListener
+    from producer.listener import ChangeStreamListener, serve
 
-    listener = ChangeStreamListener(settings, snapshot_mode=snapshot)
-    listener.install_signal_handlers()
-    if not until_idle:
+    if until_idle:  # a bounded run: a server away is an error to report
+        listener = ChangeStreamListener(settings, snapshot_mode=snapshot)
+        listener.install_signal_handlers()
+        try:
+            stats = listener.run(until_idle=True)
+        finally:
+            listener.close()
+    else:  # a service: a server away is waited for
         metrics.serve(settings, "producer")
-    try:
-        stats = listener.run(until_idle=until_idle)
-    finally:
-        listener.close()
+        stats = serve(settings, snapshot)
     click.echo(f"producer stopped: {stats.published} events published, {stats.snapshots} snapshot copies, "
                f"{stats.dead_lettered} dead-lettered")
 
