@@ -77,41 +77,28 @@ def test_the_producer_stops_within_seconds_in_the_middle_of_a_snapshot_and_copie
     assert copied >= {f"o-{n}" for n in range(150_000)}
 
 
-def test_the_producer_waits_for_a_kafka_that_is_away_and_still_stops_at_once(settings: Settings) -> None:
-    """A broker away is waited for (with back-off, said once), not an exit: the service keeps running; and
-    a stop request meanwhile ends it at once with exit 0."""
+@pytest.mark.parametrize(("stage", "then"), [
+    ("produce", "still away after"),  # it tries again (a new listener), it does not exit
+    ("stream", None),
+])
+def test_a_service_waits_for_a_kafka_that_is_away_and_still_stops_at_once(settings: Settings, stage: str,
+                                                                          then: str | None) -> None:
+    """A broker away is waited for (with back-off, said once), not an exit (the producer had exited when
+    Kafka went away, the streaming job when restarted while it was down); a stop meanwhile ends it at once."""
     from tests.helpers import free_port
 
     away = settings.replace(kafka_bootstrap_servers=f"127.0.0.1:{free_port()}")
-    log = away.state_dir / "producer.log"
+    log = away.state_dir / f"{stage}.log"
     away.state_dir.mkdir(parents=True, exist_ok=True)
-    producer = start_cli(away, log, "produce")
+    service = start_cli(away, log, stage)
     try:
         wait_for(lambda: "waiting for it: trying again with back-off" in log.read_text(errors="replace"), 120,
-                 "the producer saying it waits for Kafka")
-        wait_for(lambda: "still away after" in log.read_text(errors="replace"), 60, "a second try, not an exit")
-        assert producer.poll() is None, log.read_text(errors="replace")[-3000:]
+                 f"{stage} saying it waits for Kafka")
+        if then:
+            wait_for(lambda: then in log.read_text(errors="replace"), 60, "a second try, not an exit")
+        assert service.poll() is None, log.read_text(errors="replace")[-3000:]
         assert log.read_text(errors="replace").count("waiting for it") == 1  # once per episode
-        _stop(producer, log)
+        _stop(service, log)
     finally:
-        if producer.poll() is None:
-            producer.kill()
-
-
-def test_the_streaming_job_waits_for_a_kafka_that_is_away_and_still_stops_at_once(settings: Settings) -> None:
-    """At start, a broker away is waited for (the job was restarted while Kafka was down, and exited)."""
-    from tests.helpers import free_port
-
-    away = settings.replace(kafka_bootstrap_servers=f"127.0.0.1:{free_port()}")
-    log = away.state_dir / "streaming.log"
-    away.state_dir.mkdir(parents=True, exist_ok=True)
-    job = start_cli(away, log, "stream")
-    try:
-        wait_for(lambda: "waiting for it: trying again with back-off" in log.read_text(errors="replace"), 120,
-                 "the job saying it waits for Kafka")
-        assert job.poll() is None, log.read_text(errors="replace")[-3000:]
-        _stop(job, log)
-        assert "stopped while waiting for Kafka" in log.read_text(errors="replace")
-    finally:
-        if job.poll() is None:
-            job.kill()
+        if service.poll() is None:
+            service.kill()

@@ -50,8 +50,9 @@ def second_look(monkeypatch: pytest.MonkeyPatch) -> list[Reconciliation]:
     """The second look finds every difference again; `moving` changed in MongoDB in between."""
     looked: list[Reconciliation] = []
 
-    def again(settings: Settings, collection: str, keys: Reconciliation | None = None) -> Reconciliation:
-        assert keys is not None
+    def again(settings: Settings, collection: str, keys: Reconciliation | None = None,
+              check: object = None) -> Reconciliation:
+        assert keys is not None and callable(check)  # the second look can be stopped between its pieces
         second = Reconciliation(0, 0, missing=list(keys.missing), extra=list(keys.extra),
                                 mismatched=list(keys.mismatched), collection=collection,
                                 digests={**keys.digests, "moving": "d2"})
