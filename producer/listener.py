@@ -370,5 +370,8 @@ def serve(settings: Settings, snapshot_mode: str) -> ListenerStats:
         finally:
             running.clear()
             if listener is not None:
-                listener.close()
+                try:
+                    listener.close()
+                except Exception as exc:  # noqa: BLE001 - clients of a server that went away: the next try makes new ones
+                    log.debug("closing the listener: %s", exc)
     return stats
