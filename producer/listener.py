@@ -24,6 +24,7 @@ from lakehouse.adapters.kafka import ensure_topics
 from lakehouse.adapters.mongo import ChangeStream, HistoryLost, cluster_time, enable_pre_images, require_replica_set
 from lakehouse.adapters.mongo import connect as connect_mongo
 from lakehouse.contracts import events
+from lakehouse.core.backoff import AwayEpisode
 from lakehouse.core.config import Settings, for_stage
 from lakehouse.core.errors import ConfigError, Permanent, Transient
 from lakehouse.core.progress import Progress
@@ -324,13 +325,10 @@ def _can_stream_from(settings: Settings, resume_token: Mapping[str, Any] | None,
         client.close()
 
 
-SERVER_WAIT_MAX_S = 30.0  # the longest pause between tries while a server is away
-
-
 def serve(settings: Settings, snapshot_mode: str) -> ListenerStats:
     """The producer as a service, until SIGTERM/SIGINT: a server away (at start, or lost on the way) is
-    waited for with back-off and a new listener resumes from the saved token, as a restart would; the
-    process does not end on it. Said once per episode, counted in lakehouse_producer_server_waits."""
+    waited for (lakehouse/core/backoff.py) and a new listener resumes from the saved token, as a restart
+    would; the process does not end on it. Counted in lakehouse_producer_server_waits."""
     stopping = threading.Event()
     running: list[ChangeStreamListener] = []
 
@@ -341,7 +339,7 @@ def serve(settings: Settings, snapshot_mode: str) -> ListenerStats:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    stats, delay, away_since = ListenerStats(), 1.0, None
+    episode = AwayEpisode(log)
     while not stopping.is_set():
         listener = None
         started = time.monotonic()
@@ -355,18 +353,10 @@ def serve(settings: Settings, snapshot_mode: str) -> ListenerStats:
             known = explain(settings, exc)
             if not isinstance(known, Transient):
                 raise
-            exc = known
             metrics.PRODUCER_SERVER_WAITS.inc()
-            if time.monotonic() - started > 60:  # it ran a while: a new episode
-                away_since, delay = None, 1.0
-            if away_since is None:
-                away_since = time.monotonic()
-                log.warning("%s; waiting for it: trying again with back-off (up to every %.0f s) until it answers "
-                            "or the producer is stopped", exc, SERVER_WAIT_MAX_S)
-            else:
-                log.info("still away after %.0f s: %s", time.monotonic() - away_since, exc)
-            stopping.wait(delay)
-            delay = min(2 * delay, SERVER_WAIT_MAX_S)
+            if time.monotonic() - started > 60:  # it ran a while before: a new episode
+                episode.over()
+            episode.wait(known, stopping)
         finally:
             running.clear()
             if listener is not None:
@@ -374,4 +364,4 @@ def serve(settings: Settings, snapshot_mode: str) -> ListenerStats:
                     listener.close()
                 except Exception as exc:  # noqa: BLE001 - clients of a server that went away: the next try makes new ones
                     log.debug("closing the listener: %s", exc)
-    return stats
+    return ListenerStats()

@@ -43,6 +43,7 @@ from lakehouse.contracts.events import (
     REQUIRED_FIELDS,
     SCHEMA_VERSION,
 )
+from lakehouse.core.backoff import AwayEpisode
 from lakehouse.core.collections import MONEY_COLUMNS
 from lakehouse.core.config import Settings, for_stage
 from lakehouse.core.errors import ConfigError, LakehouseError, ServerUnreachable
@@ -665,33 +666,24 @@ def run(settings: Settings, available_now: bool = False, max_failures: int = MAX
             spark.stop()
 
 
-KAFKA_WAIT_MAX_S = 30.0  # the longest pause between tries while Kafka is away at start
-
-
 def _kafka_answers(settings: Settings, available_now: bool) -> bool:
     """Before Spark starts: Kafka reachable, else a clear error now rather than Spark's traceback a minute
-    later. A bounded run (available_now) reports it; the service waits for it with back-off (said once),
+    later. A bounded run (available_now) reports it; the service waits for it (lakehouse/core/backoff.py),
     as it would for a broker lost on the way. False when stopped while waiting."""
-    delay, said = 1.0, False
+    episode = AwayEpisode(log)
     with StopSignals() as signals:
         while True:
             try:
                 require_broker(settings)
-                if said:
-                    log.warning("Kafka answers again: starting")
+                episode.over()
                 return True
             except ServerUnreachable as exc:
                 if available_now:
                     raise
                 metrics.STREAM_KAFKA_WAITS.inc()
-                if not said:
-                    log.warning("%s; waiting for it: trying again with back-off (up to every %.0f s)", exc,
-                                KAFKA_WAIT_MAX_S)
-                    said = True
-                if signals.requested.wait(delay):
+                if episode.wait(exc, signals.requested):
                     log.info("stopped while waiting for Kafka")
                     return False
-                delay = min(2 * delay, KAFKA_WAIT_MAX_S)
 
 
 def stop_queries(queries: list[Any], grace: float = 40.0) -> None:

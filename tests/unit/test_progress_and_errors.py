@@ -192,3 +192,30 @@ def test_a_mongodb_srv_uri_that_dns_does_not_resolve_is_one_line(monkeypatch: py
     with pytest.raises(Exception) as caught:  # noqa: PT011 - its type is the parameter
         mongo.connect(Settings(mongo_uri="mongodb+srv://u:S3cretPW@c0.example.invalid/"))
     assert type(caught.value).__name__ == raised and "S3cretPW" not in str(caught.value)
+
+
+def test_a_server_away_is_said_once_per_episode_and_waited_out_with_back_off(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+    import threading
+
+    from lakehouse.core.backoff import AwayEpisode
+
+    log = logging.getLogger("test.backoff")
+    episode, waits = AwayEpisode(log, ceiling=4.0), []
+
+    class Stop(threading.Event):
+        def wait(self, timeout: float | None = None) -> bool:
+            waits.append(timeout)
+            return False
+
+    with caplog.at_level(logging.INFO, logger="test.backoff"):
+        for _ in range(5):
+            assert episode.wait(ConnectionError("Kafka at x:1 is not reachable"), Stop()) is False
+        episode.over()
+        episode.wait(ConnectionError("again"), Stop())
+    assert waits == [1.0, 2.0, 4.0, 4.0, 4.0, 1.0]  # doubling to the ceiling; a new episode starts over
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert sum("waiting for it" in m for m in said) == 2 and any("answers again" in m for m in said)
+    stopped = threading.Event()
+    stopped.set()
+    assert AwayEpisode(log).wait(ConnectionError("x"), stopped) is True  # a stop ends the wait at once
