@@ -32,6 +32,11 @@ def published(settings: Settings) -> int:
 CHANGES = 3_000
 
 
+def _up(log: Path) -> int:
+    """How many producers of this log got as far as serving (their stop handlers are set then)."""
+    return log.read_text(errors="replace").count("producer metrics at") if log.exists() else 0
+
+
 @pytest.mark.faults
 def test_kill_9_six_times_during_changes_loses_nothing_with_either_client(settings: Settings, tmp_path: Path) -> None:
     """Property: a producer SIGKILLed at any point while changes flow, and started again, publishes every
@@ -59,10 +64,14 @@ def test_kill_9_six_times_during_changes_loses_nothing_with_either_client(settin
         flowing.append(writer.is_alive())
         producer.send_signal(signal.SIGKILL)
         producer.wait(10)
+        up_before = _up(log)
         producer = start_cli(settings.replace(kafka_client=client), log, "produce")
     writer.join(300)
     assert not writer.is_alive() and generator.stats.total == CHANGES
     assert flowing[:2] == [True, True], f"each client must be killed mid-stream at least once: {flowing}"
+    # The last one is up (its handlers are set as it serves its metrics), not still importing: a SIGTERM
+    # before the interpreter has run any of the producer's code ends it as any process (-15).
+    wait_for(lambda: _up(log) > up_before, 120, "the last producer started")
     producer.send_signal(signal.SIGTERM)
     assert producer.wait(60) == 0, log.read_text()[-3000:]
     drain(settings)  # whatever the last process had not acknowledged
