@@ -51,7 +51,14 @@ from lakehouse.core.rules import QUALITY_FLAGS
 from lakehouse.core.stopping import StopSignals
 from streaming import inventory, metrics, sessions
 from streaming.aggregates import reset_derived_if_old, revenue_checkpoint, start_aggregates, start_revenue_by_category
-from streaming.kafka_losses import LOSS_CHECK_SECONDS, KafkaDataLoss, LossWatch, is_data_loss, migrate_checkpoint
+from streaming.kafka_losses import (
+    LOSS_CHECK_SECONDS,
+    KafkaDataLoss,
+    LossWatch,
+    is_data_loss,
+    loss_watch,
+    migrate_checkpoint,
+)
 from streaming.lake_copies import checkpoints as copy_checkpoints
 from streaming.lake_copies import start_copies
 from streaming.lake_writer import TABLE_PROPERTIES, OnceAppender, writer_app_id
@@ -335,9 +342,7 @@ class BatchWriter:
         self.silver_columns = _cast(tables.silver_columns(tables.attribute_columns(settings)))
         self.bronze_columns = _cast(tables.BRONZE_COLUMNS)
         self.phases: dict[str, int] = {}  # this batch's phases, in ms
-        self.losses = LossWatch(settings.kafka_bootstrap_servers, settings.spark_checkpoint,
-                                settings.state_dir / "spark" / "kafka_positions.json", settings.data_loss_log,
-                                settings.kafka_fail_on_data_loss, settings.loss_watch_unknown)
+        self.losses = loss_watch(settings)
 
     def close(self) -> None:
         self.losses.close()
@@ -620,9 +625,7 @@ def run(settings: Settings, available_now: bool = False, max_failures: int = MAX
     reset_derived_if_old(settings, [c for c in query_checkpoints(settings) if c != settings.spark_checkpoint])
     ensure_lake_tables(settings)
     spark = build_session(settings)
-    watch = LossWatch(settings.kafka_bootstrap_servers, settings.spark_checkpoint,
-                      settings.state_dir / "spark" / "kafka_positions.json", settings.data_loss_log,
-                      settings.kafka_fail_on_data_loss, settings.loss_watch_unknown)
+    watch = loss_watch(settings)
     log.info("streaming %s -> %s (checkpoints in %s)", ",".join(settings.topics), settings.lake_path,
              settings.spark_checkpoint.parent)
     failures = 0

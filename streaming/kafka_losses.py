@@ -31,6 +31,7 @@ from lakehouse.contracts.positions import (
     spark_form,
     split_key,
 )
+from lakehouse.core.config import Settings
 from lakehouse.core.errors import Permanent
 from lakehouse.core.files import write_json_atomically
 from streaming import metrics
@@ -189,6 +190,13 @@ class LossWatch:
 
     def close(self) -> None:
         self.reader.close()
+
+
+def loss_watch(settings: Settings) -> LossWatch:
+    """The lake query's watch, with its state files where `status` reads them."""
+    return LossWatch(settings.kafka_bootstrap_servers, settings.spark_checkpoint,
+                     settings.state_dir / "spark" / "kafka_positions.json", settings.data_loss_log,
+                     settings.kafka_fail_on_data_loss, settings.loss_watch_unknown)
 
 
 def migrate_checkpoint(checkpoint: Path) -> bool:
