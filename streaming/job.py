@@ -69,6 +69,8 @@ from streaming.watermark import WatermarkTracker
 log = logging.getLogger(__name__)
 
 # The envelope as parsed: this version's fields and the older versions' renamed ones (read, then renamed).
+# The envelope's parsing schema; NOT_ENVELOPE holds the raw text of a message that does not fit it.
+NOT_ENVELOPE = "_not_envelope"
 ENVELOPE_DDL = types.spark_ddl((*ENVELOPE_FIELDS, *((old, "string") for old in RENAMED_FIELDS)))
 
 
@@ -181,29 +183,46 @@ def _any(conditions: list[Column]) -> Column:
 
 
 def _quarantine_reason(event: Column, fields: Column, raw: Column) -> Column:
-    """Why a message cannot become a silver row; null when it can. `fields` is the message as a
-    map of field -> raw JSON text, to tell a missing field from one of the wrong type. Each check is a
-    cheap test first; its text is made only for the messages that fail it (most pass them all)."""
-    mistyped = [(name, envelope_field(event, name).isNull() & fields[name].isNotNull() & (fields[name] != "null"))
-                for name, _ in ENVELOPE_FIELDS]
-    missing = [(name, envelope_field(event, name).isNull()) for name in REQUIRED_FIELDS]
-    return (
-        F.when(raw.isNull() | (F.trim(raw) == ""), F.lit("empty message value"))
-        .when(fields.isNull(), F.when(F.try_parse_json(raw).isNull(), F.lit("malformed JSON"))
-              .otherwise(F.lit("not a JSON object")))
-        .when(F.coalesce(event["schema_version"], F.lit(0)) > SCHEMA_VERSION,
-              F.concat(F.lit("unsupported schema_version "), event["schema_version"].cast("string")))
+    """Why a message cannot become a silver row; null when it can. Most messages are well-formed
+    envelopes, judged by cheap tests on the parsed envelope alone; `fields` (the message as a map of
+    field -> raw JSON text, made only for a message that does not fit the envelope's schema)
+    tells what is wrong with the others."""
+    return F.when(_readable(event), _envelope_reason(event, raw, None)).otherwise(_envelope_reason(event, raw, fields))
+
+
+def _readable(event: Column) -> Column:
+    """Spark read the message into the envelope's schema: JSON, an object, each field of its type."""
+    return event.isNotNull() & event[NOT_ENVELOPE].isNull()
+
+
+def _envelope_reason(event: Column, raw: Column, fields: Column | None) -> Column:
+    """The envelope's checks in the order they are reported; those of a field's type only with `fields`
+    (the message as a map, to tell a missing field from one of the wrong type). Each check is a cheap test
+    first; its text is made only for the messages that fail it."""
+    reason = F.when(raw.isNull() | (F.trim(raw) == ""), F.lit("empty message value"))
+    if fields is not None:
+        reason = reason.when(fields.isNull(), F.when(F.try_parse_json(raw).isNull(), F.lit("malformed JSON"))
+                             .otherwise(F.lit("not a JSON object")))
+    reason = (
+        reason.when(F.coalesce(event["schema_version"], F.lit(0)) > SCHEMA_VERSION,
+                    F.concat(F.lit("unsupported schema_version "), event["schema_version"].cast("string")))
         .when(event["schema_version"] < OLDEST_READ_VERSION,
               F.concat(F.lit("schema_version "), event["schema_version"].cast("string"),
                        F.lit(f" is a development build's envelope, before release 1 (this release reads "
                              f"v{OLDEST_READ_VERSION} to v{SCHEMA_VERSION}); capture again with "
                              "`lakehouse replay --into kafka`")))
-        .when(_any([wrong for _, wrong in mistyped]),
-              F.concat(F.lit(f"field(s) of the wrong type for envelope schema v{SCHEMA_VERSION}: "),
-                       F.concat_ws(", ", *[F.when(wrong, F.lit(name)) for name, wrong in mistyped])))
-        .when(_any([absent for _, absent in missing]),
-              F.concat(F.lit("missing required field(s): "),
-                       F.concat_ws(", ", *[F.when(absent, F.lit(name)) for name, absent in missing])))
+    )
+    if fields is not None:
+        mistyped = [(name, envelope_field(event, name).isNull() & fields[name].isNotNull()
+                     & (fields[name] != "null")) for name, _ in ENVELOPE_FIELDS]
+        reason = reason.when(_any([wrong for _, wrong in mistyped]), F.concat(
+            F.lit(f"field(s) of the wrong type for envelope schema v{SCHEMA_VERSION}: "),
+            F.concat_ws(", ", *[F.when(wrong, F.lit(name)) for name, wrong in mistyped])))
+    missing = [(name, envelope_field(event, name).isNull()) for name in REQUIRED_FIELDS]
+    return (
+        reason.when(_any([absent for _, absent in missing]), F.concat(
+            F.lit("missing required field(s): "), F.concat_ws(", ", *[F.when(absent, F.lit(name))
+                                                                     for name, absent in missing])))
         .when(~event["op"].isin(*OPERATIONS), F.concat(F.lit("unknown op "), event["op"]))
     )
 
@@ -237,12 +256,17 @@ def parse(raw: DataFrame, settings: Settings) -> DataFrame:
         F.col("timestamp").alias("kafka_timestamp"),
         F.col("key").cast("string").alias("kafka_key"),
         value.alias("raw_value"),
-        F.from_json(value, ENVELOPE_DDL, {"mode": "PERMISSIVE"}).alias("event"),
-        F.from_json(value, "MAP<STRING, STRING>", {"mode": "PERMISSIVE"}).alias("fields"),
+        F.from_json(value, f"{ENVELOPE_DDL}, {NOT_ENVELOPE} STRING",
+                    {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": NOT_ENVELOPE}).alias("event"),
     )
+    # Only a message that does not fit the envelope is parsed again, as a map, to say what is wrong.
+    as_map = F.from_json("raw_value", "MAP<STRING, STRING>", {"mode": "PERMISSIVE"})
+    parsed = parsed.withColumn("fields", F.when(~_readable(F.col("event")), as_map))
     known = F.array(*[F.lit(name) for name in (*ENVELOPE_FIELD_NAMES, *RENAMED_FIELDS)])
-    unknown = F.map_filter("fields", lambda k, _: ~F.array_contains(known, k))
-    has_unknown = F.size(F.array_except(F.map_keys("fields"), known)) > 0  # a hash set: cheaper than the filter
+    # The keys alone (no values) tell whether there are unknown fields; the rare message with some is
+    # parsed again for their values.
+    unknown = F.map_filter(F.from_json("raw_value", "MAP<STRING, STRING>"), lambda k, _: ~F.array_contains(known, k))
+    has_unknown = F.size(F.array_except(F.json_object_keys("raw_value"), known)) > 0  # a hash set
     document = F.coalesce(F.col("event.full_document"), F.col("event.before_document"))
     collection = F.col("event.collection")
     attributes = parsed.select(
