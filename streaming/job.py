@@ -31,7 +31,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQueryListener
 
 from lakehouse.adapters.delta import add_missing_columns, ensure_table
-from lakehouse.adapters.kafka import require_broker
+from lakehouse.adapters.kafka import KafkaTransient, TopicsMissing, require_topics
 from lakehouse.contracts import batches, tables, types
 from lakehouse.contracts.batches import BatchRecord
 from lakehouse.contracts.events import (
@@ -644,73 +644,81 @@ def run(settings: Settings, available_now: bool = False, max_failures: int = MAX
     `max_failures` failures in a row without a committed batch the job raises with the last cause. A
     stop request lets the batch in hand finish."""
     settings = for_stage(settings, "streaming")
-    if not _kafka_answers(settings, available_now):
-        return  # stopped while waiting
-    reset_derived_if_old(settings, [c for c in query_checkpoints(settings) if c != settings.spark_checkpoint])
-    ensure_lake_tables(settings)
-    spark = build_session(settings)
-    watch = loss_watch(settings)
-    log.info("streaming %s -> %s (checkpoints in %s)", ",".join(settings.topics), settings.lake_path,
-             settings.spark_checkpoint.parent)
-    failures = 0
+    # One stop flag from the first step: a SIGTERM while Spark starts is a stop too (it ended the process
+    # with -15 between the wait for Kafka and the queries' loop).
     with StopSignals() as signals:
+        if not _kafka_answers(settings, available_now, signals):
+            return  # stopped while waiting
+        reset_derived_if_old(settings, [c for c in query_checkpoints(settings) if c != settings.spark_checkpoint])
+        ensure_lake_tables(settings)
+        spark = build_session(settings)
+        watch = loss_watch(settings)
+        log.info("streaming %s -> %s (checkpoints in %s)", ",".join(settings.topics), settings.lake_path,
+                 settings.spark_checkpoint.parent)
         try:
-            while not signals.requested.is_set():
-                repair_checkpoints(settings)
-                committed = committed_batches(settings)
-                queries: list[Any] = []
-                try:
-                    queries.append(start(spark, settings, available_now))
-                    if available_now:  # each wave reads what the one before wrote
-                        _await(queries, signals, watch)
-                        if signals.requested.is_set():
-                            return
-                        queries += start_copies(spark, settings, available_now)
-                        _await(queries, signals, watch)
-                        if signals.requested.is_set():
-                            return
-                    else:
-                        queries += start_copies(spark, settings, available_now)
-                    queries += start_derived(spark, settings, available_now)
-                    _await(queries, signals, watch)
-                    return
-                except QueryFailed as exc:
-                    if is_data_loss(str(exc)):
-                        raise KafkaDataLoss(str(exc)) from exc  # failOnDataLoss=true: stopping is what was asked
-                    metrics.STREAM_FAILURES.inc()
-                    failures = 1 if committed_batches(settings) > committed else failures + 1
-                    if failures >= max_failures or spark.sparkContext._jsc is None:
-                        raise QueryFailed(f"the streaming job gave up after {failures} failures in a row without "
-                                           f"a committed batch; the last: {exc}") from exc
-                    delay = min(2.0 ** failures, 60.0)
-                    log.error("%s; restarting the queries in %.0fs (failure %d of %d in a row without a committed "
-                              "batch)", exc, delay, failures, max_failures)
-                finally:
-                    stop_queries(queries)
-                signals.requested.wait(delay)
+            _supervise(spark, settings, available_now, max_failures, signals, watch)
         finally:
             watch.close()
             spark.stop()
 
 
-def _kafka_answers(settings: Settings, available_now: bool) -> bool:
-    """Before Spark starts: Kafka reachable, else a clear error now rather than Spark's traceback a minute
-    later. A bounded run (available_now) reports it; the service waits for it (lakehouse/core/backoff.py),
-    as it would for a broker lost on the way. False when stopped while waiting."""
+def _supervise(spark: SparkSession, settings: Settings, available_now: bool, max_failures: int,
+               signals: StopSignals, watch: LossWatch) -> None:
+    """Start the queries and restart them after a failure until stopped, drained or out of tries."""
+    failures = 0
+    while not signals.requested.is_set():
+        repair_checkpoints(settings)
+        committed = committed_batches(settings)
+        queries: list[Any] = []
+        try:
+            queries.append(start(spark, settings, available_now))
+            if available_now:  # each wave reads what the one before wrote
+                _await(queries, signals, watch)
+                if signals.requested.is_set():
+                    return
+                queries += start_copies(spark, settings, available_now)
+                _await(queries, signals, watch)
+                if signals.requested.is_set():
+                    return
+            else:
+                queries += start_copies(spark, settings, available_now)
+            queries += start_derived(spark, settings, available_now)
+            _await(queries, signals, watch)
+            return
+        except QueryFailed as exc:
+            if is_data_loss(str(exc)):
+                raise KafkaDataLoss(str(exc)) from exc  # failOnDataLoss=true: stopping is what was asked
+            metrics.STREAM_FAILURES.inc()
+            failures = 1 if committed_batches(settings) > committed else failures + 1
+            if failures >= max_failures or spark.sparkContext._jsc is None:
+                raise QueryFailed(f"the streaming job gave up after {failures} failures in a row without "
+                                  f"a committed batch; the last: {exc}") from exc
+            delay = min(2.0 ** failures, 60.0)
+            log.error("%s; restarting the queries in %.0fs (failure %d of %d in a row without a committed "
+                      "batch)", exc, delay, failures, max_failures)
+        finally:
+            stop_queries(queries)
+        signals.requested.wait(delay)
+
+
+def _kafka_answers(settings: Settings, available_now: bool, signals: StopSignals) -> bool:
+    """Before Spark starts: Kafka reachable and holding the topics, else a clear error now rather than Spark's
+    traceback a minute later (and five restarts on a topic the producer has not created yet). A bounded run
+    (available_now) reports it; the service waits for it (lakehouse/core/backoff.py), as it would for a
+    broker lost on the way. False when stopped while waiting."""
     episode = AwayEpisode(log)
-    with StopSignals() as signals:
-        while True:
-            try:
-                require_broker(settings)
-                episode.over()
-                return True
-            except ServerUnreachable as exc:
-                if available_now:
-                    raise
-                metrics.STREAM_KAFKA_WAITS.inc()
-                if episode.wait(exc, signals.requested):
-                    log.info("stopped while waiting for Kafka")
-                    return False
+    while True:
+        try:
+            require_topics(settings, settings.topics)
+            episode.over()
+            return True
+        except (ServerUnreachable, TopicsMissing, KafkaTransient) as exc:
+            if available_now:
+                raise
+            metrics.STREAM_KAFKA_WAITS.inc()
+            if episode.wait(exc, signals.requested):
+                log.info("stopped while waiting for Kafka")
+                return False
 
 
 def stop_queries(queries: list[Any], grace: float = 40.0) -> None:

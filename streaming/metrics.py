@@ -24,4 +24,5 @@ STREAM_DATA_LOSS = Counter("lakehouse_stream_kafka_lost_records",
 STREAM_LOSS_WATCH_ERRORS = Counter("lakehouse_stream_loss_watch_errors",
                                   "Looks of the Kafka loss watch that Kafka did not answer (tried again)")
 STREAM_KAFKA_WAITS = Counter("lakehouse_stream_kafka_waits",
-                             "Tries to reach Kafka at start that found it away (the job waits, then starts)")
+                             "Tries to reach Kafka at start that found it away or without the topics (the job "
+                             "waits, then starts)")

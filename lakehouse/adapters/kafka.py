@@ -147,6 +147,25 @@ def require_broker(settings: Settings, timeout: float = 5.0) -> None:
     raise kafka_unreachable(settings, "; ".join(failures))
 
 
+class TopicsMissing(Transient):
+    """Topics a stage reads do not exist yet: the producer creates them when it starts."""
+
+
+def require_topics(settings: Settings, topics: Iterable[str]) -> None:
+    """Raise TopicsMissing naming the topics the broker does not have (Spark's source fails on them)."""
+    require_broker(settings)
+    with _translated(settings):
+        admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, request_timeout_ms=5000)
+        try:
+            existing = set(admin.list_topics())
+        finally:
+            admin.close()
+    missing = [topic for topic in topics if topic not in existing]
+    if missing:
+        raise TopicsMissing(f"Kafka has no topic {', '.join(missing)} yet: the producer creates the topics when "
+                            "it starts (`lakehouse produce`)")
+
+
 def consumer(settings: Settings, **options: object) -> KafkaConsumer:
     """A consumer for metadata and offsets (no group, no commits)."""
     require_broker(settings)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -102,3 +104,36 @@ def test_a_service_waits_for_a_kafka_that_is_away_and_still_stops_at_once(settin
     finally:
         if service.poll() is None:
             service.kill()
+
+
+def test_the_streaming_job_waits_for_topics_the_producer_has_not_created_yet(settings: Settings) -> None:
+    """Started before the producer, the job waits for its topics (said once) instead of failing five
+    times in Spark and exiting 1; a bounded run says which topic is missing in one line, before Spark."""
+    from lakehouse.adapters.kafka import ensure_topics
+
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    bounded = subprocess.run([sys.executable, "-m", "lakehouse.app.cli", "stream", "--available-now"],
+                             env={**os.environ, **settings.to_env()}, capture_output=True, text=True, timeout=120)
+    assert bounded.returncode == 1, bounded.stdout + bounded.stderr
+    errors = [line for line in bounded.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and settings.topic_for("orders") in errors[0], bounded.stderr
+    assert "Traceback" not in bounded.stderr and not (settings.lake_path / "delta").exists()
+
+    log = settings.state_dir / "stream.log"
+    service = start_cli(settings, log, "stream")
+    try:
+        wait_for(lambda: "yet: the producer creates the topics" in log.read_text(errors="replace"), 120,
+                 "the job saying it waits for the topics")
+        assert service.poll() is None, log.read_text(errors="replace")[-3000:]
+        ensure_topics(settings, settings.topics)
+        wait_for(lambda: "it answers again" in log.read_text(errors="replace"), 120, "the job seeing the topics")
+        assert log.read_text(errors="replace").count("waiting for it") == 1  # said once
+        assert service.poll() is None, log.read_text(errors="replace")[-3000:]
+    finally:
+        service.send_signal(signal.SIGTERM)
+        try:
+            code = service.wait(120)
+        except subprocess.TimeoutExpired:
+            service.kill()
+            raise
+    assert code == 0, log.read_text(errors="replace")[-3000:]
