@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -19,6 +20,12 @@ from warehouse.schema import WarehouseSchema
 log = logging.getLogger(__name__)
 
 LOCK_WAIT_S = 60.0  # how long a one-off command waits for another process to let go of the file
+
+
+# One process's turn at the warehouse file: DuckDB refuses to open one file read-only and read-write in
+# the same process at once, so a reconcile round's read-only copy (its own thread) and the loads the
+# loader service makes during the round take turns.
+same_process_turn = threading.Lock()
 
 
 def connect(path: Path, read_only: bool = False, wait: float = LOCK_WAIT_S,

@@ -23,7 +23,7 @@ import pyarrow as pa
 from lakehouse.contracts.events import DIGEST_CHARS
 from lakehouse.contracts.types import ident
 from lakehouse.core.config import Settings, for_stage
-from warehouse.connection import connect
+from warehouse.connection import connect, same_process_turn
 
 SOURCE_COLUMNS = ("doc_id", "digest")  # what the caller streams in, per document
 # The warehouse's digest of a row: the raw-BSON half of its document_digest (as bytes, like the source's),
@@ -112,6 +112,11 @@ def _copy_warehouse_digests(scratch: duckdb.DuckDBPyConnection, settings: Settin
                             only: list[str] | None) -> None:
     """(doc_id, digest) of a current-state table into the scratch table `wh`, a batch at a time (none when
     a collection new to the spec has no table yet)."""
+    with same_process_turn:  # a load of this process in the middle waits for the copy, and the copy for it
+        _copy_digests(scratch, settings, table, only)
+
+
+def _copy_digests(scratch: duckdb.DuckDBPyConnection, settings: Settings, table: str, only: list[str] | None) -> None:
     con = connect(settings.warehouse_path, read_only=True)
     try:
         # Its own buffer pool would otherwise keep the documents it scanned, up to most of the machine's memory.
