@@ -637,6 +637,9 @@ def committed_batches(settings: Settings) -> int:
     return sum(len(list((c / "commits").glob("[0-9]*"))) for c in query_checkpoints(settings) if c.exists())
 
 
+FIRST_BATCH_ALONE_S = 120.0  # the longest the other queries wait for the lake query's first trigger
+
+
 def run(settings: Settings, available_now: bool = False, max_failures: int = MAX_FAILURES) -> None:
     """Run the lake query, its copies and the aggregates until stopped (SIGTERM/SIGINT), or with
     available_now until Kafka is drained (the lake first, then its copies, then the aggregates over what
@@ -681,6 +684,9 @@ def _supervise(spark: SparkSession, settings: Settings, available_now: bool, max
                 if signals.requested.is_set():
                     return
             else:
+                _first_batch_alone(queries[0], signals)
+                if signals.requested.is_set():
+                    return
                 queries += start_copies(spark, settings, available_now)
             queries += start_derived(spark, settings, available_now)
             _await(queries, signals, watch)
@@ -755,6 +761,17 @@ def _await(queries: list[Any], signals: StopSignals, watch: LossWatch | None = N
         signals.requested.wait(0.5)
     _observe(queries, observed)
     _raise_if_failed(queries)
+
+
+def _first_batch_alone(lake: Any, signals: StopSignals, longest: float = FIRST_BATCH_ALONE_S) -> None:
+    """Until the lake query has run its first trigger (or `longest` seconds, or a stop): it runs alone.
+    Started beside the dozen queries over the lake, each compiling its plans and opening its state, its
+    first batch took 30 s for a few hundred rows after a restart, and every later stage waits for it."""
+    deadline = time.monotonic() + longest
+    while lake.isActive and lake.lastProgress is None and time.monotonic() < deadline:
+        if signals.requested.wait(0.2):
+            return
+    _raise_if_failed([lake])
 
 
 def _observe(queries: list[Any], observed: dict[str, int]) -> None:
