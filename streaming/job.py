@@ -68,8 +68,8 @@ from streaming.watermark import WatermarkTracker
 
 log = logging.getLogger(__name__)
 
-# The envelope as parsed: this version's fields and the older versions' renamed ones (read, then renamed).
-# The envelope's parsing schema; NOT_ENVELOPE holds the raw text of a message that does not fit it.
+# The envelope as parsed: this version's fields and the older versions' renamed ones (read, then renamed);
+# NOT_ENVELOPE holds the raw text of a message that does not fit it.
 NOT_ENVELOPE = "_not_envelope"
 ENVELOPE_DDL = types.spark_ddl((*ENVELOPE_FIELDS, *((old, "string") for old in RENAMED_FIELDS)))
 
@@ -265,7 +265,7 @@ def parse(raw: DataFrame, settings: Settings) -> DataFrame:
     known = F.array(*[F.lit(name) for name in (*ENVELOPE_FIELD_NAMES, *RENAMED_FIELDS)])
     # The keys alone (no values) tell whether there are unknown fields; the rare message with some is
     # parsed again for their values.
-    unknown = F.map_filter(F.from_json("raw_value", "MAP<STRING, STRING>"), lambda k, _: ~F.array_contains(known, k))
+    unknown = F.map_filter(as_map, lambda k, _: ~F.array_contains(known, k))
     has_unknown = F.size(F.array_except(F.json_object_keys("raw_value"), known)) > 0  # a hash set
     document = F.coalesce(F.col("event.full_document"), F.col("event.before_document"))
     collection = F.col("event.collection")
