@@ -112,28 +112,27 @@ def _copy_warehouse_digests(scratch: duckdb.DuckDBPyConnection, settings: Settin
                             only: list[str] | None) -> None:
     """(doc_id, digest) of a current-state table into the scratch table `wh`, a batch at a time (none when
     a collection new to the spec has no table yet)."""
-    with same_process_turn:  # a load of this process in the middle waits for the copy, and the copy for it
-        _copy_digests(scratch, settings, table, only)
-
-
-def _copy_digests(scratch: duckdb.DuckDBPyConnection, settings: Settings, table: str, only: list[str] | None) -> None:
-    con = connect(settings.warehouse_path, read_only=True)
-    try:
-        # Its own buffer pool would otherwise keep the documents it scanned, up to most of the machine's memory.
-        con.execute(f"SET memory_limit = '{WAREHOUSE_SCAN_MEMORY}'")
-        if not con.execute("SELECT 1 FROM information_schema.tables WHERE table_name = ?", [table]).fetchall():
-            return
-        query = f"SELECT doc_id, {_VERIFIED_DIGEST} AS digest FROM {ident(table)}"
-        if only is not None:
-            con.register("wanted", pa.table({"doc_id": pa.array(only, pa.string())}))
-            query += " WHERE doc_id IN (SELECT doc_id FROM wanted)"
-        reader = con.sql(query).to_arrow_reader(STREAMED_ROWS)
-        for batch in reader:
-            scratch.register("chunk", batch)
-            scratch.execute("INSERT INTO wh SELECT * FROM chunk")
-            scratch.unregister("chunk")
-    finally:
-        con.close()
+    # A load of this process in the middle (the loader service's, during a round) waits for the copy, and
+    # the copy for it: DuckDB refuses one file open read-only and read-write in one process.
+    with same_process_turn:
+        con = connect(settings.warehouse_path, read_only=True)
+        try:
+            # Its own buffer pool would otherwise keep the documents it scanned, up to most of the machine's
+            # memory.
+            con.execute(f"SET memory_limit = '{WAREHOUSE_SCAN_MEMORY}'")
+            if not con.execute("SELECT 1 FROM information_schema.tables WHERE table_name = ?", [table]).fetchall():
+                return
+            query = f"SELECT doc_id, {_VERIFIED_DIGEST} AS digest FROM {ident(table)}"
+            if only is not None:
+                con.register("wanted", pa.table({"doc_id": pa.array(only, pa.string())}))
+                query += " WHERE doc_id IN (SELECT doc_id FROM wanted)"
+            reader = con.sql(query).to_arrow_reader(STREAMED_ROWS)
+            for batch in reader:
+                scratch.register("chunk", batch)
+                scratch.execute("INSERT INTO wh SELECT * FROM chunk")
+                scratch.unregister("chunk")
+        finally:
+            con.close()
 
 
 def current_rows(settings: Settings, collection: str) -> int:
