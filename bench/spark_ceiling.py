@@ -116,6 +116,10 @@ def main() -> None:
                 print(f"{which:>5}: {rows} rows in {elapsed:.1f} s = {rows / elapsed:,.0f} rows/s overall; after the "
                       f"cold batch {warm_rows} rows in {warm_s:.1f} s = {figures[which]['warm']:,.0f} rows/s",
                       flush=True)
+                for progress in query.recentProgress:
+                    if progress.numInputRows:
+                        print(f"       {which} trigger {progress.batchId}: {progress.numInputRows} rows, Spark's "
+                              f"phases (ms) {dict(progress.durationMs or {})}", flush=True)
                 if which == "job":
                     for record in batches.read(settings.batch_metrics):
                         print(f"       batch {record.batch_id}: {record.input_rows} rows in {record.duration_ms} ms: "

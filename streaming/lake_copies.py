@@ -61,7 +61,8 @@ def _started_before(checkpoint: Path) -> bool:
 def _remake(settings: Settings, name: str) -> None:
     path = settings.table_path(name)
     shutil.rmtree(path, ignore_errors=True)
-    ensure_table(path, tables.lake_schemas(tables.attribute_columns(settings))[name], TABLE_PROPERTIES)
+    ensure_table(path, tables.lake_schemas(tables.attribute_columns(settings))[name],
+                 {**TABLE_PROPERTIES, **tables.table_properties(name)})
 
 
 def reset_new_copies(settings: Settings) -> None:

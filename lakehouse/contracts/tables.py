@@ -105,6 +105,22 @@ def silver_schema(settings: Settings) -> pa.Schema:
     return lake_schemas(attribute_columns(settings))[SILVER]
 
 
+# The columns whose min/max the lake query's tables keep per file in the Delta log (data skipping): those
+# readers filter by. Delta's default is the first 32 columns, and collecting them was 40% of writing a
+# 100,000-row batch of silver (1.51 s against 0.90 s; bronze 0.97 s against 0.65 s), its long JSON texts
+# the dearest. The other tables keep Delta's default (their batches are small).
+STATS_COLUMNS: dict[str, tuple[str, ...]] = {
+    BRONZE: ("kafka_topic", "kafka_partition", "kafka_offset", "batch_id"),
+    SILVER: ("collection", "op", "cluster_time_s", "event_date", "batch_id"),
+}
+
+
+def table_properties(name: str) -> dict[str, str]:
+    """The lake table's own Delta properties (besides the lake's common ones, streaming/lake_writer.py)."""
+    stats = STATS_COLUMNS.get(name)
+    return {"delta.dataSkippingStatsColumns": ",".join(stats)} if stats else {}
+
+
 @cache
 def lake_schemas(attributes: Columns) -> dict[str, pa.Schema]:
     """Every Delta table of the lake and its Arrow schema; the streaming job creates them all, empty, at its

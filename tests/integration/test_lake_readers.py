@@ -4,9 +4,10 @@ after it."""
 
 from __future__ import annotations
 
+import pyarrow as pa
 from deltalake import DeltaTable
 
-from lakehouse.adapters.delta import ensure_table
+from lakehouse.adapters.delta import LakeTable, ensure_table
 from lakehouse.adapters.mongo import connect as connect_mongo
 from lakehouse.contracts import tables
 from lakehouse.core.config import Settings
@@ -25,7 +26,8 @@ def test_every_table_spark_wrote_reads_with_delta_rs_and_loads_into_duckdb(spark
     # Delta checkpoints every 3 commits here (a table property, as any table may set; the default is 10),
     # so a few batches of 30 rows reach past a checkpoint: each batch costs seconds here whatever its size.
     for name, schema in tables.lake_schemas(tables.attribute_columns(settings)).items():
-        ensure_table(settings.table_path(name), schema, {**TABLE_PROPERTIES, "delta.checkpointInterval": "3"})
+        ensure_table(settings.table_path(name), schema,
+                     {**TABLE_PROPERTIES, **tables.table_properties(name), "delta.checkpointInterval": "3"})
     # What `lakehouse stream --available-now` runs (the lake query, then the derived ones), in the session's
     # Spark: no JVM of its own to start.
     run = settings.replace(max_rows_per_batch=30)
@@ -44,6 +46,11 @@ def test_every_table_spark_wrote_reads_with_delta_rs_and_loads_into_duckdb(spark
         assert not protocol.reader_features and not protocol.writer_features, (name, protocol)
         table.to_pyarrow_table()  # every column, every file
     rows = lake_rows(settings, tables.SILVER)
+    # Silver's files keep min/max for the columns readers filter by alone, and every file its row count.
+    actions = pa.table(silver.get_add_actions(flatten=True))
+    kept = {name.removeprefix("min.") for name in actions.column_names if name.startswith("min.")}
+    assert kept and kept <= set(tables.STATS_COLUMNS[tables.SILVER]), kept
+    assert sum(LakeTable(settings.table_path(tables.SILVER)).rows_per_file().values()) == len(rows)
     orders = {r["change_id"] for r in rows if r["collection"] == "orders"}
     assert orders and lake_rows(settings, tables.ORDER_LINES)
 
