@@ -62,7 +62,7 @@ from streaming.kafka_losses import (
 )
 from streaming.lake_copies import checkpoints as copy_checkpoints
 from streaming.lake_copies import start_copies
-from streaming.lake_writer import TABLE_PROPERTIES, OnceAppender, writer_app_id
+from streaming.lake_writer import TABLE_PROPERTIES, OnceAppender, lake_table_properties, writer_app_id
 from streaming.quality import QualityJudge
 from streaming.udfs import money_columns
 from streaming.watermark import WatermarkTracker
@@ -633,7 +633,7 @@ def ensure_lake_tables(settings: Settings) -> None:
     at the first batch's schema merge."""
     for name, schema in tables.lake_schemas(tables.attribute_columns(settings)).items():
         path = settings.table_path(name)
-        if ensure_table(path, schema, {**TABLE_PROPERTIES, **tables.table_properties(name)}):
+        if ensure_table(path, schema, lake_table_properties(name)):
             log.info("created the empty Delta table %s", path)
         elif added := add_missing_columns(path, schema):
             log.warning("added the column(s) %s to the Delta table %s (rows written before have them null)",

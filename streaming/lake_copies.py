@@ -30,7 +30,7 @@ from lakehouse.core.collections import CUSTOMERS, ORDERS, PRODUCTS
 from lakehouse.core.config import Settings
 from streaming.aggregates import read_lake_table, revenue_checkpoint, start_writer
 from streaming.enrichment import CUSTOMER_ATTRIBUTES, PRODUCT_ATTRIBUTES, order_lines
-from streaming.lake_writer import TABLE_PROPERTIES, OnceAppender, conform, writer_app_id
+from streaming.lake_writer import OnceAppender, conform, lake_table_properties, writer_app_id
 from streaming.look_back import checkpoint as look_back_checkpoint
 from streaming.look_back import start_look_back
 
@@ -61,8 +61,7 @@ def _started_before(checkpoint: Path) -> bool:
 def _remake(settings: Settings, name: str) -> None:
     path = settings.table_path(name)
     shutil.rmtree(path, ignore_errors=True)
-    ensure_table(path, tables.lake_schemas(tables.attribute_columns(settings))[name],
-                 {**TABLE_PROPERTIES, **tables.table_properties(name)})
+    ensure_table(path, tables.lake_schemas(tables.attribute_columns(settings))[name], lake_table_properties(name))
 
 
 def reset_new_copies(settings: Settings) -> None:

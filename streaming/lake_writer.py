@@ -17,7 +17,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from lakehouse.adapters.delta import holds_commit
-from lakehouse.contracts import types
+from lakehouse.contracts import tables, types
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,11 @@ TABLE_PROPERTIES = {
     # A reader replays at most 100 small JSON commits after the checkpoint (delta-rs: ~0.2 s).
     "delta.checkpointInterval": "100",
 }
+
+
+def lake_table_properties(name: str) -> dict[str, str]:
+    """The Delta properties the lake's table `name` is created with: the lake's common ones and its own."""
+    return {**TABLE_PROPERTIES, **tables.table_properties(name)}
 
 
 def writer_app_id(checkpoint: Path) -> str:

@@ -13,7 +13,7 @@ from lakehouse.contracts import tables
 from lakehouse.core.config import Settings
 from producer.generator import OrderGenerator
 from streaming.job import start_derived
-from streaming.lake_writer import TABLE_PROPERTIES
+from streaming.lake_writer import lake_table_properties
 from tests.helpers import drain, lake_rows, stream_lake, warehouse_rows
 from warehouse.loader import load
 
@@ -27,7 +27,7 @@ def test_every_table_spark_wrote_reads_with_delta_rs_and_loads_into_duckdb(spark
     # so a few batches of 30 rows reach past a checkpoint: each batch costs seconds here whatever its size.
     for name, schema in tables.lake_schemas(tables.attribute_columns(settings)).items():
         ensure_table(settings.table_path(name), schema,
-                     {**TABLE_PROPERTIES, **tables.table_properties(name), "delta.checkpointInterval": "3"})
+                     {**lake_table_properties(name), "delta.checkpointInterval": "3"})
     # What `lakehouse stream --available-now` runs (the lake query, then the derived ones), in the session's
     # Spark: no JVM of its own to start.
     run = settings.replace(max_rows_per_batch=30)
