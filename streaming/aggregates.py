@@ -104,15 +104,22 @@ def reset_derived_if_old(settings: Settings, checkpoints: list[Path]) -> bool:
     return True
 
 
+def derived_trigger(stream: Any, settings: Settings, available_now: bool) -> Any:
+    """A query over the lake's tables drains and stops (available_now), or runs every DERIVED_TRIGGER_SECONDS.
+    Each trigger reads its table's log, plans and commits whatever its rows; yet a longer interval did not
+    free the lake query here: a dozen queries on one interval fire together, and their bursts stalled lake
+    batches (freshness p95 at 100 changes/s 19-21 s at 30 s against 16 s at 5 s)."""
+    if available_now:
+        return stream.trigger(availableNow=True)
+    return stream.trigger(processingTime=f"{max(settings.trigger_seconds, settings.derived_trigger_seconds)} seconds")
+
+
 def start_writer(df: DataFrame, writer: Any, checkpoint: Path, name: str, settings: Settings,
                  available_now: bool, output_mode: str = "append") -> Any:
-    """Start a query over the lake's tables: drain and stop (available_now), or every trigger (at least
-    5 s apart: each trigger reads the table's log)."""
+    """Start a foreachBatch query over the lake's tables (triggered as `derived_trigger` says)."""
     stream = (df.writeStream.outputMode(output_mode).foreachBatch(writer)
               .option("checkpointLocation", str(checkpoint)).queryName(name))
-    stream = (stream.trigger(availableNow=True) if available_now
-              else stream.trigger(processingTime=f"{max(settings.trigger_seconds, 5.0)} seconds"))
-    return stream.start()
+    return derived_trigger(stream, settings, available_now).start()
 
 
 def start_aggregates(spark: SparkSession, settings: Settings, available_now: bool) -> list[Any]:

@@ -28,7 +28,7 @@ from lakehouse.adapters.delta import LakeTable, ensure_table
 from lakehouse.contracts import tables
 from lakehouse.core.collections import CUSTOMERS, ORDERS, PRODUCTS
 from lakehouse.core.config import Settings
-from streaming.aggregates import read_lake_table, revenue_checkpoint, start_writer
+from streaming.aggregates import derived_trigger, read_lake_table, revenue_checkpoint, start_writer
 from streaming.enrichment import CUSTOMER_ATTRIBUTES, PRODUCT_ATTRIBUTES, order_lines
 from streaming.lake_writer import OnceAppender, conform, lake_table_properties, writer_app_id
 from streaming.look_back import checkpoint as look_back_checkpoint
@@ -37,7 +37,6 @@ from streaming.look_back import start_look_back
 log = logging.getLogger(__name__)
 
 QUARANTINE_COPY, LATE_COPY, PARQUET_COPY, LINES = "quarantine_copy", "late_events_copy", "parquet_copy", "order_lines"
-COPY_SECONDS = 5.0  # the copies' trigger: at least this far apart (each trigger reads its source's log)
 
 
 def checkpoints(settings: Settings) -> dict[str, Path]:
@@ -87,9 +86,7 @@ def _sink(df: DataFrame, fmt: str, path: Path, checkpoint: Path, name: str, sett
               .queryName(name))
     if partition_by:
         stream = stream.partitionBy(partition_by)
-    stream = (stream.trigger(availableNow=True) if available_now
-              else stream.trigger(processingTime=f"{max(settings.trigger_seconds, COPY_SECONDS)} seconds"))
-    return stream.start(str(path))
+    return derived_trigger(stream, settings, available_now).start(str(path))
 
 
 class OrderLinesWriter:

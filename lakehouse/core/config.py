@@ -150,6 +150,11 @@ class Settings(BaseSettings):
                                       rule="must be a whole number from 1 to 100000000")
     trigger_seconds: float = setting("TRIGGER_SECONDS", 2.0, "streaming", "the streaming job's trigger interval",
                                      gt=0, lt=86_400, allow_inf_nan=False, rule=_POSITIVE + " of seconds under a day")
+    derived_trigger_seconds: float = setting(
+        "DERIVED_TRIGGER_SECONDS", 5.0, "streaming",
+        "the trigger interval of the queries over the lake (copies, look-back rules, order lines, aggregates, "
+        "sessions, inventory alerts); never shorter than TRIGGER_SECONDS",
+        gt=0, lt=86_400, allow_inf_nan=False, rule=_POSITIVE + " of seconds under a day")
     high_value_thresholds: str = setting("HIGH_VALUE_THRESHOLDS", "USD:1000,EUR:900,GBP:800,default:1000",
                                          "streaming", "per-currency amount at or above which an order is high value",
                                          pattern=_THRESHOLDS,
