@@ -546,7 +546,9 @@ def start(spark: SparkSession, settings: Settings, available_now: bool = False, 
         writer.trigger(availableNow=True) if available_now
         else writer.trigger(processingTime=f"{settings.trigger_seconds} seconds")
     )
-    threading.Thread(target=_warm_delta_writes, args=(spark, settings), name="delta-warm-up", daemon=True).start()
+    if spark.sparkContext.applicationId not in _WARMED:  # once per JVM: a restarted query finds delta-spark warm
+        _WARMED.add(spark.sparkContext.applicationId)
+        threading.Thread(target=_warm_delta_writes, args=(spark, settings), name="delta-warm-up", daemon=True).start()
     in_pool(spark, LAKE_POOL)
     try:
         query = writer.start()
@@ -554,6 +556,9 @@ def start(spark: SparkSession, settings: Settings, available_now: bool = False, 
         in_pool(spark, BACKGROUND_POOL)  # what this thread starts next is off the hot path
     _Closer.of(spark).when_ended(query, batches.close)
     return query
+
+
+_WARMED: set[str] = set()  # the Spark applications whose delta-spark _warm_delta_writes has warmed
 
 
 def _warm_delta_writes(spark: SparkSession, settings: Settings) -> None:
