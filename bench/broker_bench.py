@@ -28,28 +28,17 @@ from lakehouse.adapters.mongo import connect as connect_mongo
 from lakehouse.core.config import Settings
 from producer.generator import OrderGenerator
 
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.procs import cpu_seconds, rss_mib  # noqa: E402
 
 
 def measure(pids: list[int], seconds: float) -> tuple[float, float]:
     """(CPU as % of one core, summed over the brokers; highest RSS of one broker in MB) over `seconds`."""
-    cpu0, t0, rss = sum(_cpu_seconds(p) for p in pids), time.monotonic(), 0.0
+    cpu0, t0, rss = sum(cpu_seconds(p) for p in pids), time.monotonic(), 0.0
     while time.monotonic() - t0 < seconds:
-        rss = max(rss, *(_rss_mb(p) for p in pids))
+        rss = max(rss, *(rss_mib(p) for p in pids))
         time.sleep(1)
-    return 100 * (sum(_cpu_seconds(p) for p in pids) - cpu0) / (time.monotonic() - t0), rss
+    return 100 * (sum(cpu_seconds(p) for p in pids) - cpu0) / (time.monotonic() - t0), rss
 
 
 def main() -> None:

@@ -20,9 +20,12 @@ the warehouse holds every one of them, each change's times are read back:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import os
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -32,6 +35,9 @@ from typing import Any
 import duckdb
 from deltalake import DeltaTable
 
+from infra import kafka_broker
+from infra.processes import running
+from infra.servers import mongo_dir
 from lakehouse.adapters.kafka import delete_topics
 from lakehouse.adapters.mongo import connect as connect_mongo
 from lakehouse.app.run_all import spawn, stop_all
@@ -40,6 +46,25 @@ from lakehouse.core.collections import ORDERS
 from lakehouse.core.config import Settings
 from lakehouse.core.logs import configure
 from producer.generator import OrderGenerator
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.procs import cpu_seconds, tree_cpu_seconds  # noqa: E402
+
+
+def _parts(settings: Settings, children: list[Any]) -> dict[str, Any]:
+    """Each part of the chain's CPU time so far (s), as a function: the servers and each stage's process
+    tree (the streaming job's JVM and Python workers are its driver's descendants), and this bench, whose
+    generator makes the changes."""
+    parts: dict[str, Any] = {}
+    for name, pid_file in (("MongoDB", mongo_dir(settings) / "mongod.pid"),
+                           ("Kafka", kafka_broker.node_dir(settings, 1) / "kafka.pid")):
+        pid = running(pid_file)
+        if pid:
+            parts[name] = functools.partial(cpu_seconds, pid)
+    for child in children:
+        parts[child.name] = functools.partial(tree_cpu_seconds, child.process.pid)
+    parts["generator"] = lambda: sum(os.times()[:2])
+    return parts
 
 
 def pct(values: list[float], q: int) -> float:
@@ -122,15 +147,20 @@ def _run(args: argparse.Namespace, name: str, root: Path) -> tuple[Any, ...]:
         total = int(args.rate * args.seconds)
         started_ms = int(time.time() * 1000)
         print(f"making {total:,} changes at {args.rate:g}/s for {args.seconds:g} s ...", flush=True)
+        parts = _parts(settings, children)
+        cpu0 = {name: measure() for name, measure in parts.items()}
         t0 = time.monotonic()
         stats = generator.run(total, rate=args.rate)
         made_in = time.monotonic() - t0
+        cpu = {name: (measure() - cpu0[name]) / made_in for name, measure in parts.items()}
         # What MongoDB recorded, not what the generator asked for: an update that changes nothing is no change.
         recorded = client["local"]["oplog.rs"].count_documents(
             {"ns": f"{name}.{ORDERS}", "op": {"$in": ["i", "u", "d"]},
              "wall": {"$gte": datetime.fromtimestamp(started_ms / 1000, UTC)}})
         print(f"made {stats.total:,} changes in {made_in:.1f} s ({stats.total / made_in:,.0f}/s), {recorded:,} of "
               "them to orders in MongoDB's oplog; waiting for the warehouse to hold them all ...", flush=True)
+        print(f"CPU while the changes were made, in cores of {os.cpu_count()}: "
+              + ", ".join(f"{name} {used:.2f}" for name, used in cpu.items()), flush=True)
         wait_for(f"all {recorded:,} changes in the warehouse",
                  lambda: len(warehouse_changes(settings, started_ms)) >= recorded, 300, children,
                  progress=lambda: f"{len(warehouse_changes(settings, started_ms)):,} there")

@@ -31,34 +31,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.procs import children, rss_mib  # noqa: E402
 from lakehouse.adapters.kafka import delete_topics  # noqa: E402
 from lakehouse.adapters.mongo import connect as connect_mongo  # noqa: E402
 from lakehouse.contracts import batches  # noqa: E402
 from lakehouse.core.config import Settings  # noqa: E402
-
-
-def rss_mib(pid: int) -> float:
-    """Resident memory of one process, MiB (0 when it is gone)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
-def children(pid: int) -> list[int]:
-    """Every descendant of `pid` (Spark's JVM is the streaming driver's child)."""
-    found: list[int] = []
-    try:
-        direct = [int(p) for task in Path(f"/proc/{pid}/task").iterdir()
-                  for p in (task / "children").read_text().split()]
-    except OSError:
-        return found
-    for child in direct:
-        found += [child, *children(child)]
-    return found
 
 
 def window(values: list[tuple[float, float]], start_min: float, end_min: float) -> list[float]:

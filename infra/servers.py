@@ -47,14 +47,14 @@ def _mongo_ready(settings: Settings) -> bool:
 
 
 # -- MongoDB -------------------------------------------------------------------------------------
-def _mongo_dir(settings: Settings) -> Path:
+def mongo_dir(settings: Settings) -> Path:
     return settings.stack_dir / "mongodb"
 
 
 def start_mongo(settings: Settings, extra_args: tuple[str, ...] = ()) -> str:
     """extra_args go to the embedded server, e.g. ("--oplog-max-entries", "200") for a tiny history."""
     host, port = settings.mongo_address
-    folder = _mongo_dir(settings)
+    folder = mongo_dir(settings)
     log, pid_file = folder / "mongod.log", folder / "mongod.pid"
     existing = use_existing("MongoDB", settings.mongo_uri, host, port, lambda: _mongo_ready(settings), log)
     if existing:
@@ -73,7 +73,7 @@ def start_mongo(settings: Settings, extra_args: tuple[str, ...] = ()) -> str:
 
 
 def stop_mongo(settings: Settings) -> str:
-    return stop_pid_file("MongoDB", _mongo_dir(settings) / "mongod.pid")
+    return stop_pid_file("MongoDB", mongo_dir(settings) / "mongod.pid")
 
 
 def tool(name: str) -> str:
